@@ -1,0 +1,60 @@
+"""`vitkit` command line: one module per sub-command, discovered at start-up.
+
+Each ``vitkit/cli/<name>.py`` defines ``register(subparsers)`` that adds its parser and sets
+``func`` (a callable taking the parsed args and returning an exit code). Modules import heavy
+libraries (torch, transformers, fastapi) inside their ``run`` function so ``vitkit --help``
+stays fast. The CLI is a thin layer: all behaviour lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from vitkit.errors import VitkitError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit",
+        description=(
+            "Vision Transformers: classify, embed, fine-tune, evaluate, serve and benchmark. "
+            "Run 'vitkit COMMAND --help' for the options of one command."
+        ),
+    )
+    from vitkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    package_path = __path__  # type: ignore[name-defined]
+    for module_info in sorted(pkgutil.iter_modules(package_path), key=lambda m: m.name):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VitkitError as error:
+        print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vitkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""ViTConfig: the architecture of one Vision Transformer, named as Hugging Face's config.json names it.
+
+Field names are exactly those of ``transformers.ViTConfig`` so a config.json written by either
+library reads in the other. Three vitkit-only fields describe what HF cannot (they are written to
+config.json too; transformers keeps unknown keys and ignores them):
+
+- ``add_pooling_layer``: the dense+tanh layer on [CLS] exists. HF calls it the pooler; Google's
+  in21k checkpoints call the same layer ``pre_logits``.
+- ``classifier_uses_pooler``: the classification head reads the pooler output instead of the
+  normalised [CLS] token. True for the paper's pre-training head (an MLP with one hidden layer =
+  pre_logits + linear) and for timm/npz checkpoints with ``pre_logits``; HF's
+  ``ViTForImageClassification`` never does this.
+- ``drop_path_rate``: stochastic depth for fine-tuning (0 at inference, as everywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ImageSize = int | tuple[int, int]
+
+
+def to_pair(size: ImageSize | list[int]) -> tuple[int, int]:
+    """(height, width) from an int or a 2-sequence."""
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+@dataclass
+class ViTConfig:
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    image_size: ImageSize = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    qkv_bias: bool = True
+    pooler_act: str = "tanh"
+    num_labels: int = 0
+    id2label: dict[int, str] = field(default_factory=dict)
+    add_pooling_layer: bool = False
+    classifier_uses_pooler: bool = False
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, list):
+            self.image_size = to_pair(self.image_size)
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.id2label and self.num_labels == 0:
+            self.num_labels = len(self.id2label)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.classifier_uses_pooler and not self.add_pooling_layer:
+            raise ValueError("classifier_uses_pooler=True needs add_pooling_layer=True")
+
+    # ---- derived quantities -------------------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return to_pair(self.image_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        height, width = self.image_hw
+        return (height // self.patch_size, width // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.grid_size
+        return rows * cols
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: index for index, label in self.id2label.items()}
+
+    def labels(self) -> list[str]:
+        """Label names in class-index order (``LABEL_i`` where id2label lacks one)."""
+        return [self.id2label.get(i, f"LABEL_{i}") for i in range(self.num_labels)]
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- config.json ------------------------------------------------------------------
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A config.json dict that ``transformers.ViTConfig.from_pretrained`` reads as is."""
+        data = dataclasses.asdict(self)
+        data["image_size"] = (
+            self.image_size if isinstance(self.image_size, int) else list(self.image_size)
+        )
+        labels = self.labels()
+        data["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        data["label2id"] = {label: i for i, label in enumerate(labels)}
+        data.pop("num_labels")  # HF derives it from id2label
+        data["model_type"] = "vit"
+        data["architectures"] = ["ViTForImageClassification" if self.num_labels else "ViTModel"]
+        data["encoder_stride"] = self.patch_size
+        data["pooler_output_size"] = self.hidden_size
+        return data
+
+    @classmethod
+    def from_hf_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        """Read a config.json dict; unknown keys (torch_dtype, architectures, ...) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        id2label = data.get("id2label") or {}
+        architectures = data.get("architectures") or []
+        is_classifier = any("Classification" in name for name in architectures)
+        if "num_labels" not in data:
+            kwargs["num_labels"] = len(id2label) if (is_classifier or not architectures) else 0
+        if not is_classifier and architectures:
+            # A bare ViTModel (e.g. google/vit-large-patch16-224-in21k): its config still lists
+            # id2label placeholders, but there is no head to read them with.
+            kwargs["num_labels"] = 0
+            kwargs["id2label"] = {}
+        if "add_pooling_layer" not in data:
+            # HF: ViTModel has a pooler, ViTForImageClassification does not.
+            kwargs["add_pooling_layer"] = bool(architectures) and not is_classifier
+        if data.get("pooler_output_size") not in (None, data.get("hidden_size", cls.hidden_size)):
+            raise ValueError("pooler_output_size different from hidden_size is not supported")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> ViTConfig:
+        return cls.from_hf_dict(json.loads(Path(path).read_text()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n"
+
+
+# The paper's model sizes (Table 1) plus the DeiT Tiny/Small sizes timm ships.
+_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "huge": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120),
+}
+_SIZE_LETTER = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge"}
+
+
+def preset(name: str, **overrides: Any) -> ViTConfig:
+    """A config by name: ``vit-base-patch16-224``, ``vit_large_patch14_224``, ``ViT-B/16`` ...
+
+    The resolution defaults to 224; anything else can be overridden by keyword.
+    """
+    size, patch, image = parse_preset_name(name)
+    return ViTConfig(**_SIZES[size], patch_size=patch, image_size=image).replace(**overrides)
+
+
+def parse_preset_name(name: str) -> tuple[str, int, int]:
+    """(size, patch, image) from the naming schemes HF, timm and the paper use."""
+    text = name.lower().replace("_", "-")
+    if text.startswith("vit-") and "/" in text and "patch" not in text:
+        # the paper's style: ViT-B/16
+        letter, _, patch_text = text[4:].partition("/")
+        if letter in _SIZE_LETTER and patch_text.isdigit():
+            return _SIZE_LETTER[letter], int(patch_text), 224
+    text = text.split("/")[-1]  # a hub id: google/vit-base-patch16-224
+    parts = text.split("-")
+    size = next((p for p in parts if p in _SIZES), None)
+    patch = next((int(p[5:]) for p in parts if p.startswith("patch") and p[5:].isdigit()), None)
+    image = next((int(p) for p in parts if p.isdigit()), 224)
+    if size is None or patch is None:
+        raise ValueError(
+            f"unknown ViT preset {name!r}: use a name like 'vit-base-patch16-224' "
+            f"(sizes: {', '.join(_SIZES)}; patch 14, 16 or 32; any image size)"
+        )
+    return size, patch, image
+
+
+PRESET_NAMES = [
+    f"vit-{size}-patch{patch}-{image}"
+    for size in _SIZES
+    for patch in (14, 16, 32)
+    for image in (224, 384)
+]

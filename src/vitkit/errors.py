@@ -1,0 +1,60 @@
+"""The exceptions vitkit raises, so callers (CLI, server) can map them to messages and statuses.
+
+Every error names the thing that failed (a file, a URL, a checkpoint key) and, where there is
+one, the fix. The server maps these classes to HTTP statuses; the CLI prints ``str(error)``.
+"""
+
+from __future__ import annotations
+
+
+class VitkitError(Exception):
+    """Base class for all errors vitkit raises on purpose."""
+
+
+class CheckpointError(VitkitError):
+    """A checkpoint could not be found, recognised, or matched to the model."""
+
+
+class ImageDecodeError(VitkitError):
+    """An input could not be read as an image (not an image, truncated, too large, ...)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image (bytes or pixels) is over the configured cap: a decompression bomb, say."""
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """The bytes are not an image in one of the allowed raster formats."""
+
+
+class FetchError(VitkitError):
+    """Fetching an image URL failed. ``http_status`` is what a server should answer."""
+
+    http_status = 502
+
+
+class URLNotAllowedError(FetchError):
+    """The URL's scheme or resolved address is refused (SSRF guard)."""
+
+    http_status = 400
+
+
+class FetchTooLargeError(FetchError):
+    """The remote body went over the byte cap while streaming."""
+
+    http_status = 413
+
+
+class FetchTimeoutError(FetchError):
+    """The remote host did not connect or answer in time."""
+
+    http_status = 504
+
+
+class NoClassificationHeadError(VitkitError):
+    """``predict`` was called on a checkpoint that has no classification head."""

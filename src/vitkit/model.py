@@ -1,0 +1,245 @@
+"""The Vision Transformer of "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021), in one file.
+
+    pixels -> PatchEmbed -> [CLS] + position embeddings -> Block x L -> LayerNorm
+           -> [CLS] token -> (pooler: dense + tanh) -> head -> logits
+
+Parameter names follow timm (``blocks.0.attn.qkv``): one fused QKV projection per block, run
+through ``F.scaled_dot_product_attention``. Foreign names (HF, timm, Google .npz) are mapped at
+load time by ``vitkit.checkpoints``; nothing here knows about file formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from vitkit.config import ViTConfig
+from vitkit.posembed import resample_pos_embed
+
+_ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+
+
+@dataclass
+class ViTOutput:
+    """What one forward pass returns. Fields not asked for are None."""
+
+    logits: torch.Tensor | None
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor | None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patches and project each to ``hidden_size``."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.proj = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of the patch size {self.patch_size}"
+            )
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, rows*cols, dim)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim**-0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        weights = None
+        if need_weights:
+            # The explicit path: only for explanation tools, which need the softmax weights.
+            weights = (query * self.scale @ key.transpose(-2, -1)).softmax(dim=-1)
+            out = F.dropout(weights, self.dropout, self.training) @ value
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, dropout_p=self.dropout if self.training else 0.0
+            )
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(out)), weights
+
+
+class Mlp(nn.Module):
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]()
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+        self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), need_weights)
+        x = x + self.drop_path(attn_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+class Pooler(nn.Module):
+    """Dense + tanh on [CLS]: HF's pooler, Google's ``pre_logits``, the pre-training MLP's hidden layer."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = nn.Tanh() if config.pooler_act == "tanh" else _ACTIVATIONS[config.pooler_act]()
+
+    def forward(self, cls_token: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(cls_token))
+
+
+class ViT(nn.Module):
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, dim))
+        self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
+        drop_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_rates)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.pooler = Pooler(config) if config.add_pooling_layer else None
+        self.head: nn.Module = nn.Linear(dim, config.num_labels) if config.num_labels else nn.Identity()
+        self.init_weights()
+
+    # ---- initialisation -----------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Truncated-normal weights (std = initializer_range), zero biases, as HF and timm do."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=std)
+        nn.init.trunc_normal_(self.cls_token, std=std)
+
+    def reset_head(self, id2label: dict[int, str]) -> None:
+        """Replace the head with a zero-initialised linear layer for new classes (the paper's recipe)."""
+        self.config = self.config.replace(num_labels=len(id2label), id2label=dict(id2label))
+        device = self.pos_embed.device
+        head = nn.Linear(self.config.hidden_size, len(id2label), device=device)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.head = head
+
+    # ---- forward ------------------------------------------------------------------------
+    def position_embeddings(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Position embeddings for ``grid``, resampled on the fly when the input size differs."""
+        if grid == self.config.grid_size:
+            return self.pos_embed
+        return resample_pos_embed(self.pos_embed, grid, self.config.grid_size)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        grid = (
+            pixel_values.shape[-2] // self.config.patch_size,
+            pixel_values.shape[-1] // self.config.patch_size,
+        )
+        patches = self.patch_embed(pixel_values)
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)
+        tokens = torch.cat([cls, patches], dim=1) + self.position_embeddings(grid)
+        return self.pos_drop(tokens)
+
+    def forward_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Tokens after the final LayerNorm, plus per-layer attentions / hidden states if asked."""
+        x = self.embed(pixel_values)
+        attentions: list[torch.Tensor] = []
+        hidden_states: list[torch.Tensor] = [x] if output_hidden_states else []
+        for block in self.blocks:
+            x, weights = block(x, output_attentions)
+            if weights is not None:
+                attentions.append(weights)
+            if output_hidden_states:
+                hidden_states.append(x)
+        return (
+            self.norm(x),
+            tuple(attentions) if output_attentions else None,
+            tuple(hidden_states) if output_hidden_states else None,
+        )
+
+    def forward_head(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits, pooler_output) from the normalised tokens."""
+        cls_token = tokens[:, 0]
+        pooled = self.pooler(cls_token) if self.pooler is not None else None
+        if not self.config.num_labels:
+            return None, pooled
+        head_input = pooled if self.config.classifier_uses_pooler and pooled is not None else cls_token
+        return self.head(head_input), pooled
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> ViTOutput:
+        tokens, attentions, hidden_states = self.forward_features(
+            pixel_values, output_attentions, output_hidden_states
+        )
+        logits, pooled = self.forward_head(tokens)
+        return ViTOutput(logits, tokens, pooled, attentions, hidden_states)
+
+    # ---- sizes --------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_image(self, image_hw: tuple[int, int] | None = None) -> int:
+        """Multiply-accumulates x 2 of one forward pass (matmuls only; softmax/norms are noise)."""
+        cfg = self.config
+        height, width = image_hw or cfg.image_hw
+        patches = (height // cfg.patch_size) * (width // cfg.patch_size)
+        tokens, dim, hidden = patches + 1, cfg.hidden_size, cfg.intermediate_size
+        patch_embed = patches * dim * cfg.num_channels * cfg.patch_size**2
+        per_block = tokens * (4 * dim * dim + 2 * dim * hidden) + 2 * tokens * tokens * dim
+        head = dim * (cfg.num_labels + (dim if cfg.add_pooling_layer else 0))
+        return 2 * (patch_embed + cfg.num_hidden_layers * per_block + head)

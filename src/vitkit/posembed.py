@@ -1,0 +1,44 @@
+"""Resampling learned absolute position embeddings to another patch grid.
+
+The ViT paper (section 3.2) fine-tunes at higher resolution by 2-D interpolating the pre-trained
+position embeddings over the patch grid; the [CLS] position is left alone. We use bicubic
+interpolation, as timm's ``resample_abs_pos_embed`` and HF's ``interpolate_pos_encoding`` do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resample ``pos_embed`` of shape (1, prefix + rows*cols, dim) to ``new_grid``.
+
+    ``old_grid`` defaults to a square grid. ``antialias`` only matters when shrinking; timm uses
+    it (on by default), HF does not.
+    """
+    num_grid_tokens = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = int(round(num_grid_tokens**0.5))
+        if side * side != num_grid_tokens:
+            raise ValueError(
+                f"position embedding has {num_grid_tokens} grid tokens, not a square grid: "
+                "pass old_grid=(rows, cols)"
+            )
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    original_dtype = grid.dtype
+    # (1, rows*cols, dim) -> (1, dim, rows, cols), interpolate in fp32 for accuracy.
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(original_dtype)
+    return torch.cat([prefix, grid], dim=1)
