@@ -147,11 +147,21 @@ class ViTConfig:
 
 # The paper's model sizes (Table 1) plus the DeiT Tiny/Small sizes timm ships.
 _SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
-    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    "huge": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120),
+    "tiny": dict(
+        hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768
+    ),
+    "small": dict(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536
+    ),
+    "base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
+    "large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
+    "huge": dict(
+        hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120
+    ),
 }
 _SIZE_LETTER = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge"}
 

@@ -142,7 +142,9 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_rates)
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.pooler = Pooler(config) if config.add_pooling_layer else None
-        self.head: nn.Module = nn.Linear(dim, config.num_labels) if config.num_labels else nn.Identity()
+        self.head: nn.Module = (
+            nn.Linear(dim, config.num_labels) if config.num_labels else nn.Identity()
+        )
         self.init_weights()
 
     # ---- initialisation -----------------------------------------------------------------
@@ -214,7 +216,9 @@ class ViT(nn.Module):
         pooled = self.pooler(cls_token) if self.pooler is not None else None
         if not self.config.num_labels:
             return None, pooled
-        head_input = pooled if self.config.classifier_uses_pooler and pooled is not None else cls_token
+        head_input = (
+            pooled if self.config.classifier_uses_pooler and pooled is not None else cls_token
+        )
         return self.head(head_input), pooled
 
     def forward(

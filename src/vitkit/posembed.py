@@ -25,7 +25,7 @@ def resample_pos_embed(
     """
     num_grid_tokens = pos_embed.shape[1] - num_prefix_tokens
     if old_grid is None:
-        side = int(round(num_grid_tokens**0.5))
+        side = round(num_grid_tokens**0.5)
         if side * side != num_grid_tokens:
             raise ValueError(
                 f"position embedding has {num_grid_tokens} grid tokens, not a square grid: "
@@ -39,6 +39,8 @@ def resample_pos_embed(
     original_dtype = grid.dtype
     # (1, rows*cols, dim) -> (1, dim, rows, cols), interpolate in fp32 for accuracy.
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
+    grid = F.interpolate(
+        grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias
+    )
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(original_dtype)
     return torch.cat([prefix, grid], dim=1)

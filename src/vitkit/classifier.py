@@ -1,0 +1,225 @@
+"""`vitkit.load()` and the Classifier: images in, labels or embeddings out.
+
+This is the one place where the flow of DESIGN.md is assembled:
+image source -> io (decode) -> processor (tensors) -> model -> softmax -> top-k labels.
+The CLI, the server and the benchmarks all go through it; none re-implements a step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from vitkit.errors import NoClassificationHeadError
+from vitkit.model import ViT
+
+DEFAULT_MODEL = "google/vit-base-patch16-224"
+Pool = Literal["cls", "mean", "pooler", "tokens"]
+Prediction = dict[
+    str, Any
+]  # {"label": str, "score": float}: the shape transformers' pipeline returns
+
+
+def default_model_name() -> str:
+    """``$VITKIT_MODEL`` if set, else google/vit-base-patch16-224."""
+    return os.environ.get("VITKIT_MODEL") or DEFAULT_MODEL
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_labels(model: ViT) -> list[str]:
+    """The model's labels; ImageNet-1k names for a 1000-class head whose config lacks real ones."""
+    labels = model.config.labels()
+    placeholders = all(label == f"LABEL_{i}" for i, label in enumerate(labels))
+    if len(labels) == 1000 and placeholders:
+        from vitkit.checkpoints import imagenet_labels
+
+        return list(imagenet_labels())
+    return labels
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Classifier:
+    """A ViT with its preprocessing and labels, ready to classify or embed images."""
+
+    def __init__(
+        self,
+        model: ViT,
+        processor: Any = None,
+        *,
+        name: str = "vitkit-model",
+        device: str | torch.device | None = "cpu",
+        precision: str = "fp32",
+        processor_mode: str | None = None,
+    ) -> None:
+        from vitkit.processor import ImageProcessor
+
+        self.device = pick_device(device)
+        self.precision = precision
+        self.model = model.eval().to(self.device)
+        self.processor = (
+            processor if processor is not None else ImageProcessor.for_config(model.config)
+        )
+        self.processor_mode = processor_mode  # None: the processor's own default ("pil" or "fast")
+        self.name = name
+        self.labels = resolve_labels(model)
+        self._forward = self._build_forward(precision)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def has_head(self) -> bool:
+        return bool(self.config.num_labels)
+
+    def _build_forward(self, precision: str) -> Any:
+        """The callable that runs the network: plain fp32, or a faster variant from vitkit.runtime."""
+        if precision == "fp32":
+            return self.model
+        from vitkit import runtime  # the performance layer: int8, autocast, compile
+
+        return runtime.optimize(self.model, precision=precision, device=self.device)
+
+    # ---- tensors in -----------------------------------------------------------------------
+    def prepare(self, images: Sequence[Any] | Any) -> torch.Tensor:
+        """Decode and preprocess images into a (B, 3, H, W) float32 batch."""
+        return self.processor(images, mode=self.processor_mode)
+
+    @torch.inference_mode()
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self._require_head()
+        output = self._forward(pixel_values.to(self.device))
+        logits = output.logits if hasattr(output, "logits") else output
+        return logits.float()
+
+    def predict_tensor(self, pixel_values: torch.Tensor, top_k: int = 5) -> list[list[Prediction]]:
+        probabilities = self.logits(pixel_values).softmax(dim=-1)
+        k = max(1, min(top_k, probabilities.shape[-1]))
+        scores, indices = probabilities.topk(k, dim=-1)
+        return [
+            [
+                {"label": self.labels[i], "score": float(s)}
+                for s, i in zip(row_s, row_i, strict=True)
+            ]
+            for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
+        ]
+
+    @torch.inference_mode()
+    def embed_tensor(self, pixel_values: torch.Tensor, pool: Pool = "cls") -> torch.Tensor:
+        tokens, _, _ = self.model.forward_features(pixel_values.to(self.device))
+        if pool == "cls":
+            return tokens[:, 0].float()
+        if pool == "mean":
+            return tokens[:, 1:].mean(dim=1).float()
+        if pool == "tokens":
+            return tokens.float()
+        if pool == "pooler":
+            if self.model.pooler is None:
+                raise ValueError(
+                    f"{self.name} has no pooler (dense+tanh) layer: use pool='cls' or 'mean'"
+                )
+            return self.model.pooler(tokens[:, 0]).float()
+        raise ValueError(f"unknown pool {pool!r}: use cls, mean, pooler or tokens")
+
+    # ---- images in ------------------------------------------------------------------------
+    def predict(
+        self, images: Sequence[Any] | Any, top_k: int = 5, batch_size: int = 32
+    ) -> list[list[Prediction]]:
+        """Top-k ``{"label", "score"}`` per image, best first."""
+        self._require_head()
+        items = _as_list(images)
+        results: list[list[Prediction]] = []
+        for chunk in batched(items, batch_size):
+            results.extend(self.predict_tensor(self.prepare(list(chunk)), top_k))
+        return results
+
+    def embed(
+        self, images: Sequence[Any] | Any, pool: Pool = "cls", batch_size: int = 32
+    ) -> np.ndarray:
+        """One embedding per image: (N, dim), or (N, tokens, dim) for pool='tokens'."""
+        items = _as_list(images)
+        parts = [
+            self.embed_tensor(self.prepare(list(chunk)), pool).cpu()
+            for chunk in batched(items, batch_size)
+        ]
+        return torch.cat(parts).numpy()
+
+    def save(self, directory: str | Path) -> None:
+        """Write an HF-format directory (config.json, model.safetensors, preprocessor_config.json)."""
+        from vitkit.checkpoints import save_pretrained
+
+        save_pretrained(self.model, directory, processor_config=self.processor.to_dict())
+
+    def _require_head(self) -> None:
+        if not self.has_head:
+            raise NoClassificationHeadError(
+                f"{self.name} has no classification head (it is a feature extractor, like "
+                "google/vit-large-patch16-224-in21k). Use `vitkit embed` / Classifier.embed() "
+                "for embeddings, or fine-tune a head on your images with `vitkit train`."
+            )
+
+
+def _as_list(images: Sequence[Any] | Any) -> list[Any]:
+    if isinstance(images, list | tuple):
+        return list(images)
+    return [images]
+
+
+def load(
+    source: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    precision: str = "fp32",
+    processor_mode: str | None = None,
+) -> Classifier:
+    """Load any checkpoint vitkit understands (HF dir or hub id, timm file, Google .npz).
+
+    ``source`` defaults to ``$VITKIT_MODEL`` or google/vit-base-patch16-224. ``image_size`` resamples
+    the position embeddings at load time (e.g. a 224 checkpoint used at 384).
+    """
+    from vitkit.checkpoints import load_model
+    from vitkit.processor import ImageProcessor
+
+    name = str(source) if source is not None else default_model_name()
+    loaded = load_model(name, image_size=image_size)
+    if loaded.processor_config is not None:
+        processor = ImageProcessor.from_dict(loaded.processor_config)
+    else:
+        processor = ImageProcessor.for_config(loaded.model.config)
+    if image_size is not None:
+        processor = ImageProcessor.from_dict(
+            resized_processor_config(processor.to_dict(), loaded.model.config.image_hw)
+        )
+    return Classifier(
+        loaded.model,
+        processor,
+        name=name,
+        device=device,
+        precision=precision,
+        processor_mode=processor_mode,
+    )
+
+
+def resized_processor_config(config: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
+    """The same preprocessing at another resolution (a 224 checkpoint used at 384)."""
+    height, width = image_hw
+    config = dict(config)
+    config["size"] = {"height": height, "width": width}
+    if config.get("do_center_crop"):
+        config["crop_size"] = {"height": height, "width": width}
+    return config
