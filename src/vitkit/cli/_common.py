@@ -1,0 +1,67 @@
+"""Options and helpers shared by several sub-commands (not a sub-command itself)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MODEL_HELP = (
+    "checkpoint to use: an HF directory, a hub id (google/vit-base-patch16-224), a timm "
+    ".safetensors/.pth/.bin file or a Google .npz (default: $VITKIT_MODEL or "
+    "google/vit-base-patch16-224)"
+)
+PROGRESS_THRESHOLD = 5  # fewer inputs than this: no progress bar
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="run at this resolution, resampling position embeddings (e.g. 384)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="numeric precision (int8: dynamic quantization on CPU; bf16/fp16: GPU only)",
+    )
+    parser.add_argument(
+        "--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding threads (default 2)")
+
+
+def load_classifier(args: argparse.Namespace) -> Any:
+    import vitkit.classifier
+
+    return vitkit.classifier.load(
+        args.model, device=args.device, image_size=args.image_size, precision=args.precision
+    )
+
+
+@contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Any]:
+    """A rich progress bar on stderr; a no-op for a handful of inputs."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=sys.stderr),
+        disable=total < PROGRESS_THRESHOLD,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

@@ -1,0 +1,104 @@
+"""`vitkit embed`: one embedding vector per image, written to .npy, .npz or .parquet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from vitkit.cli._common import add_model_options, load_classifier, progress_bar
+from vitkit.errors import VitkitError
+
+EPILOG = """\
+examples:
+  vitkit embed photos/ --out embeddings.npz
+  vitkit embed --model google/vit-large-patch16-224-in21k --pool pooler slides/ --out emb.parquet
+
+.npy holds the (N, dim) array; .npz and .parquet also hold the input names (and errors).
+Inputs that fail to decode are reported on stderr and left out; the exit code is then 1.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="compute image embeddings",
+        description="Embed images with a ViT (works on checkpoints without a classification head).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", help="image files, folders (searched recursively) or URLs"
+    )
+    add_model_options(parser)
+    parser.add_argument(
+        "--out", "-o", required=True, type=Path, help="output file: .npy, .npz or .parquet"
+    )
+    parser.add_argument(
+        "--pool",
+        default="cls",
+        choices=["cls", "mean", "pooler"],
+        help="cls: final-norm [CLS] token (default); mean: mean of patch tokens; pooler: dense+tanh on [CLS]",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vitkit.batch_inputs import decode_batches
+    from vitkit.io import expand_inputs
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".npy", ".npz", ".parquet"):
+        raise VitkitError(f"--out {args.out}: use a .npy, .npz or .parquet file name")
+    sources = expand_inputs(args.inputs)
+    classifier = load_classifier(args)
+    names: list[str] = []
+    vectors: list[Any] = []
+    errors: dict[str, str] = {}
+    with progress_bar(len(sources), "embedding") as advance:
+        for batch in decode_batches(sources, args.batch_size, workers=args.workers):
+            errors.update(batch.errors)
+            if batch.images:
+                embedding = classifier.embed_tensor(classifier.prepare(batch.images), args.pool)
+                vectors.append(embedding.cpu().numpy())
+                names.extend(batch.sources)
+            advance(len(batch.sources) + len(batch.errors))
+    dim = classifier.config.hidden_size
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
+    write_embeddings(args.out, names, matrix, errors)
+    for message in errors.values():
+        print(f"vitkit embed: {message}", file=sys.stderr)
+    print(
+        f"wrote {matrix.shape[0]} embeddings of size {matrix.shape[1]} to {args.out}",
+        file=sys.stderr,
+    )
+    return 1 if errors else 0
+
+
+def write_embeddings(path: Path, names: list[str], matrix: Any, errors: dict[str, str]) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        np.save(path, matrix)
+    elif suffix == ".npz":
+        np.savez(
+            path,
+            embeddings=matrix,
+            inputs=np.array(names, dtype=str),
+            failed_inputs=np.array(list(errors), dtype=str),
+        )
+    else:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as error:
+            raise VitkitError(
+                "writing .parquet needs pyarrow: pip install 'vitkit[parquet]'"
+            ) from error
+        table = pa.table({"input": names, "embedding": [row.tolist() for row in matrix]})
+        pq.write_table(table, path)

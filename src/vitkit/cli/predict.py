@@ -1,0 +1,116 @@
+"""`vitkit predict`: classify image files, folders and URLs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any
+
+from vitkit.cli._common import add_model_options, load_classifier, progress_bar
+
+EPILOG = """\
+examples:
+  vitkit predict photo.jpg
+  vitkit predict --top-k 3 --format json photos/ https://example.com/cat.jpg
+  vitkit predict --model ./my-finetuned-vit --format csv slides/ > predictions.csv
+
+A bad input (missing, truncated, not an image) is reported in its row and the rest are still
+predicted; the exit code is 1 if any input failed.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify images (files, folders, URLs)",
+        description="Classify images with a ViT checkpoint and print the top-k labels.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", help="image files, folders (searched recursively) or URLs"
+    )
+    add_model_options(parser)
+    parser.add_argument("--top-k", "-k", type=int, default=5, help="labels per image (default 5)")
+    parser.add_argument(
+        "--format",
+        "-f",
+        default="table",
+        choices=["table", "json", "jsonl", "csv"],
+        help="output format (default table)",
+    )
+    parser.set_defaults(func=run)
+
+
+def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One record per input, in input order: {"input", "predictions"} or {"input", "error"}."""
+    from vitkit.batch_inputs import decode_batches
+    from vitkit.io import expand_inputs
+
+    sources = expand_inputs(args.inputs)
+    classifier = load_classifier(args)
+    classifier._require_head()  # fail once, with the pointer to `embed`, not once per input
+    records: dict[str, dict[str, Any]] = {}
+    with progress_bar(len(sources), "classifying") as advance:
+        for batch in decode_batches(sources, args.batch_size, workers=args.workers):
+            for source, error in batch.errors.items():
+                records[source] = {"input": source, "error": error}
+            if batch.images:
+                pixel_values = classifier.prepare(batch.images)
+                predictions = classifier.predict_tensor(pixel_values, args.top_k)
+                for source, top in zip(batch.sources, predictions, strict=True):
+                    records[source] = {"input": source, "predictions": top}
+            advance(len(batch.sources) + len(batch.errors))
+    return [records[source] for source in sources]
+
+
+def run(args: argparse.Namespace) -> int:
+    records = classify_all(args)
+    write_records(records, args.format)
+    failed = [r for r in records if "error" in r]
+    for record in failed:
+        print(f"vitkit predict: {record['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_records(records: list[dict[str, Any]], output_format: str) -> None:
+    if output_format == "json":
+        json.dump(records, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif output_format == "jsonl":
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
+    elif output_format == "csv":
+        write_csv(records)
+    else:
+        write_table(records)
+
+
+def write_csv(records: list[dict[str, Any]]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["input", "rank", "label", "score", "error"])
+    for record in records:
+        if "error" in record:
+            writer.writerow([record["input"], "", "", "", record["error"]])
+            continue
+        for rank, prediction in enumerate(record["predictions"], start=1):
+            writer.writerow(
+                [record["input"], rank, prediction["label"], f"{prediction['score']:.6f}", ""]
+            )
+
+
+def write_table(records: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("input", "label", "score", show_lines=False)
+    for record in records:
+        if "error" in record:
+            table.add_row(record["input"], f"[red]error: {record['error']}[/red]", "")
+            continue
+        for rank, prediction in enumerate(record["predictions"]):
+            name = record["input"] if rank == 0 else ""
+            table.add_row(name, prediction["label"], f"{prediction['score']:.4f}")
+    Console(soft_wrap=True).print(table)
