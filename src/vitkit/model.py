@@ -173,10 +173,14 @@ class ViT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
     def position_embeddings(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Position embeddings for ``grid``, resampled on the fly when the input size differs."""
+        """Position embeddings for ``grid``, resampled on the fly when the input size differs.
+
+        No antialiasing here, so a call at another size equals HF's
+        ``interpolate_pos_encoding=True``; load-time resampling (checkpoints) antialiases as timm does.
+        """
         if grid == self.config.grid_size:
             return self.pos_embed
-        return resample_pos_embed(self.pos_embed, grid, self.config.grid_size)
+        return resample_pos_embed(self.pos_embed, grid, self.config.grid_size, antialias=False)
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grid = (
