@@ -60,6 +60,11 @@ class ViTConfig:
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if self.id2label and self.num_labels == 0:
             self.num_labels = len(self.id2label)
+        if self.id2label and set(self.id2label) != set(range(self.num_labels)):
+            raise ValueError(
+                f"id2label has {len(self.id2label)} entries but num_labels is {self.num_labels}: "
+                "give one label per class index 0..num_labels-1"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "

@@ -138,7 +138,9 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, dim))
         self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
-        drop_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # Stochastic depth grows linearly with depth (DeiT/timm); plain floats so meta-device init works.
+        depth = config.num_hidden_layers
+        drop_rates = [config.drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_rates)
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.pooler = Pooler(config) if config.add_pooling_layer else None
