@@ -151,7 +151,7 @@ class ViTConfig:
 
 
 # The paper's model sizes (Table 1) plus the DeiT Tiny/Small sizes timm ships.
-_SIZES: dict[str, dict[str, int]] = {
+_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768
     ),

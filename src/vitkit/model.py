@@ -10,6 +10,7 @@ load time by ``vitkit.checkpoints``; nothing here knows about file formats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,11 @@ from torchvision.ops import StochasticDepth
 from vitkit.config import ViTConfig
 from vitkit.posembed import resample_pos_embed
 
-_ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,  # exact erf GELU: what HF ("gelu") and timm use
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+}
 
 
 @dataclass

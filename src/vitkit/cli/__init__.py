@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    package_path = __path__  # type: ignore[name-defined]
+    package_path = __path__
     for module_info in sorted(pkgutil.iter_modules(package_path), key=lambda m: m.name):
         if module_info.name.startswith("_"):
             continue
