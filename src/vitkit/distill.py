@@ -1,0 +1,473 @@
+"""DeiT-style distillation (Touvron et al., "Training data-efficient image transformers", 2021).
+
+The student is a ViT with one extra learned token, the *distillation token*, appended after
+[CLS]. Both travel through every block; the [CLS] output feeds ``head`` (trained on the true
+labels), the distillation-token output feeds ``head_dist`` (trained to match a teacher, here a
+CNN). At inference the two heads' logits are averaged.
+
+Parameter names are those of ``vitkit.model.ViT`` plus timm's distilled-DeiT names
+(``dist_token``, ``head_dist``); ``pos_embed`` has two prefix positions ([CLS], distillation)
+before the patch grid. On disk a student is an HF ``DeiTForImageClassificationWithTeacher``
+directory, so transformers loads it with no conversion:
+
+    vitkit DistilledViT       HF DeiTForImageClassificationWithTeacher
+    cls_token                 deit.embeddings.cls_token
+    dist_token                deit.embeddings.distillation_token
+    pos_embed (1, 2+N, D)     deit.embeddings.position_embeddings   (same order: CLS, dist, grid)
+    patch_embed.proj          deit.embeddings.patch_embeddings.projection
+    blocks.i.norm1 / norm2    deit.encoder.layer.i.layernorm_before / layernorm_after
+    blocks.i.attn.qkv         deit.encoder.layer.i.attention.attention.{query,key,value} (split in 3)
+    blocks.i.attn.proj        deit.encoder.layer.i.attention.output.dense
+    blocks.i.mlp.fc1 / fc2    deit.encoder.layer.i.intermediate.dense / output.dense
+    norm                      deit.layernorm
+    head / head_dist          cls_classifier / distillation_classifier
+
+Losses (``alpha`` weighs the teacher's term; DeiT uses 0.5):
+
+    hard:  (1 - alpha) * CE(cls_logits, y) + alpha * CE(dist_logits, argmax teacher_logits)
+    soft:  (1 - alpha) * CE(cls_logits, y) + alpha * T^2 * KL(softmax(teacher/T) || softmax(dist/T))
+
+The KL term is summed over classes and averaged over the batch (``batchmean``); T^2 keeps its
+gradient scale independent of T (Hinton et al., 2015). DeiT's reference code divides the summed
+KL by batch x classes instead, i.e. it is ours divided by the number of classes.
+
+A distilled run can collapse (the student predicts one class, macro-F1 near 0) without the loss
+saying so. ``collapse_report`` detects it from a confusion matrix; the trainer never keeps a
+collapsed epoch as the best model and the CLI says so loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.config import ViTConfig
+from vitkit.errors import CheckpointError, VitkitError
+from vitkit.model import ViT, ViTOutput
+from vitkit.posembed import resample_pos_embed
+
+DistillKind = Literal["hard", "soft", "none"]
+
+
+# ---- the student ------------------------------------------------------------------------
+@dataclass
+class DistilledViTOutput(ViTOutput):
+    """``logits`` is the average of the two heads; each head's logits are kept too."""
+
+    cls_logits: torch.Tensor | None = None
+    dist_logits: torch.Tensor | None = None
+
+
+class DistilledViT(ViT):
+    """A ViT with a distillation token and a second head (DeiT's ``*_distilled`` models)."""
+
+    num_prefix_tokens = 2
+
+    def __init__(self, config: ViTConfig) -> None:
+        if config.add_pooling_layer:
+            raise ValueError(
+                "a DeiT student has no pooler (dense+tanh): build it with add_pooling_layer=False"
+            )
+        super().__init__(config)
+        dim = config.hidden_size
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 2, dim))
+        self.head_dist: nn.Module = (
+            nn.Linear(dim, config.num_labels) if config.num_labels else nn.Identity()
+        )
+        std = config.initializer_range
+        nn.init.trunc_normal_(self.dist_token, std=std)
+        nn.init.trunc_normal_(self.pos_embed, std=std)
+        if isinstance(self.head_dist, nn.Linear):
+            nn.init.trunc_normal_(self.head_dist.weight, std=std)
+            nn.init.zeros_(self.head_dist.bias)
+
+    def reset_head(self, id2label: dict[int, str]) -> None:
+        """Zero-initialised heads (both) for new classes."""
+        super().reset_head(id2label)
+        head_dist = nn.Linear(self.config.hidden_size, len(id2label), device=self.pos_embed.device)
+        nn.init.zeros_(head_dist.weight)
+        nn.init.zeros_(head_dist.bias)
+        self.head_dist = head_dist
+
+    def position_embeddings(self, grid: tuple[int, int]) -> torch.Tensor:
+        if grid == self.config.grid_size:
+            return self.pos_embed
+        return resample_pos_embed(
+            self.pos_embed, grid, self.config.grid_size, num_prefix_tokens=2, antialias=False
+        )
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        grid = (
+            pixel_values.shape[-2] // self.config.patch_size,
+            pixel_values.shape[-1] // self.config.patch_size,
+        )
+        patches = self.patch_embed(pixel_values)
+        batch = patches.shape[0]
+        prefix = [self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1)]
+        tokens = torch.cat([*prefix, patches], dim=1) + self.position_embeddings(grid)
+        return self.pos_drop(tokens)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> DistilledViTOutput:
+        tokens, attentions, hidden_states = self.forward_features(
+            pixel_values, output_attentions, output_hidden_states
+        )
+        cls_logits = dist_logits = logits = None
+        if self.config.num_labels:
+            cls_logits = self.head(tokens[:, 0])
+            dist_logits = self.head_dist(tokens[:, 1])
+            logits = (cls_logits + dist_logits) / 2
+        return DistilledViTOutput(
+            logits, tokens, None, attentions, hidden_states, cls_logits, dist_logits
+        )
+
+    @classmethod
+    def from_vit(cls, vit: ViT) -> DistilledViT:
+        """A student initialised from a ViT: the distillation token, its position and its head
+        start as copies of [CLS]'s (so both heads agree before training)."""
+        config = vit.config.replace(add_pooling_layer=False, classifier_uses_pooler=False)
+        student = cls(config)
+        state = {k: v for k, v in vit.state_dict().items() if not k.startswith("pooler.")}
+        pos = state.pop("pos_embed")
+        state["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+        state["dist_token"] = state["cls_token"].clone()
+        if config.num_labels:
+            state["head_dist.weight"] = state["head.weight"].clone()
+            state["head_dist.bias"] = state["head.bias"].clone()
+        student.load_state_dict(state)
+        return student
+
+
+# ---- losses -----------------------------------------------------------------------------
+def hard_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's arg-max class."""
+    return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+
+
+def soft_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), summed over classes, averaged over the batch."""
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+    divergence = F.kl_div(
+        student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True
+    )
+    return divergence * temperature**2
+
+
+def distillation_loss(
+    cls_logits: torch.Tensor,
+    dist_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: DistillKind = "hard",
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """DeiT's objective: (1 - alpha) * CE on the labels + alpha * the teacher term."""
+    base = F.cross_entropy(cls_logits, targets, label_smoothing=label_smoothing)
+    if kind == "none":
+        # No teacher: both heads learn the labels (a fair "same student, no teacher" control).
+        return (base + F.cross_entropy(dist_logits, targets, label_smoothing=label_smoothing)) / 2
+    if kind == "hard":
+        teacher_term = hard_distillation_loss(dist_logits, teacher_logits)
+    elif kind == "soft":
+        teacher_term = soft_distillation_loss(dist_logits, teacher_logits, temperature)
+    else:
+        raise ValueError(f"unknown distillation kind {kind!r}: use hard, soft or none")
+    return (1 - alpha) * base + alpha * teacher_term
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+@dataclass
+class DistillationLoss:
+    """``loss_fn(outputs, targets, images)`` for the trainer: runs the frozen teacher on the
+    same batch and combines the student's two heads with it."""
+
+    teacher: nn.Module
+    kind: DistillKind = "hard"
+    alpha: float = 0.5
+    temperature: float = 1.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.teacher.eval()
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()  # the trainer may call .train() on everything it sees; stay frozen
+        device = next(self.teacher.parameters()).device
+        with torch.no_grad():
+            return _logits_of(self.teacher(images.to(device))).float().to(images.device)
+
+    def __call__(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(outputs, DistilledViTOutput) or outputs.cls_logits is None:
+            raise TypeError("DistillationLoss needs a DistilledViT student's output (two heads)")
+        assert outputs.dist_logits is not None
+        teacher = self.teacher_logits(images) if self.kind != "none" else outputs.dist_logits
+        return distillation_loss(
+            outputs.cls_logits,
+            outputs.dist_logits,
+            targets,
+            teacher,
+            self.kind,
+            self.alpha,
+            self.temperature,
+            self.label_smoothing,
+        )
+
+
+# ---- collapse detection -----------------------------------------------------------------
+@dataclass
+class CollapseReport:
+    """Classes the model never predicts on a split, and the macro-F1 there."""
+
+    never_predicted: list[str] = field(default_factory=list)
+    macro_f1: float = 0.0
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.never_predicted) or self.macro_f1 <= 0.0
+
+    def message(self, split: str = "validation") -> str:
+        parts = []
+        if self.never_predicted:
+            parts.append(f"never predicts {', '.join(self.never_predicted)}")
+        if self.macro_f1 <= 0.0:
+            parts.append("macro-F1 is 0")
+        return f"COLLAPSED on the {split} split: " + "; ".join(parts)
+
+
+def collapse_report(confusion: np.ndarray | list[list[int]], labels: list[str]) -> CollapseReport:
+    """Read a confusion matrix (rows true, columns predicted): which classes get no predictions."""
+    matrix = np.asarray(confusion, dtype=np.int64)
+    predicted = matrix.sum(axis=0)
+    true_positive = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1).astype(np.float64)
+    precision = np.divide(
+        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
+    )
+    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+    # Only classes present on the split can be "never predicted" meaningfully.
+    missing = [labels[i] for i in range(len(labels)) if predicted[i] == 0 and support[i] > 0]
+    return CollapseReport(missing, float(f1.mean()) if len(f1) else 0.0)
+
+
+# ---- HF DeiT layout ---------------------------------------------------------------------
+_HF_BLOCK = "deit.encoder.layer.{i}."
+_BLOCK_NAMES = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+_TOP_NAMES = {
+    "cls_token": "deit.embeddings.cls_token",
+    "dist_token": "deit.embeddings.distillation_token",
+    "pos_embed": "deit.embeddings.position_embeddings",
+    "patch_embed.proj.weight": "deit.embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "deit.embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "deit.layernorm.weight",
+    "norm.bias": "deit.layernorm.bias",
+    "head.weight": "cls_classifier.weight",
+    "head.bias": "cls_classifier.bias",
+    "head_dist.weight": "distillation_classifier.weight",
+    "head_dist.bias": "distillation_classifier.bias",
+}
+# transformers 5 names its modules differently from the hub files (it renames at load time);
+# read either by mapping the new names back to the hub's.
+_NEW_TO_HUB = [
+    (r"^deit\.layers\.(\d+)\.", r"deit.encoder.layer.\1."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+]
+
+
+def to_hf_state_dict(model: DistilledViT) -> dict[str, torch.Tensor]:
+    """The student's weights under HF DeiT (hub) names, QKV split into query/key/value."""
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for name, hf_name in _TOP_NAMES.items():
+        if name in state:
+            out[hf_name] = state[name]
+    for i in range(model.config.num_hidden_layers):
+        prefix = _HF_BLOCK.format(i=i)
+        for ours, theirs in _BLOCK_NAMES.items():
+            for kind in ("weight", "bias"):
+                out[f"{prefix}{theirs}.{kind}"] = state[f"blocks.{i}.{ours}.{kind}"]
+        for kind in ("weight", "bias"):
+            key = f"blocks.{i}.attn.qkv.{kind}"
+            if key not in state:
+                continue
+            query, key_part, value = state[key].chunk(3, dim=0)
+            for part, tensor in (("query", query), ("key", key_part), ("value", value)):
+                out[f"{prefix}attention.attention.{part}.{kind}"] = tensor
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def from_hf_state_dict(
+    hf_state: dict[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
+    """The inverse of ``to_hf_state_dict``; accepts hub names and transformers-5 module names."""
+    renamed: dict[str, torch.Tensor] = {}
+    for name, tensor in hf_state.items():
+        for pattern, replacement in _NEW_TO_HUB:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = tensor
+    ours: dict[str, torch.Tensor] = {}
+    for name, hf_name in _TOP_NAMES.items():
+        if hf_name in renamed:
+            ours[name] = renamed.pop(hf_name)
+    for i in range(num_layers):
+        prefix = _HF_BLOCK.format(i=i)
+        for mine, theirs in _BLOCK_NAMES.items():
+            for kind in ("weight", "bias"):
+                ours[f"blocks.{i}.{mine}.{kind}"] = _take(renamed, f"{prefix}{theirs}.{kind}")
+        for kind in ("weight", "bias"):
+            parts = [f"{prefix}attention.attention.{p}.{kind}" for p in ("query", "key", "value")]
+            if all(p in renamed for p in parts):
+                ours[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([renamed.pop(p) for p in parts])
+    return ours
+
+
+def _take(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointError(f"DeiT checkpoint lacks {key!r}: not a DeiT-with-teacher layout")
+    return state.pop(key)
+
+
+def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
+    data = config.to_hf_dict()
+    data["model_type"] = "deit"
+    data["architectures"] = ["DeiTForImageClassificationWithTeacher"]
+    for vit_only in ("add_pooling_layer", "classifier_uses_pooler"):
+        data.pop(vit_only, None)
+    return data
+
+
+def is_student_dir(directory: str | Path) -> bool:
+    """True when ``directory`` holds a DeiT-with-teacher checkpoint (ours or transformers')."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        return False
+    data = json.loads(config_path.read_text())
+    return data.get("model_type") == "deit" and "DeiTForImageClassificationWithTeacher" in (
+        data.get("architectures") or []
+    )
+
+
+def save_student(
+    model: DistilledViT, directory: str | Path, processor_config: dict[str, Any] | None = None
+) -> Path:
+    """Write an HF DeiT-with-teacher directory atomically (temp dir, then rename)."""
+    from safetensors.torch import save_file
+
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (staging / "config.json").write_text(
+            json.dumps(hf_config_dict(model.config), indent=2) + "\n"
+        )
+        save_file(
+            to_hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"}
+        )
+        if processor_config is not None:
+            (staging / "preprocessor_config.json").write_text(
+                json.dumps(processor_config, indent=2) + "\n"
+            )
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load_student(directory: str | Path) -> tuple[DistilledViT, dict[str, Any] | None]:
+    """(student in eval mode, preprocessor_config or None) from a DeiT-with-teacher directory."""
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    if not is_student_dir(path):
+        raise CheckpointError(
+            f"{path}: no config.json for DeiTForImageClassificationWithTeacher; a distilled "
+            "student is saved by `vitkit distill` (or transformers) in that layout"
+        )
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: model.safetensors is missing")
+    data = json.loads((path / "config.json").read_text())
+    config = ViTConfig.from_hf_dict({**data, "architectures": ["ViTForImageClassification"]})
+    config = config.replace(add_pooling_layer=False, classifier_uses_pooler=False)
+    model = DistilledViT(config)
+    state = from_hf_state_dict(load_file(str(weights)), config.num_hidden_layers)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: weights do not fit the config (missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]})"
+        )
+    processor_path = path / "preprocessor_config.json"
+    processor = json.loads(processor_path.read_text()) if processor_path.is_file() else None
+    return model.eval(), processor
+
+
+def build_student(config: ViTConfig, id2label: dict[int, str]) -> DistilledViT:
+    """A from-scratch student for ``id2label`` (heads sized for those classes)."""
+    return DistilledViT(config.replace(num_labels=len(id2label), id2label=dict(id2label)))
+
+
+def check_teacher_labels(teacher_labels: list[str], student_labels: list[str]) -> None:
+    if list(teacher_labels) != list(student_labels):
+        raise VitkitError(
+            f"teacher classes {teacher_labels} differ from the data's classes {student_labels}: "
+            "train the teacher on the same folder (same class names, same order)"
+        )
+
+
+TeacherFactory = Callable[[], nn.Module]
