@@ -1,0 +1,237 @@
+"""vitkit.fetch: the SSRF guard, pinned connections, byte cap, timeouts and redirects.
+
+Only loopback traffic: non-loopback addresses are exercised through the address check with a
+resolver that returns them, and refused before any connection is made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+
+from test_serve_support import image_server, photo_bytes, silent_server
+from vitkit.errors import FetchError, FetchTimeoutError, FetchTooLargeError, URLNotAllowedError
+from vitkit.fetch import (
+    BadURLError,
+    FetchPolicy,
+    address_refusal,
+    fetch_url,
+    hosts_from,
+    resolve_checked,
+)
+
+REFUSED = [
+    "127.0.0.1",
+    "127.255.0.9",
+    "10.0.0.1",
+    "172.16.5.4",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",  # carrier-grade NAT
+    "0.0.0.0",
+    "224.0.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.2.1",  # documentation range
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "ff02::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:169.254.169.254",
+    "::127.0.0.1",  # IPv4-compatible
+    "2002:7f00:1::",  # 6to4 around 127.0.0.1
+    "2002:a00:1::",  # 6to4 around 10.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 around 169.254.169.254
+    "64:ff9b:1::1",  # local-use NAT64
+    "2001:db8::1",
+]
+ALLOWED = ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808", "2002:808:808::"]
+
+
+@pytest.mark.parametrize("text", REFUSED)
+def test_non_public_addresses_are_refused(text: str) -> None:
+    assert address_refusal(ipaddress.ip_address(text)) is not None
+
+
+@pytest.mark.parametrize("text", ALLOWED)
+def test_public_addresses_pass(text: str) -> None:
+    assert address_refusal(ipaddress.ip_address(text)) is None
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"{host} must not be resolved (tests never leave loopback)")
+
+
+def fixed_resolver(table: dict[str, list[str]]):
+    calls: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return table[host]
+
+    resolve.calls = calls  # type: ignore[attr-defined]
+    return resolve
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [["10.0.0.1"], ["169.254.169.254"], ["93.184.216.34", "127.0.0.1"], ["::ffff:10.1.2.3"]],
+)
+def test_a_name_with_any_private_record_is_refused(answers: list[str]) -> None:
+    policy = FetchPolicy(resolver=fixed_resolver({"images.example": answers}))
+    with pytest.raises(URLNotAllowedError, match="images.example"):
+        fetch_url("http://images.example/cat.jpg", policy=policy)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/",  # decimal
+        "http://0x7f000001/",  # hex
+        "http://0177.0.0.1/",  # octal
+        "http://0x7f.1/",
+        "http://127.1/",
+        "http://0/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://0.0.0.0:8000/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+    ],
+)
+def test_numeric_and_literal_hosts_are_normalised_and_refused(url: str) -> None:
+    # httpx itself rejects some spellings (0177.0.0.1) as malformed: also a 400, also refused.
+    with pytest.raises((URLNotAllowedError, BadURLError)) as caught:
+        fetch_url(url, policy=FetchPolicy(resolver=no_dns))
+    assert caught.value.http_status == 400
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/x.jpg", "gopher://x/", "data:,hi", "//x/y"]
+)
+def test_only_http_and_https(url: str) -> None:
+    with pytest.raises(URLNotAllowedError, match="only http"):
+        fetch_url(url, policy=FetchPolicy(resolver=no_dns))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://", "http://:80/", "http://exa mple.com/", "http://x:99999/"]
+)
+def test_malformed_urls_are_bad_input(url: str) -> None:
+    with pytest.raises((BadURLError, URLNotAllowedError)):
+        fetch_url(url, policy=FetchPolicy(resolver=no_dns))
+
+
+def test_loopback_is_refused_by_default_and_allowed_by_allowlist() -> None:
+    image = photo_bytes()
+    with image_server(image) as base:
+        with pytest.raises(URLNotAllowedError, match="loopback"):
+            fetch_url(f"{base}/image.jpg")
+        allowed = FetchPolicy(allowlist=hosts_from(["127.0.0.1"]))
+        assert fetch_url(f"{base}/image.jpg", policy=allowed) == image
+        assert fetch_url(f"{base}/image.jpg", policy=FetchPolicy(allow_private=True)) == image
+
+
+def test_connection_goes_to_the_checked_address_with_the_original_host_header() -> None:
+    # "pinned.test" does not exist in DNS: the fetch can only succeed if it connects to the
+    # address the (injected) resolver returned, and resolves exactly once.
+    with image_server() as base:
+        port = base.rsplit(":", 1)[1]
+        resolver = fixed_resolver({"pinned.test": ["127.0.0.1"]})
+        policy = FetchPolicy(allowlist=frozenset({"pinned.test"}), resolver=resolver)
+        body = fetch_url(f"http://pinned.test:{port}/host", policy=policy)
+        assert body == f"pinned.test:{port}".encode()
+        assert resolver.calls == ["pinned.test"]
+
+
+def test_https_requests_carry_the_original_name_for_sni() -> None:
+    import httpx
+
+    from vitkit.fetch import _Pinned
+
+    with httpx.Client() as client:
+        request = _Pinned(
+            client, httpx.URL("https://img.example:8443/a.jpg"), "93.184.216.34"
+        ).request
+    assert request.url.host == "93.184.216.34"
+    assert request.headers["host"] == "img.example:8443"
+    assert request.extensions["sni_hostname"] == "img.example"
+
+
+def test_redirect_from_allowed_host_to_private_host_is_refused() -> None:
+    policy = FetchPolicy(allowlist=frozenset({"127.0.0.1"}))
+    with image_server() as base:
+        port = base.rsplit(":", 1)[1]
+        for target in [
+            "http://10.0.0.1/x.jpg",
+            "http://169.254.169.254/latest/",
+            f"http://localhost:{port}/image.jpg",
+            f"http://[::1]:{port}/image.jpg",
+            "file:///etc/passwd",
+        ]:
+            with pytest.raises(URLNotAllowedError):
+                fetch_url(f"{base}/redirect?to={target}", policy=policy)
+        # and an allowed redirect is followed
+        assert fetch_url(f"{base}/redirect?to=/image.jpg", policy=policy) == photo_bytes()
+
+
+def test_redirect_limit() -> None:
+    policy = FetchPolicy(allowlist=frozenset({"127.0.0.1"}), max_redirects=3)
+    with image_server() as base, pytest.raises(FetchError, match="redirected more than 3"):
+        fetch_url(f"{base}/loop", policy=policy)
+
+
+def test_byte_cap_is_enforced_while_streaming() -> None:
+    policy = FetchPolicy(allow_private=True, max_bytes=200_000, total_timeout=20)
+    with image_server() as base:
+        start = time.monotonic()
+        with pytest.raises(FetchTooLargeError, match="200,000-byte limit"):
+            fetch_url(f"{base}/forever", policy=policy)
+        assert time.monotonic() - start < 5  # stopped at the cap, not at the server's end
+        with pytest.raises(FetchTooLargeError):  # declared too large: refused before reading
+            fetch_url(f"{base}/big", policy=policy)
+        assert FetchTooLargeError.http_status == 413
+
+
+def test_a_server_that_never_answers_times_out() -> None:
+    policy = FetchPolicy(allow_private=True, read_timeout=0.5, connect_timeout=0.5)
+    with silent_server() as base:
+        start = time.monotonic()
+        with pytest.raises(FetchTimeoutError):
+            fetch_url(f"{base}/x.jpg", policy=policy)
+        assert time.monotonic() - start < 3
+
+
+def test_total_deadline_stops_a_trickling_server() -> None:
+    policy = FetchPolicy(allow_private=True, read_timeout=2, total_timeout=0.8)
+    with image_server() as base:
+        start = time.monotonic()
+        with pytest.raises(FetchTimeoutError, match="longer than 0.8 s"):
+            fetch_url(f"{base}/trickle", policy=policy)
+        assert time.monotonic() - start < 3
+
+
+def test_upstream_errors_and_refused_connections() -> None:
+    policy = FetchPolicy(allow_private=True, connect_timeout=1)
+    with image_server() as base, pytest.raises(FetchError, match="HTTP 404"):
+        fetch_url(f"{base}/missing", policy=policy)
+    with pytest.raises(FetchError, match="cannot connect"):  # the server above is gone
+        fetch_url(f"{base}/image.jpg", policy=policy)
+
+
+def test_hosts_from_splits_commas_and_repeats() -> None:
+    assert hosts_from(["a.example,B.example", " c "]) == {"a.example", "b.example", "c"}
+    assert resolve_checked(
+        "b.example",
+        80,
+        FetchPolicy(
+            allowlist=hosts_from(["B.example"]),
+            resolver=fixed_resolver({"b.example": ["10.0.0.1"]}),
+        ),
+    ) == ["10.0.0.1"]
