@@ -1,0 +1,231 @@
+"""What every checkpoint format shares: reading weight files safely, renaming foreign keys while
+keeping track of what was missing or left over, and building the ViT with a readable mismatch report.
+
+Format modules (hf, timm, npz) only know their own naming: they feed a foreign state dict through a
+``KeyReader`` and hand the result to ``build_model``, which checks names and shapes and raises one
+``CheckpointError`` that lists every problem at once (so a user fixes them in one go).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vitkit.config import ImageSize, ViTConfig, to_pair
+from vitkit.errors import CheckpointError
+from vitkit.model import ViT
+from vitkit.posembed import resample_pos_embed
+
+StateDict = dict[str, torch.Tensor]
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+# Training checkpoints wrap the weights: timm's train script writes {"state_dict": ...},
+# DeiT/MAE-style scripts {"model": ...}. The first of these keys that holds a dict wins.
+_WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
+_MAX_LISTED = 20
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Tensors of a .safetensors or pickled (.pth/.pt/.bin) file, unwrapped, as float32 on CPU.
+
+    Pickles are read with ``torch.load(weights_only=True)``: a file that needs arbitrary Python
+    objects to load is refused rather than executed.
+    """
+    is_safetensors = path.suffix in SAFETENSORS_SUFFIXES
+    tensors = _read_safetensors(path) if is_safetensors else _read_pickle(path)
+    return {name: _as_float32(tensor) for name, tensor in _strip_module_prefix(tensors).items()}
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def _read_pickle(path: Path) -> StateDict:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused to load: it is not a plain tensor checkpoint (torch.load with "
+            f"weights_only=True failed: {str(error).splitlines()[0]}). Re-save it as a state dict, "
+            "e.g. safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+        ) from error
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint ({str(error).splitlines()[0]})"
+        ) from error
+    return _unwrap(loaded, path)
+
+
+def _unwrap(loaded: object, path: Path) -> StateDict:
+    while isinstance(loaded, Mapping):
+        inner = next((loaded[k] for k in _WRAPPER_KEYS if isinstance(loaded.get(k), Mapping)), None)
+        if inner is None:
+            break
+        loaded = inner
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(
+            f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors"
+        )
+    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: contains no tensors, so it is not a model checkpoint")
+    return tensors
+
+
+def _strip_module_prefix(tensors: StateDict) -> StateDict:
+    # DistributedDataParallel saves every key as "module.<name>".
+    if tensors and all(name.startswith("module.") for name in tensors):
+        return {name[len("module.") :]: tensor for name, tensor in tensors.items()}
+    return tensors
+
+
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    # fp16/bf16 files are common; the model is built in fp32 (callers cast later if they want).
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
+@dataclass
+class KeyReader:
+    """Moves tensors from a foreign state dict into vitkit names, remembering what it could not find.
+
+    ``origins`` maps each vitkit name to the foreign name(s) it came from, for error messages.
+    """
+
+    foreign: StateDict
+    tensors: StateDict = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.foreign = dict(self.foreign)
+
+    def has(self, name: str) -> bool:
+        return name in self.foreign
+
+    def take(self, name: str) -> torch.Tensor | None:
+        """Remove and return ``name``; record it as missing if absent."""
+        if name not in self.foreign:
+            self.missing.append(name)
+            return None
+        return self.foreign.pop(name)
+
+    def move(
+        self,
+        name: str,
+        ours: str,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        tensor = self.take(name)
+        if tensor is not None:
+            self.put(ours, transform(tensor) if transform else tensor, name)
+
+    def put(self, ours: str, tensor: torch.Tensor, origin: str) -> None:
+        self.tensors[ours] = tensor
+        self.origins[ours] = origin
+
+    def unexpected(self) -> list[str]:
+        return sorted(self.foreign)
+
+
+def build_model(
+    config: ViTConfig,
+    reader: KeyReader,
+    source: Path | str,
+    image_size: ImageSize | None = None,
+    device: str | torch.device = "cpu",
+) -> ViT:
+    """A ViT for ``config`` holding the reader's tensors, position embeddings resampled to
+    ``image_size`` if given. Raises one CheckpointError listing every mismatch."""
+    problems = _name_problems(reader)
+    tensors = reader.tensors
+    if image_size is not None and not problems and "pos_embed" in tensors:
+        config, tensors = _resample_to(config, tensors, to_pair(image_size), source)
+    with torch.device("meta"):
+        # Built on the meta device: no time spent initialising weights we overwrite next.
+        model = ViT(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if not problems:
+        problems = _shape_problems(expected, tensors, reader.origins)
+    if problems:
+        raise CheckpointError(_describe(source, config, problems))
+    model.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def _resample_to(
+    config: ViTConfig, tensors: StateDict, image_hw: tuple[int, int], source: Path | str
+) -> tuple[ViTConfig, StateDict]:
+    if any(side % config.patch_size for side in image_hw):
+        raise CheckpointError(
+            f"{source}: image size {image_hw[0]}x{image_hw[1]} is not a multiple of the "
+            f"checkpoint's patch size {config.patch_size}"
+        )
+    new_config = config.replace(image_size=image_hw if image_hw[0] != image_hw[1] else image_hw[0])
+    pos_embed = tensors["pos_embed"]
+    if pos_embed.shape[1] != config.num_patches + 1:
+        return config, tensors  # reported as a shape mismatch against the checkpoint's own grid
+    tensors = dict(tensors)
+    tensors["pos_embed"] = resample_pos_embed(pos_embed, new_config.grid_size, config.grid_size)
+    return new_config, tensors
+
+
+def _name_problems(reader: KeyReader) -> list[str]:
+    problems = []
+    if reader.missing:
+        problems.append(_listing("missing keys", reader.missing))
+    if reader.unexpected():
+        problems.append(_listing("unexpected keys", reader.unexpected()))
+    return problems
+
+
+def _shape_problems(
+    expected: dict[str, tuple[int, ...]], tensors: StateDict, origins: dict[str, str]
+) -> list[str]:
+    problems = []
+    missing = [name for name in expected if name not in tensors]
+    extra = [origins.get(name, name) for name in tensors if name not in expected]
+    if missing:
+        problems.append(_listing("missing keys (vitkit names)", missing))
+    if extra:
+        problems.append(_listing("unexpected keys", extra))
+    wrong = [
+        f"{origins.get(name, name)}: checkpoint {tuple(tensor.shape)}, model {expected[name]}"
+        for name, tensor in tensors.items()
+        if name in expected and tuple(tensor.shape) != expected[name]
+    ]
+    if wrong:
+        problems.append(_listing("wrong shapes", wrong))
+    return problems
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:_MAX_LISTED]
+    more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in shown) + more
+
+
+def _describe(source: Path | str, config: ViTConfig, problems: list[str]) -> str:
+    shape = (
+        f"hidden_size={config.hidden_size}, layers={config.num_hidden_layers}, "
+        f"heads={config.num_attention_heads}, patch={config.patch_size}, "
+        f"image={config.image_size}, num_labels={config.num_labels}"
+    )
+    return (
+        f"{source}: the weights do not match the ViT its config describes ({shape}):\n"
+        + "\n".join(problems)
+        + "\nCheck that the file is a plain ViT checkpoint of this architecture (the config and "
+        "the weights must come from the same model)."
+    )
