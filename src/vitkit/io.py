@@ -1,0 +1,395 @@
+"""Image sources -> RGB pixels, safely: one place that decides what counts as an image.
+
+``load_image`` turns any supported source (path, URL, bytes, file object, PIL image, numpy array,
+torch tensor) into an upright RGB ``PIL.Image``; ``decode_uint8`` does the same into a CHW uint8
+tensor, decoding JPEG/PNG with torchvision (the fast path) and everything else with PIL.
+
+Rules, the same for both:
+
+- Only common raster formats are opened (``COMMON_RASTER``); PIL is never asked to try the others
+  (EPS/PostScript would run Ghostscript).
+- The pixel count is read from the header and checked against ``max_pixels`` BEFORE decoding, so a
+  decompression bomb (a small file claiming 30000x30000) costs nothing.
+- The whole image is decoded up front, so a truncated file fails here, naming the file
+  (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone).
+- EXIF orientation is applied.
+- Modes become RGB as transformers' ``load_image`` does (``PIL.Image.convert("RGB")``: alpha is
+  dropped, palettes expanded, CMYK converted), with one deliberate difference: 16-bit images
+  (``I;16``, ``I;16B``, ``I``) are scaled to 8 bits (``round(v / 257)``), where PIL's conversion
+  clips every value above 255 to white. ``background=(r, g, b)`` composites transparent images
+  onto a colour instead, exactly as transformers' processors do with ``do_convert_rgb=True``.
+
+Errors are ``vitkit.errors`` classes whose message starts with the source.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vitkit.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+
+if TYPE_CHECKING:
+    import torch
+
+# PIL's own default cap (Image.MAX_IMAGE_PIXELS): about 9459 x 9459.
+DEFAULT_MAX_PIXELS = 89_478_485
+# PIL format names; the only ones Image.open is allowed to try.
+COMMON_RASTER: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+)
+WHITE = (255, 255, 255)
+
+# A fetch policy (vitkit.fetch.FetchPolicy) or a callable url -> bytes.
+Fetcher = Callable[[str], bytes] | Any
+ImageLike = Any  # str | PathLike | bytes | file object | PIL.Image | np.ndarray | torch.Tensor
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# PIL raises these while decoding broken data (OSError covers "image file is truncated").
+_DECODE_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError)
+
+
+# ---- naming sources in messages ------------------------------------------------------------
+def describe(source: ImageLike) -> str:
+    """How an error message names a source: the path or URL itself, else its kind."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source) if not isinstance(source, bytes) else repr(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    name = getattr(source, "name", None)
+    if isinstance(name, str):
+        return name
+    return f"<{type(source).__name__}>"
+
+
+def is_url(source: object) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+# ---- expanding command-line inputs ---------------------------------------------------------
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Files and URLs as given; directories replaced by their image files (recursive, sorted).
+
+    Paths that do not exist, and directories without images, are kept as they are so the caller
+    reports an error for that input (``load_image`` says what is wrong) and goes on with the rest.
+    """
+    expanded: list[str] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if not is_url(text) and path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
+            expanded.extend(found or [text])
+        else:
+            expanded.append(text)
+    return expanded
+
+
+# ---- reading bytes ---------------------------------------------------------------------------
+def _fetch(url: str, fetch: Fetcher) -> bytes:
+    if callable(fetch):
+        return bytes(fetch(url))
+    from vitkit.fetch import fetch_url  # the serving engineer's SSRF-guarded client
+
+    return fetch_url(url, policy=fetch)
+
+
+def read_source_bytes(source: str | os.PathLike[str], fetch: Fetcher = None) -> bytes:
+    """The raw bytes of a path or URL (errors name it)."""
+    name = describe(source)
+    if is_url(source):
+        return _fetch(str(source), fetch)
+    path = Path(source)
+    if path.is_dir():
+        raise UnsupportedImageError(name, "is a directory with no image files in it")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(name, "no such file") from None
+    except OSError as error:
+        raise ImageDecodeError(name, f"cannot read file: {error.strerror or error}") from None
+
+
+# ---- opening + checking the header ---------------------------------------------------------
+def open_checked(
+    data: bytes | BinaryIO,
+    name: str,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allowed_formats: Iterable[str] = COMMON_RASTER,
+) -> Image.Image:
+    """Open (header only: nothing decoded yet), refusing unknown formats and oversized images."""
+    stream: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    formats = tuple(allowed_formats)
+    if isinstance(data, (bytes, bytearray)) and not data:
+        raise UnsupportedImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # vitkit applies its own cap below; PIL's warning for 1x..2x its cap is noise here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream, formats=formats)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(name, f"refused before decoding: {error}") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(
+            name, f"not an image in a supported format ({', '.join(formats)})"
+        ) from None
+    except _DECODE_FAILURES as error:
+        raise ImageDecodeError(name, f"unreadable image header: {error}") from None
+    check_pixels(image.size, name, max_pixels)
+    return image
+
+
+def check_pixels(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(name, f"image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            name,
+            f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
+            "(refused before decoding; raise max_pixels if the image is trusted)",
+        )
+
+
+def _decode_fully(image: Image.Image, name: str) -> Image.Image:
+    """Decode every pixel now, so truncation is an error here and not a grey stripe later."""
+    try:
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(name, str(error)) from None
+    except _DECODE_FAILURES as error:
+        kind = image.format or "image"
+        raise ImageDecodeError(name, f"truncated or corrupt {kind} data ({error})") from None
+    return image
+
+
+def _exif_transpose(image: Image.Image, name: str, *, in_place: bool) -> Image.Image:
+    try:
+        if in_place:
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
+        return ImageOps.exif_transpose(image) or image
+    except _DECODE_FAILURES as error:
+        raise ImageDecodeError(name, f"bad EXIF orientation data ({error})") from None
+
+
+# ---- modes -> RGB ----------------------------------------------------------------------------
+def _has_alpha(image: Image.Image) -> bool:
+    # transformers.image_transforms.convert_to_rgb's test, kept identical for parity.
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
+def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255 by rounding v / 257 (exact for values that came from 8 bits)."""
+    clipped = np.clip(values.astype(np.int64), 0, 65535)
+    return ((clipped * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Any PIL mode -> RGB. See the module docstring for the rules (and the 16-bit exception)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        gray = sixteen_to_eight(np.asarray(image))
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if background is not None and _has_alpha(image):
+        rgba = image.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+# ---- arrays and tensors ----------------------------------------------------------------------
+def _array_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return sixteen_to_eight(array)
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
+            raise ImageDecodeError(
+                name, "float pixel values must lie in [0, 1] (or pass uint8 values in 0..255)"
+            )
+        # Rounding, so a float image made as uint8 / 255 comes back to the same uint8 values.
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ImageDecodeError(name, "integer pixel values must lie in 0..255")
+        return array.astype(np.uint8)
+    raise UnsupportedImageError(name, f"unsupported array dtype {array.dtype}")
+
+
+def array_to_pil(array: np.ndarray, name: str, *, channels_first: bool = False) -> Image.Image:
+    """HW, HWC (C = 1, 3, 4) or, with ``channels_first``, CHW arrays -> PIL image."""
+    if array.ndim == 3 and channels_first:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+        layout = "CHW" if channels_first else "HWC"
+        raise UnsupportedImageError(
+            name, f"array of shape {tuple(array.shape)} is not an image (want HW or {layout})"
+        )
+    pixels = np.ascontiguousarray(_array_to_uint8(array, name))
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[pixels.ndim if pixels.ndim == 2 else pixels.shape[-1]]
+    return Image.fromarray(pixels, mode=mode)
+
+
+def _is_channels_first(shape: tuple[int, ...], *, prefer_first: bool) -> bool:
+    first, last = shape[0] in (1, 3, 4), shape[-1] in (1, 3, 4)
+    return first if prefer_first or not last else not last
+
+
+def tensor_to_pil(tensor: torch.Tensor, name: str) -> Image.Image:
+    array = tensor.detach().cpu().numpy()
+    first = array.ndim == 3 and _is_channels_first(array.shape, prefer_first=True)
+    return array_to_pil(array, name, channels_first=first)
+
+
+def ndarray_to_pil(array: np.ndarray, name: str) -> Image.Image:
+    first = array.ndim == 3 and _is_channels_first(array.shape, prefer_first=False)
+    return array_to_pil(array, name, channels_first=first)
+
+
+# ---- the public entry points -----------------------------------------------------------------
+def load_image(
+    source: ImageLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allowed_formats: Iterable[str] = COMMON_RASTER,
+    fetch: Fetcher = None,
+    background: tuple[int, int, int] | None = None,
+) -> Image.Image:
+    """Any supported source -> upright RGB ``PIL.Image`` (fully decoded).
+
+    ``fetch``: how URLs are fetched; a ``vitkit.fetch.FetchPolicy`` (None = its defaults) or any
+    callable ``url -> bytes``. ``background``: composite transparency onto this colour instead of
+    dropping alpha (see the module docstring).
+    """
+    name = describe(source)
+    if isinstance(source, Image.Image):
+        check_pixels(source.size, name, max_pixels)
+        return to_rgb(_exif_transpose(source, name, in_place=False), background)
+    if isinstance(source, np.ndarray):
+        image = ndarray_to_pil(source, name)
+        check_pixels(image.size, name, max_pixels)
+        return to_rgb(image, background)
+    if _is_tensor(source):
+        image = tensor_to_pil(source, name)
+        check_pixels(image.size, name, max_pixels)
+        return to_rgb(image, background)
+    data = _source_bytes_or_stream(source, name, fetch)
+    image = open_checked(data, name, max_pixels=max_pixels, allowed_formats=allowed_formats)
+    image = _decode_fully(image, name)
+    return to_rgb(_exif_transpose(image, name, in_place=True), background)
+
+
+def _is_tensor(source: object) -> bool:
+    module = type(source).__module__
+    return module.startswith("torch") and hasattr(source, "detach")
+
+
+def _source_bytes_or_stream(source: ImageLike, name: str, fetch: Fetcher) -> bytes | BinaryIO:
+    if isinstance(source, (str, os.PathLike)):
+        return read_source_bytes(source, fetch)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise UnsupportedImageError(name, "file object must be opened in binary mode ('rb')")
+        return bytes(data)
+    raise UnsupportedImageError(
+        name,
+        f"unsupported input type {type(source).__name__}: pass a path, URL, bytes, binary file "
+        "object, PIL image, numpy array or torch tensor",
+    )
+
+
+def decode_uint8(
+    source: ImageLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allowed_formats: Iterable[str] = COMMON_RASTER,
+    fetch: Fetcher = None,
+    background: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """Any supported source -> (3, H, W) uint8 tensor, the input of the fast preprocessing path.
+
+    JPEG and 8-bit RGB/grey/RGBA PNG bytes are decoded by torchvision (libjpeg-turbo / libpng; on
+    the photos tested they give the same pixels as PIL) after the same header checks as
+    ``load_image``; anything else goes through ``load_image``. The tensor is usually a
+    channels-last view (stride 1 on C), which torch's uint8 antialiased resize handles fastest.
+    """
+    import torch
+
+    name = describe(source)
+    if _is_tensor(source) and source.dtype == torch.uint8 and source.ndim == 3 and len(source) == 3:
+        check_pixels((source.shape[2], source.shape[1]), name, max_pixels)
+        return source
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(
+        source, "read"
+    ):
+        data = _source_bytes_or_stream(source, name, fetch)
+        assert isinstance(data, bytes)
+        header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=allowed_formats)
+        if _torchvision_decodes(header, data, background):
+            return _torchvision_decode(data, header.format or "", name)
+        image = _decode_fully(header, name)
+        image = to_rgb(_exif_transpose(image, name, in_place=True), background)
+    else:
+        image = load_image(source, max_pixels=max_pixels, background=background)
+    return pil_to_uint8(image)
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) uint8 tensor (a channels-last view, no copy beyond PIL's)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def _torchvision_decodes(
+    header: Image.Image, data: bytes, background: tuple[int, int, int] | None
+) -> bool:
+    """Whether torchvision gives exactly what the PIL path would for these bytes."""
+    if header.format == "JPEG":
+        # CMYK/YCCK go through PIL (its Adobe inversion handling is the reference).
+        return header.mode in ("RGB", "L")
+    if header.format == "PNG":
+        bit_depth = data[24] if len(data) > 24 else 0  # IHDR bit depth
+        plain = header.mode in ("RGB", "L") and "transparency" not in header.info
+        dropped_alpha = header.mode == "RGBA" and background is None
+        return bit_depth == 8 and (plain or dropped_alpha)
+    return False
+
+
+def _torchvision_decode(data: bytes, image_format: str, name: str) -> torch.Tensor:
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        if image_format == "JPEG":
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return decode_png(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as error:
+        reason = str(error).rsplit(",", 1)[-1].strip()
+        raise ImageDecodeError(
+            name, f"truncated or corrupt {image_format} data ({reason})"
+        ) from None
