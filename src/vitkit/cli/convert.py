@@ -1,0 +1,84 @@
+"""`vitkit convert SRC DST`: any checkpoint vitkit reads -> a Hugging Face directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EPILOG = """\
+SRC is anything `vitkit.load` understands: a Hugging Face directory, a Hub id
+(google/vit-base-patch16-224), a timm state dict (.safetensors / .pth / .bin) or a Google
+vit_jax .npz file. DST becomes a directory with config.json, model.safetensors and
+preprocessor_config.json that transformers loads with no conversion:
+
+  vitkit convert ViT-B_16.npz vit-b16-hf
+  vitkit convert vit_base_patch16_384.safetensors vit-b16-384
+  vitkit convert google/vit-base-patch16-224 vit-b16-384 --image-size 384
+
+then: transformers.ViTForImageClassification.from_pretrained("vit-b16-hf")
+
+A timm state dict does not record its number of attention heads; vitkit uses timm's value for the
+width (ViT-Ti 3, S 6, B 12, L/H 16); pass --num-heads if your model differs. An existing DST
+checkpoint directory is replaced only after the new one is complete.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a ViT checkpoint (HF, timm, .npz, hub id) to a Hugging Face directory",
+        description="Convert a ViT checkpoint to a Hugging Face directory (transformers-loadable).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", metavar="SRC", help="checkpoint file, directory or Hub id")
+    parser.add_argument("destination", metavar="DST", help="directory to write")
+    parser.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        metavar="N|HxW",
+        help="resample the position embeddings to this resolution (e.g. 384 or 384x512)",
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        metavar="H",
+        help="attention heads, for timm state dicts whose width is not a standard ViT size",
+    )
+    parser.set_defaults(func=run)
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    try:
+        if "x" in text.lower():
+            height, width = text.lower().split("x")
+            return (int(height), int(width))
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not N or HxW (e.g. 384 or 384x512)"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitkit.checkpoints import load_model, save_pretrained
+
+    loaded = load_model(args.source, image_size=args.image_size, num_attention_heads=args.num_heads)
+    processor = loaded.processor_config
+    if processor is not None and args.image_size is not None:
+        from vitkit.classifier import resized_processor_config
+
+        processor = resized_processor_config(processor, loaded.model.config.image_hw)
+    target = save_pretrained(loaded.model, args.destination, processor_config=processor)
+    config = loaded.model.config
+    height, width = config.image_hw
+    print(
+        f"{args.source} ({loaded.format}) -> {target}: ViT {config.hidden_size}x"
+        f"{config.num_hidden_layers}, patch {config.patch_size}, {height}x{width}, "
+        f"{config.num_labels or 'no'} classes",
+        file=sys.stderr,
+    )
+    return 0
