@@ -1,0 +1,149 @@
+"""`vitkit serve`: run the HTTP prediction service (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+EPILOG = """\
+examples:
+  vitkit serve --model google/vit-base-patch16-224
+  vitkit serve --model ./my-finetuned --port 9000 --max-batch-size 16 --max-batch-delay-ms 10
+  vitkit serve --model ./ckpt --allow-host images.internal.example   # fetch from one internal host
+
+endpoints:
+  GET  /predict_image_class?image_url=URL   {"predicted_class", "score", "predictions"}
+  POST /predict_image_class                 multipart field "image", same answer
+  POST /v1/predict?top_k=5                  multipart files or a raw image body
+  POST /v1/embed?pool=cls|mean|pooler       pooled embeddings
+  GET  /healthz  /readyz  /v1/model  /metrics  /docs  /  (a web page to try it)
+
+URLs are fetched only from public addresses unless --allow-private-urls or --allow-host says
+otherwise; stop the server with Ctrl-C or SIGTERM (requests in flight are finished first).
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve predictions over HTTP (dynamic batching, safe URL fetching, metrics)",
+        description="Serve a ViT classifier over HTTP with FastAPI + uvicorn.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint: HF dir or hub id, timm file, .npz "
+        "(default: $VITKIT_MODEL or google/vit-base-patch16-224)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request of a batch waits for company (default 5 ms)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests in flight before new ones get 503 + Retry-After (default 64)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="deadline per request in seconds, fetch included; 504 after it (default 30)",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        help="largest image upload or download in bytes (default 10 MiB)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image in pixels, checked before decoding (default ~89.5 M, PIL's cap)",
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let image_url reach private/loopback/link-local addresses (trusted networks only)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="host name (as written in URLs) exempt from the address check; repeatable",
+    )
+    parser.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=10.0,
+        help="connect/read timeout for image_url fetches in seconds (default 10)",
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight requests finish after SIGTERM (default 30)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from vitkit.classifier import load
+    from vitkit.fetch import FetchPolicy, hosts_from
+    from vitkit.io import DEFAULT_MAX_PIXELS
+    from vitkit.serve import ServeSettings, create_app
+
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        max_image_bytes=args.max_image_bytes,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        fetch_policy=FetchPolicy(
+            max_bytes=args.max_image_bytes,
+            connect_timeout=args.fetch_timeout,
+            read_timeout=args.fetch_timeout,
+            total_timeout=min(args.request_timeout, 3 * args.fetch_timeout),
+            allow_private=args.allow_private_urls,
+            allowlist=hosts_from(args.allow_host),
+        ),
+    )
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
+    )
+    failed: list[BaseException] = []
+
+    def give_up(error: BaseException) -> None:  # a model that cannot load: exit, do not linger
+        failed.append(error)
+        server.should_exit = True
+
+    app = create_app(lambda: load(args.model, device=args.device), settings, on_load_error=give_up)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 1 if failed else 0

@@ -1,0 +1,137 @@
+"""Every failure the server can meet, as ``{"error": code, "detail": text}`` with the right status.
+
+Library errors (``vitkit.errors``) carry no HTTP knowledge beyond ``FetchError.http_status``;
+this table decides how the server answers them. Bad input is always a 4xx (or a 502/504 when a
+URL the client gave us fails upstream); a 500 means a bug in vitkit, never in the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vitkit.errors import (
+    FetchError,
+    FetchTimeoutError,
+    FetchTooLargeError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    NoClassificationHeadError,
+    UnsupportedImageError,
+    URLNotAllowedError,
+    VitkitError,
+)
+
+log = logging.getLogger("vitkit.serve")
+
+
+class ServiceError(VitkitError):
+    """An error the server raises itself; the class says status, code and extra headers."""
+
+    status = 400
+    code = "bad_request"
+    retry_after: int | None = None
+
+
+class BadInput(ServiceError):
+    pass
+
+
+class MissingField(ServiceError):
+    status = 422
+    code = "missing_field"
+
+
+class RequestTooLarge(ServiceError):
+    status = 413
+    code = "request_too_large"
+
+
+class Overloaded(ServiceError):
+    status = 503
+    code = "overloaded"
+    retry_after = 1
+
+
+class NotReady(ServiceError):
+    status = 503
+    code = "not_ready"
+    retry_after = 5
+
+
+class DeadlineExceeded(ServiceError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+# Most specific first: the first class the error is an instance of decides.
+_LIBRARY_ERRORS: list[tuple[type[Exception], int, str]] = [
+    (URLNotAllowedError, 400, "url_not_allowed"),
+    (FetchTooLargeError, 413, "upstream_too_large"),
+    (FetchTimeoutError, 504, "upstream_timeout"),
+    (ImageTooLargeError, 413, "image_too_large"),
+    (UnsupportedImageError, 415, "unsupported_image"),
+    (ImageDecodeError, 400, "bad_image"),
+    (NoClassificationHeadError, 400, "no_classification_head"),
+]
+
+
+def status_and_code(error: Exception) -> tuple[int, str]:
+    if isinstance(error, ServiceError):
+        return error.status, error.code
+    for kind, status, code in _LIBRARY_ERRORS:
+        if isinstance(error, kind):
+            return status, code
+    if isinstance(error, FetchError):  # BadURLError (400), unreachable / HTTP errors (502)
+        status = error.http_status
+        return status, "bad_url" if status == 400 else "upstream_error"
+    if isinstance(error, VitkitError):
+        return 400, "bad_request"
+    return 500, "internal_error"
+
+
+def error_response(
+    status: int, code: str, detail: str, retry_after: int | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers on ``app``."""
+
+    @app.exception_handler(VitkitError)
+    async def vitkit_error(request: Request, error: VitkitError) -> JSONResponse:
+        status, code = status_and_code(error)
+        retry_after = error.retry_after if isinstance(error, ServiceError) else None
+        return error_response(status, code, str(error), retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        missing = any(problem.get("type") == "missing" for problem in problems)
+        detail = "; ".join(
+            f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', '')}"
+            for problem in problems
+        )
+        return error_response(422, "missing_field" if missing else "invalid_request", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        phrase = (
+            HTTPStatus(error.status_code).phrase
+            if error.status_code in HTTPStatus._value2member_map_
+            else "error"
+        )
+        code = phrase.lower().replace(" ", "_").replace("-", "_")
+        return error_response(error.status_code, code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", f"{type(error).__name__}: a bug in vitkit")
