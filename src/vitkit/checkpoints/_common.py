@@ -54,19 +54,37 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_pickle(path: Path) -> StateDict:
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle: is it a "
+            "text file, an image, or a download error page?)"
+        )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        lines = str(error).splitlines()
+        reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
         raise CheckpointError(
-            f"{path}: refused to load: it is not a plain tensor checkpoint (torch.load with "
-            f"weights_only=True failed: {str(error).splitlines()[0]}). Re-save it as a state dict, "
-            "e.g. safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+            f"{path}: refused to load: it is not a plain tensor checkpoint and vitkit only "
+            f"unpickles with torch.load(weights_only=True) ({reason.strip()[:200]}). If you "
+            "trust the file, re-save its tensors as a state dict, e.g. "
+            "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
         ) from error
     except (RuntimeError, OSError, EOFError, ValueError) as error:
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint ({str(error).splitlines()[0]})"
+            f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})"
         ) from error
     return _unwrap(loaded, path)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    # torch.save writes a zip archive (since 1.6) or, legacy, a pickle (protocol byte 0x80).
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error})") from error
+    return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _unwrap(loaded: object, path: Path) -> StateDict:

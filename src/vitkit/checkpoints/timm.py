@@ -70,8 +70,22 @@ def load_timm_file(
 ) -> ViT:
     """A ViT from one timm state dict file (.safetensors / .pth / .bin)."""
     tensors = read_state_dict(path)
+    if checkpoint_image_size is None and image_size is not None:
+        checkpoint_image_size = _requested_if_it_fits(tensors, image_size)
     config = _config_or_error(tensors, path, num_attention_heads, checkpoint_image_size)
     return _build(config, tensors, path, image_size, device)
+
+
+def _requested_if_it_fits(tensors: StateDict, image_size: ImageSize) -> ImageSize | None:
+    """A non-square checkpoint loaded at its own size: the requested size names its grid."""
+    if not looks_like_timm(tensors):
+        return None
+    positions = tensors["pos_embed"].shape[1] - 1
+    patch = tensors["patch_embed.proj.weight"].shape[-1]
+    height, width = to_pair(image_size)
+    square = math.isqrt(positions) ** 2 == positions
+    fits = (height // patch) * (width // patch) == positions
+    return image_size if fits and not square else None
 
 
 def _config_or_error(
