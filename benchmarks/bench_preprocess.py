@@ -1,0 +1,202 @@
+"""Preprocessing throughput: JPEG files -> (B, 3, 224, 224) float32, decode included, one core.
+
+Contenders, all reading the same 640x480 JPEG files (made from the real sample photos of
+scikit-image and scikit-learn) and producing the same ViT input (bilinear 224x224, mean=std=0.5):
+
+- vitkit fast:  ImageProcessor(mode="fast")(paths)       (bit-identical to transformers default)
+- vitkit pil:   ImageProcessor(mode="pil")(paths)        (bit-identical to ViTImageProcessorPil)
+- transformers ViTImageProcessor (its default, torchvision backend), given the paths (it decodes
+  them with torchvision) and given PIL images from ``transformers.image_utils.load_image``
+  (what ``pipeline("image-classification")`` does);
+- transformers ViTImageProcessorPil, given the paths (it decodes them with PIL).
+
+Rounds are interleaved in one process (every contender once per round, order rotated) and the
+median round is reported, so the shared machine's noise hits all of them alike. Ratios come from
+the same run. ``--write`` replaces the "Preprocessing" section of BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/bench_preprocess.py --rounds 9 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+import transformers
+from PIL import Image
+
+from vitkit.processor import ImageProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Preprocessing"
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = {
+        "astronaut": data.astronaut(),
+        "coffee": data.coffee(),
+        "chelsea": data.chelsea(),
+        "immunohistochemistry": data.immunohistochemistry(),
+    }
+    china, flower = load_sample_images().images
+    photos.update(china=china, flower=flower)
+    return photos
+
+
+def write_jpegs(directory: Path, copies: int) -> list[str]:
+    """640x480 JPEGs (quality 90) of the sample photos, ``copies`` files each."""
+    paths = []
+    for name, pixels in sample_photos().items():
+        image = Image.fromarray(pixels).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC)
+        for copy in range(copies):
+            path = directory / f"{name}_{copy}.jpg"
+            image.save(path, "JPEG", quality=90)
+            paths.append(str(path))
+    return paths
+
+
+def contenders(paths: list[str], batch_size: int) -> dict[str, Callable[[], torch.Tensor]]:
+    from transformers import ViTImageProcessor, ViTImageProcessorPil
+    from transformers.image_utils import load_image
+
+    fast = ImageProcessor(mode="fast")
+    pil = ImageProcessor(mode="pil")
+    hf_default, hf_pil = ViTImageProcessor(), ViTImageProcessorPil()
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+
+    def run(step: Callable[[list[str]], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return lambda: torch.cat([step(batch) for batch in batches])
+
+    return {
+        "vitkit fast": run(lambda b: fast(b)),
+        "vitkit pil (exact classic)": run(lambda b: pil(b)),
+        "transformers ViTImageProcessor (paths)": run(
+            lambda b: hf_default(b, return_tensors="pt")["pixel_values"]
+        ),
+        "transformers ViTImageProcessor (load_image + processor)": run(
+            lambda b: hf_default([load_image(p) for p in b], return_tensors="pt")["pixel_values"]
+        ),
+        "transformers ViTImageProcessorPil (paths)": run(
+            lambda b: hf_pil(b, return_tensors="pt")["pixel_values"]
+        ),
+    }
+
+
+def measure(
+    runs: dict[str, Callable[[], torch.Tensor]], rounds: int, images: int
+) -> dict[str, float]:
+    """Images/s per contender: median over interleaved rounds (order rotated each round)."""
+    names = list(runs)
+    outputs = {name: runs[name]() for name in names}  # warm-up (and outputs for the checks)
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            runs[name]()
+            timings[name].append(time.perf_counter() - start)
+    check_parity(outputs)
+    return {name: images / statistics.median(times) for name, times in timings.items()}
+
+
+def check_parity(outputs: dict[str, torch.Tensor]) -> None:
+    fast_diff = (outputs["vitkit fast"] - outputs["transformers ViTImageProcessor (paths)"]).abs()
+    pil_diff = (
+        outputs["vitkit pil (exact classic)"] - outputs["transformers ViTImageProcessorPil (paths)"]
+    ).abs()
+    print(f"max |vitkit fast - ViTImageProcessor|    = {fast_diff.max().item():.3g}")
+    print(f"max |vitkit pil  - ViTImageProcessorPil| = {pil_diff.max().item():.3g}")
+    if fast_diff.max() > 1e-5 or pil_diff.max() > 1e-5:
+        raise SystemExit("parity broken: the speed numbers would compare different work")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu
+
+
+def table(rates: dict[str, float], args: argparse.Namespace, images: int) -> str:
+    reference_default = max(
+        rates["transformers ViTImageProcessor (paths)"],
+        rates["transformers ViTImageProcessor (load_image + processor)"],
+    )
+    reference_pil = rates["transformers ViTImageProcessorPil (paths)"]
+    lines = [
+        f"`benchmarks/bench_preprocess.py --rounds {args.rounds} --batch-size {args.batch_size}` "
+        f"on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}, "
+        f"torch.set_num_threads(1), one process; torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}, transformers {transformers.__version__}, Pillow "
+        f"{PIL.__version__}, Python {platform.python_version()}.",
+        "",
+        f"{images} JPEG files, 640x480, quality 90, made from the six sample photos "
+        "(skimage astronaut, coffee, chelsea, immunohistochemistry; sklearn china, flower); "
+        "output (B, 3, 224, 224) float32, bilinear, mean = std = 0.5; decode included; batches "
+        f"of {args.batch_size}; median of {args.rounds} interleaved rounds.",
+        "",
+        "| pipeline | images/s | vs transformers default | vs transformers PIL backend |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, rate in rates.items():
+        lines.append(
+            f"| {name} | {rate:.0f} | {rate / reference_default:.2f}x | {rate / reference_pil:.2f}x |"
+        )
+    lines += [
+        "",
+        '"vs transformers default" divides by the faster of its two input styles. Outputs are '
+        "checked in the same run: vitkit fast equals ViTImageProcessor and vitkit pil equals "
+        "ViTImageProcessorPil bit for bit (max abs diff 0).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    content = path.read_text()
+    pattern = re.compile(rf"({re.escape(SECTION)}\n)(.*?)(?=\n## |\Z)", re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{path} has no '{SECTION}' section")
+    path.write_text(pattern.sub(lambda m: m.group(1) + "\n" + text, content, count=1))
+    print(f"wrote the '{SECTION}' section of {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--copies", type=int, default=8, help="files per sample photo")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()  # its torchvision-decode deprecation notice
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(Path(tmp), args.copies)
+        rates = measure(contenders(paths, args.batch_size), args.rounds, len(paths))
+    text = table(rates, args, len(paths))
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
