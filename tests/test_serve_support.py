@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -69,10 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
-        try:
+        with suppress(BrokenPipeError, ConnectionResetError):
             self._route(path, query)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def _route(self, path: str, query: str) -> None:
         if path == "/image.jpg":
@@ -167,3 +165,38 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+LABELS = ["tabby cat", "coffee mug", "astronaut", "rocket", "histology slide"]
+
+
+def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
+    """A 2-layer random ViT-Ti (5 labels) saved as an HF directory by vitkit itself."""
+    import torch
+
+    from vitkit.checkpoints import save_pretrained
+    from vitkit.config import preset
+    from vitkit.model import ViT
+
+    torch.manual_seed(0)
+    config = preset(
+        "vit-tiny-patch16-224",
+        num_hidden_layers=2,
+        image_size=image_size,
+        id2label=dict(enumerate(LABELS)),
+    )
+    model = ViT(config).eval()
+    with torch.no_grad():  # random heads give near-uniform scores; spread them out
+        model.head.weight.normal_(0, 1.0)
+    processor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    save_pretrained(model, directory, processor)

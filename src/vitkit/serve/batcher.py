@@ -13,6 +13,7 @@ overload, answering 503 at once beats letting latency grow without limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -48,7 +49,9 @@ class _Job:
         return self.future.cancelled() or now > self.deadline
 
     def resolve(self, result: list[Any] | BaseException) -> None:
-        self.loop.call_soon_threadsafe(_settle, self.future, result)
+        # RuntimeError: the loop is closed (server shutting down), so nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_settle, self.future, result)
 
 
 def _settle(future: asyncio.Future[list[Any]], result: list[Any] | BaseException) -> None:
@@ -126,7 +129,10 @@ class MicroBatcher:
         while True:
             batch, stopping = self._gather()
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                except Exception:  # never let one bad batch kill the only model thread
+                    log.exception("model worker: unexpected error")
             if stopping:
                 return
 

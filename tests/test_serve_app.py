@@ -1,0 +1,347 @@
+"""The serving app in-process (fast): endpoints, batching, errors, metrics, and a hypothesis fuzz.
+
+The real-process tests (uvicorn subprocess, real HTTP, hostile URLs, SIGTERM) are in
+test_serve_process.py. Nothing here leaves the process: URL fetches in the fuzz are stopped
+after the address check, before any connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import vitkit.serve.app as serve_app
+from test_serve_support import LABELS, photo_bytes, png_bomb, save_tiny_checkpoint
+from vitkit.classifier import Classifier, load
+from vitkit.errors import FetchError
+from vitkit.fetch import FetchPolicy, _parse, resolve_checked
+from vitkit.serve import ServeSettings, create_app
+from vitkit.serve.batcher import MicroBatcher
+from vitkit.serve.errors import DeadlineExceeded, Overloaded
+
+PHOTOS = ["chelsea", "coffee", "astronaut"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("serve-tiny")
+    save_tiny_checkpoint(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def classifier(checkpoint: Path) -> Classifier:
+    return load(checkpoint, device="cpu")
+
+
+def wait_ready(client: TestClient, seconds: float = 30) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(classifier: Classifier) -> Iterator[TestClient]:
+    app = create_app(
+        classifier,
+        ServeSettings(max_batch_size=4, max_image_bytes=300_000, max_pixels=4_000_000),
+    )
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+# ---- answers ---------------------------------------------------------------------------------
+def test_v1_predict_matches_the_library_per_image(
+    client: TestClient, classifier: Classifier
+) -> None:
+    photos = [photo_bytes(name) for name in PHOTOS]
+    files = [
+        ("files", (f"{name}.jpg", data, "image/jpeg"))
+        for name, data in zip(PHOTOS, photos, strict=True)
+    ]
+    response = client.post("/v1/predict?top_k=3", files=files)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected = classifier.predict([Image.open(io.BytesIO(data)) for data in photos], top_k=3)
+    assert len(answer) == 3
+    for got, want in zip(answer, expected, strict=True):
+        assert [p["label"] for p in got] == [p["label"] for p in want]
+        assert np.allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-5)
+    assert len({tuple(p["label"] for p in got) for got in answer}) > 1  # images told apart
+
+
+def test_seed_style_answer_from_upload_and_raw_body(client: TestClient) -> None:
+    data = photo_bytes("coffee")
+    upload = client.post(
+        "/predict_image_class", files={"image": ("coffee.jpg", data, "image/jpeg")}
+    )
+    assert upload.status_code == 200
+    answer = upload.json()
+    assert answer["predicted_class"] == answer["predictions"][0]["label"] in LABELS
+    assert answer["score"] == answer["predictions"][0]["score"]
+    scores = [p["score"] for p in answer["predictions"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+    assert sum(scores) == pytest.approx(1.0, abs=1e-5)  # 5 labels, top 5: the whole softmax
+    raw = client.post("/v1/predict", content=data, headers={"content-type": "image/jpeg"})
+    assert raw.json()[0] == answer["predictions"]
+
+
+def test_embed_matches_the_library(client: TestClient, classifier: Classifier) -> None:
+    data = photo_bytes("astronaut")
+    for pool in ("cls", "mean"):
+        response = client.post(f"/v1/embed?pool={pool}", files={"f": ("a.jpg", data, "image/jpeg")})
+        assert response.status_code == 200
+        body = response.json()
+        want = classifier.embed(Image.open(io.BytesIO(data)), pool=pool)
+        assert body["dim"] == 192 and body["pool"] == pool
+        assert np.allclose(body["embeddings"], want, atol=1e-4)
+    assert client.post("/v1/embed?pool=pooler", content=data).json()["error"] == "bad_request"
+
+
+def test_probes_model_info_docs_and_page(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    info = client.get("/v1/model").json()
+    assert info["labels"] == LABELS and info["config"]["image_size"] == 32
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text and "/static/app.js" in page.text
+    assert "predict_image_class" in client.get("/static/app.js").text
+
+
+def test_metrics_count_routes_statuses_and_batches(client: TestClient) -> None:
+    client.post("/v1/predict", content=b"not an image")
+    client.get("/no/such/path")
+    text = client.get("/metrics").text
+    assert 'vitkit_http_requests_total{method="POST",route="/v1/predict",status="415"}' in text
+    assert 'route="unmatched",status="404"' in text
+    assert "vitkit_batch_size_count" in text
+    assert "vitkit_queue_depth" in text
+    assert 'vitkit_http_request_duration_seconds_bucket{le="0.005",route="/v1/predict"}' in text
+
+
+# ---- bad input -> the right status, as JSON -------------------------------------------------
+def truncated_jpeg() -> bytes:
+    data = photo_bytes("chelsea", size=96)
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"", 400, "bad_request"),
+        (b"hello, I am text\n" * 10, 415, "unsupported_image"),
+        (png_bomb(), 413, "image_too_large"),
+        (truncated_jpeg(), 400, "bad_image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "unsupported_image"),
+        (b"\x00" * 400_000, 413, "request_too_large"),
+    ],
+)
+def test_bad_bodies(client: TestClient, body: bytes, status: int, code: str) -> None:
+    response = client.post("/v1/predict", content=body, headers={"content-type": "image/png"})
+    assert (response.status_code, response.json()["error"]) == (status, code), response.text
+    assert response.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_missing_fields_are_422(client: TestClient) -> None:
+    assert client.get("/predict_image_class").status_code == 422
+    wrong_field = client.post(
+        "/predict_image_class", files={"photo": ("a.jpg", b"x", "image/jpeg")}
+    )
+    assert (wrong_field.status_code, wrong_field.json()["error"]) == (422, "missing_field")
+    assert client.get("/v1/predict?top_k=0").status_code == 405  # GET is not a route here
+    assert client.post("/v1/predict?top_k=0", content=photo_bytes()).status_code == 422
+
+
+def test_error_names_the_uploaded_file(client: TestClient) -> None:
+    response = client.post(
+        "/v1/predict", files={"f": ("holiday.jpg", b"GIF89a broken", "image/gif")}
+    )
+    assert response.status_code in (400, 415)
+    assert "holiday.jpg" in response.json()["detail"]
+
+
+# ---- the batcher ---------------------------------------------------------------------------
+def run_jobs(batcher: MicroBatcher, sizes: list[int], deadline_s: float = 5) -> list[Any]:
+    async def main() -> list[Any]:
+        deadline = time.monotonic() + deadline_s
+        jobs = [
+            batcher.submit(("predict",), torch.full((n, 1), float(i)), deadline=deadline)
+            for i, n in enumerate(sizes)
+        ]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_batcher_gathers_concurrent_jobs_and_splits_results() -> None:
+    seen: list[int] = []
+
+    def run(operation: Any, pixels: torch.Tensor, top_k: int) -> list[Any]:
+        seen.append(pixels.shape[0])
+        time.sleep(0.05)
+        return [[{"label": str(v.item()), "score": 1.0}] for v in pixels[:, 0]]
+
+    batcher = MicroBatcher(run, max_batch_size=4, max_delay_s=0.05, max_queue=64)
+    batcher.start()
+    results = run_jobs(batcher, [1, 1, 2, 1, 3, 1])
+    batcher.stop()
+    # every job gets exactly its own rows back, in order
+    assert [[p[0]["label"] for p in r] for r in results] == [
+        ["0.0"],
+        ["1.0"],
+        ["2.0", "2.0"],
+        ["3.0"],
+        ["4.0", "4.0", "4.0"],
+        ["5.0"],
+    ]
+    assert sum(seen) == 9 and max(seen) <= 4 and len(seen) < 6  # batched, never over the cap
+
+
+def test_batcher_bounded_queue_deadline_and_failures() -> None:
+    release = threading.Event()
+
+    def run(operation: Any, pixels: torch.Tensor, top_k: int) -> list[Any]:
+        release.wait(2)
+        if float(pixels[0, 0]) == 1.0:
+            raise ValueError("boom")
+        return [[{"label": "x", "score": 1.0}]] * pixels.shape[0]
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_delay_s=0, max_queue=2)
+    batcher.start()
+    results = run_jobs(batcher, [1, 1, 1, 1, 1], deadline_s=0.5)
+    assert any(isinstance(r, Overloaded) for r in results)  # queue of 2 + one running
+    assert any(isinstance(r, DeadlineExceeded) for r in results)
+    release.set()
+    after = run_jobs(batcher, [1, 1])  # the worker survived; job 1's error goes to job 1 only
+    assert isinstance(after[1], ValueError) and after[0][0][0]["label"] == "x"
+    batcher.stop()
+
+
+def test_overloaded_app_answers_503_with_retry_after(classifier: Classifier) -> None:
+    slow = Classifier(classifier.model, classifier.processor, name="slow")
+    original = slow.predict_tensor
+    slow.predict_tensor = lambda pixels, top_k: (time.sleep(0.4), original(pixels, top_k))[1]  # type: ignore[method-assign]
+    app = create_app(slow, ServeSettings(max_batch_size=1, max_queue=1, warmup=False))
+    data = photo_bytes()
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+        statuses: list[Any] = []
+
+        def call() -> None:
+            response = test_client.post("/v1/predict", content=data)
+            statuses.append((response.status_code, response.headers.get("retry-after")))
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert (200, None) in statuses and (503, "1") in statuses
+
+
+# ---- fuzz: never a 500 ---------------------------------------------------------------------
+def no_traffic_fetch(url: str, *, policy: FetchPolicy | None = None) -> bytes:
+    """The real URL parsing and address checks; a URL that passes is stopped before connecting."""
+    parsed = _parse(url)
+    checking = FetchPolicy(resolver=lambda host, port: ["10.1.2.3"])  # names: private
+    resolve_checked(parsed.host, parsed.port or 80, checking)
+    raise FetchError(f"{url}: (test) public address, not contacted")
+
+
+def image_variants() -> st.SearchStrategy[bytes]:
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")
+    seeds = [photo_bytes("chelsea", size=48), png.getvalue(), png_bomb(70000, 70000)]
+
+    def mutate(args: tuple[int, int, int, int]) -> bytes:
+        which, cut, position, value = args
+        data = bytearray(seeds[which % len(seeds)])
+        data[position % len(data)] = value
+        keep = len(data) if cut % 2 else max(1, cut % (len(data) + 1))  # half: whole file
+        return bytes(data[:keep])
+
+    return st.tuples(
+        st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 255)
+    ).map(mutate)
+
+
+BODIES = st.one_of(st.binary(max_size=2048), image_variants())
+CONTENT_TYPES = st.sampled_from(
+    [
+        "image/jpeg",
+        "application/octet-stream",
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "",
+        "image/png; charset=\x7f",
+    ]
+)
+ROUTES = st.sampled_from(["/v1/predict", "/predict_image_class", "/v1/embed"])
+QUERY_TEXT = st.text(st.characters(codec="utf-8"), max_size=60)
+# Mostly valid parameters, so most cases reach the body; sometimes garbage.
+QUERY_PARAMS = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries({"top_k": st.integers(1, 6).map(str)}),
+    st.fixed_dictionaries({"pool": st.sampled_from(["cls", "mean"])}),
+    st.dictionaries(st.sampled_from(["top_k", "pool", "x"]), QUERY_TEXT, max_size=2),
+)
+
+
+def assert_json_error_or_ok(response: Any) -> None:
+    event(f"status {response.status_code}")  # pytest --hypothesis-show-statistics shows the mix
+    assert response.status_code < 500 or response.status_code in (502, 503, 504), response.text
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"error", "detail"}
+
+
+@settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=ROUTES, body=BODIES, content_type=CONTENT_TYPES, query=QUERY_PARAMS)
+def test_fuzz_post_bodies(
+    client: TestClient, route: str, body: bytes, content_type: str, query: dict[str, str]
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post(route, content=body, headers=headers, params=query)
+    assert_json_error_or_ok(response)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    url=st.one_of(
+        QUERY_TEXT,
+        st.builds(
+            lambda scheme, rest: scheme + rest,
+            st.sampled_from(["http://", "https://", "ftp://", "file://", "http://[", "//"]),
+            QUERY_TEXT,
+        ),
+    ),
+    extra=st.dictionaries(QUERY_TEXT, QUERY_TEXT, max_size=3),
+)
+def test_fuzz_query_strings(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, url: str, extra: dict[str, str]
+) -> None:
+    monkeypatch.setattr(serve_app, "fetch_url", no_traffic_fetch)
+    response = client.get("/predict_image_class", params={**extra, "image_url": url})
+    assert_json_error_or_ok(response)
