@@ -93,11 +93,12 @@ def _snapshot(hub_id: str, repo_id: str, revision: str | None, patterns: list[st
 
 def _offline_message(hub_id: str, error: Exception) -> str:
     why = "HF_HUB_OFFLINE is set" if _is_offline() else "the Hugging Face Hub could not be reached"
+    repo_id = hub_id.partition("@")[0]
     return (
-        f"{hub_id}: not in the local Hugging Face cache and {why} ({type(error).__name__}). "
-        "Either download it where there is a network (`hf download "
-        f"{hub_id.partition('@')[0]} --local-dir DIR`, or git clone "
-        f"https://huggingface.co/{hub_id.partition('@')[0]}) and pass DIR (a directory with "
-        "config.json and model.safetensors or pytorch_model.bin) instead of the hub id, or point "
-        "HF_HUB_CACHE at a cache that holds it."
+        f"{hub_id}: no such local path, and this Hub id is not in the local Hugging Face cache "
+        f"while {why} ({type(error).__name__}). Either download it where there is a network "
+        f"(`hf download {repo_id} --local-dir DIR`, or git clone "
+        f"https://huggingface.co/{repo_id}) and pass DIR (a directory with config.json and "
+        "model.safetensors or pytorch_model.bin) instead of the hub id, or point HF_HUB_CACHE "
+        "at a cache that holds it."
     )
