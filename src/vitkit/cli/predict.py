@@ -113,4 +113,6 @@ def write_table(records: list[dict[str, Any]]) -> None:
         for rank, prediction in enumerate(record["predictions"]):
             name = record["input"] if rank == 0 else ""
             table.add_row(name, prediction["label"], f"{prediction['score']:.4f}")
-    Console(soft_wrap=True).print(table)
+    # Piped output has no terminal width: do not squeeze file paths into 80 columns.
+    width = None if sys.stdout.isatty() else 400
+    Console(width=width).print(table)
