@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints import CheckpointError, load_model
 
@@ -128,14 +128,14 @@ def test_loaded_at_another_size_equals_timm_resampling(
 ) -> None:
     reference = timm_model("vit_tiny_patch16_224", depth=2)
     path = save_safetensors(reference, tmp_path / "vit_tiny_patch16_224.safetensors")
-    # timm's own load-time resampling: create at the new size from the same file.
+    # timm's own load-time resampling: a model built at the new size, the saved state dict fed
+    # through timm's checkpoint_filter_fn (what timm.create_model(pretrained=True) does).
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
     resized = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path)),
-        img_size=new_size,
-        depth=2,
+        "vit_tiny_patch16_224", pretrained=False, img_size=new_size, depth=2
     ).eval()
+    resized.load_state_dict(checkpoint_filter_fn(load_file(path), resized))
     loaded = load_model(path, image_size=new_size)
     height, width = new_size if isinstance(new_size, tuple) else (new_size, new_size)
     assert loaded.model.config.image_hw == (height, width)
