@@ -237,10 +237,26 @@ def test_batcher_bounded_queue_deadline_and_failures() -> None:
     batcher.stop()
 
 
-def test_overloaded_app_answers_503_with_retry_after(classifier: Classifier) -> None:
+def slow_classifier(classifier: Classifier, seconds: float) -> Classifier:
     slow = Classifier(classifier.model, classifier.processor, name="slow")
     original = slow.predict_tensor
-    slow.predict_tensor = lambda pixels, top_k: (time.sleep(0.4), original(pixels, top_k))[1]  # type: ignore[method-assign]
+    slow.predict_tensor = lambda pixels, top_k: (time.sleep(seconds), original(pixels, top_k))[1]  # type: ignore[method-assign]
+    return slow
+
+
+def test_request_deadline_gives_504(classifier: Classifier) -> None:
+    settings = ServeSettings(request_timeout=0.3, warmup=False)
+    with TestClient(create_app(slow_classifier(classifier, 1.0), settings)) as test_client:
+        wait_ready(test_client)
+        start = time.monotonic()
+        response = test_client.post("/v1/predict", content=photo_bytes())
+        assert (response.status_code, response.json()["error"]) == (504, "deadline_exceeded")
+        assert time.monotonic() - start < 0.9
+        assert test_client.get("/healthz").status_code == 200
+
+
+def test_overloaded_app_answers_503_with_retry_after(classifier: Classifier) -> None:
+    slow = slow_classifier(classifier, 0.4)
     app = create_app(slow, ServeSettings(max_batch_size=1, max_queue=1, warmup=False))
     data = photo_bytes()
     with TestClient(app) as test_client:

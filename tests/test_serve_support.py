@@ -51,7 +51,7 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Routes: /image.jpg, /slow.jpg (1.5 s delay), /forever, /big (Content-Length over any cap),
+    """Routes: /image.jpg, /slow.jpg?s=SECONDS, /forever, /big (Content-Length over any cap),
     /trickle, /redirect?to=URL, /loop, /host (echoes the Host header), /missing (404)."""
 
     protocol_version = "HTTP/1.1"
@@ -75,8 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, path: str, query: str) -> None:
         if path == "/image.jpg":
             self._send(self.image)
-        elif path == "/slow.jpg":
-            time.sleep(1.5)
+        elif path == "/slow.jpg":  # ?s=SECONDS (default 1.5) before answering
+            time.sleep(float(query.removeprefix("s=") or 1.5))
             self._send(self.image)
         elif path == "/host":
             self._send(self.headers.get("Host", "").encode(), "text/plain")
