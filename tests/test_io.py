@@ -246,15 +246,15 @@ def test_only_allowed_formats_open(coffee: np.ndarray) -> None:
     assert_error(UnsupportedImageError, "JPEG, PNG", data, allowed_formats=("JPEG", "PNG"))
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height (1-bit grey) with one tiny IDAT: a 'bomb'."""
+def png_header_only(width: int, height: int, depth: int = 1, colour: int = 0) -> bytes:
+    """A PNG whose IHDR claims width x height with one tiny IDAT: a 'bomb' of a few bytes."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (
             struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
         )
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
@@ -274,6 +274,11 @@ def test_decompression_bombs_are_refused_before_decoding(
     assert len(bomb) < 200
     assert_error(ImageTooLargeError, "<", bomb)  # over twice PIL's cap: PIL's own refusal
     assert_error(ImageTooLargeError, "10000x10000", png_header_only(10000, 10000))  # vitkit's
+    assert_error(ImageTooLargeError, "12000x8000", png_header_only(12000, 8000, 8, 2))  # RGB
+    jpeg = bytearray(encode(Image.fromarray(coffee), "JPEG"))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 8000, 12000)  # SOF claims 12000x8000
+    assert_error(ImageTooLargeError, "12000x8000", bytes(jpeg))
     photo = encode(Image.fromarray(coffee), "JPEG")
     assert_error(ImageTooLargeError, "240,000 pixels", photo, max_pixels=100_000)
     assert_error(ImageTooLargeError, "pixels", coffee, max_pixels=100_000)

@@ -21,6 +21,7 @@ from vitkit.errors import ImageDecodeError, VitkitError
 from vitkit.processor import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageProcessor
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 TOLERANCE = 1e-5
 
 CONFIGS = {
@@ -155,7 +156,7 @@ def test_arrays_and_tensors_match_the_reference_given_the_same(mode: str) -> Non
 
 def test_from_uint8_equals_call_and_accepts_a_batch(photos: list[Image.Image]) -> None:
     processor = ImageProcessor.from_dict(CONFIGS["bicubic-imagenet-nonsquare"])
-    chw = [torch.from_numpy(np.asarray(p)).permute(2, 0, 1) for p in photos]
+    chw = [torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in photos]
     expected = processor(photos, mode="fast")
     assert torch.equal(processor.from_uint8(chw), expected)
     same_size = torch.stack([chw[0], chw[0].flip(-1)])
@@ -167,7 +168,7 @@ def test_from_uint8_equals_call_and_accepts_a_batch(photos: list[Image.Image]) -
 def test_one_image_and_a_4d_batch(photos: list[Image.Image]) -> None:
     processor = ImageProcessor()
     assert processor(photos[0]).shape == (1, 3, 224, 224)
-    batch = torch.stack([torch.from_numpy(np.asarray(photos[0])).permute(2, 0, 1)] * 2)
+    batch = torch.stack([torch.from_numpy(np.array(photos[0])).permute(2, 0, 1)] * 2)
     assert processor(batch).shape == (2, 3, 224, 224)
 
 

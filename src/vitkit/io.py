@@ -111,13 +111,13 @@ def read_source_bytes(source: str | os.PathLike[str], fetch: Fetcher = None) -> 
     name = describe(source)
     if is_url(source):
         return _fetch(str(source), fetch)
-    path = Path(source)
-    if path.is_dir():
-        raise UnsupportedImageError(name, "is a directory with no image files in it")
     try:
-        return path.read_bytes()
+        with open(source, "rb") as handle:
+            return handle.read()
     except FileNotFoundError:
         raise ImageDecodeError(name, "no such file") from None
+    except IsADirectoryError:
+        raise UnsupportedImageError(name, "is a directory with no image files in it") from None
     except OSError as error:
         raise ImageDecodeError(name, f"cannot read file: {error.strerror or error}") from None
 
@@ -328,6 +328,7 @@ def decode_uint8(
     allowed_formats: Iterable[str] = COMMON_RASTER,
     fetch: Fetcher = None,
     background: tuple[int, int, int] | None = None,
+    draft_size: int | None = None,
 ) -> torch.Tensor:
     """Any supported source -> (3, H, W) uint8 tensor, the input of the fast preprocessing path.
 
@@ -335,6 +336,10 @@ def decode_uint8(
     the photos tested they give the same pixels as PIL) after the same header checks as
     ``load_image``; anything else goes through ``load_image``. The tensor is usually a
     channels-last view (stride 1 on C), which torch's uint8 antialiased resize handles fastest.
+
+    ``draft_size`` (APPROXIMATE, JPEG only): decode at the largest DCT reduction (1/2, 1/4, 1/8)
+    that keeps both sides >= draft_size (PIL draft mode). Faster, but the pixels are not those a
+    full decode followed by a resize gives.
     """
     import torch
 
@@ -347,9 +352,15 @@ def decode_uint8(
     ):
         data = _source_bytes_or_stream(source, name, fetch)
         assert isinstance(data, bytes)
-        header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=allowed_formats)
-        if _torchvision_decodes(header, data, background):
-            return _torchvision_decode(data, header.format or "", name)
+        formats = tuple(allowed_formats)
+        route = None if draft_size else _torchvision_route(data, formats, background)
+        if route is not None:
+            image_format, width, height = route
+            check_pixels((width, height), name, max_pixels)
+            return _torchvision_decode(data, image_format, name)
+        header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=formats)
+        if draft_size and header.format == "JPEG":
+            header.draft(header.mode, (draft_size, draft_size))
         image = _decode_fully(header, name)
         image = to_rgb(_exif_transpose(image, name, in_place=True), background)
     else:
@@ -364,18 +375,83 @@ def pil_to_uint8(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def _torchvision_decodes(
-    header: Image.Image, data: bytes, background: tuple[int, int, int] | None
+# JPEG start-of-frame markers libjpeg-turbo decodes the same way in torchvision and PIL:
+# baseline, extended sequential, progressive (Huffman). Others (lossless, arithmetic) use PIL.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _torchvision_route(
+    data: bytes, allowed_formats: tuple[str, ...], background: tuple[int, int, int] | None
+) -> tuple[str, int, int] | None:
+    """(format, width, height) when torchvision decodes ``data`` exactly as the PIL path would.
+
+    Reads only the header fields it needs (cheaper than PIL's parser); None sends the bytes
+    through PIL, which then also reports whatever is wrong with them.
+    """
+    if data.startswith(b"\xff\xd8") and "JPEG" in allowed_formats:
+        frame = _jpeg_frame(data)
+        # 8-bit grey or colour; CMYK/YCCK go through PIL (its Adobe inversion is the reference).
+        if frame and frame[0] == 8 and frame[3] in (1, 3):
+            return ("JPEG", frame[2], frame[1])
+    elif data.startswith(_PNG_SIGNATURE) and "PNG" in allowed_formats:
+        header = _png_header(data)
+        if header and _png_torchvision_safe(data, header[2], header[3], header[4], background):
+            return ("PNG", header[0], header[1])
+    return None
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, height, width, components) from the SOF segment, or None."""
+    index, size = 2, len(data)
+    while index + 4 <= size:
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            index += 2
+            continue
+        length = int.from_bytes(data[index + 2 : index + 4], "big")
+        if marker in _JPEG_SOF and index + 10 <= size:
+            height = int.from_bytes(data[index + 5 : index + 7], "big")
+            width = int.from_bytes(data[index + 7 : index + 9], "big")
+            return (data[index + 4], height, width, data[index + 9])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None  # another frame type: leave it to PIL
+        if marker == 0xDA or length < 2:
+            return None
+        index += 2 + length
+    return None
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(width, height, bit depth, colour type, interlace) from IHDR, or None."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width = int.from_bytes(data[16:20], "big")
+    height = int.from_bytes(data[20:24], "big")
+    return (width, height, data[24], data[25], data[28])
+
+
+def _png_torchvision_safe(
+    data: bytes, depth: int, colour: int, interlace: int, background: tuple[int, int, int] | None
 ) -> bool:
-    """Whether torchvision gives exactly what the PIL path would for these bytes."""
-    if header.format == "JPEG":
-        # CMYK/YCCK go through PIL (its Adobe inversion handling is the reference).
-        return header.mode in ("RGB", "L")
-    if header.format == "PNG":
-        bit_depth = data[24] if len(data) > 24 else 0  # IHDR bit depth
-        plain = header.mode in ("RGB", "L") and "transparency" not in header.info
-        dropped_alpha = header.mode == "RGBA" and background is None
-        return bit_depth == 8 and (plain or dropped_alpha)
+    """8-bit grey/RGB (no tRNS), or RGBA whose alpha is dropped anyway; not interlaced."""
+    if depth != 8 or interlace != 0 or colour not in (0, 2, 6):
+        return False
+    if colour == 6:
+        return background is None
+    index = 33
+    while index + 8 <= len(data):  # chunks before the image data: is there a tRNS?
+        kind = data[index + 4 : index + 8]
+        if kind == b"IDAT":
+            return True
+        if kind == b"tRNS":
+            return False
+        index += 12 + int.from_bytes(data[index : index + 4], "big")
     return False
 
 

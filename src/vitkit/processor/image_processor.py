@@ -86,6 +86,9 @@ class ImageProcessor:
     mode: str = DEFAULT_MODE
     max_pixels: int | None = vio.DEFAULT_MAX_PIXELS
     fetch: Any = None  # vitkit.fetch.FetchPolicy or a callable url -> bytes (for URL inputs)
+    # APPROXIMATE, fast mode only, off by default: decode JPEGs at a reduced DCT scale (PIL draft
+    # mode) when the image is at least twice the output size. Not equal to either reference.
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         self.image_mean = _triple(self.image_mean, "image_mean")
@@ -126,6 +129,7 @@ class ImageProcessor:
             "mode",
             "max_pixels",
             "fetch",
+            "jpeg_draft",
         ):
             if data.get(key) is not None:
                 kwargs[key] = data[key]
@@ -268,7 +272,17 @@ class ImageProcessor:
 
     def _prepare_fast(self, source: Any) -> torch.Tensor:
         """Source -> resized, cropped (3, h, w) uint8."""
-        return self._resize_crop(vio.decode_uint8(source, **self._io_options()))
+        draft = self._draft_size() if self.jpeg_draft else None
+        return self._resize_crop(vio.decode_uint8(source, draft_size=draft, **self._io_options()))
+
+    def _draft_size(self) -> int | None:
+        """The side a draft-decoded JPEG must keep (both sides) for the resize that follows."""
+        spec = self.size_spec
+        if not self.do_resize:
+            return None
+        if spec.shortest_edge:
+            return spec.shortest_edge
+        return max(spec.height or 0, spec.width or 0)
 
     def _resize_crop(self, images: torch.Tensor) -> torch.Tensor:
         if self.do_resize:
