@@ -1,0 +1,275 @@
+"""Load test for `vitkit serve`: N concurrent clients on loopback for a fixed time.
+
+Starts the server as a subprocess on 127.0.0.1 (never any other address), posts a real photo
+(scikit-image's "chelsea", 451x300 JPEG) to /v1/predict from N concurrent async clients for
+--duration seconds, then stops the server with SIGTERM. Reports throughput, p50/p95/p99 latency,
+errors (must be 0) and the mean batch size the server formed (from its /metrics). With
+--compare it runs twice at the same concurrency, dynamic batching vs --max-batch-size 1, and
+reports the throughput gain. Bounded: every request has a timeout and the run stops by itself.
+
+    # the recorded run: random-weights ViT-B/16-224, 16 clients, 60 s per setting
+    python benchmarks/load_test.py --preset vit-base-patch16-224 --clients 16 --duration 60 --compare
+    # a smoke run (a few seconds, tiny model)
+    python benchmarks/load_test.py --preset vit-tiny-patch16-224 --clients 4 --duration 5 --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class RunResult:
+    label: str
+    clients: int
+    max_batch_size: int
+    max_batch_delay_ms: float
+    duration_s: float
+    requests: int
+    errors: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch_size: float
+
+
+def build_checkpoint(preset_name: str, directory: Path) -> Path:
+    """A random-weights ViT of ``preset_name`` with 1000 ImageNet labels, saved as an HF dir."""
+    import torch
+
+    from vitkit.checkpoints import imagenet_labels, save_pretrained
+    from vitkit.config import preset
+    from vitkit.model import ViT
+
+    torch.manual_seed(0)
+    config = preset(preset_name, id2label=dict(enumerate(imagenet_labels())))
+    height, width = config.image_hw
+    processor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": height, "width": width},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    save_pretrained(ViT(config).eval(), directory, processor)
+    return directory
+
+
+def photo_jpeg() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(
+        self, model: Path, max_batch_size: int, delay_ms: float, clients: int, device: str
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        command = [
+            sys.executable, "-m", "vitkit", "serve",
+            "--model", str(model),
+            "--host", LOOPBACK,
+            "--port", str(self.port),
+            "--device", device,
+            "--max-batch-size", str(max_batch_size),
+            "--max-batch-delay-ms", str(delay_ms),
+            "--max-queue", str(max(64, 4 * clients)),  # the test measures speed, not shedding
+            "--request-timeout", "120",
+            "--log-level", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    def wait_ready(self, seconds: float = 300) -> None:
+        end = time.monotonic() + seconds
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            while time.monotonic() < end:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"server exited with {self.process.returncode}")
+                try:
+                    if client.get(f"{self.url}/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+        raise SystemExit(f"server not ready after {seconds} s")
+
+    def batch_totals(self) -> tuple[float, float]:
+        """(images, forward passes) so far, from the server's batch-size histogram."""
+        text = httpx.get(f"{self.url}/metrics", trust_env=False).text
+        images = re.search(r"^vitkit_batch_size_sum (\S+)$", text, re.M)
+        passes = re.search(r"^vitkit_batch_size_count (\S+)$", text, re.M)
+        return (
+            float(images.group(1)) if images else 0.0,
+            float(passes.group(1)) if passes else 0.0,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+async def hammer(
+    url: str, payload: bytes, clients: int, duration: float
+) -> tuple[list[float], int, float]:
+    """(latencies of successful requests in s, error count, elapsed s) for ``clients`` loops."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            try:
+                response = await client.post(
+                    "/v1/predict?top_k=5", content=payload, headers={"content-type": "image/jpeg"}
+                )
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    began = time.monotonic()
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=limits, trust_env=False
+    ) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    return latencies, errors, time.monotonic() - began
+
+
+def run_once(
+    label: str, model: Path, args: argparse.Namespace, max_batch_size: int, payload: bytes
+) -> RunResult:
+    server = ServerProcess(
+        model, max_batch_size, args.max_batch_delay_ms, args.clients, args.device
+    )
+    try:
+        server.wait_ready()
+        asyncio.run(hammer(server.url, payload, args.clients, min(3.0, args.duration)))  # warm-up
+        images_before, passes_before = server.batch_totals()
+        latencies, errors, elapsed = asyncio.run(
+            hammer(server.url, payload, args.clients, args.duration)
+        )
+        images_after, passes_after = server.batch_totals()
+        passes = passes_after - passes_before
+        mean_batch = (images_after - images_before) / passes if passes else float("nan")
+    finally:
+        server.stop()
+    ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    result = RunResult(
+        label=label,
+        clients=args.clients,
+        max_batch_size=max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        duration_s=round(elapsed, 2),
+        requests=len(latencies),
+        errors=errors,
+        throughput_rps=round(len(latencies) / elapsed, 3),
+        p50_ms=round(float(np.percentile(ms, 50)), 1),
+        p95_ms=round(float(np.percentile(ms, 95)), 1),
+        p99_ms=round(float(np.percentile(ms, 99)), 1),
+        mean_batch_size=round(mean_batch, 2),
+    )
+    print(json.dumps(asdict(result)), flush=True)
+    return result
+
+
+def machine_info(device: str) -> dict[str, str]:
+    import torch
+
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: build --preset)")
+    parser.add_argument(
+        "--preset", default="vit-base-patch16-224", help="random-weights model to build"
+    )
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per setting")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compare", action="store_true", help="also run with --max-batch-size 1")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.duration <= 0 or args.clients < 1:
+        parser.error("--duration must be > 0 and --clients >= 1")
+
+    payload = photo_jpeg()
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model or build_checkpoint(args.preset, Path(scratch) / "model")
+        results = [run_once("dynamic", model, args, args.max_batch_size, payload)]
+        if args.compare:
+            results.append(run_once("batch-1", model, args, 1, payload))
+    report: dict[str, object] = {
+        "model": str(args.model or f"{args.preset} (random weights)"),
+        "machine": machine_info(args.device),
+        "runs": [asdict(r) for r in results],
+    }
+    if args.compare:
+        report["throughput_gain"] = round(results[0].throughput_rps / results[1].throughput_rps, 3)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
