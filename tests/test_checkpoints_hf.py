@@ -85,12 +85,14 @@ def hf_classifier_dir(tmp_path: Path, config: Any, seed: int = 0) -> tuple[Any, 
     return model, directory
 
 
-def check_classifier_both_ways(reference: Any, directory: Path, tmp_path: Path) -> None:
+def check_classifier_both_ways(
+    reference: Any, directory: Path, tmp_path: Path, count: int = 2
+) -> None:
     """vitkit loads ``directory`` = reference; vitkit saves it again; transformers reloads = reference."""
     height, width = reference.config.image_size, reference.config.image_size
     if isinstance(reference.config.image_size, list | tuple):
         height, width = reference.config.image_size
-    pixels = photos(height, width)
+    pixels = photos(height, width, count)
     loaded = load_model(directory)
     assert loaded.format == "hf"
     with torch.no_grad():
@@ -117,7 +119,7 @@ def test_full_size_vit_b16_224_both_directions(tmp_path: Path) -> None:
         id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}
     )
     reference, directory = hf_classifier_dir(tmp_path, config)
-    check_classifier_both_ways(reference, directory, tmp_path)
+    check_classifier_both_ways(reference, directory, tmp_path, count=1)  # one photo: CPU budget
     saved = tmp_path / "vitkit-saved"
     names = set(load_file(saved / "model.safetensors"))
     assert names == set(load_file(directory / "model.safetensors"))
@@ -184,6 +186,10 @@ def test_pytorch_model_bin_and_sharded_layouts(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = reference(pixels).logits
         assert max_diff(load_model(directory).model(pixels).logits, expected) <= TOLERANCE
+        # The weights file itself, next to its config.json, means the same directory.
+        by_file = load_model(directory / "pytorch_model.bin")
+        assert by_file.format == "hf"
+        assert max_diff(by_file.model(pixels).logits, expected) <= TOLERANCE
 
     # Sharded: two safetensors files and an index, as transformers writes for big models.
     (directory / "pytorch_model.bin").unlink()

@@ -119,10 +119,12 @@ def load_model(
         from vitkit.checkpoints.hub import download
 
         path = download(str(source))
-        loaded = _load_directory(path, _directory_format(path), image_size, device)
+        kind = _directory_format(path)
+        loaded = _load_directory(path, kind, image_size, device, num_attention_heads)
         return LoadedModel(loaded.model, loaded.processor_config, str(source), "hub")
-    if path.is_file() and path.name == "config.json":
+    if path.is_file() and (path.name == "config.json" or _inside_hf_directory(path)):
         path = path.parent
+        kind = _directory_format(path)
     if path.is_dir():
         loaded = _load_directory(path, kind, image_size, device, num_attention_heads)
         return LoadedModel(loaded.model, loaded.processor_config, str(source), kind)
@@ -134,6 +136,14 @@ def load_model(
 
     model = load_timm_file(path, image_size, device, num_attention_heads)
     return LoadedModel(model, None, str(source), "timm")
+
+
+def _inside_hf_directory(path: Path) -> bool:
+    """A weights file HF wrote (model.safetensors, pytorch_model.bin) next to its config.json."""
+    from vitkit.checkpoints.hf import is_hf_directory
+
+    names = ("model.safetensors", "pytorch_model.bin")
+    return path.name in names and is_hf_directory(path.parent)
 
 
 def _load_directory(

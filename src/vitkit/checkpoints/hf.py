@@ -221,7 +221,9 @@ def hf_state_dict(model: ViT) -> StateDict:
             for part, chunk in zip(
                 parts, ours.pop(f"{our_name}.{suffix}").chunk(3, dim=0), strict=True
             ):
-                out[f"{prefix}{part}.{suffix}"] = chunk.contiguous()
+                out[f"{prefix}{part}.{suffix}"] = (
+                    chunk.clone()
+                )  # own storage: safetensors refuses views
     if config.num_labels:
         out["classifier.weight"] = ours.pop("head.weight")
         out["classifier.bias"] = ours.pop("head.bias")
@@ -254,7 +256,14 @@ def save_pretrained(
     transformers loads it with ``ViTForImageClassification.from_pretrained`` (models with a head)
     or ``ViTModel.from_pretrained`` (headless models). The directory is written beside the target
     under a temporary name and renamed into place, so a crash never leaves half a checkpoint; an
-    existing checkpoint directory at ``directory`` is replaced only once the new one is complete.
+    existing checkpoint directory at ``directory`` is replaced only once the new one is complete;
+    a non-empty directory that is not a checkpoint is never replaced.
+
+    Two vitkit models have no exact transformers equivalent; both are saved, with a warning:
+    a head that reads the pre-logits/pooler output (``classifier_uses_pooler``: the in21k
+    pre-training head of Google's .npz files) is written as ViTForImageClassification plus
+    ``vit.pooler.*`` keys, which vitkit reloads exactly but transformers ignores; and a headless
+    model without a pooler, which transformers must load with ``add_pooling_layer=False``.
     """
     from safetensors.torch import save_file
 
