@@ -178,6 +178,11 @@ def test_npz_mismatches_and_non_npz_files(tmp_path: Path) -> None:
     np.savez(other, weights=np.zeros(3))
     with pytest.raises(CheckpointError, match=r"other\.npz: not a vit_jax ViT checkpoint"):
         load_model(other)
+    single = tmp_path / "single.npz"
+    with single.open("wb") as handle:
+        np.save(handle, np.zeros(3))  # a bare .npy array under an .npz name
+    with pytest.raises(CheckpointError, match=r"single\.npz: holds a single array"):
+        load_model(single)
     fake = tmp_path / "fake.npz"
     fake.write_text("not an archive")
     with pytest.raises(CheckpointError, match=r"fake\.npz: not a readable \.npz"):

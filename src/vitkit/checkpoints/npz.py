@@ -20,6 +20,11 @@ Flax Dense kernels are (in, out): transposed to PyTorch's (out, in). Unlike timm
 is read from the attention kernels. LayerNorm eps is Flax's 1e-6. The MLP uses exact GELU as
 timm and transformers do when they run these files (vit_jax itself uses Flax's tanh-approximate
 ``nn.gelu``; the difference is far below the checkpoints' float noise at inference but is not 0).
+
+Loaded at another resolution, the position embeddings are resampled like every other format's
+(bicubic, antialiased: timm's rule for its state dicts). timm's own .npz loader uses bilinear
+without antialiasing there, and vit_jax used scipy's order-1 zoom, so fine-tuning results at a new
+resolution can differ slightly between the three; at the checkpoint's own size all agree.
 """
 
 from __future__ import annotations
@@ -45,10 +50,16 @@ _ATTENTION = "MultiHeadDotProductAttention_1/"
 def read_npz(path: Path) -> dict[str, torch.Tensor]:
     """The file's arrays as float32 tensors, without the ``opt/target/`` prefix if present."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise CheckpointError(f"{path}: not a readable .npz file ({error})") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path}: holds a single array, not an .npz archive of named weights")
+    with archive:
+        try:
+            arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise CheckpointError(f"{path}: not a readable .npz file ({error})") from error
     if TRAINING_PREFIX + "embedding/kernel" in arrays:
         start = len(TRAINING_PREFIX)
         arrays = {name[start:]: a for name, a in arrays.items() if name.startswith(TRAINING_PREFIX)}
@@ -58,7 +69,16 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: not a vit_jax ViT checkpoint (no embedding/kernel or "
             f"{TRAINING_PREFIX}embedding/kernel; first keys: {sample})"
         )
-    return {name: torch.from_numpy(np.asarray(a, dtype=np.float32)) for name, a in arrays.items()}
+    return {name: _as_tensor(array, name, path) for name, array in arrays.items()}
+
+
+def _as_tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
+    if array.dtype.kind not in "fiub":
+        raise CheckpointError(
+            f"{path}: array {name} has dtype {array.dtype}, not a number type vitkit reads "
+            "(bfloat16 checkpoints must be converted to float32 first)"
+        )
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
 def load_npz(
