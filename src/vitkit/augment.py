@@ -1,0 +1,92 @@
+"""Training augmentation presets, built from ``torchvision.transforms.v2``.
+
+Input: a uint8 image tensor (C, H, W) or a PIL image. Output: float32 (3, S, S), rescaled to
+[0, 1] and normalised with the checkpoint's mean/std, ready for the model.
+
+Presets (``--augment``):
+
+- ``none``: Resize(S, S) only.
+- ``seed``: exactly Resize(S, S), RandomHorizontalFlip(0.5), RandomVerticalFlip(0.5),
+  RandomRotate90(0.5), RandomApply([RandomResizedCrop(S, scale=(0.5, 1.0))], p=0.5). Meant for
+  images where orientation carries no meaning (histology, satellite, microscopy).
+- ``natural``: RandomResizedCrop(S) + RandomHorizontalFlip(0.5), the usual recipe for photos.
+
+Evaluation never uses these: it runs the checkpoint's own preprocessing (``ImageProcessor``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+AUGMENT_PRESETS = ("none", "seed", "natural")
+
+
+class RandomRotate90(v2.Transform):
+    """With probability ``p``, rotate by k x 90 degrees (counter-clockwise), k uniform in {0,1,2,3}.
+
+    This follows albumentations' ``RandomRotate90`` (the library the ``seed`` recipe was written
+    with): its ``factor`` is drawn from {0, 1, 2, 3} once the transform fires, so k = 0 (no turn)
+    is one of the four outcomes and an image ends up rotated with probability 0.75 x p. Together
+    with the two flips this reaches all 8 orientations of the dihedral group, which is the point
+    of the recipe. For non-square images a quarter turn swaps height and width; the presets resize
+    to S x S first, so shapes stay fixed.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, *inputs: Any) -> Any:
+        # Draw the coin and the factor here so they come from torch's global generator, like
+        # every other v2 transform (reproducible under torch.manual_seed).
+        if torch.rand(1).item() >= self.p:
+            return inputs if len(inputs) > 1 else inputs[0]
+        return super().forward(*inputs)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"quarter_turns": int(torch.randint(0, 4, (1,)).item())}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.rotate, inpt, angle=90.0 * params["quarter_turns"], expand=True)
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def build_train_transform(
+    preset: str,
+    size: int | tuple[int, int],
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> v2.Compose:
+    """The ``preset`` augmentation pipeline producing normalised float tensors of ``size``."""
+    height, width = (size, size) if isinstance(size, int) else size
+    to_image = [v2.ToImage(), v2.RGB()]
+    if preset == "none":
+        geometry: list[v2.Transform] = [v2.Resize((height, width), antialias=True)]
+    elif preset == "seed":
+        geometry = [
+            v2.Resize((height, width), antialias=True),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.5),
+            RandomRotate90(0.5),
+            v2.RandomApply(
+                [v2.RandomResizedCrop((height, width), scale=(0.5, 1.0), antialias=True)], p=0.5
+            ),
+        ]
+    elif preset == "natural":
+        geometry = [
+            v2.RandomResizedCrop((height, width), antialias=True),
+            v2.RandomHorizontalFlip(0.5),
+        ]
+    else:
+        raise ValueError(f"unknown augmentation preset {preset!r}: choose one of {AUGMENT_PRESETS}")
+    return v2.Compose([*to_image, *geometry, *_normalize(mean, std)])

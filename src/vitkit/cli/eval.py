@@ -1,0 +1,143 @@
+"""`vitkit eval`: accuracy, macro precision/recall/F1, per-class report and confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+examples:
+  vitkit eval --model runs/vit384/best --data slides/            # slides/test/ if it exists
+  vitkit eval --model runs/vit384/best --data slides/ --split val
+  vitkit eval --model google/vit-base-patch16-224 --data imagenet-sample/ --out eval-base
+
+DATA is an image folder (one sub-folder per class, named as the model's labels). When it has
+train/ val/ test/ sub-folders, --split picks one (default: test). Images are preprocessed as the
+checkpoint's own preprocessor_config.json says. Written to --out: metrics.json,
+confusion_matrix.json, confusion_matrix.png and predictions.csv.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a classifier on an image folder (macro metrics, confusion matrix)",
+        description="Evaluate a classifier on a labelled image folder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="checkpoint: a training run's best/ directory, HF directory, hub id, timm file or .npz",
+    )
+    parser.add_argument("--data", required=True, help="image folder (one sub-folder per class)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="sub-folder of DATA to evaluate (default: test/ when present, else DATA itself)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: eval-<split> beside a local model, else ./eval)",
+    )
+    parser.add_argument("--batch-size", "-b", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="evaluate at this resolution (position embeddings resampled)",
+    )
+    parser.add_argument(
+        "--on-bad-image",
+        default="skip",
+        choices=["skip", "fail"],
+        help="unreadable images: skip with a report, or stop",
+    )
+    parser.set_defaults(func=run)
+
+
+def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
+    from vitkit.data import DatasetError
+
+    if split is not None:
+        folder = data / split
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such split folder")
+        return folder, split
+    if (data / "test").is_dir():
+        return data / "test", "test"
+    return data, "all"
+
+
+def run(args: argparse.Namespace) -> int:
+    import csv
+
+    from vitkit import data as vdata
+    from vitkit.classifier import load
+    from vitkit.metrics import format_report
+    from vitkit.train import evaluate, save_eval_outputs
+
+    folder, split = pick_folder(Path(args.data), args.split)
+    classifier = load(args.model, device=args.device, image_size=args.image_size)
+    labels = list(classifier.labels)
+    classes = vdata.find_classes(folder)
+    unknown = [name for name in classes if name not in labels]
+    if unknown:
+        raise vdata.DatasetError(
+            f"{folder}: class folder(s) {unknown} are not labels of {args.model} "
+            f"(its labels: {labels[:20]}{' ...' if len(labels) > 20 else ''}); "
+            "folder names must equal the model's id2label names"
+        )
+    # Folder order -> the model's label index, so the report is in the model's label order.
+    samples = [
+        vdata.Sample(s.path, labels.index(classes[s.label]))
+        for s in vdata.list_samples(folder, classes)
+    ]
+    if not samples:
+        raise vdata.DatasetError(f"{folder}: no images")
+    scan = vdata.scan_images(samples)
+    if scan.bad:
+        if args.on_bad_image == "fail":
+            raise vdata.DatasetError(scan.report())
+        print(f"warning: skipping {scan.report()}")
+    dataset = vdata.ImageDataset(scan.good, lambda image: classifier.prepare(image)[0])
+    result = evaluate(
+        classifier.model,
+        dataset,
+        labels,
+        device=classifier.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    out = Path(args.out) if args.out else _default_out(args.model, split)
+    save_eval_outputs(result, labels, out, f"{Path(str(args.model)).name} on {folder}")
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "score"])
+        for row, index in enumerate(result.indices):
+            predicted = int(result.predictions[row])
+            writer.writerow(
+                [
+                    scan.good[index].path,
+                    labels[int(result.targets[row])],
+                    labels[predicted],
+                    f"{result.probabilities[row, predicted]:.6f}",
+                ]
+            )
+    print(
+        f"{args.model} on {folder} ({result.report['num_samples']} images), loss {result.loss:.4f}"
+    )
+    print(format_report(result.report))
+    print(f"\nwritten to {out}/ (metrics.json, confusion_matrix.json/.png, predictions.csv)")
+    return 0
+
+
+def _default_out(model: str, split: str) -> Path:
+    path = Path(model)
+    return path.parent / f"eval-{split}" if path.is_dir() else Path(f"eval-{split}")

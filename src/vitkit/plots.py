@@ -1,0 +1,87 @@
+"""PNG figures for training runs: loss/accuracy curves and confusion matrices (matplotlib, Agg).
+
+Matplotlib is imported inside each function with the non-interactive Agg backend, so plotting
+works on machines without a display and costs nothing to import ``vitkit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Loss (train and val) and val accuracy / macro-F1 per epoch, from the epoch records."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
+    loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val")
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_axis.legend()
+    score_axis.plot(
+        epochs, [row["val_accuracy"] for row in history], marker="o", label="val accuracy"
+    )
+    score_axis.plot(
+        epochs, [row["val_macro_f1"] for row in history], marker="o", label="val macro-F1"
+    )
+    score_axis.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0, 1.02))
+    score_axis.legend()
+    for axis in (loss_axis, score_axis):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, plt, path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray | Sequence[Sequence[int]],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Counts with rows = true class, columns = predicted class; cells shaded by row share."""
+    plt = _pyplot()
+    counts = np.asarray(matrix)
+    row_share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.45 * len(labels) + 2)
+    figure, axis = plt.subplots(figsize=(side + 1, side))
+    image = axis.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of true class")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    if len(labels) <= 30:  # numbers stay legible up to about this many classes
+        for row in range(counts.shape[0]):
+            for col in range(counts.shape[1]):
+                color = "white" if row_share[row, col] > 0.5 else "black"
+                axis.text(
+                    col,
+                    row,
+                    str(counts[row, col]),
+                    ha="center",
+                    va="center",
+                    color=color,
+                    fontsize=8,
+                )
+    figure.tight_layout()
+    return _save(figure, plt, path)
+
+
+def _save(figure: Any, plt: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
