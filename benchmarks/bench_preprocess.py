@@ -69,7 +69,10 @@ def write_jpegs(directory: Path, copies: int) -> list[str]:
     return paths
 
 
-def contenders(paths: list[str], batch_size: int) -> dict[str, Callable[[], torch.Tensor]]:
+Batches = list[torch.Tensor]
+
+
+def contenders(paths: list[str], batch_size: int) -> dict[str, Callable[[], Batches]]:
     from transformers import ViTImageProcessor, ViTImageProcessorPil
     from transformers.image_utils import load_image
 
@@ -79,8 +82,8 @@ def contenders(paths: list[str], batch_size: int) -> dict[str, Callable[[], torc
     hf_default, hf_pil = ViTImageProcessor(), ViTImageProcessorPil()
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
-    def run(step: Callable[[list[str]], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        return lambda: torch.cat([step(batch) for batch in batches])
+    def run(step: Callable[[list[str]], torch.Tensor]) -> Callable[[], Batches]:
+        return lambda: [step(batch) for batch in batches]  # one tensor per batch, as a model eats
 
     return {
         "vitkit fast": run(lambda b: fast(b)),
@@ -99,7 +102,7 @@ def contenders(paths: list[str], batch_size: int) -> dict[str, Callable[[], torc
 
 
 def measure(
-    runs: dict[str, Callable[[], torch.Tensor]], rounds: int, images: int
+    runs: dict[str, Callable[[], Batches]], rounds: int, images: int
 ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """(CPU-time, wall-time) images/s per contender, medians of interleaved rounds.
 
@@ -108,7 +111,8 @@ def measure(
     core. The order of contenders rotates each round.
     """
     names = list(runs)
-    outputs = {name: runs[name]() for name in names}  # warm-up (and outputs for the checks)
+    # warm-up, and the outputs for the parity checks
+    outputs = {name: torch.cat(runs[name]()) for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     wall: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
