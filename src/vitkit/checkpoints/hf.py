@@ -200,7 +200,7 @@ def _fuse_qkv(reader: KeyReader, index: int, bias: bool) -> None:
         pieces = [reader.take(f"{part}.{suffix}") for part in parts]
         present = [piece for piece in pieces if piece is not None]
         if len(present) == len(pieces):
-            origin = ", ".join(f"{part}.{suffix}" for part in parts)
+            origin = f"{parts[0].rpartition('.')[0]}.{{query,key,value}}.{suffix}"
             reader.put(f"{ours}.{suffix}", torch.cat(present, dim=0), origin)
 
 
