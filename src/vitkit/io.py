@@ -24,6 +24,7 @@ Errors are ``vitkit.errors`` classes whose message starts with the source.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -353,7 +354,8 @@ def decode_uint8(
         data = _source_bytes_or_stream(source, name, fetch)
         assert isinstance(data, bytes)
         formats = tuple(allowed_formats)
-        route = None if draft_size else _torchvision_route(data, formats, background)
+        use_torchvision = not draft_size and _torchvision_decoders() is not None
+        route = _torchvision_route(data, formats, background) if use_torchvision else None
         if route is not None:
             image_format, width, height = route
             check_pixels((width, height), name, max_pixels)
@@ -379,6 +381,7 @@ def pil_to_uint8(image: Image.Image) -> torch.Tensor:
 # baseline, extended sequential, progressive (Huffman). Others (lossless, arithmetic) use PIL.
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_RGB_MODE = 3  # torchvision.io.ImageReadMode.RGB.value
 
 
 def _torchvision_route(
@@ -455,15 +458,31 @@ def _png_torchvision_safe(
     return False
 
 
+@functools.cache
+def _torchvision_decoders() -> dict[str, Callable[..., torch.Tensor]] | None:
+    """torchvision's JPEG/PNG decode ops, or None where torchvision.io cannot decode.
+
+    The registered ops are called directly: the Python wrappers add only usage logging and, from
+    torchvision 0.29, a DeprecationWarning on every call (torchcodec supersedes them; its decoder
+    is not what transformers' reference used here). Without them everything goes through PIL.
+    """
+    try:
+        import torch
+        import torchvision.io  # noqa: F401  (loads the image extension that registers the ops)
+
+        return {"JPEG": torch.ops.image.decode_jpeg, "PNG": torch.ops.image.decode_png}
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
 def _torchvision_decode(data: bytes, image_format: str, name: str) -> torch.Tensor:
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
+    decoders = _torchvision_decoders()
+    assert decoders is not None
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        if image_format == "JPEG":
-            return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        return decode_png(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return decoders[image_format](encoded, _RGB_MODE, True)  # mode RGB, apply EXIF orientation
     except RuntimeError as error:
         reason = str(error).rsplit(",", 1)[-1].strip()
         raise ImageDecodeError(
