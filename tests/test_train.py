@@ -1,0 +1,249 @@
+"""The training loop's parts and contracts, on tiny models and the real digits data (fast)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from vitkit import data as vdata
+from vitkit.demo_data import build_demo_folder
+from vitkit.train import (
+    ModelSpec,
+    TrainConfig,
+    TrainingError,
+    build_optimizer,
+    recover_directories,
+    save_directory_atomically,
+    train,
+    vit_model_spec,
+    warmup_cosine,
+)
+
+TINY_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small slice of the real digits: 8x8 PNGs, train/test, class 8 cut to 10%."""
+    return build_demo_folder(tmp_path_factory.mktemp("digits") / "data", size=8, minority=8).root
+
+
+def tiny_config(data: Path, out: Path, **changes: Any) -> TrainConfig:
+    settings: dict[str, Any] = dict(
+        data=str(data),
+        out=str(out),
+        from_scratch=True,
+        preset="vit-tiny-patch4-8",
+        model_overrides=dict(TINY_VIT),
+        epochs=1,
+        batch_size=64,
+        optimizer="adamw",
+        lr=1e-3,
+        augment="none",
+        progress=False,
+        log_every=1,
+        device="cpu",
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_warmup_then_cosine() -> None:
+    factor = warmup_cosine(total_steps=110, warmup_steps=10)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.5)
+    assert factor(110) == pytest.approx(0.0, abs=1e-12)
+    values = [factor(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_optimizers_follow_the_recipes(digits_root: Path, tmp_path: Path) -> None:
+    spec = vit_model_spec(tiny_config(digits_root, tmp_path), {0: "a", 1: "b"})
+    sgd = build_optimizer(spec.model, tiny_config(digits_root, tmp_path, optimizer="sgd", lr=None))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 0.0
+    assert sgd.defaults["lr"] == 0.01
+    adamw = build_optimizer(spec.model, tiny_config(digits_root, tmp_path, lr=None))
+    decayed, plain = adamw.param_groups
+    names = {id(p): n for n, p in spec.model.named_parameters()}
+    assert {names[id(p)] for p in plain["params"]} >= {
+        "pos_embed",
+        "cls_token",
+        "head.bias",
+        "norm.weight",
+    }
+    assert all(p.ndim >= 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.05
+    # the new head is zero-initialised (the paper's fine-tuning recipe)
+    assert torch.count_nonzero(spec.model.head.weight) == 0
+
+
+def test_freeze_backbone_trains_only_the_head(digits_root: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        digits_root, tmp_path / "run", freeze_backbone=True, optimizer="sgd", lr=0.1
+    )
+    spec = vit_model_spec(config, {i: str(i) for i in range(10)})
+    before = {n: p.detach().clone() for n, p in spec.model.named_parameters()}
+    train(config, model_factory=lambda cfg, labels: spec)
+    for name, parameter in spec.model.named_parameters():
+        changed = not torch.equal(before[name], parameter.detach().cpu())
+        assert changed == name.startswith("head."), name
+
+
+def test_gradient_accumulation_equals_the_full_batch(digits_root: Path, tmp_path: Path) -> None:
+    weights = []
+    for accum in (1, 4):
+        config = tiny_config(
+            digits_root, tmp_path / f"acc{accum}", grad_accum=accum, optimizer="sgd", lr=0.05
+        )
+        result = train(config)
+        state = torch.load(result.out / "last.pt", weights_only=False)["model"]
+        weights.append(state)
+        first_step = next(r for r in result.history if r["type"] == "step")
+        assert math.isfinite(first_step["loss"])
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_nan_loss_stops_with_step_and_epoch(digits_root: Path, tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def exploding(outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(outputs.logits, targets)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    with pytest.raises(TrainingError, match=r"nan at step 3 \(epoch 1\)"):
+        train(tiny_config(digits_root, tmp_path / "run"), loss_fn=exploding)
+
+
+class TinyCNN(nn.Module):
+    """A model that is not a ViT and returns bare logits: the trainer must not care."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32, classes),
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels)
+
+
+def test_any_module_with_its_own_loss_and_saver(digits_root: Path, tmp_path: Path) -> None:
+    from torchvision.transforms import v2
+
+    seen: list[tuple[int, ...]] = []
+
+    def factory(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
+        def save(model: nn.Module, directory: Path) -> None:
+            directory.mkdir(parents=True)
+            torch.save(model.state_dict(), directory / "weights.pt")
+            (directory / "labels.json").write_text(json.dumps(id2label))
+
+        def load(directory: Path) -> nn.Module:
+            model = TinyCNN(len(id2label))
+            model.load_state_dict(torch.load(directory / "weights.pt"))
+            return model
+
+        evaluate = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+        return ModelSpec(
+            TinyCNN(len(id2label)), (8, 8), (0.0,) * 3, (1.0,) * 3, evaluate, save, load, "cnn"
+        )
+
+    def loss_fn(outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(images.shape))
+        return nn.functional.cross_entropy(outputs, targets)
+
+    config = tiny_config(digits_root, tmp_path / "run", epochs=2, lr=1e-2, batch_size=32)
+    result = train(
+        config,
+        model_factory=factory,
+        loss_fn=loss_fn,
+        best_filter=lambda report: "vetoed" if report["macro_f1"] < 2 else None,
+    )
+    assert seen and seen[0] == (32, 3, 8, 8)
+    # every epoch vetoed: nothing is kept as best, and the log says why
+    assert result.best_epoch is None and not (result.out / "best").exists()
+    epochs = [r for r in result.history if r["type"] == "epoch"]
+    assert [r["not_best_because"] for r in epochs] == ["vetoed", "vetoed"]
+    result = train(
+        tiny_config(digits_root, tmp_path / "run2", lr=1e-2, batch_size=32), model_factory=factory
+    )
+    assert (result.out / "best" / "weights.pt").exists() and result.test is not None
+    assert json.loads((result.out / "test" / "metrics.json").read_text())["num_samples"] == len(
+        result.test.paths
+    )
+
+
+def test_bad_images_are_reported_up_front(digits_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_root, data)
+    (data / "train" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (data / "test" / "5" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(vdata.DatasetError, match=r"2 unreadable image\(s\)") as error:
+        train(tiny_config(data, tmp_path / "fail", on_bad_image="fail"))
+    assert "broken.png" in str(error.value) and "empty.jpg" in str(error.value)
+    result = train(tiny_config(data, tmp_path / "skip"))
+    listed = (result.out / "bad_images.txt").read_text()
+    assert "broken.png" in listed and "empty.jpg" in listed
+
+
+def test_run_folder_outputs_and_refusal_to_overwrite(digits_root: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(digits_root, tmp_path / "run", epochs=2, balance="weighted-loss"))
+    out = result.out
+    for name in (
+        "train_config.json",
+        "split.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "curves.png",
+        "last.pt",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png"):
+        assert (out / "test" / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    with pytest.raises(TrainingError, match="--resume"):
+        train(tiny_config(digits_root, out))
+
+
+def test_atomic_directory_swap_recovers_from_a_crash(tmp_path: Path) -> None:
+    target = tmp_path / "best"
+
+    def writer(text: str) -> Any:
+        def save(directory: Path) -> None:
+            directory.mkdir()
+            (directory / "weights").write_text(text)
+
+        return save
+
+    save_directory_atomically(writer("one"), target)
+    save_directory_atomically(writer("two"), target)
+    assert (target / "weights").read_text() == "two"
+    # a crash between the two renames leaves .best.old and no best: recovery puts it back
+    target.rename(tmp_path / ".best.old")
+    (tmp_path / ".last.pt.tmp-123").write_bytes(b"torn")
+    recover_directories(tmp_path)
+    assert (target / "weights").read_text() == "two"
+    assert not list(tmp_path.glob(".*"))
