@@ -203,13 +203,30 @@ def test_timm_hub_directory(tmp_path: Path) -> None:
         assert max_diff(loaded.model(pixels).logits, reference(pixels)) <= TOLERANCE
 
 
-def test_ddp_prefix_and_model_wrapper(tmp_path: Path) -> None:
+def test_training_checkpoints_ddp_prefix_and_wrappers(tmp_path: Path) -> None:
+    import argparse
+
     reference = timm_model("vit_tiny_patch16_224", depth=1, num_classes=4)
-    path = tmp_path / "ddp.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
+    ddp = tmp_path / "ddp.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()}}, ddp)
+    # What timm's train script (CheckpointSaver) writes, command-line args included.
+    trained = tmp_path / "model_best.pth.tar"
+    torch.save(
+        {
+            "epoch": 3,
+            "arch": "vit_tiny_patch16_224",
+            "state_dict": reference.state_dict(),
+            "args": argparse.Namespace(lr=1e-3, model="vit_tiny_patch16_224"),
+            "version": 2,
+            "metric": 71.5,
+        },
+        trained,
+    )
     pixels = photos(224, 224)
     with torch.no_grad():
-        assert max_diff(load_model(path).model(pixels).logits, reference(pixels)) <= TOLERANCE
+        expected = reference(pixels)
+        for path in (ddp, trained):
+            assert max_diff(load_model(path).model(pixels).logits, expected) <= TOLERANCE
 
 
 # ---- refusals and clear errors ------------------------------------------------------------

@@ -6,8 +6,9 @@
   pytorch_model.bin (also sharded): ``ViTForImageClassification`` or a bare ``ViTModel``;
 - a directory timm pushed to the Hub (config.json with "architecture", plus weights);
 - a ``.npz`` file: Google's vit_jax release naming, with or without ``opt/target/``;
-- a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` file: a timm VisionTransformer
-  state dict, architecture read off the tensor shapes;
+- a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` / ``.pth.tar`` file: a timm
+  VisionTransformer state dict (bare or inside a training checkpoint), architecture read off the
+  tensor shapes;
 - anything else shaped "owner/name[@revision]" that is not a local path: a Hugging Face Hub id,
   downloaded into huggingface_hub's cache (or taken from it offline).
 
@@ -65,8 +66,8 @@ def detect_format(source: str | Path) -> str:
             return _directory_format(path.parent)
         if path.suffix == ".npz":
             return "npz"
-        if path.suffix in _WEIGHT_SUFFIXES:
-            return "timm"
+        if path.suffix in _WEIGHT_SUFFIXES or path.name.endswith(".pth.tar"):
+            return "timm"  # .pth.tar: what timm's train script names its checkpoints
         raise CheckpointError(
             f"{path}: not a checkpoint format vitkit knows (by its suffix {path.suffix or '(none)'}"
             "). Give a HF directory, a .safetensors/.pth/.bin timm state dict, a Google .npz "

@@ -8,6 +8,8 @@ Format modules (hf, timm, npz) only know their own naming: they feed a foreign s
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,7 +62,8 @@ def _read_pickle(path: Path) -> StateDict:
             "text file, an image, or a download error page?)"
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with _training_script_globals():
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = str(error).splitlines()
         reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
@@ -75,6 +78,13 @@ def _read_pickle(path: Path) -> StateDict:
             f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})"
         ) from error
     return _unwrap(loaded, path)
+
+
+def _training_script_globals() -> contextlib.AbstractContextManager[object]:
+    """Let weights_only unpickling accept argparse.Namespace: timm's train script stores its
+    command-line ``args`` in every checkpoint. A Namespace only holds attributes; it runs no code."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -180,6 +190,11 @@ def build_model(
     if problems:
         raise CheckpointError(_describe(source, config, problems))
     model.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
+    left_on_meta = [
+        name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta
+    ]
+    if left_on_meta:  # a tensor the state dict does not carry (a non-persistent buffer, say)
+        raise RuntimeError(f"vitkit bug: not materialised after loading {source}: {left_on_meta}")
     return model.to(device).eval()
 
 
