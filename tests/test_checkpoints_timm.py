@@ -279,3 +279,15 @@ def test_truncated_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=r"cut\.safetensors: not a readable safetensors"):
         load_model(path)
+
+
+def test_model_survives_its_file_being_overwritten(tmp_path: Path) -> None:
+    # safetensors memory-maps; a model whose weights still pointed into the file would crash
+    # (SIGBUS) once another save truncated it, e.g. re-saving into the same directory.
+    reference = timm_model("vit_tiny_patch16_224", depth=1, num_classes=3)
+    path = save_safetensors(reference, tmp_path / "weights.safetensors")
+    model = load_model(path).model
+    path.write_bytes(b"")
+    pixels = photos(224, 224, count=1)
+    with torch.no_grad():
+        assert max_diff(model(pixels).logits, reference(pixels)) <= TOLERANCE

@@ -50,7 +50,9 @@ def _read_safetensors(path: Path) -> StateDict:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        # load_file memory-maps the file: copy, so that overwriting the file later (another
+        # save into the same directory) cannot crash this process with SIGBUS.
+        return {name: tensor.clone() for name, tensor in load_file(str(path), device="cpu").items()}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
 
