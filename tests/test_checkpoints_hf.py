@@ -382,3 +382,37 @@ def test_imagenet_labels_match_hf_id2label_style() -> None:
     assert labels[1] == "goldfish, Carassius auratus"
     assert labels[285] == "Egyptian cat"
     assert labels[999] == "toilet tissue, toilet paper, bathroom tissue"
+
+
+def test_hub_download_prefers_safetensors_and_falls_back_to_pytorch_bin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download logic, with huggingface_hub's snapshot_download replaced by a local fake
+    (tests never reach the Hub): a repo with only pytorch_model.bin gets a second, wider call."""
+    import huggingface_hub
+
+    reference, directory = hf_classifier_dir(tmp_path, small_hf_config())
+    tensors = load_file(directory / "model.safetensors")
+    (directory / "model.safetensors").unlink()
+    torch.save(tensors, directory / "pytorch_model.bin")
+    calls: list[list[str]] = []
+
+    def fake_snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        assert repo_id == "someone/old-vit" and kwargs["revision"] == "v1"
+        calls.append(kwargs["allow_patterns"])
+        snapshot = tmp_path / "snapshot"
+        snapshot.mkdir(exist_ok=True)
+        for source in directory.iterdir():
+            if any(Path(source.name).match(pattern) for pattern in kwargs["allow_patterns"]):
+                (snapshot / source.name).write_bytes(source.read_bytes())
+        return str(snapshot)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = load_model("someone/old-vit@v1")
+    assert len(calls) == 2
+    assert "model.safetensors" in calls[0] and "pytorch_model.bin" not in calls[0]
+    assert "pytorch_model.bin" in calls[1]
+    pixels = photos(64, 64)
+    with torch.no_grad():
+        assert max_diff(loaded.model(pixels).logits, reference(pixels).logits) <= TOLERANCE
