@@ -105,8 +105,9 @@ def test_the_two_modes_differ_only_by_the_resize_arithmetic(photos: list[Image.I
     processor = ImageProcessor()
     fast, pil = processor(photos, mode="fast"), processor(photos, mode="pil")
     difference = (fast - pil).abs()
-    assert 0 < difference.max().item() < 0.1  # a few pixel levels at most (2/255 = 0.008/level)
-    assert difference.mean().item() < 0.01
+    level = (1 / 255) / 0.5  # one uint8 step after normalisation with std 0.5
+    assert 0 < difference.max().item() <= 2 * level + 1e-6
+    assert (difference > level / 2).float().mean().item() < 0.01  # under 1% of values differ
 
 
 @pytest.mark.parametrize("mode", ["fast", "pil"])
@@ -239,3 +240,12 @@ def test_bad_configs_and_modes_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(VitkitError, match="mode"):
         ImageProcessor()([np.zeros((8, 8, 3), np.uint8)], mode="turbo")
     assert ImageProcessor().mode == "fast"
+
+
+def test_jpeg_draft_is_an_explicit_approximation(jpeg_paths: list[str]) -> None:
+    exact = ImageProcessor()
+    assert not exact.jpeg_draft and "jpeg_draft" not in exact.to_dict()
+    approximate = ImageProcessor(jpeg_draft=True)(jpeg_paths)  # 300..640 px photos -> 224
+    difference = (approximate - exact(jpeg_paths)).abs()
+    assert difference.max().item() > 0  # not the reference's numbers ...
+    assert difference.mean().item() < 0.02  # ... but the same pictures
