@@ -96,7 +96,13 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, model: Path, max_batch_size: int, delay_ms: float, clients: int, device: str
+        self,
+        model: Path,
+        max_batch_size: int,
+        delay_ms: float,
+        clients: int,
+        device: str,
+        decode_workers: int | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -112,6 +118,8 @@ class ServerProcess:
             "--request-timeout", "120",
             "--log-level", "warning",
         ]  # fmt: skip
+        if decode_workers:
+            command += ["--decode-workers", str(decode_workers)]
         self.process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     def wait_ready(self, seconds: float = 300) -> None:
@@ -217,6 +225,43 @@ def run_once(
     return result
 
 
+def stage_timings(
+    model: Path, payload: bytes, device: str, max_batch_size: int
+) -> dict[str, float]:
+    """Milliseconds per stage, in this process: where a request's time goes on this machine."""
+    import torch
+
+    from vitkit.classifier import load
+    from vitkit.io import load_image
+
+    classifier = load(model, device=device)
+
+    def best_of(function: object, repeats: int = 20) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            function()  # type: ignore[operator]
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return round(1000 * float(np.median(times)), 2)
+
+    image = load_image(io.BytesIO(payload))
+    pixels = classifier.prepare([image])
+    timings = {
+        "decode_ms": best_of(lambda: load_image(io.BytesIO(payload))),
+        "preprocess_ms": best_of(lambda: classifier.prepare([image])),
+    }
+    for size in sorted({1, max_batch_size}):
+        batch = pixels.expand(size, *pixels.shape[1:]).contiguous()
+        classifier.predict_tensor(batch, 5)  # warm-up
+        timings[f"forward_batch{size}_ms"] = best_of(
+            lambda b=batch: classifier.predict_tensor(b, 5), 10
+        )
+    print(json.dumps({"stage_timings": timings}), flush=True)
+    return timings
+
+
 def machine_info(device: str) -> dict[str, str]:
     import torch
 
@@ -247,6 +292,10 @@ def main() -> int:
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compare", action="store_true", help="also run with --max-batch-size 1")
+    parser.add_argument("--decode-workers", type=int, help="passed to vitkit serve")
+    parser.add_argument(
+        "--stage-timings", action="store_true", help="also time decode/preprocess/forward"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     if args.duration <= 0 or args.clients < 1:
@@ -255,6 +304,11 @@ def main() -> int:
     payload = photo_jpeg()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or build_checkpoint(args.preset, Path(scratch) / "model")
+        timings = (
+            stage_timings(model, payload, args.device, args.max_batch_size)
+            if args.stage_timings
+            else None
+        )
         results = [run_once("dynamic", model, args, args.max_batch_size, payload)]
         if args.compare:
             results.append(run_once("batch-1", model, args, 1, payload))
@@ -263,6 +317,8 @@ def main() -> int:
         "machine": machine_info(args.device),
         "runs": [asdict(r) for r in results],
     }
+    if timings:
+        report["stage_timings_ms"] = timings
     if args.compare:
         report["throughput_gain"] = round(results[0].throughput_rps / results[1].throughput_rps, 3)
     print(json.dumps(report, indent=2))

@@ -96,6 +96,12 @@ def register(subparsers: Any) -> None:
         help="seconds to let in-flight requests finish after SIGTERM (default 30)",
     )
     parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="threads that decode and preprocess images (default: min(8, CPU cores))",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.set_defaults(func=run)
@@ -103,6 +109,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     import uvicorn
 
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         max_image_bytes=args.max_image_bytes,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        decode_workers=args.decode_workers or min(8, os.cpu_count() or 1),
         fetch_policy=FetchPolicy(
             max_bytes=args.max_image_bytes,
             connect_timeout=args.fetch_timeout,
