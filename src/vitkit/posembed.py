@@ -20,8 +20,10 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """Resample ``pos_embed`` of shape (1, prefix + rows*cols, dim) to ``new_grid``.
 
-    ``old_grid`` defaults to a square grid. ``antialias`` only matters when shrinking; timm uses
-    it (on by default), HF does not.
+    ``old_grid`` defaults to a square grid. ``antialias=True`` is what timm's
+    ``resample_abs_pos_embed`` does at load time; HF's ``interpolate_pos_encoding`` uses plain
+    bicubic. The two differ even when enlarging (torch's antialiased bicubic uses another kernel
+    coefficient), so each caller picks the one its reference uses.
     """
     num_grid_tokens = pos_embed.shape[1] - num_prefix_tokens
     if old_grid is None:
