@@ -361,3 +361,38 @@ def test_fuzz_query_strings(
     monkeypatch.setattr(serve_app, "fetch_url", no_traffic_fetch)
     response = client.get("/predict_image_class", params={**extra, "image_url": url})
     assert_json_error_or_ok(response)
+
+
+# ---- readiness --------------------------------------------------------------------------------
+def test_not_ready_while_loading_then_ready(classifier: Classifier) -> None:
+    release = threading.Event()
+
+    def slow_load() -> Classifier:
+        release.wait(10)
+        return classifier
+
+    with TestClient(create_app(slow_load, ServeSettings(warmup=False))) as test_client:
+        assert test_client.get("/healthz").status_code == 200  # alive while the model loads
+        not_ready = test_client.get("/readyz")
+        assert (not_ready.status_code, not_ready.json()["error"]) == (503, "not_ready")
+        early = test_client.post("/v1/predict", content=photo_bytes())
+        assert (early.status_code, early.headers["retry-after"]) == (503, "5")
+        release.set()
+        wait_ready(test_client)
+        assert test_client.post("/v1/predict", content=photo_bytes()).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
+    failures: list[BaseException] = []
+
+    def broken() -> Classifier:
+        return load(tmp_path / "no-such-checkpoint")
+
+    app = create_app(broken, on_load_error=failures.append)
+    with TestClient(app) as test_client:
+        end = time.monotonic() + 10
+        while not failures and time.monotonic() < end:
+            time.sleep(0.05)
+        response = test_client.get("/readyz")
+        assert response.status_code == 503 and "no-such-checkpoint" in response.json()["detail"]
+    assert failures
