@@ -16,6 +16,28 @@ from collections.abc import Sequence
 
 from vitkit.errors import VitkitError
 
+# The order `vitkit --help` lists commands in: the user's journey, not the alphabet.
+_WORKFLOW = [
+    "predict",
+    "embed",
+    "info",
+    "convert",
+    "train",
+    "eval",
+    "demo",
+    "compare",
+    "distill",
+    "explain",
+    "serve",
+    "bench",
+    "export",
+]
+
+
+def _help_order(module_info: pkgutil.ModuleInfo) -> tuple[int, str]:
+    name = module_info.name
+    return (_WORKFLOW.index(name) if name in _WORKFLOW else len(_WORKFLOW), name)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -30,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     package_path = __path__
-    for module_info in sorted(pkgutil.iter_modules(package_path), key=lambda m: m.name):
+    for module_info in sorted(pkgutil.iter_modules(package_path), key=_help_order):
         if module_info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
