@@ -163,7 +163,10 @@ def test_16_bit_png_is_scaled_not_clipped(coffee: np.ndarray) -> None:
     # 16-bit arrays and big-endian/int modes scale the same way
     assert np.array_equal(pixels(vio.load_image(gray16)), np.dstack([gray8] * 3))
     as_int = Image.fromarray(gray16.astype(np.int32), mode="I")
-    assert np.array_equal(pixels(vio.load_image(as_int)), np.dstack([gray8] * 3))
+    big_endian = Image.fromarray(gray16.astype(">u2"))
+    assert big_endian.mode == "I;16B"
+    for image in (as_int, big_endian):
+        assert np.array_equal(pixels(vio.load_image(image)), np.dstack([gray8] * 3)), image.mode
 
 
 def test_cmyk_jpeg_becomes_rgb(coffee: np.ndarray) -> None:

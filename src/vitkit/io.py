@@ -213,6 +213,17 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] | None = None) -
     return image.convert("RGB")
 
 
+def _to_rgb_named(
+    image: Image.Image, background: tuple[int, int, int] | None, name: str
+) -> Image.Image:
+    try:
+        return to_rgb(image, background)
+    except (ValueError, OSError) as error:
+        raise UnsupportedImageError(
+            name, f"cannot convert mode {image.mode} to RGB ({error})"
+        ) from None
+
+
 # ---- arrays and tensors ----------------------------------------------------------------------
 def _array_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype == np.uint8:
@@ -285,19 +296,19 @@ def load_image(
     name = describe(source)
     if isinstance(source, Image.Image):
         check_pixels(source.size, name, max_pixels)
-        return to_rgb(_exif_transpose(source, name, in_place=False), background)
+        return _to_rgb_named(_exif_transpose(source, name, in_place=False), background, name)
     if isinstance(source, np.ndarray):
         image = ndarray_to_pil(source, name)
         check_pixels(image.size, name, max_pixels)
-        return to_rgb(image, background)
+        return _to_rgb_named(image, background, name)
     if _is_tensor(source):
         image = tensor_to_pil(source, name)
         check_pixels(image.size, name, max_pixels)
-        return to_rgb(image, background)
+        return _to_rgb_named(image, background, name)
     data = _source_bytes_or_stream(source, name, fetch)
     image = open_checked(data, name, max_pixels=max_pixels, allowed_formats=allowed_formats)
     image = _decode_fully(image, name)
-    return to_rgb(_exif_transpose(image, name, in_place=True), background)
+    return _to_rgb_named(_exif_transpose(image, name, in_place=True), background, name)
 
 
 def _is_tensor(source: object) -> bool:
@@ -364,7 +375,7 @@ def decode_uint8(
         if draft_size and header.format == "JPEG":
             header.draft(header.mode, (draft_size, draft_size))
         image = _decode_fully(header, name)
-        image = to_rgb(_exif_transpose(image, name, in_place=True), background)
+        image = _to_rgb_named(_exif_transpose(image, name, in_place=True), background, name)
     else:
         image = load_image(source, max_pixels=max_pixels, background=background)
     return pil_to_uint8(image)
