@@ -249,3 +249,20 @@ def test_jpeg_draft_is_an_explicit_approximation(jpeg_paths: list[str]) -> None:
     difference = (approximate - exact(jpeg_paths)).abs()
     assert difference.max().item() > 0  # not the reference's numbers ...
     assert difference.mean().item() < 0.02  # ... but the same pictures
+
+
+def test_prepare_uint8_then_normalize_is_the_fast_mode(jpeg_paths: list[str]) -> None:
+    processor = ImageProcessor.from_dict(CONFIGS["bicubic-imagenet-nonsquare"])
+    uint8 = torch.stack([processor.prepare_uint8(path) for path in jpeg_paths])
+    assert uint8.dtype == torch.uint8 and uint8.shape == (len(jpeg_paths), 3, 160, 240)
+    assert torch.equal(processor.normalize(uint8), processor(jpeg_paths, mode="fast"))
+
+
+def test_aspect_preserving_size_without_crop(photos: list[Image.Image]) -> None:
+    processor = ImageProcessor.from_dict({"size": {"shortest_edge": 96}})
+    one = processor(photos[1])  # coffee, 400x600 -> 96x144
+    assert one.shape == (1, 3, 96, 144)
+    expected = reference_pixels("fast", {"size": {"shortest_edge": 96}}, [photos[1]])
+    assert max_diff(one, expected) <= TOLERANCE
+    with pytest.raises(VitkitError, match="different sizes"):
+        processor(photos)  # square and landscape photos cannot share a batch

@@ -58,16 +58,23 @@ def center_crop(images: torch.Tensor, crop_height: int, crop_width: int) -> torc
 
 @lru_cache(maxsize=16)
 def _fused_constants(
-    mean: tuple[float, ...], std: tuple[float, ...], do_rescale: bool, rescale_factor: float
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    do_rescale: bool,
+    rescale_factor: float,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TorchvisionBackend._fuse_mean_std_and_rescale_factor``, then normalize's (C, 1, 1) view."""
+    """``TorchvisionBackend._fuse_mean_std_and_rescale_factor``, then normalize's (C, 1, 1) view.
+
+    Computed on the CPU as the reference does, then moved (float32 values are copied exactly).
+    """
     if do_rescale:
         mean_t = torch.tensor(mean) * (1.0 / rescale_factor)
         std_t = torch.tensor(std) * (1.0 / rescale_factor)
     else:
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
         std_t = torch.as_tensor(std, dtype=torch.float32)
-    return mean_t.view(-1, 1, 1), std_t.view(-1, 1, 1)
+    return mean_t.view(-1, 1, 1).to(device), std_t.view(-1, 1, 1).to(device)
 
 
 def rescale_normalize_(
@@ -81,7 +88,7 @@ def rescale_normalize_(
 ) -> torch.Tensor:
     """In place on a float32 batch holding uint8 values (``out[i].copy_(uint8)``)."""
     if do_normalize:
-        mean_t, std_t = _fused_constants(mean, std, do_rescale, rescale_factor)
+        mean_t, std_t = _fused_constants(mean, std, do_rescale, rescale_factor, batch.device)
         return batch.sub_(mean_t).div_(std_t)
     if do_rescale:
         return batch.mul_(rescale_factor)
