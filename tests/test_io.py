@@ -19,7 +19,10 @@ from conftest import real_photos
 from vitkit import io as vio
 from vitkit.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+]
 
 
 @pytest.fixture(scope="module")

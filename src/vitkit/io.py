@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -62,7 +61,7 @@ _DECODE_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, Type
 def describe(source: ImageLike) -> str:
     """How an error message names a source: the path or URL itself, else its kind."""
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source) if not isinstance(source, bytes) else repr(source)
+        return str(os.fspath(source))
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     name = getattr(source, "name", None)
@@ -137,10 +136,9 @@ def open_checked(
     if isinstance(data, (bytes, bytearray)) and not data:
         raise UnsupportedImageError(name, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            # vitkit applies its own cap below; PIL's warning for 1x..2x its cap is noise here.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=formats)
+        # PIL warns between 1x and 2x its own cap and refuses above 2x; vitkit's cap (checked
+        # below, PIL's by default) decides. No catch_warnings: it is not thread-safe.
+        image = Image.open(stream, formats=formats)
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(name, f"refused before decoding: {error}") from None
     except UnidentifiedImageError:
