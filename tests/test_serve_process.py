@@ -279,15 +279,18 @@ def trickled(
 def test_overload_gives_503_with_retry_after(internal: Server) -> None:
     data = photo_bytes()
     results: list[httpx.Response] = []
+    started = [threading.Event(), threading.Event()]
 
-    def call() -> None:
+    def call(event: threading.Event) -> None:
         with httpx.Client(base_url=internal.url, timeout=30, trust_env=False) as client:
-            results.append(client.post("/v1/predict", content=trickled(data)))
+            upload = trickled(data, pieces=12, started=event)  # in flight for ~3 s
+            results.append(client.post("/v1/predict", content=upload))
 
-    threads = [threading.Thread(target=call) for _ in range(2)]  # --max-queue 2: both admitted
-    for thread in threads:
+    threads = [threading.Thread(target=call, args=(event,)) for event in started]
+    for thread in threads:  # --max-queue 2: both admitted, then the server is full
         thread.start()
-    time.sleep(0.8)
+    assert all(event.wait(10) for event in started)
+    time.sleep(0.5)  # let the server reach both handlers
     shed = internal.client.post("/v1/predict", content=data)
     check(shed, 503, "overloaded")
     assert shed.headers["retry-after"] == "1"
@@ -310,6 +313,7 @@ def test_sigterm_finishes_the_request_in_flight(checkpoint: Path, tmp_path: Path
         )
         thread.start()
         assert sent.wait(10)
+        time.sleep(0.5)  # the server has accepted the connection and started the handler
         server.process.send_signal(signal.SIGTERM)
         thread.join(30)
         assert result and result[0].status_code == 200, result and result[0].text
