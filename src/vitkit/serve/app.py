@@ -189,8 +189,8 @@ class Service:
             ]
             await form.close()
             if not uploads:
-                wanted = f"a file field named {field_name!r}" if field_name else "a file field"
-                raise MissingField(f"the multipart body has no {wanted} with the image")
+                wanted = f"file field named {field_name!r}" if field_name else "file field"
+                raise MissingField(f"the multipart body has no {wanted}: send the image in one")
         else:
             uploads = [Upload("body", await request.body())]
         for upload in uploads:
