@@ -230,7 +230,11 @@ class ImageProcessor:
         return self._assemble(_map(prepare, sources, workers), mode)
 
     def from_uint8(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """Already-decoded uint8 images, (B, 3, H, W) or a list of (3, H, W), fast mode."""
+        """Already-decoded uint8 images, (B, 3, H, W) or a list of (3, H, W), fast mode.
+
+        Runs on the tensors' device (all on one), so a CUDA batch is resized and normalised on
+        the GPU with the same torchvision calls (transformers' ViTImageProcessor(device=...)).
+        """
         if isinstance(batch, torch.Tensor) and batch.ndim == 4:
             if batch.dtype != torch.uint8 or batch.shape[1] != 3:
                 raise VitkitError(
@@ -337,7 +341,10 @@ class ImageProcessor:
                 f"images came out in different sizes {sorted(shapes)}: this processor's size "
                 f"{self.size_spec.to_dict()} keeps aspect ratios; add a center crop to batch them"
             )
-        out = torch.empty((len(items), *items[0].shape), dtype=torch.float32)
+        first = items[0]
+        device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+        # from_uint8 on CUDA tensors stays on the GPU: resize and normalize run there.
+        out = torch.empty((len(items), *first.shape), dtype=torch.float32, device=device)
         for row, item in zip(out, items, strict=True):
             row.copy_(torch.from_numpy(item) if isinstance(item, np.ndarray) else item)
         return self._rescale_normalize_(out) if mode == "fast" else out
