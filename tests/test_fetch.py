@@ -7,11 +7,13 @@ resolver that returns them, and refused before any connection is made.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
+from pathlib import Path
 
 import pytest
 
-from test_serve_support import image_server, photo_bytes, silent_server
+from test_serve_support import image_server, make_tls_files, photo_bytes, silent_server
 from vitkit.errors import FetchError, FetchTimeoutError, FetchTooLargeError, URLNotAllowedError
 from vitkit.fetch import (
     BadURLError,
@@ -162,6 +164,33 @@ def test_https_requests_carry_the_original_name_for_sni() -> None:
     assert request.url.host == "93.184.216.34"
     assert request.headers["host"] == "img.example:8443"
     assert request.extensions["sni_hostname"] == "img.example"
+
+
+def test_https_to_the_pinned_address_sends_sni_and_verifies_the_original_name(
+    tmp_path: Path,
+) -> None:
+    ca, cert, key = make_tls_files(tmp_path, "img.test")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    names_seen: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, context: names_seen.append(name)
+    client_context = ssl.create_default_context(cafile=str(ca))
+    with image_server(tls=server_context) as base:
+        port = base.rsplit(":", 1)[1]
+        resolver = fixed_resolver({"img.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+        policy = FetchPolicy(
+            allowlist=frozenset({"img.test", "other.test"}),
+            resolver=resolver,
+            verify=client_context,
+        )
+        # "img.test" exists only in the injected resolver: TLS to 127.0.0.1 with SNI img.test.
+        assert (
+            fetch_url(f"https://img.test:{port}/host", policy=policy) == f"img.test:{port}".encode()
+        )
+        assert names_seen == ["img.test"]
+        # The certificate is checked against the URL's name, not the address connected to.
+        with pytest.raises(FetchError, match=r"other\.test"):
+            fetch_url(f"https://other.test:{port}/host", policy=policy)
 
 
 def test_redirect_from_allowed_host_to_private_host_is_refused() -> None:

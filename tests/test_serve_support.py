@@ -7,14 +7,18 @@ Every server binds 127.0.0.1 on a free port and runs in a daemon thread.
 from __future__ import annotations
 
 import io
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -117,15 +121,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def image_server(image: bytes | None = None) -> Iterator[str]:
-    """A local HTTP server; yields its base URL (http://127.0.0.1:PORT)."""
+def image_server(image: bytes | None = None, tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """A local HTTP(S) server; yields its base URL (http[s]://127.0.0.1:PORT)."""
     handler = type("Handler", (_Handler,), {"image": image if image is not None else photo_bytes()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        scheme = "https" if tls is not None else "http"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -200,3 +207,24 @@ def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
         "image_std": [0.5, 0.5, 0.5],
     }
     save_pretrained(model, directory, processor)
+
+
+def make_tls_files(directory: Path, host: str) -> tuple[Path, Path, Path]:
+    """(ca.pem, cert.pem, key.pem): a throwaway CA and a certificate for ``host`` it signed."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        import pytest
+
+        pytest.skip("needs the openssl command to make test certificates")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-subj", "/CN=vitkit test CA", "-days", "2")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.csr",
+        "-subj", f"/CN={host}")  # fmt: skip
+    (directory / "san.ext").write_text(f"subjectAltName=DNS:{host}\n")
+    run("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "cert.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"

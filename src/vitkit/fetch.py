@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ class FetchPolicy:
     allow_private: bool = False
     allowlist: frozenset[str] = field(default_factory=frozenset)
     resolver: Resolver = system_resolver
+    # TLS verification: True (certifi's CAs) or an ssl.SSLContext, e.g. one trusting an
+    # internal CA. Certificates are always checked against the URL's host name.
+    verify: ssl.SSLContext | bool = True
 
     def allows_host(self, host: str) -> bool:
         return self.allow_private or host.lower().strip("[]") in {
@@ -280,7 +284,9 @@ def fetch_url(url: str, *, policy: FetchPolicy | None = None) -> bytes:
         pool=policy.connect_timeout,
     )
     current = _parse(url)
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    with httpx.Client(
+        timeout=timeout, follow_redirects=False, trust_env=False, verify=policy.verify
+    ) as client:
         for _hop in range(policy.max_redirects + 1):
             try:
                 target, body = _get_once(client, current, policy, deadline)
