@@ -471,3 +471,227 @@ def check_teacher_labels(teacher_labels: list[str], student_labels: list[str]) -
 
 
 TeacherFactory = Callable[[], nn.Module]
+
+
+# ---- training with the vitkit trainer ---------------------------------------------------
+@dataclass
+class Teacher:
+    """A frozen classifier and the normalisation it expects."""
+
+    model: nn.Module
+    labels: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+
+def load_teacher(source: str | Path, device: str = "cpu") -> Teacher:
+    """A ResNet baseline directory (HF ResNet layout) or any ViT checkpoint vitkit loads."""
+    from vitkit.baselines import IMAGENET_MEAN, IMAGENET_STD, is_resnet_dir, load_resnet_dir
+
+    path = Path(source)
+    if path.is_dir() and is_resnet_dir(path):
+        model, processor = load_resnet_dir(path)
+        processor = processor or {}
+        mean = tuple(processor.get("image_mean", IMAGENET_MEAN))
+        std = tuple(processor.get("image_std", IMAGENET_STD))
+        return Teacher(model.to(device), model.config.labels(), mean, std, str(source))
+    if path.is_dir() and is_student_dir(path):
+        student, processor = load_student(path)
+        processor = processor or {}
+        mean = tuple(processor.get("image_mean", (0.5, 0.5, 0.5)))
+        std = tuple(processor.get("image_std", (0.5, 0.5, 0.5)))
+        return Teacher(student.to(device), student.config.labels(), mean, std, str(source))
+    from vitkit.classifier import load
+
+    classifier = load(str(source), device=device)
+    config = classifier.processor.to_dict()
+    return Teacher(
+        classifier.model,
+        list(classifier.labels),
+        tuple(config.get("image_mean", (0.5, 0.5, 0.5))),
+        tuple(config.get("image_std", (0.5, 0.5, 0.5))),
+        str(source),
+    )
+
+
+class Renormalize(nn.Module):
+    """Student-normalised pixels -> teacher-normalised pixels (the two may use other mean/std)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(
+        self,
+        student_mean: tuple[float, ...],
+        student_std: tuple[float, ...],
+        teacher_mean: tuple[float, ...],
+        teacher_std: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+
+        def column(values: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+        self.register_buffer("scale", column(student_std) / column(teacher_std))
+        self.register_buffer(
+            "shift", (column(student_mean) - column(teacher_mean)) / column(teacher_std)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images * self.scale + self.shift
+
+
+class NormalizedTeacher(nn.Module):
+    """Renormalise, then run the teacher: what ``DistillationLoss`` calls on each batch."""
+
+    def __init__(
+        self, teacher: Teacher, student_mean: tuple[float, ...], student_std: tuple[float, ...]
+    ) -> None:
+        super().__init__()
+        self.renormalize = Renormalize(student_mean, student_std, teacher.mean, teacher.std)
+        self.teacher = teacher.model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return _logits_of(self.teacher(self.renormalize(images)))
+
+
+def collapse_filter(labels: list[str]) -> Callable[[dict[str, Any]], str | None]:
+    """The trainer's ``best_filter``: veto (and say loudly) any collapsed validation epoch."""
+    import sys
+
+    def veto(report: dict[str, Any]) -> str | None:
+        result = collapse_report(report["confusion_matrix"], labels)
+        if not result.collapsed:
+            return None
+        message = result.message("validation")
+        print(f"WARNING: {message}; this epoch is not kept as the best model", file=sys.stderr)
+        return message
+
+    return veto
+
+
+def student_spec_factory(
+    student: str, overrides: dict[str, Any] | None = None
+) -> Callable[[Any, dict[int, str]], Any]:
+    """A ``model_factory`` for ``vitkit.train.train``: a DeiT student from a preset (from scratch),
+    a ViT checkpoint (weights copied, distillation token from [CLS]) or a student directory."""
+    from vitkit.config import preset
+    from vitkit.processor import ImageProcessor
+    from vitkit.train import ModelSpec
+
+    def factory(cfg: Any, id2label: dict[int, str]) -> ModelSpec:
+        path = Path(student)
+        processor_config: dict[str, Any] | None = None
+        if path.is_dir() and is_student_dir(path):
+            model, processor_config = load_student(path)
+            model.reset_head(id2label)
+            description = f"DeiT student from {student}"
+        elif path.exists():
+            from vitkit.classifier import load
+
+            classifier = load(student, image_size=cfg.image_size, device="cpu")
+            model = DistilledViT.from_vit(classifier.model)
+            model.reset_head(id2label)
+            processor_config = classifier.processor.to_dict()
+            description = f"DeiT student initialised from {student}"
+        else:
+            extra = dict(overrides or {})
+            if cfg.image_size is not None:
+                extra["image_size"] = cfg.image_size
+            model = build_student(preset(student, **extra), id2label)
+            description = f"DeiT student {student} from scratch"
+        if processor_config is None:
+            processor_config = ImageProcessor.for_config(model.config).to_dict()
+        processor = ImageProcessor.from_dict(processor_config)
+        saved_processor = processor_config
+
+        def save(trained: nn.Module, directory: Path) -> None:
+            assert isinstance(trained, DistilledViT)
+            save_student(trained, directory, saved_processor)
+
+        return ModelSpec(
+            model=model,
+            image_size=model.config.image_hw,
+            mean=tuple(processor_config.get("image_mean", (0.5, 0.5, 0.5))),
+            std=tuple(processor_config.get("image_std", (0.5, 0.5, 0.5))),
+            eval_transform=lambda image: processor(image)[0],
+            save=save,
+            load=lambda directory: load_student(directory)[0],
+            description=description,
+        )
+
+    return factory
+
+
+class _TeacherHook:
+    """Builds the loss once the student's normalisation is known (inside the model factory)."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        kind: DistillKind,
+        alpha: float,
+        temperature: float,
+        smoothing: float,
+    ) -> None:
+        self.teacher, self.kind, self.alpha = teacher, kind, alpha
+        self.temperature, self.smoothing = temperature, smoothing
+        self.loss: DistillationLoss | None = None
+
+    def wrap(
+        self, factory: Callable[[Any, dict[int, str]], Any]
+    ) -> Callable[[Any, dict[int, str]], Any]:
+        def wrapped(cfg: Any, id2label: dict[int, str]) -> Any:
+            spec = factory(cfg, id2label)
+            check_teacher_labels(self.teacher.labels, [id2label[i] for i in range(len(id2label))])
+            device = "cuda" if (cfg.device or "").startswith("cuda") else "cpu"
+            if cfg.device is None and torch.cuda.is_available():
+                device = "cuda"
+            module = NormalizedTeacher(self.teacher, spec.mean, spec.std).to(device)
+            self.loss = DistillationLoss(
+                module, self.kind, self.alpha, self.temperature, self.smoothing
+            )
+            return spec
+
+        return wrapped
+
+    def __call__(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        assert self.loss is not None, "the model factory runs before the first step"
+        return self.loss(outputs, targets, images)
+
+
+def distill(
+    cfg: Any,
+    teacher: str | Path | Teacher,
+    student: str,
+    *,
+    kind: DistillKind = "hard",
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Train a DeiT student on ``cfg.data`` with ``teacher``; returns the trainer's ``TrainResult``.
+
+    Collapsed epochs (a class never predicted on validation, or macro-F1 0) are never kept as the
+    best model; a run where every epoch collapsed ends with no ``best/`` and a clear error.
+    """
+    from vitkit.train import train
+
+    teacher_obj = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
+    hook = _TeacherHook(teacher_obj, kind, alpha, temperature, cfg.label_smoothing)
+    factory = hook.wrap(student_spec_factory(student, overrides))
+    labels_holder: dict[str, list[str]] = {}
+
+    def best_filter(report: dict[str, Any]) -> str | None:
+        labels = labels_holder.setdefault("labels", list(report["labels"]))
+        return collapse_filter(labels)(report)
+
+    result = train(cfg, model_factory=factory, loss_fn=hook, best_filter=best_filter)
+    if result.best_epoch is None:
+        raise VitkitError(
+            f"distillation into {cfg.out} collapsed in every epoch (see metrics.jsonl: "
+            "not_best_because); no model was kept. Try --kind soft, a lower --alpha, a lower "
+            "--lr, or more epochs"
+        )
+    return result

@@ -1,0 +1,73 @@
+"""`vitkit explain`: where the ViT looks (attention rollout, last-layer [CLS] attention) as PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from vitkit.cli._common import MODEL_HELP
+
+EPILOG = """\
+For each image, OUT/<name>.explain.png shows the image, the attention rollout over it (heads
+averaged, identity added for the residual path, rows renormalised, layers multiplied) and the
+last block's [CLS] attention, with the top-k predictions in the caption. A JSON line per image
+(input, output PNG, predictions) is printed.
+
+examples:
+  vitkit explain cat.jpg --model google/vit-base-patch16-224 --out maps/
+  vitkit explain photos/ --model runs/compare/rows/finetune224/best --out maps/ --top-k 3
+  vitkit explain digit.png --model runs/compare/rows/distilled/best --out maps/   # a DeiT student
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="attention-rollout and [CLS]-attention maps over images",
+        description="Draw where a ViT looks: attention rollout and last-layer [CLS] attention.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or URLs")
+    parser.add_argument(
+        "--model", "-m", default=None, help=MODEL_HELP + "; or a distilled student directory"
+    )
+    parser.add_argument("--out", "-o", required=True, help="folder for the PNGs")
+    parser.add_argument("--top-k", type=int, default=5, help="labels in the caption (default 5)")
+    parser.add_argument("--image-size", type=int, default=None, help="run at this resolution")
+    parser.set_defaults(func=run)
+
+
+def load_explainable(source: str | None, image_size: int | None = None) -> Any:
+    """A Classifier for a ViT checkpoint or a DeiT student directory."""
+    from vitkit.distill import is_student_dir, load_student
+
+    if source is not None and is_student_dir(source):
+        from vitkit.classifier import Classifier
+        from vitkit.processor import ImageProcessor
+
+        model, processor_config = load_student(source)
+        processor = ImageProcessor.from_dict(processor_config) if processor_config else None
+        return Classifier(model, processor, name=source, device="cpu")
+    from vitkit.baselines import is_resnet_dir
+    from vitkit.errors import VitkitError
+
+    if source is not None and is_resnet_dir(source):
+        raise VitkitError(
+            f"{source} is a ResNet (a CNN): it has no attention to draw; use a ViT checkpoint"
+        )
+    import vitkit.classifier
+
+    return vitkit.classifier.load(source, device="cpu", image_size=image_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitkit.explain import explain_files
+    from vitkit.io import expand_inputs
+
+    classifier = load_explainable(args.model, args.image_size)
+    sources = expand_inputs(list(args.inputs))
+    for record in explain_files(classifier, sources, args.out, top_k=args.top_k):
+        print(json.dumps(record))
+    return 0

@@ -1,0 +1,221 @@
+"""DeiT distillation: losses against hand computation, the two heads, HF DeiT parity, collapse."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vitkit.config import ViTConfig
+from vitkit.distill import (
+    DistillationLoss,
+    DistilledViT,
+    DistilledViTOutput,
+    Renormalize,
+    collapse_report,
+    distillation_loss,
+    hard_distillation_loss,
+    load_student,
+    save_student,
+    soft_distillation_loss,
+)
+from vitkit.model import ViT
+
+CLS = [[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]]
+DIST = [[1.0, 1.0, 0.0], [-1.0, 0.5, 2.0]]
+TEACHER = [[0.5, 3.0, 0.0], [0.0, 0.0, 1.5]]
+TARGETS = [0, 1]
+
+
+def _log_softmax(row: list[float], temperature: float = 1.0) -> list[float]:
+    scaled = [v / temperature for v in row]
+    log_total = math.log(sum(math.exp(v) for v in scaled))
+    return [v - log_total for v in scaled]
+
+
+def _hand_ce(rows: list[list[float]], targets: list[int]) -> float:
+    return sum(-_log_softmax(r)[t] for r, t in zip(rows, targets, strict=True)) / len(rows)
+
+
+def _hand_kl(student: list[list[float]], teacher: list[list[float]], t: float) -> float:
+    total = 0.0
+    for s_row, t_row in zip(student, teacher, strict=True):
+        log_s, log_t = _log_softmax(s_row, t), _log_softmax(t_row, t)
+        total += sum(math.exp(lt) * (lt - ls) for ls, lt in zip(log_s, log_t, strict=True))
+    return total / len(student) * t * t
+
+
+def tiny_config(**overrides: object) -> ViTConfig:
+    base: dict[str, object] = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        id2label={0: "cat", 1: "coffee", 2: "rocket"},
+        layer_norm_eps=1e-12,
+    )
+    base.update(overrides)
+    return ViTConfig(**base)  # type: ignore[arg-type]
+
+
+def test_hard_and_soft_losses_match_hand_computation() -> None:
+    cls, dist, teacher = (torch.tensor(x) for x in (CLS, DIST, TEACHER))
+    targets = torch.tensor(TARGETS)
+    # teacher arg-max: [1, 2]
+    hard = _hand_ce(DIST, [1, 2])
+    assert hard_distillation_loss(dist, teacher).item() == pytest.approx(hard, rel=1e-6)
+    for temperature in (1.0, 3.0):
+        soft = _hand_kl(DIST, TEACHER, temperature)
+        got = soft_distillation_loss(dist, teacher, temperature).item()
+        assert got == pytest.approx(soft, rel=1e-5)
+    base = _hand_ce(CLS, TARGETS)
+    got_hard = distillation_loss(cls, dist, targets, teacher, "hard", alpha=0.3).item()
+    assert got_hard == pytest.approx(0.7 * base + 0.3 * hard, rel=1e-6)
+    got_soft = distillation_loss(cls, dist, targets, teacher, "soft", alpha=0.5, temperature=3.0)
+    assert got_soft.item() == pytest.approx(
+        0.5 * base + 0.5 * _hand_kl(DIST, TEACHER, 3.0), rel=1e-5
+    )
+    # alpha 0: the teacher does not matter at all
+    other_teacher = torch.tensor([[9.0, 0.0, 0.0], [9.0, 0.0, 0.0]])
+    assert distillation_loss(
+        cls, dist, targets, other_teacher, "hard", alpha=0.0
+    ).item() == pytest.approx(base)
+
+
+def test_soft_loss_is_zero_when_student_equals_teacher() -> None:
+    logits = torch.tensor(TEACHER)
+    assert soft_distillation_loss(logits, logits, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_student_two_heads_and_their_average(astronaut_pixels: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    student = DistilledViT(tiny_config()).eval()
+    assert student.pos_embed.shape == (1, 16 + 2, 32)
+    with torch.no_grad():
+        output = student(astronaut_pixels)
+        tokens, _, _ = student.forward_features(astronaut_pixels)
+    assert isinstance(output, DistilledViTOutput)
+    expected_cls = tokens[:, 0] @ student.head.weight.T + student.head.bias
+    expected_dist = tokens[:, 1] @ student.head_dist.weight.T + student.head_dist.bias
+    torch.testing.assert_close(output.cls_logits, expected_cls)
+    torch.testing.assert_close(output.dist_logits, expected_dist)
+    torch.testing.assert_close(output.logits, (expected_cls + expected_dist) / 2)
+    assert not torch.allclose(output.cls_logits, output.dist_logits)  # two distinct heads
+    # ViT's own parameter names are untouched; the student adds exactly the DeiT extras
+    vit_names = set(dict(ViT(tiny_config()).named_parameters()))
+    student_names = set(dict(student.named_parameters()))
+    assert student_names - vit_names == {"dist_token", "head_dist.weight", "head_dist.bias"}
+
+
+@pytest.fixture(scope="module")
+def astronaut_pixels() -> torch.Tensor:
+    from skimage import data
+
+    image = torch.tensor(data.astronaut()).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(image, size=(32, 32), mode="bilinear", antialias=True)
+    return torch.cat([image, image.flip(-1)]) * 2 - 1
+
+
+def test_student_round_trips_through_transformers_deit(
+    tmp_path: Path, astronaut_pixels: torch.Tensor
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    student = DistilledViT(tiny_config()).eval()
+    save_student(student, tmp_path / "ours")
+    theirs = transformers.DeiTForImageClassificationWithTeacher.from_pretrained(
+        tmp_path / "ours"
+    ).eval()
+    with torch.no_grad():
+        ours_out, hf_out = student(astronaut_pixels), theirs(astronaut_pixels)
+    torch.testing.assert_close(ours_out.cls_logits, hf_out.cls_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours_out.dist_logits, hf_out.distillation_logits, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(ours_out.logits, hf_out.logits, atol=1e-5, rtol=1e-5)
+    assert theirs.config.id2label == {0: "cat", 1: "coffee", 2: "rocket"}
+
+    # and the other way: a transformers-initialised DeiT (its own random weights) read by vitkit
+    hf_config = transformers.DeiTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        id2label={0: "a", 1: "b"},
+        label2id={"a": 0, "b": 1},
+    )
+    hf_model = transformers.DeiTForImageClassificationWithTeacher(hf_config).eval()
+    with torch.no_grad():  # the init zeroes some tensors: randomise so every key is exercised
+        for parameter in hf_model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    hf_model.save_pretrained(tmp_path / "theirs")
+    loaded, _ = load_student(tmp_path / "theirs")
+    with torch.no_grad():
+        expected = hf_model(astronaut_pixels)
+        got = loaded(astronaut_pixels)
+    torch.testing.assert_close(got.cls_logits, expected.cls_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.dist_logits, expected.distillation_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_from_vit_starts_with_agreeing_heads(astronaut_pixels: torch.Tensor) -> None:
+    torch.manual_seed(2)
+    vit = ViT(tiny_config()).eval()
+    student = DistilledViT.from_vit(vit).eval()
+    with torch.no_grad():
+        out = student(astronaut_pixels)
+    # identical token and position: the two prefix tokens stay identical through every block
+    torch.testing.assert_close(out.cls_logits, out.dist_logits)
+
+
+def test_distillation_loss_trains_the_student_not_the_teacher(
+    astronaut_pixels: torch.Tensor,
+) -> None:
+    torch.manual_seed(3)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    before = [p.detach().clone() for p in teacher.parameters()]
+    student = DistilledViT(tiny_config())
+    loss_fn = DistillationLoss(teacher, kind="soft", alpha=0.5, temperature=2.0)
+    loss = loss_fn(student(astronaut_pixels), torch.tensor([0, 1]), astronaut_pixels)
+    loss.backward()
+    assert (
+        student.head_dist.weight.grad is not None and student.head_dist.weight.grad.abs().sum() > 0
+    )
+    assert all(p.grad is None for p in teacher.parameters())
+    for old, new in zip(before, teacher.parameters(), strict=True):
+        assert torch.equal(old, new)
+    with pytest.raises(TypeError, match="two heads"):
+        loss_fn(torch.zeros(2, 3), torch.tensor([0, 1]), astronaut_pixels)
+
+
+def test_renormalize_maps_student_pixels_to_teacher_pixels() -> None:
+    raw = torch.rand(2, 3, 4, 4)
+    student_mean, student_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    teacher_mean, teacher_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    as_student = (raw - 0.5) / 0.5
+    expected = (raw - torch.tensor(teacher_mean).view(1, 3, 1, 1)) / torch.tensor(teacher_std).view(
+        1, 3, 1, 1
+    )
+    got = Renormalize(student_mean, student_std, teacher_mean, teacher_std)(as_student)
+    torch.testing.assert_close(got, expected)
+
+
+def test_collapse_report_flags_never_predicted_classes() -> None:
+    labels = ["0", "1", "2"]
+    healthy = np.array([[5, 1, 0], [0, 6, 1], [1, 0, 4]])
+    assert not collapse_report(healthy, labels).collapsed
+    one_class = np.array([[6, 0, 0], [7, 0, 0], [5, 0, 0]])  # predicts "0" for everything
+    report = collapse_report(one_class, labels)
+    assert report.collapsed and report.never_predicted == ["1", "2"]
+    assert "never predicts 1, 2" in report.message()
+    assert report.macro_f1 == pytest.approx((2 * (6 / 18) * 1 / (6 / 18 + 1)) / 3)
+    all_wrong = np.array([[0, 3], [3, 0]])
+    wrong = collapse_report(all_wrong, ["a", "b"])
+    assert wrong.collapsed and wrong.never_predicted == [] and wrong.macro_f1 == 0.0
