@@ -4,11 +4,12 @@ Two modes, each bit-identical to its transformers 5 reference on uint8 RGB input
 
 - ``"fast"`` (the default) = ``ViTImageProcessor``, transformers 5's default (what
   ``AutoImageProcessor`` and ``pipeline("image-classification")`` use): torchvision decode and
-  uint8 antialiased resize, batched. About 2.5x the reference's speed (BENCHMARKS.md).
+  uint8 antialiased resize, batched. On one core, 640x480 JPEGs: about 1.7x the reference
+  given paths, 2x it after ``load_image``, 2.9x ``ViTImageProcessorPil`` (BENCHMARKS.md).
 - ``"pil"`` = ``ViTImageProcessorPil``, the PIL/numpy pipeline of transformers 4 and of the
   published evaluations. Slower (PIL's resize); pick it to reproduce older numbers exactly.
 
-Why "fast" is the default: it is what transformers 5 itself runs by default, it is 2-3x faster,
+Why "fast" is the default: it is what transformers 5 itself runs by default, it is ~2.4x faster,
 and the two modes differ only in the resize filter's integer rounding: on the six sample photos at
 most one pixel level (0.0078 after mean = std = 0.5), on 0.1% (bilinear) to 0.3% (bicubic) of
 the values. Pick "pil" to reproduce numbers computed with the PIL pipeline bit for bit.
