@@ -65,3 +65,19 @@ def progress_bar(total: int, description: str) -> Iterator[Any]:
     with progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def prepared_batches(
+    classifier: Any, sources: list[str], args: argparse.Namespace
+) -> Iterator[tuple[list[str], Any]]:
+    """(chunk of sources, PreparedBatch) pairs: decode + preprocess in worker threads.
+
+    A bad input lands in the batch's ``errors`` (by position in the chunk) and never stops the
+    rest, which is what a folder of mixed quality needs.
+    """
+    for start in range(0, len(sources), args.batch_size):
+        chunk = sources[start : start + args.batch_size]
+        batch = classifier.processor.load_batch(
+            chunk, workers=args.workers, mode=classifier.processor_mode
+        )
+        yield chunk, batch

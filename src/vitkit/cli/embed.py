@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._common import add_model_options, load_classifier, progress_bar
+from vitkit.cli._common import (
+    add_model_options,
+    load_classifier,
+    prepared_batches,
+    progress_bar,
+)
 from vitkit.errors import VitkitError
 
 EPILOG = """\
@@ -47,7 +52,6 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vitkit.batch_inputs import decode_batches
     from vitkit.io import expand_inputs
 
     suffix = args.out.suffix.lower()
@@ -59,13 +63,13 @@ def run(args: argparse.Namespace) -> int:
     vectors: list[Any] = []
     errors: dict[str, str] = {}
     with progress_bar(len(sources), "embedding") as advance:
-        for batch in decode_batches(sources, args.batch_size, workers=args.workers):
-            errors.update(batch.errors)
-            if batch.images:
-                embedding = classifier.embed_tensor(classifier.prepare(batch.images), args.pool)
+        for chunk, batch in prepared_batches(classifier, sources, args):
+            errors.update({chunk[index]: str(error) for index, error in batch.errors.items()})
+            if batch.indices:
+                embedding = classifier.embed_tensor(batch.pixel_values, args.pool)
                 vectors.append(embedding.cpu().numpy())
-                names.extend(batch.sources)
-            advance(len(batch.sources) + len(batch.errors))
+                names.extend(chunk[index] for index in batch.indices)
+            advance(len(chunk))
     dim = classifier.config.hidden_size
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
     write_embeddings(args.out, names, matrix, errors)

@@ -8,7 +8,12 @@ import json
 import sys
 from typing import Any
 
-from vitkit.cli._common import add_model_options, load_classifier, progress_bar
+from vitkit.cli._common import (
+    add_model_options,
+    load_classifier,
+    prepared_batches,
+    progress_bar,
+)
 
 EPILOG = """\
 examples:
@@ -46,7 +51,6 @@ def register(subparsers: Any) -> None:
 
 def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One record per input, in input order: {"input", "predictions"} or {"input", "error"}."""
-    from vitkit.batch_inputs import decode_batches
     from vitkit.io import expand_inputs
 
     sources = expand_inputs(args.inputs)
@@ -54,15 +58,14 @@ def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     classifier._require_head()  # fail once, with the pointer to `embed`, not once per input
     records: dict[str, dict[str, Any]] = {}
     with progress_bar(len(sources), "classifying") as advance:
-        for batch in decode_batches(sources, args.batch_size, workers=args.workers):
-            for source, error in batch.errors.items():
-                records[source] = {"input": source, "error": error}
-            if batch.images:
-                pixel_values = classifier.prepare(batch.images)
-                predictions = classifier.predict_tensor(pixel_values, args.top_k)
-                for source, top in zip(batch.sources, predictions, strict=True):
-                    records[source] = {"input": source, "predictions": top}
-            advance(len(batch.sources) + len(batch.errors))
+        for chunk, batch in prepared_batches(classifier, sources, args):
+            for index, error in batch.errors.items():
+                records[chunk[index]] = {"input": chunk[index], "error": str(error)}
+            if batch.indices:
+                predictions = classifier.predict_tensor(batch.pixel_values, args.top_k)
+                for index, top in zip(batch.indices, predictions, strict=True):
+                    records[chunk[index]] = {"input": chunk[index], "predictions": top}
+            advance(len(chunk))
     return [records[source] for source in sources]
 
 
