@@ -89,6 +89,15 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(out)), weights
 
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention output for the [CLS] query only, (B, 1, dim); keys and values use all tokens."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        query = qkv[:, :1, 0].transpose(1, 2)  # (B, heads, 1, head_dim)
+        key, value = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(query, key, value)
+        return self.proj(out.transpose(1, 2).reshape(batch, 1, dim))
+
 
 class Mlp(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
@@ -120,6 +129,11 @@ class Block(nn.Module):
         x = x + self.drop_path(attn_out)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
+
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output at the [CLS] position only, (B, 1, dim): inference, no drop-path."""
+        cls = x[:, :1] + self.attn.forward_cls(self.norm1(x))
+        return cls + self.mlp(self.norm2(cls))
 
 
 class Pooler(nn.Module):
@@ -243,6 +257,24 @@ class ViT(nn.Module):
         )
         logits, pooled = self.forward_head(tokens)
         return ViTOutput(logits, tokens, pooled, attentions, hidden_states)
+
+    def forward_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits alone, for classification: the same numbers as ``forward(...).logits``, faster.
+
+        The head reads only the [CLS] token, so the last block needs the other tokens as keys
+        and values but never their own outputs: it runs its projection and MLP on [CLS] alone.
+        That skips 1/12 of ViT-B's MLP and projection work (~6% of its FLOPs).
+        """
+        if not self.config.num_labels:
+            raise ValueError("forward_logits needs a classification head (num_labels > 0)")
+        x = self.embed(pixel_values)
+        for block in self.blocks[:-1]:
+            x, _ = block(x)
+        last = self.blocks[-1]
+        assert isinstance(last, Block)
+        logits, _ = self.forward_head(self.norm(last.forward_cls(x)))
+        assert logits is not None
+        return logits
 
     # ---- sizes --------------------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -1,0 +1,199 @@
+"""`vitkit bench`: vitkit's forward pass side by side with transformers and timm, same weights."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+EPILOG = """\
+examples:
+  vitkit bench                                       # ViT-B/16-224, batches 1 and 8, vs transformers+timm
+  vitkit bench --batch-sizes 8 --rounds 9 --write-md # record the table in BENCHMARKS.md
+  vitkit bench --precision int8 --against transformers,timm,onnx
+  vitkit bench --model vit-small-patch16-224 --batch-sizes 1,8,32 --threads 1
+  vitkit bench --model ./my-finetuned-vit --precision int8 --agreement ./test_images/
+  vitkit bench --device cuda --precision bf16 --batch-sizes 256 --compile
+
+Every contender runs the same weights (copied from vitkit's model) in one process, in
+interleaved rounds (order rotated each round), warm-up first; each figure is the median over
+rounds. A machine GEMM probe runs in every round: '% of GEMM' compares each contender's
+achieved GFLOP/s with it. bf16/fp16 are refused on CPUs without native bf16/fp16 units
+(~100x slower than fp32 there) unless --force.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the forward pass against transformers and timm",
+        description="Throughput, latency, memory and GFLOP/s of vitkit vs its peers, same weights.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        "-m",
+        default="vit-base-patch16-224",
+        help="a preset name (random weights, 1000 classes) or a checkpoint path / hub id "
+        "(default vit-base-patch16-224)",
+    )
+    parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="resolution (default: the model's)"
+    )
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"], help="default fp32"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every PyTorch contender"
+    )
+    parser.add_argument(
+        "--against",
+        default="transformers,timm",
+        help="peers: any of transformers,timm,onnx, or 'none' (default transformers,timm)",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per round (default 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
+    parser.add_argument(
+        "--threads", default="auto", help="CPU threads: a number or 'auto' (by batch size and load)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--force", action="store_true", help="run bf16/fp16 even on a CPU without support"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--agreement",
+        metavar="FOLDER",
+        nargs="?",
+        const="photos",
+        default=None,
+        help="also check that --precision gives the same top-1 as fp32 on the images in FOLDER "
+        "(macro-F1 too when its sub-folders are the model's labels); without FOLDER: 256 crops "
+        "of the bundled real photos",
+    )
+    parser.add_argument(
+        "--write-md",
+        metavar="PATH",
+        nargs="?",
+        const="BENCHMARKS.md",
+        default=None,
+        help="write the tables into the 'Model forward' (or 'GPU') section of PATH (default BENCHMARKS.md)",
+    )
+    parser.set_defaults(func=run)
+
+
+def load_model(name: str, image_size: int | None) -> Any:
+    """A preset with seeded random weights (LayerNorm eps 1e-6, 1000 classes), or a checkpoint."""
+    from pathlib import Path
+
+    import torch
+
+    from vitkit.config import parse_preset_name, preset
+    from vitkit.model import ViT
+
+    is_checkpoint = Path(name).exists() or ("/" in name and not name.lower().startswith("vit-"))
+    if not is_checkpoint:
+        parse_preset_name(name)  # raises with the list of sizes when the name is neither
+    else:
+        from vitkit.checkpoints import load_model as load_checkpoint
+
+        return load_checkpoint(name, image_size=image_size).model.eval()
+    torch.manual_seed(0)
+    overrides: dict[str, Any] = {"num_labels": 1000, "layer_norm_eps": 1e-6}
+    if image_size:
+        overrides["image_size"] = image_size
+    return ViT(preset(name, **overrides)).eval()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitkit import bench, runtime
+
+    runtime.check_precision(args.precision, args.device, force=args.force)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    against = (
+        [] if args.against == "none" else [p.strip() for p in args.against.split(",") if p.strip()]
+    )
+    model = load_model(args.model, args.image_size)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        runtime.tune_cpu_allocator()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    contenders = bench.forward_contenders(
+        model,
+        precision=args.precision,
+        against=against,
+        compile=args.compile,
+        device=device,
+        log=log,
+    )
+    info = bench.machine_info(device)
+    command = "vitkit " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    probe_dtype = runtime.DTYPES.get(args.precision, torch.float32)
+    for batch_size in batch_sizes:
+        threads = pick_threads(args.threads, batch_size, model, device)
+        with runtime.num_threads(threads):
+            batch = bench.photo_batch(batch_size, model.config.image_hw).to(device)
+            report = bench.run_interleaved(
+                contenders,
+                batch,
+                rounds=args.rounds,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                device=device,
+                probe_dtype=probe_dtype,
+                measure_memory=not args.no_memory,
+                title=f"{args.model} {args.precision}",
+                log=log,
+            )
+        text = bench.report_markdown(report, info | {"run end load": _load()}, command)
+        print(text)
+        if args.write_md:
+            section = "GPU" if device.type == "cuda" else "Model forward"
+            key = f"{args.model}-{args.precision}-b{batch_size}-{device.type}" + (
+                "-compile" if args.compile else ""
+            )
+            bench.write_markdown_block(args.write_md, section, key, text)
+    if args.agreement:
+        print(agreement_text(model, args.agreement, args.precision))
+    return 0
+
+
+def pick_threads(setting: str, batch_size: int, model: Any, device: Any) -> int | None:
+    from vitkit import runtime
+
+    if device.type != "cpu":
+        return None
+    if setting == "auto":
+        return runtime.auto_threads(batch_size, model)
+    return int(setting)
+
+
+def agreement_text(model: Any, folder: str, precision: str) -> str:
+    from vitkit import agreement
+
+    if precision == "fp32":
+        return "agreement: --precision is fp32, nothing to compare"
+    if folder == "photos":
+        pixels = agreement.photo_crops(256, model.config.image_hw)
+        return (
+            agreement.tensor_agreement(model, pixels, precision).summary()
+            + " (bundled photo crops)"
+        )
+    return agreement.folder_agreement(model, folder, precision).summary()
+
+
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as loadavg:
+            return " ".join(loadavg.read().split()[:3])
+    except OSError:
+        return "n/a"

@@ -1,0 +1,280 @@
+"""How a ViT runs fast on the machine at hand: precision, threads, allocator, compilation.
+
+``optimize(model, precision=..., device=...)`` returns a callable ``pixel_values -> logits`` that
+applies every choice below; ``vitkit.Classifier`` and ``vitkit bench`` use it. What was measured
+to motivate each choice is in BENCHMARKS.md ("Model forward" and "GPU").
+
+- Precision. fp32 everywhere; bf16/fp16 on CUDA (weights cast, attention by SDPA's flash
+  kernels); bf16/fp16 on a CPU only with native support (AVX-512 BF16/FP16 or AMX), since
+  without it a bf16 matmul runs ~100x slower than fp32; int8 on CPU: dynamic quantization of the
+  transformer blocks' Linear layers (weights int8 per output channel, activations quantized
+  per batch at run time).
+- Threads (CPU). One OpenMP barrier per op means a thread that loses its core stalls the
+  whole op: fewer threads when the work is small or other processes are running.
+- Allocator (CPU, glibc). glibc hands large freed buffers back to the OS, so every forward
+  re-faults its activations (~100k page faults and ~7% of the time for ViT-B at batch 8);
+  keeping them in the heap removes that. Process-wide, so it also helps anything else running.
+- [CLS]-only last block for logits (``ViT.forward_logits``): ~6% fewer FLOPs for ViT-B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkit.errors import VitkitError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Below this much work per thread (FLOPs per forward), a second thread costs more in OpenMP
+# fork/join and barriers than it brings (ViT-Ti at batch 1 is 2.5 GFLOP).
+MIN_FLOPS_PER_THREAD = 4e9
+
+
+class UnsupportedPrecisionError(VitkitError):
+    """The precision is unknown, or this device cannot run it at a useful speed."""
+
+
+# ---- CPU capabilities -------------------------------------------------------------------------
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_fast_half(precision: str, flags: set[str] | None = None) -> bool:
+    """Whether this CPU multiplies bf16/fp16 natively (else PyTorch emulates it, ~100x slower)."""
+    flags = cpu_flags() if flags is None else flags
+    if precision == "bf16":
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if precision == "fp16":
+        return bool(flags & {"avx512_fp16", "amx_fp16"})
+    return True
+
+
+def check_precision(precision: str, device: str | torch.device, *, force: bool = False) -> None:
+    """Refuse precisions this device cannot run well, with the reason and the way out."""
+    if precision not in PRECISIONS:
+        raise UnsupportedPrecisionError(
+            f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
+        )
+    kind = torch.device(device).type
+    if precision == "int8" and kind != "cpu":
+        raise UnsupportedPrecisionError(
+            f"int8 dynamic quantization runs on the CPU only, not on {kind}: "
+            "use --precision bf16 or fp16 on a GPU"
+        )
+    if kind == "cpu" and not force and not cpu_has_fast_half(precision):
+        needs = "AVX-512 BF16 or AMX" if precision == "bf16" else "AVX-512 FP16 or AMX"
+        raise UnsupportedPrecisionError(
+            f"this CPU has no native {precision} matrix units ({needs} not in /proc/cpuinfo "
+            f"flags): {precision} would run ~100x slower than fp32. Use fp32 or int8 "
+            "(or --force to measure it anyway)"
+        )
+
+
+# ---- threads ----------------------------------------------------------------------------------
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity mask), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def other_running_tasks() -> int:
+    """Runnable tasks on the machine right now besides the caller (from /proc/loadavg)."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            running = int(loadavg.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - 1)
+
+
+def choose_threads(batch_size: int, flops_per_image: float, *, cores: int, busy: int = 0) -> int:
+    """Intra-op threads for one forward of ``batch_size`` images.
+
+    At most one thread per ``MIN_FLOPS_PER_THREAD`` of work, and no more than the cores the
+    other running tasks leave free: an OpenMP barrier waits for the slowest thread, so a thread
+    sharing its core with another process stalls every op (measured here under load: ViT-Ti at
+    batch 1 ran 5x faster on 1 thread than on 2).
+    """
+    by_work = int(batch_size * flops_per_image // MIN_FLOPS_PER_THREAD)
+    free = cores - busy
+    return max(1, min(cores, by_work, free))
+
+
+def auto_threads(batch_size: int, model: Any, image_hw: tuple[int, int] | None = None) -> int:
+    """``choose_threads`` for this machine now and ``model`` (a vitkit ViT)."""
+    flops_of = getattr(model, "flops_per_image", None)
+    flops = float(flops_of(image_hw)) if callable(flops_of) else 1e10
+    return choose_threads(batch_size, flops, cores=usable_cores(), busy=other_running_tasks())
+
+
+@contextlib.contextmanager
+def num_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (None: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if count is not None and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+# ---- allocator --------------------------------------------------------------------------------
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in glibc's heap instead of returning them to the OS.
+
+    By default glibc serves big allocations with mmap (threshold at most 32 MiB) and trims the
+    heap top when it exceeds twice that, so each forward pass faults its activations in again:
+    ~400 MB of fresh pages per ViT-B batch of 8. Raising the thresholds makes those faults
+    vanish; the price is that the process keeps its peak heap (the activations of the largest
+    batch) until it exits. Linux/glibc only; returns whether the tuning is in effect.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    settings = (
+        (_M_MMAP_THRESHOLD, 256 << 20),
+        (_M_TRIM_THRESHOLD, 512 << 20),
+        (_M_TOP_PAD, 64 << 20),
+    )
+    _allocator_tuned = all(mallopt(option, value) == 1 for option, value in settings)
+    return _allocator_tuned
+
+
+# ---- int8 -------------------------------------------------------------------------------------
+def int8_engine() -> str:
+    """The quantized backend: oneDNN where present (10% faster than fbgemm for ViT-B's
+    Linear layers on an AVX2 EPYC, same outputs), else PyTorch's default."""
+    engines = torch.backends.quantized.supported_engines
+    return "onednn" if "onednn" in engines else torch.backends.quantized.engine
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose transformer-block Linear layers are dynamically quantized to int8.
+
+    Weights: int8 per output channel; activations: quantized per call from their range. The
+    patch embedding (a conv) and the head stay fp32: they are ~1% of the work and the head
+    decides the ranking. Uses ``torch.ao.quantization.quantize_dynamic``, deprecated since
+    torch 2.9 in favour of torchao, whose int8 path needs torch.compile to be fast on a CPU;
+    the fbgemm/oneDNN kernels used here are still PyTorch's fastest eager int8 Linear.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = int8_engine()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+            # vitkit and timm name the transformer blocks "blocks"; other models: every Linear
+            target: Any = "blocks" if hasattr(model, "blocks") else nn.Linear
+            spec: dict[Any, Any] = {target: per_channel_dynamic_qconfig}
+            return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=False)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+# ---- CUDA -------------------------------------------------------------------------------------
+def configure_cuda() -> None:
+    """TF32 for fp32 matmuls and cuDNN autotuning for the patch-embedding conv."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+# ---- the fast callable ------------------------------------------------------------------------
+class FastForward:
+    """``pixel_values -> logits`` with the runtime choices applied; see ``optimize``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        precision: str,
+        device: torch.device,
+        compile: bool,
+        threads: int | str | None,
+    ) -> None:
+        self.model = model
+        self.precision = precision
+        self.device = device
+        self.dtype = DTYPES.get(precision, torch.float32)
+        self.threads = threads
+        logits_fn: Callable[[torch.Tensor], torch.Tensor] = getattr(
+            model, "forward_logits", lambda x: model(x).logits
+        )
+        self.logits_fn = torch.compile(logits_fn, dynamic=False) if compile else logits_fn
+
+    def thread_count(self, batch_size: int) -> int | None:
+        if self.device.type != "cpu" or self.threads is None:
+            return None
+        if self.threads == "auto":
+            return auto_threads(batch_size, self.model)
+        return int(self.threads)
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        with torch.inference_mode(), num_threads(self.thread_count(pixel_values.shape[0])):
+            return self.logits_fn(pixel_values)
+
+
+def optimize(
+    model: nn.Module,
+    *,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    compile: bool = False,
+    threads: int | str | None = "auto",
+    force: bool = False,
+) -> FastForward:
+    """Prepare ``model`` (a vitkit ViT) for fast inference and return ``pixel_values -> logits``.
+
+    precision: fp32 | bf16 | fp16 (weights cast; CUDA, or a CPU with native units) | int8
+    (CPU). compile: wrap the forward in ``torch.compile`` (minutes to compile on a small CPU;
+    pays on GPUs). threads: "auto" (by batch size and machine load), a number, or None.
+    The model passed in is left untouched for int8 (a quantized copy is made) and cast in place
+    for bf16/fp16.
+    """
+    device = torch.device(device)
+    check_precision(precision, device, force=force)
+    model = model.eval().to(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    if device.type == "cuda":
+        configure_cuda()
+    if precision == "int8":
+        model = quantize_int8(model)
+    elif precision in ("bf16", "fp16"):
+        model = model.to(DTYPES[precision])
+    return FastForward(model, precision=precision, device=device, compile=compile, threads=threads)
