@@ -8,6 +8,7 @@ after the address check, before any connection.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import threading
 import time
@@ -27,6 +28,7 @@ import vitkit.serve.app as serve_app
 from test_serve_support import LABELS, photo_bytes, png_bomb, save_tiny_checkpoint
 from vitkit.classifier import Classifier, load
 from vitkit.errors import FetchError
+from vitkit.explain import attention_maps
 from vitkit.fetch import FetchPolicy, _parse, resolve_checked
 from vitkit.serve import ServeSettings, create_app
 from vitkit.serve.batcher import MicroBatcher
@@ -136,6 +138,129 @@ def test_metrics_count_routes_statuses_and_batches(client: TestClient) -> None:
     assert "vitkit_batch_size_count" in text
     assert "vitkit_queue_depth" in text
     assert 'vitkit_http_request_duration_seconds_bucket{le="0.005",route="/v1/predict"}' in text
+
+
+# ---- /v1/explain ------------------------------------------------------------------------------
+def decoded_png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_explain_json_map_predictions_and_overlay(
+    client: TestClient, classifier: Classifier
+) -> None:
+    data = photo_bytes("astronaut", size=96)  # 96 x 96: square; chelsea below is 96 x 64
+    wide = photo_bytes("chelsea", size=96)
+    photo = Image.open(io.BytesIO(wide))
+    pixels = classifier.prepare([photo])
+    library = attention_maps(classifier.model, pixels)
+    patch = classifier.config.patch_size
+    grid = [pixels.shape[-2] // patch, pixels.shape[-1] // patch]
+    maps = {}
+    for method, want in (("rollout", library.rollout[0]), ("cls", library.last_layer[0])):
+        response = client.post(
+            f"/v1/explain?method={method}&top_k=2",
+            files={"image": ("chelsea.jpg", wide, "image/jpeg")},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["method"] == method and body["grid"] == grid
+        attention = np.asarray(body["attention_map"])
+        assert list(attention.shape) == grid  # the patch grid, rows x cols
+        assert attention.sum() == pytest.approx(1.0, abs=1e-4) and (attention >= 0).all()
+        assert np.allclose(attention, want.numpy(), atol=1e-5)
+        expected = classifier.predict(photo, top_k=2)[0]
+        assert [p["label"] for p in body["predictions"]] == [p["label"] for p in expected]
+        assert np.allclose(
+            [p["score"] for p in body["predictions"]], [p["score"] for p in expected]
+        )
+        overlay = decoded_png(base64.b64decode(body["overlay_png_base64"]))
+        assert overlay.width / overlay.height == pytest.approx(photo.width / photo.height, 0.02)
+        maps[method] = attention
+    assert not np.allclose(maps["rollout"], maps["cls"])  # two different maps
+    square = client.post("/v1/explain", content=data, headers={"content-type": "image/jpeg"})
+    overlay = decoded_png(base64.b64decode(square.json()["overlay_png_base64"]))
+    assert overlay.width == overlay.height
+
+
+def test_explain_png_by_accept_header_or_format(client: TestClient) -> None:
+    data = photo_bytes("chelsea", size=96)
+    by_header = client.post(
+        "/v1/explain", content=data, headers={"content-type": "image/jpeg", "accept": "image/png"}
+    )
+    by_query = client.post("/v1/explain?format=png&method=cls", files={"image": ("c.jpg", data)})
+    for response in (by_header, by_query):
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        overlay = decoded_png(response.content)
+        assert overlay.mode == "RGB" and overlay.width / overlay.height == pytest.approx(1.5, 0.02)
+    json_first = client.post(
+        "/v1/explain", content=data, headers={"accept": "application/json, image/png"}
+    )
+    assert json_first.headers["content-type"] == "application/json"
+
+
+def test_explain_bad_input_is_4xx(client: TestClient) -> None:
+    cases = [
+        (b"", 400, "bad_request"),
+        (b"hello, I am text\n" * 10, 415, "unsupported_image"),
+        (png_bomb(), 413, "image_too_large"),
+        (truncated_jpeg(), 400, "bad_image"),
+        (b"\x00" * 400_000, 413, "request_too_large"),
+    ]
+    for body, status, code in cases:
+        response = client.post("/v1/explain?format=png", content=body)
+        assert (response.status_code, response.json()["error"]) == (status, code), response.text
+    two = client.post(
+        "/v1/explain", files=[("a", ("a.jpg", photo_bytes())), ("b", ("b.jpg", photo_bytes()))]
+    )
+    assert (two.status_code, two.json()["error"]) == (400, "bad_request")
+    assert client.post("/v1/explain?method=gradcam", content=photo_bytes()).status_code == 422
+    text = client.get("/metrics").text
+    assert 'vitkit_http_requests_total{method="POST",route="/v1/explain",status="413"}' in text
+    assert 'vitkit_http_requests_total{method="POST",route="/v1/explain",status="422"}' in text
+    assert client.get("/healthz").status_code == 200
+
+
+def test_explain_and_predict_never_share_the_model_at_once(checkpoint: Path) -> None:
+    """Concurrent explain and predict requests: the model is entered by one thread at a time."""
+    tracked = load(checkpoint, device="cpu")
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    forward = tracked.model.forward
+
+    def counting_forward(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.02)  # widen the window a race would need
+            return forward(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    tracked.model.forward = counting_forward  # type: ignore[method-assign]
+    app = create_app(tracked, ServeSettings(max_batch_size=4, warmup=False))
+    data = photo_bytes("coffee")
+    statuses: list[int] = []
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+
+        def call(route: str) -> None:
+            statuses.append(test_client.post(route, content=data).status_code)
+
+        routes = ["/v1/explain", "/v1/predict"] * 4
+        threads = [threading.Thread(target=call, args=(route,)) for route in routes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        metrics = test_client.get("/metrics").text
+    assert statuses == [200] * len(routes)
+    assert most[0] == 1
+    assert 'route="/v1/explain",status="200"} 4.0' in metrics
 
 
 # ---- bad input -> the right status, as JSON -------------------------------------------------
@@ -314,14 +439,17 @@ CONTENT_TYPES = st.sampled_from(
         "image/png; charset=\x7f",
     ]
 )
-ROUTES = st.sampled_from(["/v1/predict", "/predict_image_class", "/v1/embed"])
+ROUTES = st.sampled_from(["/v1/predict", "/predict_image_class", "/v1/embed", "/v1/explain"])
 QUERY_TEXT = st.text(st.characters(codec="utf-8"), max_size=60)
 # Mostly valid parameters, so most cases reach the body; sometimes garbage.
 QUERY_PARAMS = st.one_of(
     st.just({}),
     st.fixed_dictionaries({"top_k": st.integers(1, 6).map(str)}),
     st.fixed_dictionaries({"pool": st.sampled_from(["cls", "mean"])}),
-    st.dictionaries(st.sampled_from(["top_k", "pool", "x"]), QUERY_TEXT, max_size=2),
+    st.fixed_dictionaries({"method": st.sampled_from(["rollout", "cls"])}),
+    st.dictionaries(
+        st.sampled_from(["top_k", "pool", "method", "format", "x"]), QUERY_TEXT, max_size=2
+    ),
 )
 
 

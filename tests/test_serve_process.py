@@ -8,6 +8,8 @@ so it can fetch from the local image server in the seed-style test. Non-loopback
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from test_serve_support import (
     LABELS,
@@ -142,6 +145,29 @@ def test_seed_style_get_with_a_locally_served_image(internal: Server, images: st
     assert check(upload, 200) == answer  # same bytes by URL or by upload: same answer
     metrics = internal.client.get("/metrics").text
     assert 'route="/predict_image_class",status="200"' in metrics
+
+
+def test_explain_over_real_http(public: Server) -> None:
+    """One attention map over real HTTP: patch grid, sums to one, an overlay of the image's shape."""
+    answer = check(
+        public.client.post(
+            "/v1/explain?method=rollout&top_k=3",
+            files={"image": ("chelsea.jpg", photo_bytes("chelsea", size=96), "image/jpeg")},
+        ),
+        200,
+    )
+    config = public.client.get("/v1/model").json()["config"]
+    side = config["image_size"] // config["patch_size"]
+    assert answer["grid"] == [side, side] and len(answer["attention_map"]) == side
+    assert all(len(row) == side for row in answer["attention_map"])
+    assert sum(map(sum, answer["attention_map"])) == pytest.approx(1.0, abs=1e-4)
+    assert len(answer["predictions"]) == 3 and answer["predictions"][0]["label"] in LABELS
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png_base64"])))
+    overlay.load()
+    assert overlay.format == "PNG" and overlay.width / overlay.height == pytest.approx(1.5, 0.02)
+    check(public.client.post("/v1/explain", content=b"not an image" * 10), 415, "unsupported_image")
+    assert 'route="/v1/explain",status="200"' in public.client.get("/metrics").text
+    assert public.alive()
 
 
 # ---- hostile URLs: refused before any connection ----------------------------------------

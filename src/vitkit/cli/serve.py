@@ -16,6 +16,7 @@ endpoints:
   POST /predict_image_class                 multipart field "image", same answer
   POST /v1/predict?top_k=5                  multipart files or a raw image body
   POST /v1/embed?pool=cls|mean|pooler       pooled embeddings
+  POST /v1/explain?method=rollout|cls       attention map JSON, or a PNG overlay (format=png)
   GET  /healthz  /readyz  /v1/model  /metrics  /docs  /  (a web page to try it)
 
 URLs are fetched only from public addresses unless --allow-private-urls or --allow-host says

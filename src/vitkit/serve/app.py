@@ -11,11 +11,15 @@ Life of a prediction request:
 4. the pixels join the micro-batcher's queue; the model worker thread runs them with whatever
    else arrived meanwhile;
 5. the whole request runs under one deadline (``request_timeout``): 504 when it passes.
+
+``POST /v1/explain`` follows the same path; its attention pass is one more batcher operation
+(see ``vitkit.serve.explain`` for why), and the overlay is drawn in the decode pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import threading
@@ -32,6 +36,7 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.datastructures import UploadFile
 
 from vitkit.classifier import Classifier
@@ -48,6 +53,15 @@ from vitkit.serve.errors import (
     RequestTooLarge,
     error_response,
     install_handlers,
+)
+from vitkit.serve.explain import (
+    EXPLAIN,
+    Explanation,
+    Method,
+    display_copy,
+    overlay_png,
+    run_explain,
+    wants_png,
 )
 from vitkit.serve.limits import BodyLimitMiddleware
 from vitkit.serve.metrics import Metrics, MetricsMiddleware
@@ -248,6 +262,43 @@ class Service:
 
             return await self.within(deadline, work())
 
+    async def explain(
+        self, get_uploads: Callable[[], Awaitable[list[Upload]]], top_k: int, method: Method
+    ) -> tuple[Explanation, bytes]:
+        """(the image's explanation, its overlay PNG): decode, batcher, drawing, one deadline."""
+        async with self.admitted() as (classifier, batcher, deadline):
+
+            async def work() -> tuple[Explanation, bytes]:
+                uploads = await get_uploads()
+                if len(uploads) != 1:
+                    raise BadInput(
+                        f"{len(uploads)} images sent: /v1/explain takes one image per request"
+                    )
+                picture, pixels = await self.in_thread(
+                    self.decode_pool,
+                    partial(_decode_for_display, classifier, uploads[0], self.settings.max_pixels),
+                )
+                [explanation] = await batcher.submit(
+                    EXPLAIN, pixels, top_k=top_k, deadline=deadline
+                )
+                explanation.predictions = explanation.predictions[:top_k]  # the batch's max k
+                png = await self.in_thread(
+                    self.decode_pool, partial(overlay_png, picture, explanation.maps[method])
+                )
+                return explanation, png
+
+            return await self.within(deadline, work())
+
+
+def _decode_for_display(
+    classifier: Classifier, upload: Upload, max_pixels: int
+) -> tuple[Image.Image, torch.Tensor]:
+    """(a display-sized copy of the image, its model input): the decode step of /v1/explain."""
+    stream = io.BytesIO(upload.data)
+    stream.name = upload.name
+    image = load_image(stream, max_pixels=max_pixels)
+    return display_copy(image), classifier.prepare([image])
+
 
 def _decode(classifier: Classifier, uploads: list[Upload], max_pixels: int) -> torch.Tensor:
     """Bytes -> checked, decoded RGB images -> the checkpoint's preprocessing (a worker thread)."""
@@ -265,14 +316,14 @@ def _run_batch(
     """What the model worker runs for one batch (see MicroBatcher)."""
     if operation == ("predict",):
         return classifier.predict_tensor(pixels, top_k)
+    if operation == EXPLAIN:
+        return run_explain(classifier, pixels, top_k)
     pool: Any = operation[1]  # type: ignore[index]  # ("embed", pool)
     return classifier.embed_tensor(pixels, pool).cpu().tolist()
 
 
 def _warm_up(classifier: Classifier, max_batch_size: int) -> None:
     """One pass at batch 1 and at the largest batch, so the first real request is not the slow one."""
-    from PIL import Image
-
     pixels = classifier.prepare([Image.new("RGB", (64, 64), (128, 128, 128))])
     for size in sorted({1, max_batch_size}):
         batch = pixels.expand(size, *pixels.shape[1:]).contiguous()
@@ -426,6 +477,45 @@ def _add_prediction_routes(app: FastAPI, service: Service) -> None:
     )
     async def predict(request: Request, top_k: int = TopK) -> list[list[dict[str, Any]]]:
         return await service.classify(partial(service.read_uploads, request), top_k)
+
+    @app.post(
+        "/v1/explain",
+        summary="Where the model looks: an attention map and a PNG overlay for one image",
+        description=(
+            "One image (multipart field `image`, or a raw image body). `method=rollout` "
+            "(attention rollout over all layers) or `method=cls` (the last block's [CLS] "
+            "attention); each map sums to one over the patch grid. Answers a PNG overlay "
+            "of the image's aspect for `Accept: image/png` or `format=png`, otherwise JSON: "
+            "`predictions`, `method`, `grid` [rows, cols], `attention_map` (rows x cols floats) "
+            "and `overlay_png_base64`."
+        ),
+        openapi_extra={"requestBody": _IMAGE_BODY},
+        responses={200: {"content": {"application/json": {}, "image/png": {}}}},
+    )
+    async def explain(
+        request: Request,
+        top_k: int = TopK,
+        method: Literal["rollout", "cls"] = Query("rollout", description="which map"),
+        format: Literal["json", "png"] | None = Query(
+            None, description="png: the overlay only (default: by the Accept header, else json)"
+        ),
+    ) -> Response:
+        explanation, png = await service.explain(
+            partial(service.read_uploads, request), top_k, method
+        )
+        if format == "png" or (format is None and wants_png(request.headers.get("accept", ""))):
+            return Response(png, media_type="image/png")
+        attention_map = explanation.maps[method]
+        return JSONResponse(
+            {
+                "model": service.classifier.name if service.classifier else "",
+                "method": method,
+                "predictions": explanation.predictions,
+                "grid": list(attention_map.shape),
+                "attention_map": attention_map.round(6).tolist(),
+                "overlay_png_base64": base64.b64encode(png).decode("ascii"),
+            }
+        )
 
     @app.post(
         "/v1/embed",
