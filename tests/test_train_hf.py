@@ -68,7 +68,7 @@ def test_transformers_loads_the_trained_model_with_same_logits(trained: tuple[Pa
     assert expected.abs().max() > 0.1  # a trained head, not the zero-initialised one
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     hf_processor = transformers.AutoImageProcessor.from_pretrained(best)
-    assert tuple(hf_processor.size.values()) == (16, 16)
+    assert (hf_processor.size["height"], hf_processor.size["width"]) == (16, 16)
 
 
 def test_eval_command_reproduces_the_test_metrics(
@@ -105,3 +105,34 @@ def test_eval_rejects_folders_the_model_cannot_label(
     shutil.copy(next((data / "test" / "one").iterdir()), tmp_path / "cats" / "x.png")
     assert main(["eval", "--model", str(run / "best"), "--data", str(tmp_path)]) == 1
     assert "['cats']" in capsys.readouterr().err
+
+
+def test_fine_tune_a_transformers_checkpoint_at_a_new_resolution(
+    tiny_hf_classifier: Path, tmp_path: Path
+) -> None:
+    """`vitkit train --model DIR --image-size 96 --freeze-backbone`: a 64px checkpoint with
+    ImageNet labels becomes a 96px digits classifier; only the new head learns."""
+    transformers = pytest.importorskip("transformers")
+    data = build_demo_folder(tmp_path / "data", size=32, minority=None).root
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--model", str(tiny_hf_classifier)]
+    args += ["--image-size", "96", "--freeze-backbone", "--epochs", "1", "--batch-size", "64"]
+    args += ["--lr", "0.05", "--augment", "seed", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    original = transformers.ViTForImageClassification.from_pretrained(tiny_hf_classifier)
+    tuned = transformers.ViTForImageClassification.from_pretrained(out / "best")
+    assert tuned.config.image_size == 96 and tuned.config.id2label == {i: str(i) for i in range(10)}
+    position = tuned.vit.embeddings.position_embeddings
+    assert position.shape == (1, 1 + 6 * 6, 64)  # 4x4 grid resampled to 6x6, [CLS] kept
+    torch.testing.assert_close(position[:, 0], original.vit.embeddings.position_embeddings[:, 0])
+    before, after = original.state_dict(), tuned.state_dict()
+    backbone = [
+        k for k in after if not k.startswith("classifier.") and "position_embeddings" not in k
+    ]
+    assert len(backbone) > 10
+    for name in backbone:  # frozen: bit-for-bit the checkpoint's weights
+        torch.testing.assert_close(after[name], before[name], atol=0, rtol=0)
+    assert tuned.classifier.weight.abs().sum() > 0  # the zero-initialised head has learned
+    processor = json.loads((out / "best" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 96, "width": 96}
+    assert (out / "test" / "metrics.json").exists()
