@@ -247,3 +247,22 @@ def test_atomic_directory_swap_recovers_from_a_crash(tmp_path: Path) -> None:
     recover_directories(tmp_path)
     assert (target / "weights").read_text() == "two"
     assert not list(tmp_path.glob(".*"))
+
+
+def test_augmentation_is_independent_of_workers_and_caching(
+    digits_root: Path, tmp_path: Path
+) -> None:
+    """Per-sample seeds: loader worker processes + disk reads give the very same training."""
+    losses = []
+    for workers, cache in ((0, "yes"), (2, "no")):
+        config = tiny_config(
+            digits_root,
+            tmp_path / f"w{workers}",
+            augment="seed",
+            workers=workers,
+            cache_images=cache,
+            batch_size=128,
+        )
+        result = train(config)
+        losses.append([r["loss"] for r in result.history if r["type"] == "step"])
+    assert len(losses[0]) > 5 and losses[0] == losses[1]

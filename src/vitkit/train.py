@@ -151,6 +151,16 @@ def cross_entropy_loss(label_smoothing: float = 0.0, weight: torch.Tensor | None
     return loss_fn
 
 
+class ProcessorTransform:
+    """One image through an ``ImageProcessor`` -> (3, H, W); picklable for loader workers."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(image)[0]
+
+
 def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
     """A ViT from a checkpoint (or a preset, from scratch) with a new zero-initialised head."""
     from vitkit.checkpoints import load_model, save_pretrained
@@ -192,7 +202,7 @@ def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
         image_size=model.config.image_hw,
         mean=tuple(processor_config.get("image_mean", (0.5, 0.5, 0.5))),
         std=tuple(processor_config.get("image_std", (0.5, 0.5, 0.5))),
-        eval_transform=lambda image: processor(image)[0],
+        eval_transform=ProcessorTransform(processor),
         save=save,
         load=reload,
         description=description,
@@ -640,6 +650,13 @@ def _train(
         set_rng_state(state["rng"])
         if info.is_main:
             print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}", file=sys.stderr)
+            changed = _changed_settings(state["config"], cfg.to_dict())
+            if changed:
+                print(
+                    f"warning: settings differ from the interrupted run ({', '.join(changed)}); "
+                    "the result will not equal an uninterrupted run",
+                    file=sys.stderr,
+                )
     elif cfg.resume and info.is_main:
         print(
             f"--resume: {last_path} does not exist yet, starting from the beginning",
@@ -659,17 +676,19 @@ def _train(
     progress = _Progress(enabled=cfg.progress and info.is_main)
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = start_epoch * steps_per_epoch
+    # Workers persist across epochs; the sampler runs in this process, so set_epoch still applies.
+    loader = DataLoader(
+        run.train,
+        batch_size=micro_batch,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=info.device.type == "cuda",
+    )
     with progress:
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             sampler.set_epoch(epoch)
-            loader = DataLoader(
-                run.train,
-                batch_size=micro_batch,
-                sampler=sampler,
-                num_workers=workers,
-                drop_last=False,
-            )
             ddp_model.train()
             batches = iter(loader)
             task = progress.add_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
@@ -771,6 +790,24 @@ def _train(
         save_eval_outputs(test_result, labels, out / "test", f"test split, best epoch {best_epoch}")
     barrier(info)
     return TrainResult(out, best_epoch, best_val_loss, history, test_result, labels)
+
+
+# Settings that may change on --resume without changing the result.
+_RUNTIME_SETTINGS = {
+    "resume",
+    "progress",
+    "workers",
+    "log_every",
+    "cache_images",
+    "device",
+    "eval_batch_size",
+}
+
+
+def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return sorted(
+        key for key in current if key not in _RUNTIME_SETTINGS and saved.get(key) != current[key]
+    )
 
 
 def _train_step(

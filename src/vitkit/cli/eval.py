@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from vitkit import data as vdata
     from vitkit.classifier import load
     from vitkit.metrics import format_report
-    from vitkit.train import evaluate, save_eval_outputs
+    from vitkit.train import ProcessorTransform, evaluate, save_eval_outputs
 
     folder, split = pick_folder(Path(args.data), args.split)
     classifier = load(args.model, device=args.device, image_size=args.image_size)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         if args.on_bad_image == "fail":
             raise vdata.DatasetError(scan.report())
         print(f"warning: skipping {scan.report()}")
-    dataset = vdata.ImageDataset(scan.good, lambda image: classifier.prepare(image)[0])
+    dataset = vdata.ImageDataset(scan.good, ProcessorTransform(classifier.processor))
     result = evaluate(
         classifier.model,
         dataset,
