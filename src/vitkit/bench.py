@@ -318,6 +318,11 @@ def _mb(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.0f}"
 
 
+def _figure(value: float) -> str:
+    """Two decimals for small numbers, none for big ones (10451 images/s on a GPU)."""
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
 def report_table(report: Report) -> str:
     """A markdown table of one report."""
     reference = report.results[0].name
@@ -331,8 +336,8 @@ def report_table(report: Report) -> str:
         speedup = "—" if result.name == reference else f"{ratio:.2f}x"
         name = f"{result.name} ({result.note})" if result.note else result.name
         lines.append(
-            f"| {name} | {result.images_per_s:.2f} | {result.ms_per_image:.1f} "
-            f"| {_mb(result.peak_bytes)} | {_mb(result.weight_bytes)} | {result.gflops:.1f} "
+            f"| {name} | {_figure(result.images_per_s)} | {result.ms_per_image:.3g} "
+            f"| {_mb(result.peak_bytes)} | {_mb(result.weight_bytes)} | {_figure(result.gflops)} "
             f"| {100 * result.gflops / report.gemm_rate:.0f}% | {speedup} |"
         )
     return "\n".join(lines)
@@ -435,7 +440,7 @@ def forward_contenders(
     *,
     precision: str = "fp32",
     against: Sequence[str] = ("transformers", "timm"),
-    compile: bool = False,
+    compile: bool | str = False,
     device: str | torch.device = "cpu",
     workdir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
@@ -465,7 +470,8 @@ def forward_contenders(
             threads=None,
             force=True,
         )
-        return Contender(name, fast, fast_flops, weight_bytes(fast.model), "[CLS]-only last block")
+        note = ", ".join(filter(None, ["[CLS]-only last block", compile_note(compile)]))
+        return Contender(name, fast, fast_flops, weight_bytes(fast.model), note)
 
     contenders = [vitkit_contender("vitkit", precision)]
     if precision != "fp32":
@@ -495,8 +501,19 @@ def forward_contenders(
     return contenders
 
 
+def compile_note(compile: bool | str) -> str:
+    if not compile:
+        return ""
+    return "torch.compile" + (f" {compile}" if isinstance(compile, str) else "")
+
+
 def _peer_contender(
-    name: str, twin: Any, precision: str, compile: bool, device: torch.device, flops: float
+    name: str,
+    twin: Any,
+    precision: str,
+    compile: bool | str,
+    device: torch.device,
+    flops: float,
 ) -> Contender:
     from vitkit import runtime
 
@@ -512,13 +529,14 @@ def _peer_contender(
         output = twin(pixel_values=pixel_values) if is_hf else twin(pixel_values)
         return output.logits if is_hf else output
 
-    function = torch.compile(call, dynamic=False) if compile else call
+    mode = compile if isinstance(compile, str) else None
+    function = torch.compile(call, dynamic=False, mode=mode) if compile else call
 
     def forward(pixel_values: torch.Tensor) -> Any:
         with torch.inference_mode():
             return function(pixel_values.to(device, dtype))
 
-    note = "+ torch.compile" if compile else ""
+    note = compile_note(compile)
     return Contender(name, forward, flops, weight_bytes(twin), note)
 
 

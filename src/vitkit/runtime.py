@@ -213,6 +213,25 @@ def configure_cuda() -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def attention_backends(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """SDPA kernel priority: on CUDA, cuDNN attention first (ViT-B/16 bf16 at batch 256 on an
+    H100: cuDNN 10.9k images/s, flash 10.6k, efficient 9.6k, math 4.2k), falling back in order."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch < 2.6: no priorities, let PyTorch choose
+        return contextlib.nullcontext()
+
+
 # ---- the fast callable ------------------------------------------------------------------------
 class FastForward:
     """``pixel_values -> logits`` with the runtime choices applied; see ``optimize``."""
@@ -223,7 +242,7 @@ class FastForward:
         *,
         precision: str,
         device: torch.device,
-        compile: bool,
+        compile: bool | str,
         threads: int | str | None,
     ) -> None:
         self.model = model
@@ -234,7 +253,11 @@ class FastForward:
         logits_fn: Callable[[torch.Tensor], torch.Tensor] = getattr(
             model, "forward_logits", lambda x: model(x).logits
         )
-        self.logits_fn = torch.compile(logits_fn, dynamic=False) if compile else logits_fn
+        if compile:
+            # a mode name ("reduce-overhead": CUDA graphs, "max-autotune") or True: the default
+            mode = compile if isinstance(compile, str) else None
+            logits_fn = torch.compile(logits_fn, dynamic=False, mode=mode)
+        self.logits_fn = logits_fn
 
     def thread_count(self, batch_size: int) -> int | None:
         if self.device.type != "cpu" or self.threads is None:
@@ -245,7 +268,8 @@ class FastForward:
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
-        with torch.inference_mode(), num_threads(self.thread_count(pixel_values.shape[0])):
+        threads = self.thread_count(pixel_values.shape[0])
+        with torch.inference_mode(), num_threads(threads), attention_backends(self.device):
             return self.logits_fn(pixel_values)
 
 
@@ -254,7 +278,7 @@ def optimize(
     *,
     precision: str = "fp32",
     device: str | torch.device = "cpu",
-    compile: bool = False,
+    compile: bool | str = False,
     threads: int | str | None = "auto",
     force: bool = False,
 ) -> FastForward:
@@ -262,7 +286,7 @@ def optimize(
 
     precision: fp32 | bf16 | fp16 (weights cast; CUDA, or a CPU with native units) | int8
     (CPU). compile: wrap the forward in ``torch.compile`` (minutes to compile on a small CPU;
-    pays on GPUs). threads: "auto" (by batch size and machine load), a number, or None.
+    pays on GPUs); a string is the compile mode ("reduce-overhead" adds CUDA graphs). threads: "auto" (by batch size and machine load), a number, or None.
     The model passed in is left untouched for int8 (a quantized copy is made) and cast in place
     for bf16/fp16.
     """
