@@ -33,6 +33,7 @@ from vitkit.fetch import FetchPolicy, _parse, resolve_checked
 from vitkit.serve import ServeSettings, create_app
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import DeadlineExceeded, Overloaded
+from vitkit.serve.explain import overlay_png, wants_png
 
 PHOTOS = ["chelsea", "coffee", "astronaut"]
 
@@ -126,7 +127,9 @@ def test_probes_model_info_docs_and_page(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text and "/static/app.js" in page.text
-    assert "predict_image_class" in client.get("/static/app.js").text
+    assert 'id="explain"' in page.text  # the attention-overlay toggle
+    script = client.get("/static/app.js").text
+    assert "predict_image_class" in script and "/v1/explain" in script
 
 
 def test_metrics_count_routes_statuses_and_batches(client: TestClient) -> None:
@@ -183,6 +186,20 @@ def test_explain_json_map_predictions_and_overlay(
     square = client.post("/v1/explain", content=data, headers={"content-type": "image/jpeg"})
     overlay = decoded_png(base64.b64decode(square.json()["overlay_png_base64"]))
     assert overlay.width == overlay.height
+
+
+def test_overlay_heat_lands_where_the_map_points() -> None:
+    """A map hot in its top-right patch heats the top-right of a wide picture, nowhere else."""
+    attention = np.zeros((2, 3), np.float32)
+    attention[0, 2] = 1.0  # row 0, column 2: top right
+    picture = Image.new("RGB", (300, 200), (90, 90, 90))
+    overlay = np.asarray(decoded_png(overlay_png(picture, attention)), np.float32)
+    assert overlay.shape == (200, 300, 3)
+    brightness = overlay.mean(axis=2)
+    top_right, bottom_left = brightness[:60, 240:].mean(), brightness[140:, :60].mean()
+    assert top_right > bottom_left + 60
+    assert wants_png("image/png") and not wants_png("application/json, image/png")
+    assert not wants_png("*/*") and wants_png("image/png;q=0.9, application/json;q=0.5")
 
 
 def test_explain_png_by_accept_header_or_format(client: TestClient) -> None:
@@ -357,6 +374,9 @@ def test_batcher_bounded_queue_deadline_and_failures() -> None:
     assert any(isinstance(r, Overloaded) for r in results)  # queue of 2 + one running
     assert any(isinstance(r, DeadlineExceeded) for r in results)
     release.set()
+    drained = time.monotonic() + 5  # the expired jobs leave the queue once the worker is free
+    while batcher.qsize() and time.monotonic() < drained:
+        time.sleep(0.01)
     after = run_jobs(batcher, [1, 1])  # the worker survived; job 1's error goes to job 1 only
     assert isinstance(after[1], ValueError) and after[0][0][0]["label"] == "x"
     batcher.stop()

@@ -78,12 +78,18 @@ def overlay_png(image: Image.Image, attention_map: np.ndarray) -> bytes:
     """``attention_map`` in the inferno colour map over ``image``, as a PNG of the image's size.
 
     The map is stretched over the whole image, as the processor resizes the whole image to the
-    model's input. The heat's opacity follows the attention, so the picture stays visible where
-    the model does not look.
+    model's input. Colours span the map's own min..max: rollout maps are often nearly flat
+    (every row keeps the identity's share), and scaling by the max alone paints them one colour.
+    The heat's opacity follows the attention, so the picture stays visible where the model
+    does not look. (The JSON answer carries the unscaled map.)
     """
     from matplotlib import colormaps  # the registry lookup is thread-safe; no pyplot state
 
-    scaled = attention_map / max(float(attention_map.max()), 1e-12)
+    values = np.asarray(attention_map, dtype=np.float32)
+    low, high = float(values.min()), float(values.max())
+    spread = high - low
+    flat = spread <= 1e-6 * max(high, 1e-12)  # nothing to show: do not amplify noise
+    scaled = np.zeros_like(values) if flat else (values - low) / spread
     heat_gray = Image.fromarray((scaled * 255).astype(np.uint8)).resize(
         image.size, Image.Resampling.BILINEAR
     )
