@@ -155,12 +155,13 @@ def build_demo_folder(
     minority: int | None = 8,
     minority_fraction: float = 0.1,
     seed: int = 0,
+    fashion_mnist_dir: Path = FASHION_MNIST_DIR,
 ) -> DemoData:
     """``digits`` or ``fashion-mnist`` as an unbalanced image folder under ``root``."""
     if dataset == "digits":
         images, labels, classes = load_digits_arrays()
     elif dataset == "fashion-mnist":
-        images, labels, classes = load_fashion_mnist_arrays(seed=seed)
+        images, labels, classes = load_fashion_mnist_arrays(fashion_mnist_dir, seed=seed)
     else:
         raise ValueError(f"unknown demo dataset {dataset!r}: choose digits or fashion-mnist")
     return write_image_folder(
