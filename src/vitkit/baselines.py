@@ -244,7 +244,13 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(model: ResNetClassifier, state: dict[str, torch.Tensor], source: str) -> None:
-    result = model.net.load_state_dict(state, strict=False)
+    try:
+        result = model.net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes differ: another architecture
+        first = str(error).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{source}: weights do not fit {model.config.arch} ({first})"
+        ) from None
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise CheckpointError(

@@ -250,7 +250,12 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
             alpha=cfg.distill_alpha,
             temperature=cfg.distill_temperature,
             overrides=overrides,
+            raise_on_collapse=False,  # the table reports it; the other rows still count
         )
+        if result.best_epoch is None:
+            notes.append(
+                "COLLAPSED in every epoch (a class never predicted on validation): no model kept"
+            )
     else:  # pragma: no cover - __post_init__ rejects unknown rows
         raise CompareError(f"unknown row {row}")
     return _row_result(cfg, row, title, result, row_dir, size, time.perf_counter() - started, notes)
@@ -269,7 +274,7 @@ def _row_result(
     from vitkit.distill import collapse_report
 
     report = result.test.report if result.test is not None else None
-    if report is None:
+    if report is None and not notes:
         notes.append("no epoch was kept as best: no test result")
     else:
         collapse = collapse_report(report["confusion_matrix"], report["labels"])

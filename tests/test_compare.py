@@ -1,0 +1,142 @@
+"""`vitkit compare` end to end on a small unbalanced digits folder: table, chart, reuse, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vitkit.compare import CompareConfig, CompareError, build_rotation_folder, compare
+
+TINY_VIT = {
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real digits 0, 1, 2 as 16x16 PNGs; class 2 cut to 30% of its training images."""
+    from vitkit.demo_data import load_digits_arrays, write_image_folder
+
+    images, labels, _ = load_digits_arrays()
+    keep = labels <= 2
+    root = tmp_path_factory.mktemp("digits3")
+    write_image_folder(
+        root,
+        images[keep],
+        labels[keep],
+        ["zero", "one", "two"],
+        size=16,
+        minority=2,
+        minority_fraction=0.3,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ViT checkpoint of the rows' size, saved in HF format (stands in for --pretrained)."""
+    from vitkit.checkpoints import save_pretrained
+    from vitkit.config import preset
+    from vitkit.model import ViT
+
+    torch.manual_seed(0)
+    model = ViT(preset("vit-tiny-patch4-16", **TINY_VIT, id2label={0: "x", 1: "y"}))
+    directory = tmp_path_factory.mktemp("pretrained") / "vit"
+    save_pretrained(model, directory)
+    return directory
+
+
+def _config(data: Path, out: Path, pretrained: Path, **changes: object) -> CompareConfig:
+    cfg = CompareConfig(
+        data=str(data),
+        out=str(out),
+        rows=["baseline", "scratch", "finetune224", "distilled"],
+        pretrained=str(pretrained),
+        vit_overrides=dict(TINY_VIT),
+        epochs=2,
+        batch_size=32,
+        progress=False,
+    )
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_compare_writes_the_table_and_reuses_finished_rows(
+    digits_folder: Path, pretrained_vit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    results = compare(_config(digits_folder, out, pretrained_vit))
+    assert [r.row for r in results] == ["baseline", "scratch", "finetune224", "distilled"]
+    for result in results:
+        if result.report is None:  # only a collapsed distillation may lack a test report
+            assert result.row == "distilled" and any("COLLAPSED" in n for n in result.notes)
+            continue
+        assert result.report["num_samples"] == sum(
+            len(list((digits_folder / "test" / c).iterdir())) for c in ("zero", "one", "two")
+        )
+        assert 0.0 <= result.report["macro_f1"] <= 1.0
+        assert (out / "confusion" / f"{result.row}.png").stat().st_size > 1000
+    table = (out / "table.md").read_text()
+    assert "resnet18 (CNN baseline)" in table and "ViT fine-tuned @16" in table
+    assert f"fine-tune rows start from {pretrained_vit}" in table
+    with open(out / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["row"] for r in rows] == ["baseline", "scratch", "finetune224", "distilled"]
+    baseline = results[0].report
+    assert baseline is not None
+    assert float(rows[0]["macro_f1"]) == pytest.approx(baseline["macro_f1"])
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    # the distilled student is a DeiT-with-teacher directory whose two heads were both trained
+    from vitkit.distill import load_student
+
+    if results[-1].report is not None:
+        student, _ = load_student(out / "rows" / "distilled" / "best")
+        assert student.head_dist.weight.abs().sum() > 0
+
+    # a second run reuses every finished row: nothing is trained again
+    stamps = {r.row: (out / "rows" / r.row / "last.pt").stat().st_mtime_ns for r in results}
+    capsys.readouterr()
+    (
+        out / "rows" / "distilled" / "result.json"
+    ).unlink()  # as if killed after training, before the marker
+    again = compare(_config(digits_folder, out, pretrained_vit))
+    log = capsys.readouterr().err
+    assert log.count("finished earlier, reusing") == 3
+    assert {r.row: (out / "rows" / r.row / "last.pt").stat().st_mtime_ns for r in again} == stamps
+    assert [r.report["macro_f1"] if r.report else None for r in again] == [
+        r.report["macro_f1"] if r.report else None for r in results
+    ]
+
+    with pytest.raises(CompareError, match=r"other settings.*epochs"):
+        compare(_config(digits_folder, out, pretrained_vit, epochs=3))
+
+
+def test_compare_refuses_data_without_a_test_split(tmp_path: Path, pretrained_vit: Path) -> None:
+    (tmp_path / "flat" / "a").mkdir(parents=True)
+    with pytest.raises(CompareError, match="needs train/ and test/"):
+        compare(_config(tmp_path / "flat", tmp_path / "out", pretrained_vit))
+    with pytest.raises(CompareError, match="unknown row"):
+        CompareConfig(data="x", out="y", rows=["baseline", "transformer-xl"])
+
+
+def test_rotation_folder_reads_only_the_training_split(digits_folder: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = build_rotation_folder(digits_folder, tmp_path / "rot", size=16)
+    train_images = sorted((digits_folder / "train").rglob("*.png"))
+    counts = {d.name: len(list(d.iterdir())) for d in (folder / "train").iterdir()}
+    assert counts == {name: len(train_images) for name in ("rot000", "rot090", "rot180", "rot270")}
+    first = sorted((folder / "train" / "rot000").iterdir())[0]
+    upright = np.asarray(Image.open(first))
+    turned = np.asarray(Image.open(folder / "train" / "rot090" / first.name))
+    np.testing.assert_array_equal(np.rot90(upright), turned)
+    assert json.loads((folder / "done.json").read_text())["images"] == len(train_images)
