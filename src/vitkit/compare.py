@@ -274,8 +274,9 @@ def _row_result(
     from vitkit.distill import collapse_report
 
     report = result.test.report if result.test is not None else None
-    if report is None and not notes:
-        notes.append("no epoch was kept as best: no test result")
+    if report is None:
+        if not notes:
+            notes.append("no epoch was kept as best: no test result")
     else:
         collapse = collapse_report(report["confusion_matrix"], report["labels"])
         if collapse.collapsed:
