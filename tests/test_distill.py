@@ -219,3 +219,15 @@ def test_collapse_report_flags_never_predicted_classes() -> None:
     all_wrong = np.array([[0, 3], [3, 0]])
     wrong = collapse_report(all_wrong, ["a", "b"])
     assert wrong.collapsed and wrong.never_predicted == [] and wrong.macro_f1 == 0.0
+
+
+def test_collapse_filter_vetoes_a_collapsed_epoch_loudly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vitkit.distill import collapse_filter
+
+    veto = collapse_filter(["a", "b"])
+    assert veto({"confusion_matrix": [[3, 1], [1, 3]]}) is None
+    reason = veto({"confusion_matrix": [[4, 0], [4, 0]]})
+    assert reason is not None and "never predicts b" in reason
+    assert "WARNING: COLLAPSED on the validation split" in capsys.readouterr().err
