@@ -59,7 +59,6 @@ from vitkit.distributed import (
     all_gather_objects,
     all_reduce_mean,
     barrier,
-    cleanup_distributed,
     init_distributed,
 )
 from vitkit.errors import VitkitError
@@ -172,7 +171,14 @@ def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
         overrides = dict(cfg.model_overrides)
         if cfg.image_size is not None:
             overrides["image_size"] = cfg.image_size
-        model = ViT(preset(cfg.preset, **overrides))
+        try:
+            config = preset(cfg.preset, **overrides)
+        except (TypeError, ValueError) as error:
+            raise TrainingError(
+                f"--preset {cfg.preset} with --model-arg {overrides}: {error} "
+                "(--model-arg takes ViTConfig fields such as hidden_size=64, num_hidden_layers=4)"
+            ) from error
+        model = ViT(config)
         processor = ImageProcessor.for_config(model.config)
         description = f"{cfg.preset} from scratch"
     else:
@@ -555,11 +561,11 @@ def train(
     class weights are then the caller's business). ``best_filter(val_report)`` may veto an epoch
     as the best model by returning the reason (e.g. a collapsed distillation run).
     """
+    # The process group (under torchrun) outlives this call, so that several runs can share it
+    # (e.g. the rows of `vitkit compare`); the command that started it calls
+    # vitkit.distributed.cleanup_distributed() before exiting.
     info = init_distributed(cfg.device)
-    try:
-        return _train(cfg, info, model_factory, loss_fn, best_filter)
-    finally:
-        cleanup_distributed()
+    return _train(cfg, info, model_factory, loss_fn, best_filter)
 
 
 def _train(

@@ -230,14 +230,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.distributed import launched_by_torchrun
+    import os
+
+    from vitkit.distributed import cleanup_distributed
     from vitkit.metrics import format_report
     from vitkit.train import train
 
-    result = train(config_from_args(args))
-    is_main = not launched_by_torchrun() or int(__import__("os").environ.get("RANK", "0")) == 0
-    if not is_main:
-        return 0
+    try:
+        result = train(config_from_args(args))
+    finally:
+        cleanup_distributed()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # only rank 0 reports
     print(
         f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}): {result.out / 'best'}"
     )
