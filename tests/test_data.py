@@ -196,3 +196,18 @@ def test_dataset_augmentation_is_a_function_of_the_sample_seed(digits_root: Path
     assert label == samples[2].label
     assert torch.equal(dataset[(2, 1234)][0], a)
     assert any(not torch.equal(dataset[(2, seed)][0], a) for seed in range(1235, 1245))
+
+
+def test_seed_preset_is_exactly_the_recipe() -> None:
+    pipeline = build_train_transform("seed", 32, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    steps = pipeline.transforms
+    assert [type(step).__name__ for step in steps] == [
+        "ToImage", "RGB", "Resize", "RandomHorizontalFlip", "RandomVerticalFlip",
+        "RandomRotate90", "RandomApply", "ToDtype", "Normalize",
+    ]  # fmt: skip
+    assert steps[2].size == [32, 32]
+    assert steps[3].p == steps[4].p == steps[5].p == steps[6].p == 0.5
+    (crop,) = steps[6].transforms
+    assert type(crop).__name__ == "RandomResizedCrop" and crop.scale == (0.5, 1.0)
+    assert list(crop.size) == [32, 32]
+    assert steps[8].mean == [0.1, 0.2, 0.3] and steps[8].std == [0.4, 0.5, 0.6]

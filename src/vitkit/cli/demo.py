@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"      train images per class: {info.train_counts} (minority: {info.minority!r})")
     print(f"      test images per class:  {info.test_counts}")
+    # 28x28 clothes need more than the digits' 8x8: 16x16 input, 16 tokens
+    preset_name = DEMO_PRESET if dataset == "digits" else "vit-tiny-patch4-16"
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a demo always starts afresh
     settings = dict(DEMO_TRAINING)
@@ -108,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
         data=str(info.root),
         out=str(run_dir),
         from_scratch=True,
-        # 28x28 clothes need more than the digits' 8x8: 16x16 input, 16 tokens
-        preset=DEMO_PRESET if dataset == "digits" else "vit-tiny-patch4-16",
+        preset=preset_name,
         model_overrides=dict(DEMO_MODEL),
         augment="none",  # flips would turn a 6 into a 9; and a short run gains little from crops
         balance=args.balance,
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         log_every=5,
         **settings,
     )
-    print(f"[2/3] training a small ViT from scratch ({DEMO_PRESET}, {DEMO_MODEL}) in {run_dir}")
+    print(f"[2/3] training a small ViT from scratch ({preset_name}, {DEMO_MODEL}) in {run_dir}")
     result = train(config)
     assert result.test is not None, "the demo folder always has a test split"
     report = result.test.report
