@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,48 @@ def test_explain_image_returns_a_png_and_the_top_k() -> None:
     assert [p["label"] for p in predictions] and len(predictions) == 2
     assert predictions[0]["score"] >= predictions[1]["score"]
     assert {p["label"] for p in predictions} <= {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("kind", ["vit", "student"])
+def test_explain_command_writes_one_png_per_image(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from skimage import data
+
+    from vitkit.checkpoints import save_pretrained
+    from vitkit.cli import main
+    from vitkit.distill import save_student
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    if kind == "vit":
+        save_pretrained(ViT(small_config()), model_dir)
+    else:
+        save_student(DistilledViT(small_config()), model_dir)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(data.chelsea()).save(images / "chelsea.jpg")
+    Image.fromarray(data.coffee()).save(images / "coffee.png")
+    code = main(
+        [
+            "explain",
+            str(images),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "maps"),
+            "--top-k",
+            "3",
+        ]
+    )
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(Path(r["output"]).name for r in records) == [
+        "chelsea.explain.png",
+        "coffee.explain.png",
+    ]
+    for record in records:
+        assert Path(record["output"]).read_bytes()[:4] == b"\x89PNG"
+        assert len(record["predictions"]) == 3
