@@ -1,0 +1,134 @@
+"""The benchmark engine and `vitkit bench`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitkit import bench, runtime
+from vitkit.cli import main
+from vitkit.config import ViTConfig
+from vitkit.model import ViT
+
+
+def sleeper(seconds: float, calls: list[str], name: str) -> bench.Forward:
+    def forward(batch: torch.Tensor) -> None:
+        calls.append(name)
+        time.sleep(seconds)
+
+    return forward
+
+
+def test_interleaved_rounds_rotate_and_ratios_compare_within_rounds() -> None:
+    calls: list[str] = []
+    contenders = [
+        bench.Contender("fast", sleeper(0.004, calls, "fast"), 1e9),
+        bench.Contender("slow", sleeper(0.012, calls, "slow"), 1e9),
+    ]
+    report = bench.run_interleaved(
+        contenders, torch.zeros(4, 1), rounds=3, repeats=2, warmup=1, probe_dtype=None,
+        measure_memory=False,
+    )  # fmt: skip
+    timed = calls[2:]  # after one warm-up call each
+    assert timed[:4] == ["fast", "fast", "slow", "slow"]
+    assert timed[4:8] == ["slow", "slow", "fast", "fast"]  # round 2 starts with the other one
+    fast, slow = report.results
+    assert len(fast.round_seconds) == 3
+    assert fast.images_per_s > slow.images_per_s
+    assert 2.0 < slow.ratios["fast"] < 4.5  # 3x slower, measured within rounds
+    assert fast.ratios["fast"] == 1.0
+    assert fast.gflops == pytest.approx(fast.images_per_s)  # 1 GFLOP per image
+
+
+def test_markdown_block_goes_into_its_section_only(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(
+        "# B\n\n## Model forward\n\n_not yet measured_\n\n## Preprocessing\n\nkeep me\n"
+    )
+    bench.write_markdown_block(path, "Model forward", "a", "table A v1")
+    bench.write_markdown_block(path, "Model forward", "b", "table B")
+    bench.write_markdown_block(path, "Model forward", "a", "table A v2")
+    text = path.read_text()
+    forward, preprocessing = text.split("## Preprocessing")
+    assert "table A v2" in forward and "table A v1" not in text
+    assert forward.index("table A v2") < forward.index("table B")  # replaced in place
+    assert "_not yet measured_" not in forward
+    assert preprocessing == "\n\nkeep me\n"
+    bench.write_markdown_block(path, "GPU", "g", "gpu table")  # a missing section is appended
+    assert path.read_text().rstrip().endswith("<!-- /bench:g -->")
+
+
+def test_flop_counts_match_torch_flop_counter() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        image_size=32, patch_size=8, num_labels=10,
+    )  # fmt: skip
+    model = ViT(config).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    counted = {}
+    for name, function in (("full", model), ("logits", model.forward_logits)):
+        # the math kernel runs attention as matmuls the counter sees (flash on CPU it skips)
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            function(pixels)
+        counted[name] = counter.get_total_flops() / 2
+    assert bench.logits_path_flops(model) == pytest.approx(counted["logits"], rel=1e-6)
+    assert model.flops_per_image() == pytest.approx(counted["full"], rel=1e-6)
+
+
+def test_gemm_probe_and_peak_memory_measure_something() -> None:
+    assert bench.gemm_probe("cpu", size=256, repeats=1) > 0.1
+    if sys.platform.startswith("linux"):
+        peak = bench.peak_memory(lambda b: torch.ones(64, 2**20).sum(), torch.zeros(1), "cpu")
+        assert peak is not None and peak > 100 * 2**20  # 256 MB allocated and touched
+
+
+def test_vitkit_bench_cli_writes_a_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    out = tmp_path / "BENCHMARKS.md"
+    code = main([
+        "bench", "--model", "vit-tiny-patch16-224", "--image-size", "32", "--batch-sizes", "2",
+        "--rounds", "2", "--repeats", "1", "--warmup", "1", "--threads", "1",
+        "--against", "transformers,timm", "--write-md", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    table = out.read_text()
+    for row in ("| vitkit (", "| transformers-sdpa |", "| timm |", "% of GEMM", "torch 2."):
+        assert row in table
+    assert "## Model forward" in table
+
+
+def test_vitkit_bench_refuses_bf16_on_this_cpu(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    assert main(["bench", "--precision", "bf16", "--model", "vit-tiny-patch16-224"]) == 1
+    assert "AVX-512 BF16 or AMX" in capsys.readouterr().err
+
+
+def test_int8_agreement_on_real_photo_crops() -> None:
+    from vitkit import agreement
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        image_size=32, patch_size=8, num_labels=5,
+    )  # fmt: skip
+    model = ViT(config).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)
+    pixels = agreement.photo_crops(32, (32, 32))
+    result = agreement.tensor_agreement(model, pixels, "int8", labels=[i % 5 for i in range(32)])
+    assert result.images == 32
+    assert result.top1_agreement >= 0.8
+    assert result.macro_f1_change is not None and abs(result.macro_f1_change) < 0.2
+    assert "int8 vs fp32 on 32 images" in result.summary()

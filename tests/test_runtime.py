@@ -1,0 +1,148 @@
+"""vitkit.runtime: precision checks, thread choice, int8, the [CLS]-only logits path."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from vitkit import runtime
+from vitkit.bench import photo_batch
+from vitkit.config import ViTConfig
+from vitkit.model import ViT
+
+
+def small_vit(num_labels: int = 10, image_size: int = 32) -> ViT:
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=image_size,
+        patch_size=8,
+        num_labels=num_labels,
+        layer_norm_eps=1e-6,
+    )
+    model = ViT(config).eval()
+    if num_labels:
+        with torch.no_grad():  # a spread-out head, so rankings are not decided by rounding
+            model.head.weight.normal_(0, 1.0)
+    return model
+
+
+def test_bf16_refused_on_cpu_without_native_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(runtime.UnsupportedPrecisionError, match="AVX-512 BF16 or AMX"):
+        runtime.check_precision("bf16", "cpu")
+    with pytest.raises(runtime.UnsupportedPrecisionError, match="fp16"):
+        runtime.check_precision("fp16", "cpu")
+    runtime.check_precision("bf16", "cpu", force=True)  # --force measures it anyway
+    runtime.check_precision("int8", "cpu")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    runtime.check_precision("bf16", "cpu")
+
+
+def test_unknown_precision_and_int8_on_gpu_refused() -> None:
+    with pytest.raises(runtime.UnsupportedPrecisionError, match="choose one of"):
+        runtime.check_precision("int4", "cpu")
+    with pytest.raises(runtime.UnsupportedPrecisionError, match="CPU only"):
+        runtime.check_precision("int8", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("batch", "flops", "cores", "busy", "expected"),
+    [
+        (1, 2.5e9, 2, 0, 1),  # ViT-Ti, one image: too little work for two threads
+        (8, 35e9, 2, 0, 2),  # ViT-B, batch 8: both cores
+        (8, 35e9, 2, 1, 1),  # another process running: leave it its core
+        (8, 35e9, 2, 9, 1),  # overloaded machine: never below one
+        (1, 35e9, 16, 0, 8),  # ViT-B, one image, big machine: limited by work
+        (64, 35e9, 16, 0, 16),
+    ],
+)
+def test_choose_threads(batch: int, flops: float, cores: int, busy: int, expected: int) -> None:
+    assert runtime.choose_threads(batch, flops, cores=cores, busy=busy) == expected
+
+
+def test_num_threads_restores_the_setting() -> None:
+    before = torch.get_num_threads()
+    with runtime.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_forward_logits_equals_timm_on_the_same_weights() -> None:
+    pytest.importorskip("timm")
+    from vitkit.peers import timm_twin
+
+    model = small_vit()
+    twin = timm_twin(model)
+    pixels = photo_batch(4, (32, 32))
+    with torch.inference_mode():
+        expected = twin(pixels)
+        torch.testing.assert_close(model.forward_logits(pixels), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(pixels).logits, expected, atol=1e-5, rtol=1e-5)
+        other_size = photo_batch(2, (48, 40))  # position embeddings resampled on the fly
+        torch.testing.assert_close(
+            model.forward_logits(other_size), model(other_size).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_forward_logits_needs_a_head() -> None:
+    with pytest.raises(ValueError, match="classification head"):
+        small_vit(num_labels=0).forward_logits(torch.zeros(1, 3, 32, 32))
+
+
+def test_int8_quantizes_block_linears_of_a_copy() -> None:
+    model = small_vit()
+    fast = runtime.optimize(model, precision="int8", threads=None)
+    quantized = fast.model
+    assert type(model.blocks[0].mlp.fc1) is nn.Linear  # the caller's model is untouched
+    assert type(quantized.blocks[0].mlp.fc1) is not nn.Linear
+    assert "quantized.dynamic" in type(quantized.blocks[0].attn.qkv).__module__
+    assert type(quantized.head) is nn.Linear  # the head decides the ranking: kept fp32
+    pixels = photo_batch(8, (32, 32))
+    with torch.inference_mode():
+        reference = model.forward_logits(pixels)
+    logits = fast(pixels)
+    relative = (logits - reference).norm() / reference.norm()
+    assert relative < 0.05, relative
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75
+
+
+def test_optimize_fp32_gives_the_model_logits_and_keeps_threads() -> None:
+    model = small_vit()
+    before = torch.get_num_threads()
+    fast = runtime.optimize(model, precision="fp32", threads="auto")
+    pixels = photo_batch(3, (32, 32))
+    with torch.inference_mode():
+        expected = model(pixels).logits
+    torch.testing.assert_close(fast(pixels), expected)
+    assert torch.get_num_threads() == before
+
+
+def test_bf16_forced_on_cpu_runs_close_to_fp32() -> None:
+    model = small_vit()
+    pixels = photo_batch(2, (32, 32))
+    with torch.inference_mode():
+        expected = model(pixels).logits
+    fast = runtime.optimize(model, precision="bf16", force=True, threads=None)
+    logits = fast(pixels)
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - expected).norm() / expected.norm() < 0.05
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_allocator_tuning_is_on_and_idempotent() -> None:
+    assert runtime.tune_cpu_allocator() is True
+    assert runtime.tune_cpu_allocator() is True
+
+
+def test_cpu_has_fast_half_reads_flags() -> None:
+    assert not runtime.cpu_has_fast_half("bf16", {"avx2"})
+    assert runtime.cpu_has_fast_half("bf16", {"amx_bf16"})
+    assert runtime.cpu_has_fast_half("fp16", {"avx512_fp16"})
+    assert runtime.cpu_has_fast_half("fp32", set())
