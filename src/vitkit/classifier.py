@@ -87,9 +87,8 @@ class Classifier:
         return bool(self.config.num_labels)
 
     def _build_forward(self, precision: str) -> Any:
-        """The callable that runs the network: plain fp32, or a faster variant from vitkit.runtime."""
-        if precision == "fp32":
-            return self.model
+        """The callable that runs the network, from vitkit.runtime: threads by batch size, the
+        [CLS]-only logits path, int8 / bf16 copies of the model."""
         from vitkit import runtime  # the performance layer: int8, autocast, compile
 
         return runtime.optimize(self.model, precision=precision, device=self.device)

@@ -20,6 +20,7 @@ to motivate each choice is in BENCHMARKS.md ("Model forward" and "GPU").
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import ctypes.util
 import os
@@ -286,9 +287,9 @@ def optimize(
 
     precision: fp32 | bf16 | fp16 (weights cast; CUDA, or a CPU with native units) | int8
     (CPU). compile: wrap the forward in ``torch.compile`` (minutes to compile on a small CPU;
-    pays on GPUs); a string is the compile mode ("reduce-overhead" adds CUDA graphs). threads: "auto" (by batch size and machine load), a number, or None.
-    The model passed in is left untouched for int8 (a quantized copy is made) and cast in place
-    for bf16/fp16.
+    pays on GPUs); a string is the compile mode ("reduce-overhead" adds CUDA graphs).
+    threads: "auto" (by batch size and machine load), a number, or None (leave as is).
+    The model passed in is left as it is: int8 and bf16/fp16 work on copies.
     """
     device = torch.device(device)
     check_precision(precision, device, force=force)
@@ -300,5 +301,5 @@ def optimize(
     if precision == "int8":
         model = quantize_int8(model)
     elif precision in ("bf16", "fp16"):
-        model = model.to(DTYPES[precision])
+        model = copy.deepcopy(model).to(DTYPES[precision])  # the caller's fp32 model stays
     return FastForward(model, precision=precision, device=device, compile=compile, threads=threads)
