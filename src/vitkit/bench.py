@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-Forward = Callable[[torch.Tensor], Any]
+Forward = Callable[[Any], Any]
 
 
 @dataclass
@@ -134,7 +134,7 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def peak_memory(forward: Forward, batch: torch.Tensor, device: str | torch.device) -> int | None:
+def peak_memory(forward: Forward, batch: Any, device: str | torch.device) -> int | None:
     """Bytes one forward adds at its peak (activations and workspaces; weights excluded).
 
     CUDA: the caching allocator's exact peak. CPU (Linux): resident memory sampled every
@@ -174,7 +174,7 @@ def peak_memory(forward: Forward, batch: torch.Tensor, device: str | torch.devic
 # ---- the interleaved run ----------------------------------------------------------------------
 def run_interleaved(
     contenders: Sequence[Contender],
-    batch: torch.Tensor,
+    batch: Any,
     *,
     rounds: int = 7,
     repeats: int = 3,
@@ -188,9 +188,12 @@ def run_interleaved(
 ) -> Report:
     """Time every contender on ``batch`` in ``rounds`` interleaved rounds; see the module doc.
 
+    ``batch`` is what each ``forward`` takes: a tensor of images, or a list of files for an
+    end-to-end run; ``len(batch)`` images are counted per call.
+
     ``reference`` (default: the first contender) is the one the others are compared with:
-    ``result.ratios[reference]`` = the reference's time over this contender's ... inverted so
-    that > 1 means the reference is faster.
+    ``result.ratios[reference]`` is the median over rounds of (this contender's time / the
+    reference's time in the same round): > 1 means the reference is faster.
     """
     if not contenders:
         raise ValueError("no contenders to benchmark")
@@ -215,7 +218,7 @@ def run_interleaved(
             times[contender.name].append(_median_time(contender, batch, repeats, device))
         say(
             f"round {round_index + 1}/{rounds}: "
-            + ", ".join(f"{name} {batch.shape[0] / t[-1]:.2f} img/s" for name, t in times.items())
+            + ", ".join(f"{name} {len(batch) / t[-1]:.2f} img/s" for name, t in times.items())
             + (f", GEMM {gemm[-1]:.0f} GFLOP/s" if gemm else "")
         )
     results = []
@@ -228,7 +231,7 @@ def run_interleaved(
         results.append(
             Result(
                 contender.name,
-                batch.shape[0],
+                len(batch),
                 mine,
                 contender.flops_per_image,
                 peaks[contender.name],
@@ -238,12 +241,12 @@ def run_interleaved(
             )
         )
     return Report(
-        batch.shape[0], torch.get_num_threads(), results, gemm, str(torch.device(device)), title
+        len(batch), torch.get_num_threads(), results, gemm, str(torch.device(device)), title
     )
 
 
 def _median_time(
-    contender: Contender, batch: torch.Tensor, repeats: int, device: str | torch.device
+    contender: Contender, batch: Any, repeats: int, device: str | torch.device
 ) -> float:
     with torch.inference_mode():
         samples = [time_call(lambda: contender.forward(batch), device) for _ in range(repeats)]

@@ -88,6 +88,11 @@ def register(subparsers: Any) -> None:
 
 def load_model(name: str, image_size: int | None) -> Any:
     """A preset with seeded random weights (LayerNorm eps 1e-6, 1000 classes), or a checkpoint."""
+    return load_model_and_processor(name, image_size)[0]
+
+
+def load_model_and_processor(name: str, image_size: int | None) -> tuple[Any, Any]:
+    """(model, the checkpoint's preprocessor_config or None) for a preset name or a checkpoint."""
     from pathlib import Path
 
     import torch
@@ -96,17 +101,17 @@ def load_model(name: str, image_size: int | None) -> Any:
     from vitkit.model import ViT
 
     is_checkpoint = Path(name).exists() or ("/" in name and not name.lower().startswith("vit-"))
-    if not is_checkpoint:
-        parse_preset_name(name)  # raises with the list of sizes when the name is neither
-    else:
+    if is_checkpoint:
         from vitkit.checkpoints import load_model as load_checkpoint
 
-        return load_checkpoint(name, image_size=image_size).model.eval()
+        loaded = load_checkpoint(name, image_size=image_size)
+        return loaded.model.eval(), loaded.processor_config
+    parse_preset_name(name)  # raises with the list of sizes when the name is neither
     torch.manual_seed(0)
     overrides: dict[str, Any] = {"num_labels": 1000, "layer_norm_eps": 1e-6}
     if image_size:
         overrides["image_size"] = image_size
-    return ViT(preset(name, **overrides)).eval()
+    return ViT(preset(name, **overrides)).eval(), None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     against = (
         [] if args.against == "none" else [p.strip() for p in args.against.split(",") if p.strip()]
     )
-    model = load_model(args.model, args.image_size)
+    model, processor_config = load_model_and_processor(args.model, args.image_size)
     device = torch.device(args.device)
     if device.type == "cpu":
         runtime.tune_cpu_allocator()
@@ -163,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             )
             bench.write_markdown_block(args.write_md, section, key, text)
     if args.agreement:
-        print(agreement_text(model, args.agreement, args.precision))
+        print(agreement_text(model, args.agreement, args.precision, processor_config))
     return 0
 
 
@@ -177,8 +182,9 @@ def pick_threads(setting: str, batch_size: int, model: Any, device: Any) -> int 
     return int(setting)
 
 
-def agreement_text(model: Any, folder: str, precision: str) -> str:
+def agreement_text(model: Any, folder: str, precision: str, processor_config: Any = None) -> str:
     from vitkit import agreement
+    from vitkit.processor import ImageProcessor
 
     if precision == "fp32":
         return "agreement: --precision is fp32, nothing to compare"
@@ -188,7 +194,8 @@ def agreement_text(model: Any, folder: str, precision: str) -> str:
             agreement.tensor_agreement(model, pixels, precision).summary()
             + " (bundled photo crops)"
         )
-    return agreement.folder_agreement(model, folder, precision).summary()
+    processor = ImageProcessor.from_dict(processor_config) if processor_config else None
+    return agreement.folder_agreement(model, folder, precision, processor=processor).summary()
 
 
 def _load() -> str:

@@ -1,0 +1,166 @@
+"""End-to-end: JPEG files on disk -> top-5 labels, vitkit vs transformers' pipeline, same model.
+
+The same HF checkpoint directory (ViT-B/16-224 with seeded random weights and 1000 labels, or
+--model DIR, e.g. the fine-tuned demo model) is loaded by ``vitkit.load`` and by
+``transformers.pipeline("image-classification")``. Both classify the same files, 8 per batch,
+from path to top-5 {label, score}: decode, preprocess, forward, softmax, top-k. Files: the real
+photos bundled with scikit-image and scikit-learn, each saved as JPEG at its own size and as
+resized copies at 640x480 and 2000x1500.
+
+Contenders run interleaved in one process (order rotated each round), median over rounds;
+the speed-up column is the median of per-round time ratios. vitkit runs fp32 and int8
+(``vitkit.load(..., precision="int8")``); the pipeline runs fp32 with its default processor.
+
+    .venv/bin/python benchmarks/bench_end_to_end.py --rounds 7 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vitkit
+from vitkit import bench, runtime
+
+SIZES = {"original": None, "640x480": (640, 480), "2000x1500": (2000, 1500)}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_checkpoint(directory: Path) -> Path:
+    """ViT-B/16-224, seeded random weights, LayerNorm eps 1e-6, ImageNet labels, HF layout."""
+    from vitkit.checkpoints import imagenet_labels, save_pretrained
+    from vitkit.config import preset
+    from vitkit.model import ViT
+
+    torch.manual_seed(0)
+    labels = dict(enumerate(imagenet_labels()))
+    model = ViT(preset("vit-base-patch16-224", id2label=labels, layer_norm_eps=1e-6)).eval()
+    save_pretrained(model, directory)
+    return directory
+
+
+def make_jpegs(directory: Path) -> dict[str, list[str]]:
+    """The bundled photos as JPEG files: at their own size and resized, one folder per size."""
+    from PIL import Image
+
+    files: dict[str, list[str]] = {}
+    for name, size in SIZES.items():
+        folder = directory / name
+        folder.mkdir(parents=True, exist_ok=True)
+        files[name] = []
+        for index, pixels in enumerate(bench.real_photos()):
+            image = Image.fromarray(pixels)
+            if size is not None:
+                image = image.resize(size, Image.BICUBIC)
+            path = folder / f"photo_{index}.jpg"
+            image.save(path, quality=90)
+            files[name].append(str(path))
+    return files
+
+
+def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list[bench.Contender]:
+    from vitkit.bench import logits_path_flops
+
+    fp32 = vitkit.load(model_dir, device="cpu")
+    int8 = vitkit.load(model_dir, device="cpu", precision="int8")
+    flops = logits_path_flops(fp32.model)
+
+    def vitkit_run(classifier: Any) -> Any:
+        return lambda paths: classifier.predict(paths, top_k=5, batch_size=batch_size)
+
+    result = [
+        bench.Contender("vitkit fp32", vitkit_run(fp32), flops, bench.weight_bytes(fp32.model)),
+        bench.Contender(
+            "vitkit int8", vitkit_run(int8), flops, bench.weight_bytes(int8._forward.model)
+        ),
+    ]
+    if against_pipeline:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        pipe = transformers.pipeline("image-classification", model=str(model_dir), device="cpu")
+        full = float(fp32.model.flops_per_image())
+        result.append(
+            bench.Contender(
+                "transformers pipeline",
+                lambda paths: pipe(paths, top_k=5, batch_size=batch_size),
+                full,
+                bench.weight_bytes(pipe.model),
+            )
+        )
+    return result
+
+
+def same_top1(classifier_out: list[Any], pipeline_out: list[Any]) -> float:
+    pairs = zip(classifier_out, pipeline_out, strict=True)
+    return sum(a[0]["label"] == b[0]["label"] for a, b in pairs) / len(classifier_out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model", default=None, help="HF checkpoint directory (default: ViT-B/16 random)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", default="auto", help="a number or auto")
+    parser.add_argument("--sizes", default="original,640x480,2000x1500")
+    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md 'End-to-end'")
+    args = parser.parse_args()
+    runtime.tune_cpu_allocator()
+    work = Path(tempfile.mkdtemp(prefix="vitkit-e2e-"))
+    model_dir = Path(args.model) if args.model else make_checkpoint(work / "vit-b16")
+    files = make_jpegs(work / "jpegs")
+    racers = contenders(model_dir, args.batch_size, against_pipeline=True)
+    info = bench.machine_info("cpu")
+    for size in args.sizes.split(","):
+        paths = files[size]
+        model = vitkit.load(model_dir, device="cpu").model
+        threads = (
+            runtime.auto_threads(args.batch_size, model)
+            if args.threads == "auto"
+            else int(args.threads)
+        )
+        with runtime.num_threads(threads):
+            agreement = same_top1(racers[0].forward(paths), racers[2].forward(paths))
+            report = bench.run_interleaved(
+                racers,
+                paths,
+                rounds=args.rounds,
+                repeats=args.repeats,
+                warmup=1,
+                measure_memory=False,
+                title=f"End-to-end, {len(paths)} JPEG files ({size}) -> top-5",
+                log=log,
+            )
+        text = bench.report_markdown(
+            report,
+            info | {"run end load": bench.machine_info("cpu")["load average (1/5/15 min)"]},
+            "python benchmarks/bench_end_to_end.py " + shlex.join(sys.argv[1:]),
+        )
+        text = text.replace(
+            "| contender |",
+            f"vitkit fp32 and the pipeline agree on the top-1 label of {100 * agreement:.0f}% "
+            "of the files.\n\n| contender |",
+            1,
+        )
+        print(text)
+        if args.write:
+            bench.write_markdown_block(
+                "BENCHMARKS.md", "End-to-end: JPEG files -> top-5 labels", f"e2e-{size}", text
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
