@@ -6,7 +6,9 @@ optimiser and schedule, checkpoint state, evaluation, and finally ``train()``, t
 The recipe is the ViT paper's fine-tuning one (Appendix B.1.1): SGD with momentum 0.9, no weight
 decay, linear warm-up then cosine decay, gradients clipped at global norm 1.0, a new
 zero-initialised linear head. AdamW is there for training from scratch. Every epoch ends with a
-validation pass (loss, accuracy, macro-F1); the epoch with the lowest validation loss is saved as
+validation pass (loss, accuracy, macro-F1; the loss is plain cross-entropy, without label
+smoothing or class weights, so runs with different training losses compare); the epoch with the
+lowest validation loss is saved as
 ``best/`` (an HF directory for a ViT) and the whole training state as ``last.pt``, both written
 atomically, so ``--resume`` after a crash or SIGKILL continues exactly where the last finished
 epoch left off and reaches the same weights as a run that was never interrupted.
