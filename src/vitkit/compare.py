@@ -17,7 +17,9 @@ checkpoint), compare pre-trains one itself, in the same run, on a different task
 training images only: predicting which of four rotations (0/90/180/270 degrees) was applied,
 labels unused (RotNet, Gidaris et al. 2018). The table's notes say which it was.
 
-Resumable: a finished row leaves ``rows/<row>/result.json`` and is reused; an unfinished one
+Rows run in the order baseline, scratch, distilled (the baseline is its teacher), then the
+pre-training stand-in and the fine-tune rows; the table keeps the order above and is rewritten
+after every row. Resumable: a finished row leaves ``rows/<row>/result.json`` and is reused; an unfinished one
 continues from its ``last.pt`` (the trainer's ``--resume``). Outputs in ``OUT``: ``table.md``,
 ``table.csv``, ``metrics.png`` (grouped bars), ``confusion/<row>.png``, ``compare.json``.
 """
@@ -41,6 +43,7 @@ from PIL import Image
 from vitkit.errors import VitkitError
 
 ROWS = ("baseline", "scratch", "finetune224", "finetune384", "distilled")
+RUN_ORDER = ("baseline", "scratch", "distilled", "finetune224", "finetune384")
 METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 METRIC_TITLES = {
     "accuracy": "Accuracy",
@@ -283,6 +286,9 @@ def _row_result(
             notes.append(collapse.message("test"))
             _say(f"WARNING: row {row}: {collapse.message('test')}")
     parameters = _count_parameters(row_dir / "last.pt")
+    # Training time from the epoch records: correct across a kill and resume as well.
+    epoch_seconds = [r["seconds"] for r in result.history if r.get("type") == "epoch"]
+    seconds = sum(epoch_seconds) if epoch_seconds else seconds
     return RowResult(
         row,
         title,
@@ -405,23 +411,26 @@ def compare(cfg: CompareConfig) -> list[RowResult]:
         cfg.rows = ["baseline", *cfg.rows]
         cfg.__post_init__()
     pretrained, pretrain_note = (None, "")
-    if {"finetune224", "finetune384"} & set(cfg.rows):
-        pretrained, pretrain_note = pretrain(cfg)
-    results = []
-    for number, row in enumerate(cfg.rows, start=1):
+    done: dict[str, RowResult] = {}
+    # Run order: the teacher, then the rows that need no pre-training, the fine-tune rows last.
+    order = sorted(cfg.rows, key=RUN_ORDER.index)
+    for number, row in enumerate(order, start=1):
         marker = out / "rows" / row / "result.json"
+        if row.startswith("finetune") and pretrained is None:
+            pretrained, pretrain_note = pretrain(cfg)
         if marker.exists():
             _say(
-                f"compare [{number}/{len(cfg.rows)}] {row}: finished earlier, reusing {marker.parent}"
+                f"compare [{number}/{len(order)}] {row}: finished earlier, reusing {marker.parent}"
             )
-            results.append(RowResult(**json.loads(marker.read_text())))
-            continue
-        _say(f"compare [{number}/{len(cfg.rows)}] {row}: training in {marker.parent}")
-        result = run_row(cfg, row, pretrained)
-        marker.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        results.append(result)
-    write_outputs(cfg, results, pretrain_note)
-    return results
+            done[row] = RowResult(**json.loads(marker.read_text()))
+        else:
+            _say(f"compare [{number}/{len(order)}] {row}: training in {marker.parent}")
+            done[row] = run_row(cfg, row, pretrained)
+            marker.write_text(json.dumps(done[row].to_dict(), indent=2) + "\n")
+        # The table so far: a killed compare still leaves the finished rows' numbers.
+        results = [done[r] for r in cfg.rows if r in done]
+        write_outputs(cfg, results, pretrain_note)
+    return [done[r] for r in cfg.rows]
 
 
 # ---- outputs ----------------------------------------------------------------------------
