@@ -46,18 +46,19 @@ def test_interleaved_rounds_rotate_and_ratios_compare_within_rounds() -> None:
 
 def test_markdown_block_goes_into_its_section_only(tmp_path: Path) -> None:
     path = tmp_path / "BENCHMARKS.md"
-    path.write_text(
-        "# B\n\n## Model forward\n\n_not yet measured_\n\n## Preprocessing\n\nkeep me\n"
+    path.write_text(  # "Model forward" finds the first heading, not "Model forwards"
+        "# B\n\n## Model forward (vs peers)\n\n_not yet measured_\n\n## Model forwards\n\n"
+        "## Preprocessing\n\nkeep me\n"
     )
     bench.write_markdown_block(path, "Model forward", "a", "table A v1")
     bench.write_markdown_block(path, "Model forward", "b", "table B")
     bench.write_markdown_block(path, "Model forward", "a", "table A v2")
     text = path.read_text()
-    forward, preprocessing = text.split("## Preprocessing")
+    forward, preprocessing = text.split("## Model forwards")
     assert "table A v2" in forward and "table A v1" not in text
     assert forward.index("table A v2") < forward.index("table B")  # replaced in place
     assert "_not yet measured_" not in forward
-    assert preprocessing == "\n\nkeep me\n"
+    assert preprocessing == "\n\n## Preprocessing\n\nkeep me\n"
     bench.write_markdown_block(path, "GPU", "g", "gpu table")  # a missing section is appended
     assert path.read_text().rstrip().endswith("<!-- /bench:g -->")
 

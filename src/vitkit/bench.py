@@ -372,7 +372,7 @@ def report_markdown(report: Report, info: dict[str, str], command: str = "") -> 
 
 
 def write_markdown_block(path: str | Path, section: str, key: str, text: str) -> None:
-    """Put ``text`` into BENCHMARKS.md's ``## {section}`` between markers named ``key``.
+    """Put ``text`` into BENCHMARKS.md's ``## {section}...`` between markers named ``key``.
 
     A block with that key is replaced in place; a new key is appended to the section; the
     section's "_not yet measured_" placeholder is dropped. Nothing outside the section changes.
@@ -381,7 +381,8 @@ def write_markdown_block(path: str | Path, section: str, key: str, text: str) ->
     document = path.read_text() if path.exists() else ""
     begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    heading = re.search(rf"^## {re.escape(section)}\s*$", document, flags=re.MULTILINE)
+    # "Model forward" finds "## Model forward (vitkit vs transformers vs timm)"
+    heading = re.search(rf"^## {re.escape(section)}(\W.*)?$", document, flags=re.MULTILINE)
     if heading is None:
         document = document.rstrip() + f"\n\n## {section}\n\n{block}"
         path.write_text(document)
