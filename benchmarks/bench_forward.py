@@ -3,7 +3,7 @@
 1. fp32 at batch 1 and 8: vitkit vs transformers (sdpa) vs timm vs onnxruntime, same weights
    (``vitkit bench``, which this calls).
 2. int8 at batch 8: vitkit int8 vs vitkit fp32, transformers/timm with the same dynamic
-   quantization, onnxruntime int8; then the int8/fp32 agreement on real photo crops.
+   quantization (--int8-against), onnxruntime int8.
 3. Threads: vitkit fp32 with 1 and with 2 threads, interleaved, at batch 1 and 8 (what
    ``runtime.choose_threads`` is tuned on).
 
@@ -79,11 +79,14 @@ def main() -> int:
     parser.add_argument("--model", default="vit-base-patch16-224")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", default="2", help="for the fp32/int8 tables (default 2)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per round (default 1)")
+    parser.add_argument("--int8-against", default="transformers,timm,onnx")
     parser.add_argument("--only", default="fp32,int8,threads")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md 'Model forward'")
     args = parser.parse_args()
     parts = args.only.split(",")
     common = ["--model", args.model, "--rounds", str(args.rounds), "--threads", args.threads]
+    common += ["--repeats", str(args.repeats)]
     if args.write:
         common.append("--write-md")
     if "fp32" in parts:
@@ -100,8 +103,7 @@ def main() -> int:
                 "--batch-sizes",
                 "8",
                 "--against",
-                "transformers,timm,onnx",
-                "--agreement",
+                args.int8_against,
             ]
         )
     if "threads" in parts:
