@@ -128,10 +128,12 @@ def _display_image(image: Image.Image) -> Image.Image:
 
 
 def _heatmap_rgba(attention_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A (H, W, 4) float colour map of ``attention_map`` scaled to 0..1, resized to ``size``."""
+    """A (H, W, 4) float colour map of ``attention_map`` (min..max -> 0..1), resized to ``size``."""
     from matplotlib import colormaps
 
-    scaled = attention_map / max(float(attention_map.max()), 1e-12)
+    # Colours span the map's own min..max: a nearly uniform map still shows where it peaks.
+    low, high = float(attention_map.min()), float(attention_map.max())
+    scaled = (attention_map - low) / max(high - low, 1e-12)
     resized = Image.fromarray((scaled * 255).astype(np.uint8)).resize(
         size, Image.Resampling.BILINEAR
     )
@@ -159,7 +161,8 @@ def overlay_png(
 
     shown = _display_image(image)
     pixels = np.asarray(shown, dtype=np.float32) / 255.0
-    figure = Figure(figsize=(9.6, 3.9), dpi=100)
+    aspect = shown.height / shown.width
+    figure = Figure(figsize=(9.6, 3.2 * aspect + 1.0), dpi=100)
     FigureCanvasAgg(figure)
     panels = [
         ("image", None),
@@ -177,7 +180,7 @@ def overlay_png(
     caption = caption_text(predictions)
     figure.suptitle(title or "", fontsize=11)
     figure.text(0.5, 0.03, caption, ha="center", fontsize=10)
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.1, wspace=0.04)
+    figure.subplots_adjust(left=0.01, right=0.99, top=0.84, bottom=0.1, wspace=0.04)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
