@@ -146,3 +146,16 @@ def test_cpu_has_fast_half_reads_flags() -> None:
     assert runtime.cpu_has_fast_half("bf16", {"amx_bf16"})
     assert runtime.cpu_has_fast_half("fp16", {"avx512_fp16"})
     assert runtime.cpu_has_fast_half("fp32", set())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_on_cuda_matches_fp32_top1() -> None:
+    model = small_vit()
+    pixels = photo_batch(8, (32, 32))
+    with torch.inference_mode():
+        expected = model(pixels).logits
+    fast = runtime.optimize(model, precision="bf16", device="cuda")
+    logits = fast(pixels).float().cpu()
+    assert (logits - expected).norm() / expected.norm() < 0.05
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
