@@ -486,9 +486,12 @@ def forward_contenders(
     builders = {"transformers": (hf_twin, "transformers-sdpa"), "timm": (timm_twin, "timm")}
     for peer in against:
         if peer == "onnx":
-            contenders.extend(
-                _onnx_contenders(model, precision, workdir, full_flops, fast_flops, say)
-            )
+            try:
+                contenders.extend(
+                    _onnx_contenders(model, precision, workdir, full_flops, fast_flops, say)
+                )
+            except Exception as error:  # an export problem must not cost the other peers' run
+                say(f"skipping onnx: {type(error).__name__}: {error}")
             continue
         if peer not in builders:
             raise ValueError(f"unknown peer {peer!r}: choose from {', '.join(PEERS)}")
