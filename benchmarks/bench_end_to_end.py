@@ -83,6 +83,8 @@ def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list
     fp32 = vitkit.load(model_dir, device="cpu")
     int8 = vitkit.load(model_dir, device="cpu", precision="int8")
     flops = logits_path_flops(fp32.model)
+    for classifier in (fp32, int8):  # every contender runs on the thread count set in main()
+        classifier._forward.threads = None
 
     def vitkit_run(classifier: Any) -> Any:
         return lambda paths: classifier.predict(paths, top_k=5, batch_size=batch_size)
