@@ -4,7 +4,9 @@
    (``vitkit bench``, which this calls).
 2. int8 at batch 8: vitkit int8 vs vitkit fp32, transformers/timm with the same dynamic
    quantization (--int8-against), onnxruntime int8.
-3. Threads: vitkit fp32 with 1 and with 2 threads, interleaved, at batch 1 and 8 (what
+3. CPU time (--only cputime): the fp32 and int8 tables again on one thread, timed by that
+   thread's CPU time, which other processes on a shared machine cannot inflate.
+4. Threads: vitkit fp32 with 1 and with 2 threads, interleaved, at batch 1 and 8 (what
    ``runtime.choose_threads`` is tuned on).
 
     .venv/bin/python benchmarks/bench_forward.py --rounds 7 --write
@@ -105,6 +107,13 @@ def main() -> int:
                 "--against",
                 args.int8_against,
             ]
+        )
+    if "cputime" in parts:  # one thread, CPU time: the comparison a busy machine cannot skew
+        base = ["--model", args.model, "--rounds", str(args.rounds), "--cpu-time", "--no-memory"]
+        base += ["--repeats", str(args.repeats)] + (["--write-md"] if args.write else [])
+        vitkit_main(["bench", *base, "--batch-sizes", "8", "--against", "transformers,timm,onnx"])
+        vitkit_main(
+            ["bench", *base, "--batch-sizes", "8", "--precision", "int8", "--against", "onnx"]
         )
     if "threads" in parts:
         thread_sweep(args.model, args.rounds, args.write)

@@ -77,6 +77,7 @@ class Report:
     gemm_gflops: list[float]  # per round
     device: str
     title: str = ""
+    cpu_time: bool = False  # timed by the working thread's CPU time, not the wall clock
 
     @property
     def gemm_rate(self) -> float:
@@ -92,13 +93,22 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(function: Callable[[], Any], device: str | torch.device) -> float:
-    """Seconds for one call, the device's queue drained on both sides."""
+def time_call(
+    function: Callable[[], Any],
+    device: str | torch.device,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds for one call, the device's queue drained on both sides.
+
+    ``clock=time.thread_time`` counts the CPU time of the calling thread instead: with one
+    thread doing all the work (``--threads 1``), that is the work itself, unaffected by other
+    processes taking the core (caches aside) - the way to compare on a busy machine.
+    """
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     function()
     synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def gemm_probe(
@@ -106,6 +116,7 @@ def gemm_probe(
     dtype: torch.dtype = torch.float32,
     size: int | None = None,
     repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """This machine's matmul rate now, GFLOP/s: median of ``repeats`` square products.
 
@@ -118,7 +129,7 @@ def gemm_probe(
     b = torch.randn(size, size, device=device).to(dtype)
     with torch.inference_mode():
         a @ b  # warm-up: thread pool, cuBLAS handle
-        seconds = [time_call(lambda: a @ b, device) for _ in range(repeats)]
+        seconds = [time_call(lambda: a @ b, device, clock) for _ in range(repeats)]
     return 2 * size**3 / statistics.median(seconds) / 1e9
 
 
@@ -185,6 +196,7 @@ def run_interleaved(
     reference: str | None = None,
     title: str = "",
     log: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Report:
     """Time every contender on ``batch`` in ``rounds`` interleaved rounds; see the module doc.
 
@@ -212,10 +224,10 @@ def run_interleaved(
     gemm: list[float] = []
     for round_index in range(rounds):
         if probe_dtype is not None:
-            gemm.append(gemm_probe(device, probe_dtype))
+            gemm.append(gemm_probe(device, probe_dtype, clock=clock))
         shift = round_index % len(contenders)
         for contender in [*contenders[shift:], *contenders[:shift]]:
-            times[contender.name].append(_median_time(contender, batch, repeats, device))
+            times[contender.name].append(_median_time(contender, batch, repeats, device, clock))
         say(
             f"round {round_index + 1}/{rounds}: "
             + ", ".join(f"{name} {len(batch) / t[-1]:.2f} img/s" for name, t in times.items())
@@ -241,15 +253,27 @@ def run_interleaved(
             )
         )
     return Report(
-        len(batch), torch.get_num_threads(), results, gemm, str(torch.device(device)), title
+        len(batch),
+        torch.get_num_threads(),
+        results,
+        gemm,
+        str(torch.device(device)),
+        title,
+        cpu_time=clock is time.thread_time,
     )
 
 
 def _median_time(
-    contender: Contender, batch: Any, repeats: int, device: str | torch.device
+    contender: Contender,
+    batch: Any,
+    repeats: int,
+    device: str | torch.device,
+    clock: Callable[[], float],
 ) -> float:
     with torch.inference_mode():
-        samples = [time_call(lambda: contender.forward(batch), device) for _ in range(repeats)]
+        samples = [
+            time_call(lambda: contender.forward(batch), device, clock) for _ in range(repeats)
+        ]
     return statistics.median(samples)
 
 
@@ -358,7 +382,12 @@ def report_markdown(report: Report, info: dict[str, str], command: str = "") -> 
         f"#### {report.title or 'Forward pass'}: batch {report.batch_size}, "
         f"{report.threads} thread(s), {report.device}",
         "",
-        f"{rounds} interleaved rounds, median; GEMM probe {report.gemm_rate:.0f} GFLOP/s "
+        (
+            "Timed by CPU time of the one working thread (immune to other processes). "
+            if report.cpu_time
+            else ""
+        )
+        + f"{rounds} interleaved rounds, median; GEMM probe {report.gemm_rate:.0f} GFLOP/s "
         f"(range {spread}) in the same rounds. Speed-up column: median over rounds of "
         f"(contender's time / {report.results[0].name}'s time).",
         "",

@@ -60,6 +60,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--threads", default="auto", help="CPU threads: a number or 'auto' (by batch size and load)"
     )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by the CPU time of the one working thread (implies --threads 1): "
+        "comparisons that hold on a busy machine",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
         "--force", action="store_true", help="run bf16/fp16 even on a CPU without support"
@@ -115,12 +121,16 @@ def load_model_and_processor(name: str, image_size: int | None) -> tuple[Any, An
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     import torch
 
     from vitkit import bench, runtime
 
     runtime.check_precision(args.precision, args.device, force=args.force)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if args.cpu_time:
+        args.threads = "1"  # one thread does all the work, so its CPU time is the work
     against = (
         [] if args.against == "none" else [p.strip() for p in args.against.split(",") if p.strip()]
     )
@@ -158,13 +168,16 @@ def run(args: argparse.Namespace) -> int:
                 measure_memory=not args.no_memory,
                 title=f"{args.model} {args.precision}",
                 log=log,
+                clock=time.thread_time if args.cpu_time else time.perf_counter,
             )
         text = bench.report_markdown(report, info | {"run end load": _load()}, command)
         print(text)
         if args.write_md:
             section = "GPU" if device.type == "cuda" else "Model forward"
-            key = f"{args.model}-{args.precision}-b{batch_size}-{device.type}" + (
-                "-compile" if args.compile else ""
+            key = (
+                f"{args.model}-{args.precision}-b{batch_size}-{device.type}"
+                + ("-compile" if args.compile else "")
+                + ("-cputime" if args.cpu_time else "")
             )
             bench.write_markdown_block(args.write_md, section, key, text)
     if args.agreement:
