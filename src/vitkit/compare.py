@@ -78,7 +78,8 @@ class CompareConfig:
     high_image_size: int | None = None  # None: image_size x 384/224, rounded to the patch size
     baseline_arch: str = "resnet18"
     baseline_weights: str | None = None
-    epochs: int = 15
+    epochs: int = 50  # ViT rows: transformers trained from scratch need long schedules
+    baseline_epochs: int | None = 15  # None: --epochs; the CNN converges far sooner
     pretrain_epochs: int = 4
     batch_size: int = 64
     optimizer: str = "adamw"
@@ -221,7 +222,10 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     if row == "baseline":
         title = f"{cfg.baseline_arch} (CNN baseline)"
         factory = resnet_spec_factory(cfg.baseline_arch, cfg.baseline_weights)
-        result = _run_training(row, _train_config(cfg, row_dir), model_factory=factory)
+        epochs = cfg.baseline_epochs or cfg.epochs
+        result = _run_training(
+            row, _train_config(cfg, row_dir, epochs=epochs), model_factory=factory
+        )
         if cfg.baseline_weights:
             notes.append(f"initialised from {cfg.baseline_weights}")
     elif row == "scratch":
@@ -289,13 +293,14 @@ def _row_result(
     # Training time from the epoch records: correct across a kill and resume as well.
     epoch_seconds = [r["seconds"] for r in result.history if r.get("type") == "epoch"]
     seconds = sum(epoch_seconds) if epoch_seconds else seconds
+    epochs = max((r["epoch"] for r in result.history if r.get("type") == "epoch"), default=0)
     return RowResult(
         row,
         title,
         report,
         str(row_dir),
         result.best_epoch,
-        cfg.epochs,
+        epochs,
         parameters,
         size,
         round(seconds, 1),
@@ -485,7 +490,8 @@ def write_outputs(cfg: CompareConfig, results: list[RowResult], pretrain_note: s
         f"Data: {cfg.data} (the same train/validation/test split for every row); metrics are macro "
         "averages over classes on the test split, from the epoch with the lowest validation loss",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; {cfg.epochs} epochs per row, batch {cfg.batch_size}, "
+        f"torch {torch.__version__}; {cfg.epochs} epochs per ViT row, "
+        f"{cfg.baseline_epochs or cfg.epochs} for the CNN, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr}",
     ]
     if pretrain_note:

@@ -80,7 +80,10 @@ def register(subparsers: Any) -> None:
         default=None,
         help="torchvision .pth/.safetensors or HF ResNet directory",
     )
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per row (default 15)")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs per ViT row (default 50)")
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=15, help="epochs for the CNN baseline (default 15)"
+    )
     parser.add_argument(
         "--pretrain-epochs", type=int, default=4, help="rotation pre-training epochs (default 4)"
     )
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         baseline_arch=args.baseline_arch,
         baseline_weights=args.baseline_weights,
         epochs=args.epochs,
+        baseline_epochs=args.baseline_epochs,
         pretrain_epochs=args.pretrain_epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
