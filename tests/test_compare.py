@@ -62,6 +62,7 @@ def _config(data: Path, out: Path, pretrained: Path, **changes: object) -> Compa
         pretrained=str(pretrained),
         vit_overrides=dict(TINY_VIT),
         epochs=2,
+        baseline_epochs=2,
         batch_size=64,
         progress=False,
     )
