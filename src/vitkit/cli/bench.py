@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--cpu-time",
         action="store_true",
-        help="time by the CPU time of the one working thread (implies --threads 1): "
+        help="time by the process's CPU time with one working thread (implies --threads 1): "
         "comparisons that hold on a busy machine",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 measure_memory=not args.no_memory,
                 title=f"{args.model} {args.precision}",
                 log=log,
-                clock=time.thread_time if args.cpu_time else time.perf_counter,
+                clock=time.process_time if args.cpu_time else time.perf_counter,
             )
         text = bench.report_markdown(report, info | {"run end load": _load()}, command)
         print(text)
