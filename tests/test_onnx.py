@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from vitkit.cli import main
-from vitkit.onnx_backend import OnnxError, OnnxModel, export_onnx, load_classifier
+from vitkit.onnx_backend import OnnxError, OnnxModel, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_onnx_classifier_predicts_and_embeds_like_pytorch(
 
     photos = [str(p) for p in sorted(photo_dir.glob("*.jpg"))]
     torch_classifier = vitkit.load(tiny_hf_classifier, device="cpu")
-    onnx_classifier = load_classifier(exported)
+    onnx_classifier = vitkit.load(exported)  # a .onnx path goes to the onnxruntime backend
+    assert type(onnx_classifier.model).__name__ == "OnnxModel"
     assert onnx_classifier.labels == torch_classifier.labels
     expected = torch_classifier.predict(photos, top_k=3)
     got = onnx_classifier.predict(photos, top_k=3)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from vitkit.errors import NoClassificationHeadError
+from vitkit.errors import NoClassificationHeadError, VitkitError
 from vitkit.model import ViT
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
@@ -195,6 +195,17 @@ def load(
     from vitkit.processor import ImageProcessor
 
     name = str(source) if source is not None else default_model_name()
+    if name.endswith(".onnx"):
+        # An exported model (`vitkit export --format onnx`) runs on onnxruntime; its config and
+        # preprocessing travel in the file's metadata.
+        from vitkit.onnx_backend import load_classifier
+
+        if image_size is not None or precision != "fp32":
+            raise VitkitError(
+                f"{name}: an ONNX model runs as exported; re-export it for another "
+                "image size (vitkit export --image-size N); for int8 use vitkit.onnx_backend.quantize_onnx_int8"
+            )
+        return load_classifier(name)
     loaded = load_model(name, image_size=image_size)
     if loaded.processor_config is not None:
         processor = ImageProcessor.from_dict(loaded.processor_config)
