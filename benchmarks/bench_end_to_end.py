@@ -153,7 +153,10 @@ def main() -> int:
                 repeats=args.repeats,
                 warmup=1,
                 measure_memory=False,
-                title=f"End-to-end, {len(paths)} JPEG files ({size}) -> top-5",
+                title=(
+                    f"End-to-end, {len(paths)} JPEG files ({size}) -> top-5 in batches of "
+                    f"{args.batch_size} (one timed call = all files)"
+                ),
                 log=log,
             )
         text = bench.report_markdown(
