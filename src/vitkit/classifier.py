@@ -100,7 +100,7 @@ class Classifier:
 
     @torch.inference_mode()
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        self._require_head()
+        self.require_head()
         output = self._forward(pixel_values.to(self.device))
         logits = output.logits if hasattr(output, "logits") else output
         return logits.float()
@@ -139,7 +139,7 @@ class Classifier:
         self, images: Sequence[Any] | Any, top_k: int = 5, batch_size: int = 32
     ) -> list[list[Prediction]]:
         """Top-k ``{"label", "score"}`` per image, best first."""
-        self._require_head()
+        self.require_head()
         items = _as_list(images)
         results: list[list[Prediction]] = []
         for chunk in batched(items, batch_size):
@@ -163,7 +163,8 @@ class Classifier:
 
         save_pretrained(self.model, directory, processor_config=self.processor.to_dict())
 
-    def _require_head(self) -> None:
+    def require_head(self) -> None:
+        """Raise NoClassificationHeadError (pointing to embed / train) for a headless checkpoint."""
         if not self.has_head:
             raise NoClassificationHeadError(
                 f"{self.name} has no classification head (it is a feature extractor, like "

@@ -16,6 +16,12 @@ MODEL_HELP = (
 PROGRESS_THRESHOLD = 5  # fewer inputs than this: no progress bar
 
 
+def add_inputs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs", nargs="+", help="image files, folders (searched recursively) or URLs"
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
     parser.add_argument(

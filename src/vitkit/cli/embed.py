@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli._common import (
+    add_inputs_argument,
     add_model_options,
     load_classifier,
     prepared_batches,
@@ -33,9 +34,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "inputs", nargs="+", help="image files, folders (searched recursively) or URLs"
-    )
+    add_inputs_argument(parser)
     add_model_options(parser)
     parser.add_argument(
         "--out", "-o", required=True, type=Path, help="output file: .npy, .npz or .parquet"
@@ -104,5 +103,8 @@ def write_embeddings(path: Path, names: list[str], matrix: Any, errors: dict[str
             raise VitkitError(
                 "writing .parquet needs pyarrow: pip install 'vitkit[parquet]'"
             ) from error
-        table = pa.table({"input": names, "embedding": [row.tolist() for row in matrix]})
+        # A fixed-size list column straight from the float32 buffer: no per-row Python lists.
+        dim = matrix.shape[1]
+        column = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
+        table = pa.table({"input": names, "embedding": column})
         pq.write_table(table, path)

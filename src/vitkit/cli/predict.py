@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from vitkit.cli._common import (
+    add_inputs_argument,
     add_model_options,
     load_classifier,
     prepared_batches,
@@ -34,9 +35,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "inputs", nargs="+", help="image files, folders (searched recursively) or URLs"
-    )
+    add_inputs_argument(parser)
     add_model_options(parser)
     parser.add_argument("--top-k", "-k", type=int, default=5, help="labels per image (default 5)")
     parser.add_argument(
@@ -55,7 +54,7 @@ def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     sources = expand_inputs(args.inputs)
     classifier = load_classifier(args)
-    classifier._require_head()  # fail once, with the pointer to `embed`, not once per input
+    classifier.require_head()  # fail once, with the pointer to `embed`, not once per input
     records: dict[str, dict[str, Any]] = {}
     with progress_bar(len(sources), "classifying") as advance:
         for chunk, batch in prepared_batches(classifier, sources, args):
