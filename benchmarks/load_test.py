@@ -60,21 +60,11 @@ def build_checkpoint(preset_name: str, directory: Path) -> Path:
     from vitkit.checkpoints import imagenet_labels, save_pretrained
     from vitkit.config import preset
     from vitkit.model import ViT
+    from vitkit.processor import ImageProcessor
 
     torch.manual_seed(0)
     config = preset(preset_name, id2label=dict(enumerate(imagenet_labels())))
-    height, width = config.image_hw
-    processor = {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": True,
-        "size": {"height": height, "width": width},
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-    }
+    processor = ImageProcessor.for_config(config).to_dict()
     save_pretrained(ViT(config).eval(), directory, processor)
     return directory
 

@@ -184,6 +184,7 @@ def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
     from vitkit.checkpoints import save_pretrained
     from vitkit.config import preset
     from vitkit.model import ViT
+    from vitkit.processor import ImageProcessor
 
     torch.manual_seed(0)
     config = preset(
@@ -195,17 +196,7 @@ def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
     model = ViT(config).eval()
     with torch.no_grad():  # random heads give near-uniform scores; spread them out
         model.head.weight.normal_(0, 1.0)
-    processor = {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": True,
-        "size": {"height": image_size, "width": image_size},
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-    }
+    processor = ImageProcessor.for_config(config).to_dict()
     save_pretrained(model, directory, processor)
 
 
