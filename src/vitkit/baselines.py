@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,24 +335,16 @@ def resnet_processor_config(image_size: int) -> dict[str, Any]:
     }
 
 
-def save_resnet(
-    model: ResNetClassifier, directory: str | Path, processor_config: dict[str, Any] | None = None
-) -> Path:
-    """Write an HF ResNet directory atomically (temp dir, then rename)."""
-    from safetensors.torch import save_file
+def write_directory_atomically(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a fresh temp dir beside ``directory`` with ``write(staging)``, then swap it in.
 
+    A failure while writing removes the staging dir and leaves any existing ``directory`` as it was.
+    """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        hf_state = {
-            torchvision_to_hf_key(k): v.detach().contiguous().clone()
-            for k, v in model.net.state_dict().items()
-        }
-        save_file(hf_state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
-        processor = processor_config or resnet_processor_config(model.config.image_size)
-        (staging / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+        write(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -364,3 +357,22 @@ def save_resnet(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def save_resnet(
+    model: ResNetClassifier, directory: str | Path, processor_config: dict[str, Any] | None = None
+) -> Path:
+    """Write an HF ResNet directory atomically (temp dir, then rename)."""
+    from safetensors.torch import save_file
+
+    def write(staging: Path) -> None:
+        hf_state = {
+            torchvision_to_hf_key(k): v.detach().contiguous().clone()
+            for k, v in model.net.state_dict().items()
+        }
+        save_file(hf_state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+        processor = processor_config or resnet_processor_config(model.config.image_size)
+        (staging / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+    return write_directory_atomically(directory, write)

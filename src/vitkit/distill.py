@@ -39,10 +39,7 @@ collapsed epoch as the best model and the CLI says so loudly.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,10 +397,9 @@ def save_student(
     """Write an HF DeiT-with-teacher directory atomically (temp dir, then rename)."""
     from safetensors.torch import save_file
 
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    from vitkit.baselines import write_directory_atomically
+
+    def write(staging: Path) -> None:
         (staging / "config.json").write_text(
             json.dumps(hf_config_dict(model.config), indent=2) + "\n"
         )
@@ -414,18 +410,8 @@ def save_student(
             (staging / "preprocessor_config.json").write_text(
                 json.dumps(processor_config, indent=2) + "\n"
             )
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+
+    return write_directory_atomically(directory, write)
 
 
 def load_student(directory: str | Path) -> tuple[DistilledViT, dict[str, Any] | None]:
