@@ -221,9 +221,8 @@ def hf_state_dict(model: ViT) -> StateDict:
             for part, chunk in zip(
                 parts, ours.pop(f"{our_name}.{suffix}").chunk(3, dim=0), strict=True
             ):
-                out[f"{prefix}{part}.{suffix}"] = (
-                    chunk.clone()
-                )  # own storage: safetensors refuses views
+                # own storage: safetensors refuses views
+                out[f"{prefix}{part}.{suffix}"] = chunk.clone()
     if config.num_labels:
         out["classifier.weight"] = ours.pop("head.weight")
         out["classifier.bias"] = ours.pop("head.bias")
