@@ -294,20 +294,20 @@ def _decode_for_display(
     classifier: Classifier, upload: Upload, max_pixels: int
 ) -> tuple[Image.Image, torch.Tensor]:
     """(a display-sized copy of the image, its model input): the decode step of /v1/explain."""
-    stream = io.BytesIO(upload.data)
-    stream.name = upload.name
-    image = load_image(stream, max_pixels=max_pixels)
+    image = _load_upload(upload, max_pixels)
     return display_copy(image), classifier.prepare([image])
+
+
+def _load_upload(upload: Upload, max_pixels: int) -> Image.Image:
+    """One upload's bytes -> a checked, decoded RGB image (errors name the upload)."""
+    stream = io.BytesIO(upload.data)
+    stream.name = upload.name  # errors name the upload, not "<BytesIO>"
+    return load_image(stream, max_pixels=max_pixels)
 
 
 def _decode(classifier: Classifier, uploads: list[Upload], max_pixels: int) -> torch.Tensor:
     """Bytes -> checked, decoded RGB images -> the checkpoint's preprocessing (a worker thread)."""
-    images = []
-    for upload in uploads:
-        stream = io.BytesIO(upload.data)
-        stream.name = upload.name  # errors name the upload, not "<BytesIO>"
-        images.append(load_image(stream, max_pixels=max_pixels))
-    return classifier.prepare(images)
+    return classifier.prepare([_load_upload(upload, max_pixels) for upload in uploads])
 
 
 def _run_batch(
