@@ -88,13 +88,9 @@ def list_samples(root: Path, classes: Sequence[str]) -> list[Sample]:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode one image to RGB (EXIF-transposed) with vitkit.io when present, else PIL."""
-    try:
-        from vitkit.io import load_image
-    except ImportError:  # the io module is optional for training from plain files
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
+    """Decode one image to RGB (EXIF-transposed) with vitkit.io."""
+    from vitkit.io import load_image
+
     return load_image(path)
 
 
