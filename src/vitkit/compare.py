@@ -326,7 +326,7 @@ def build_rotation_folder(data: str | Path, out: Path, size: int) -> Path:
     Only ``DATA/train`` (or ``DATA`` itself without a train/ folder) is read: the test split is
     never seen in pre-training.
     """
-    from vitkit.data import IMAGE_SUFFIXES, find_classes, list_samples
+    from vitkit.data import find_classes, list_samples
 
     root = Path(data)
     train_root = root / "train" if (root / "train").is_dir() else root
@@ -336,9 +336,7 @@ def build_rotation_folder(data: str | Path, out: Path, size: int) -> Path:
         return out
     for angle in ROTATIONS:
         (out / "train" / f"rot{angle:03d}").mkdir(parents=True, exist_ok=True)
-    for index, sample in enumerate(samples):
-        if Path(sample.path).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+    for index, sample in enumerate(samples):  # list_samples keeps image files only
         with Image.open(sample.path) as image:
             picture = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         for angle in ROTATIONS:
