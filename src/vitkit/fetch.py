@@ -87,6 +87,10 @@ class FetchPolicy:
 # ---- the address check -----------------------------------------------------------------
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use NAT64
+
+
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), if any."""
     if address.ipv4_mapped is not None:
@@ -96,9 +100,9 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     packed = int(address)
     if packed >> 32 == 0 and packed > 1:  # ::a.b.c.d (deprecated IPv4-compatible form)
         return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
-    if address in ipaddress.IPv6Network("64:ff9b::/96"):  # NAT64 well-known prefix
+    if address in _NAT64:
         return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
-    if address in ipaddress.IPv6Network("64:ff9b:1::/48"):  # local-use NAT64: never public
+    if address in _LOCAL_NAT64:  # never public
         return ipaddress.IPv4Address("0.0.0.0")
     return None
 
