@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -264,3 +266,11 @@ def _describe(source: Path | str, config: ViTConfig, problems: list[str]) -> str
         + "\nCheck that the file is a plain ViT checkpoint of this architecture (the config and "
         "the weights must come from the same model)."
     )
+
+
+def read_json(path: Path) -> Any:
+    """A checkpoint's JSON file (config.json, an index); errors name the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a readable JSON file ({error})") from error

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_state_dict
+from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
 from vitkit.config import ImageSize, ViTConfig
 from vitkit.errors import CheckpointError
 from vitkit.model import ViT
@@ -81,7 +81,7 @@ def _encoder_names(config: ViTConfig) -> list[tuple[str, str]]:
 # ---- loading --------------------------------------------------------------------------------
 def is_hf_directory(path: Path) -> bool:
     """A directory whose config.json describes a HF ViT (model_type "vit")."""
-    config = _read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
+    config = read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
     return isinstance(config, dict) and config.get("model_type") == "vit"
 
 
@@ -91,20 +91,13 @@ def load_hf_directory(
     device: str | torch.device = "cpu",
 ) -> tuple[ViT, dict[str, Any] | None]:
     """(model, preprocessor config or None) from a directory transformers wrote."""
-    data = _read_json(directory / CONFIG_NAME)
+    data = read_json(directory / CONFIG_NAME)
     weights_path, tensors = _read_weights(directory)
     config = _config_for(data, tensors, directory / CONFIG_NAME)
     reader = hf_reader(tensors, config)
     model = build_model(config, reader, weights_path, image_size, device)
     processor = directory / PROCESSOR_NAME
-    return model, (_read_json(processor) if processor.is_file() else None)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable JSON file ({error})") from error
+    return model, (read_json(processor) if processor.is_file() else None)
 
 
 def _read_weights(directory: Path) -> tuple[Path, StateDict]:
@@ -124,7 +117,7 @@ def _read_weights(directory: Path) -> tuple[Path, StateDict]:
 
 
 def _read_sharded(index_path: Path) -> StateDict:
-    index = _read_json(index_path)
+    index = read_json(index_path)
     shards = sorted(set(index.get("weight_map", {}).values()))
     if not shards:
         raise CheckpointError(f"{index_path}: its weight_map lists no shard files")

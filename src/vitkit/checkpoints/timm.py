@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_state_dict
+from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
 from vitkit.config import ImageSize, ViTConfig, to_pair
 from vitkit.errors import CheckpointError
 from vitkit.model import ViT
@@ -131,7 +131,7 @@ def load_timm_directory(
     num_attention_heads: int | None = None,
 ) -> tuple[ViT, dict[str, Any]]:
     """(model, preprocessor config) from timm's Hub layout, e.g. timm/vit_base_patch16_224.augreg2_in21k_ft_in1k."""
-    data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    data = read_json(directory / "config.json")
     weights = next(
         (
             directory / n
