@@ -47,6 +47,19 @@ def resolve_labels(model: ViT) -> list[str]:
     return labels
 
 
+def top_k_predictions(
+    logits: torch.Tensor, labels: Sequence[str], top_k: int
+) -> list[list[Prediction]]:
+    """(B, classes) logits -> per image the top-k ``{"label", "score"}`` (softmax), best first."""
+    probabilities = logits.float().softmax(dim=-1)
+    k = max(1, min(top_k, probabilities.shape[-1]))
+    scores, indices = probabilities.topk(k, dim=-1)
+    return [
+        [{"label": labels[i], "score": float(s)} for s, i in zip(row_s, row_i, strict=True)]
+        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
+    ]
+
+
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -106,16 +119,7 @@ class Classifier:
         return logits.float()
 
     def predict_tensor(self, pixel_values: torch.Tensor, top_k: int = 5) -> list[list[Prediction]]:
-        probabilities = self.logits(pixel_values).softmax(dim=-1)
-        k = max(1, min(top_k, probabilities.shape[-1]))
-        scores, indices = probabilities.topk(k, dim=-1)
-        return [
-            [
-                {"label": self.labels[i], "score": float(s)}
-                for s, i in zip(row_s, row_i, strict=True)
-            ]
-            for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
-        ]
+        return top_k_predictions(self.logits(pixel_values), self.labels, top_k)
 
     @torch.inference_mode()
     def embed_tensor(self, pixel_values: torch.Tensor, pool: Pool = "cls") -> torch.Tensor:

@@ -204,6 +204,7 @@ def explain_image(
     checkpoint-default preprocessing for its config is used). This is what ``POST /v1/explain``
     and ``vitkit explain`` call.
     """
+    from vitkit.classifier import top_k_predictions
     from vitkit.io import load_image
 
     classifier = _as_classifier(classifier_or_model)
@@ -212,20 +213,11 @@ def explain_image(
     maps = attention_maps(classifier.model, pixel_values)
     predictions: list[Prediction] = []
     if maps.logits is not None:
-        predictions = _top_k(maps.logits[0], classifier.labels, top_k)
+        predictions = top_k_predictions(maps.logits[:1], classifier.labels, top_k)[0]
     png = overlay_png(
         picture, maps.rollout[0].cpu().numpy(), maps.last_layer[0].cpu().numpy(), predictions, title
     )
     return png, predictions
-
-
-def _top_k(logits: torch.Tensor, labels: Sequence[str], top_k: int) -> list[Prediction]:
-    probabilities = logits.float().softmax(dim=-1)
-    scores, indices = probabilities.topk(max(1, min(top_k, probabilities.numel())))
-    return [
-        {"label": labels[i], "score": float(s)}
-        for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
-    ]
 
 
 def explain_files(

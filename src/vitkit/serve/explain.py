@@ -16,7 +16,6 @@ afterwards in the decode pool, so the model thread only does tensor work.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitkit.classifier import Classifier
+from vitkit.classifier import Classifier, top_k_predictions
 from vitkit.explain import attention_maps
 
 EXPLAIN = ("explain",)  # the batcher operation: rollout and cls requests share a batch
@@ -50,19 +49,10 @@ def run_explain(classifier: Classifier, pixels: torch.Tensor, top_k: int) -> lis
     last_layer = maps.last_layer.float().cpu().numpy()
     predictions: list[list[Prediction]] = [[] for _ in range(len(rollout))]  # no head: no labels
     if maps.logits is not None:
-        predictions = _top_k(maps.logits, classifier.labels, top_k)
+        predictions = top_k_predictions(maps.logits, classifier.labels, top_k)
     return [
         Explanation({"rollout": rollout[i], "cls": last_layer[i]}, predictions[i])
         for i in range(len(rollout))
-    ]
-
-
-def _top_k(logits: torch.Tensor, labels: Sequence[str], top_k: int) -> list[list[Prediction]]:
-    probabilities = logits.float().softmax(dim=-1)
-    scores, indices = probabilities.topk(max(1, min(top_k, probabilities.shape[-1])), dim=-1)
-    return [
-        [{"label": labels[i], "score": float(s)} for s, i in zip(row_s, row_i, strict=True)]
-        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
     ]
 
 
