@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -351,12 +352,11 @@ def write_logs(out: Path, records: list[dict[str, Any]]) -> None:
     """
     lines = "".join(json.dumps(record) + "\n" for record in records)
     vdata.atomic_write_text(out / "metrics.jsonl", lines)
-    tmp = out / f".metrics.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EPOCH_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(r for r in records if r["type"] == "epoch")
-    os.replace(tmp, out / "metrics.csv")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=EPOCH_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(r for r in records if r["type"] == "epoch")
+    vdata.atomic_write_text(out / "metrics.csv", table.getvalue())
 
 
 # ---- evaluation ---------------------------------------------------------------------------
