@@ -141,3 +141,45 @@ def test_rotation_folder_reads_only_the_training_split(digits_folder: Path, tmp_
     turned = np.asarray(Image.open(folder / "train" / "rot090" / first.name))
     np.testing.assert_array_equal(np.rot90(upright), turned)
     assert json.loads((folder / "done.json").read_text())["images"] == len(train_images)
+
+
+def test_shift_augmentation_moves_a_digit_a_little_and_never_flips_it() -> None:
+    """The ViT rows' default augmentation: small shifts/rotations/scalings on a real digit."""
+    from PIL import Image
+
+    from vitkit.augment import build_train_transform
+    from vitkit.demo_data import load_digits_arrays
+
+    images, labels, _ = load_digits_arrays()
+    digit = Image.fromarray(images[np.flatnonzero(labels == 7)[0]]).resize(
+        (16, 16), Image.Resampling.BICUBIC
+    )
+    shift = build_train_transform("shift", 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    plain = build_train_transform("none", 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(digit)
+
+    def ink(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = (pixels[0] + 1) / 2  # back to [0, 1]: ink is bright on black
+        rows, cols = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+        total = weights.sum()
+        return total, torch.stack([(weights * rows).sum(), (weights * cols).sum()]) / total
+
+    plain_total, plain_centre = ink(plain)
+    torch.manual_seed(0)
+    outputs = [shift(digit) for _ in range(40)]
+    assert all(o.shape == (3, 16, 16) and o.dtype == torch.float32 for o in outputs)
+    assert sum(not torch.allclose(o, plain) for o in outputs) >= 35  # it does augment
+    moves = []
+    for out in outputs:
+        total, centre = ink(out)
+        moves.append(float((centre - plain_centre).norm()))
+        # scale 0.9-1.1: ink area within about 0.81-1.21x (plus interpolation and a cut edge)
+        assert 0.6 * plain_total < total < 1.4 * plain_total
+    # at most 2 pixels of shift each way (plus a little rotation/scale about the centre)
+    assert max(moves) < 3.5 and np.mean(moves) > 0.3
+    # orientation carries the meaning of a digit (a flipped 6 is no 6): no flips, no quarter turns
+    from torchvision.transforms import v2
+
+    from vitkit.augment import RandomRotate90
+
+    turns = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, RandomRotate90)
+    assert not any(isinstance(step, turns) for step in shift.transforms)

@@ -228,6 +228,39 @@ def test_collapse_filter_vetoes_a_collapsed_epoch_loudly(
 
     veto = collapse_filter(["a", "b"])
     assert veto({"confusion_matrix": [[3, 1], [1, 3]]}) is None
-    reason = veto({"confusion_matrix": [[4, 0], [4, 0]]})
+    reason = veto({"confusion_matrix": [[6, 0], [6, 0]]})
     assert reason is not None and "never predicts b" in reason
     assert "WARNING: COLLAPSED on the validation split" in capsys.readouterr().err
+
+
+def test_a_class_too_rare_on_validation_is_reported_not_vetoed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Unbalanced data: the minority class has 1-2 validation images. Missing them is no collapse
+    (it would veto otherwise good epochs); missing a class with 5+ images still is."""
+    from vitkit.distill import MIN_COLLAPSE_SUPPORT, collapse_filter
+
+    labels = ["big", "other", "rare"]
+    rare_missed = np.array([[9, 1, 0], [0, 10, 0], [1, 1, 0]])  # 2 "rare" images, never predicted
+    report = collapse_report(rare_missed, labels)
+    assert not report.collapsed
+    assert report.never_predicted == [] and report.rarely_seen == ["rare"]
+    assert f"fewer than {MIN_COLLAPSE_SUPPORT} images" in report.rare_message()
+    # the same miss with enough support is a collapse
+    support = MIN_COLLAPSE_SUPPORT
+    common_missed = np.array([[9, 1, 0], [0, 10, 0], [support - 1, 1, 0]])
+    assert collapse_report(common_missed, labels).never_predicted == ["rare"]
+    assert collapse_report(rare_missed, labels, min_support=1).never_predicted == ["rare"]
+
+    veto = collapse_filter(labels)
+    assert veto({"confusion_matrix": rare_missed.tolist()}) is None
+    assert veto({"confusion_matrix": rare_missed.tolist()}) is None
+    err = capsys.readouterr().err
+    assert err.count("never predicts rare") == 1 and "WARNING" not in err  # said once, no veto
+    reason = veto({"confusion_matrix": common_missed.tolist()})
+    assert reason is not None and "never predicts rare" in reason
+    # a model that predicts one class only is still a collapse, whatever the supports
+    one_class = np.array([[9, 0, 0], [10, 0, 0], [2, 0, 0]])
+    assert veto({"confusion_matrix": one_class.tolist()}) == (
+        "COLLAPSED on the validation split: never predicts other"
+    )

@@ -10,6 +10,10 @@ Presets (``--augment``):
   RandomRotate90(0.5), RandomApply([RandomResizedCrop(S, scale=(0.5, 1.0))], p=0.5). Meant for
   images where orientation carries no meaning (histology, satellite, microscopy).
 - ``natural``: RandomResizedCrop(S) + RandomHorizontalFlip(0.5), the usual recipe for photos.
+- ``shift``: Resize(S, S), then RandomAffine(degrees=10, translate=(0.125, 0.125),
+  scale=(0.9, 1.1)), borders filled with black. No flips and no quarter turns: for small images
+  whose orientation carries meaning (digits, letters, clothing on a plain background), where a
+  crop would cut the object off. On 16x16 digits that is a shift of up to 2 pixels.
 
 Evaluation never uses these: it runs the checkpoint's own preprocessing (``ImageProcessor``).
 """
@@ -23,7 +27,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-AUGMENT_PRESETS = ("none", "seed", "natural")
+AUGMENT_PRESETS = ("none", "seed", "natural", "shift")
 
 
 class RandomRotate90(v2.Transform):
@@ -81,6 +85,11 @@ def build_train_transform(
             v2.RandomApply(
                 [v2.RandomResizedCrop((height, width), scale=(0.5, 1.0), antialias=True)], p=0.5
             ),
+        ]
+    elif preset == "shift":
+        geometry = [
+            v2.Resize((height, width), antialias=True),
+            v2.RandomAffine(degrees=10.0, translate=(0.125, 0.125), scale=(0.9, 1.1), fill=0),
         ]
     elif preset == "natural":
         geometry = [

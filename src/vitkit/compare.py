@@ -133,6 +133,7 @@ class RowResult:
     image_size: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    cpu_seconds: float | None = None  # CPU time (all threads) of the process that trained it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,6 +217,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     """Train and test one row (resuming its run folder); return its test metrics."""
     row_dir = Path(cfg.out) / "rows" / row
     started = time.perf_counter()
+    cpu_started = time.process_time()
     notes: list[str] = []
     size = cfg.image_size
     overrides = dict(cfg.vit_overrides)
@@ -265,7 +267,11 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
             )
     else:  # pragma: no cover - __post_init__ rejects unknown rows
         raise CompareError(f"unknown row {row}")
-    return _row_result(cfg, row, title, result, row_dir, size, time.perf_counter() - started, notes)
+    row_result = _row_result(
+        cfg, row, title, result, row_dir, size, time.perf_counter() - started, notes
+    )
+    row_result.cpu_seconds = round(time.process_time() - cpu_started, 1)
+    return row_result
 
 
 def _row_result(
@@ -415,11 +421,15 @@ def compare(cfg: CompareConfig) -> list[RowResult]:
         cfg.__post_init__()
     pretrained, pretrain_note = (None, "")
     done: dict[str, RowResult] = {}
+    wall_started, cpu_started = time.perf_counter(), time.process_time()
+    trained: list[str] = []
     # Run order: the teacher, then the rows that need no pre-training, the fine-tune rows last.
     order = sorted(cfg.rows, key=RUN_ORDER.index)
     for number, row in enumerate(order, start=1):
         marker = out / "rows" / row / "result.json"
         if row.startswith("finetune") and pretrained is None:
+            if not cfg.pretrained and not (out / "rows" / "pretrain" / "result.json").exists():
+                trained.append("pretrain (rotations)")
             pretrained, pretrain_note = pretrain(cfg)
         if marker.exists():
             _say(
@@ -429,11 +439,25 @@ def compare(cfg: CompareConfig) -> list[RowResult]:
         else:
             _say(f"compare [{number}/{len(order)}] {row}: training in {marker.parent}")
             done[row] = run_row(cfg, row, pretrained)
+            trained.append(row)
             marker.write_text(json.dumps(done[row].to_dict(), indent=2) + "\n")
         # The table so far: a killed compare still leaves the finished rows' numbers.
         results = [done[r] for r in cfg.rows if r in done]
         write_outputs(cfg, results, pretrain_note)
+    timing = _invocation_note(trained, time.perf_counter() - wall_started, cpu_started)
+    _say(f"compare: {timing}")
+    write_outputs(cfg, [done[r] for r in cfg.rows], pretrain_note, timing)
     return [done[r] for r in cfg.rows]
+
+
+def _invocation_note(trained: list[str], wall: float, cpu_started: float) -> str:
+    """Wall and CPU time of this command (rows reused from an earlier one cost nothing here)."""
+    cpu = time.process_time() - cpu_started
+    rows = ", ".join(trained) if trained else "none (all reused)"
+    return (
+        f"This command: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU (all threads) on "
+        f"{torch.get_num_threads()} torch threads; trained here: {rows}"
+    )
 
 
 # ---- outputs ----------------------------------------------------------------------------
@@ -451,6 +475,7 @@ def table_rows(results: list[RowResult]) -> list[dict[str, Any]]:
                 "epochs": result.epochs,
                 **{metric: report.get(metric) for metric in METRICS},
                 "train_seconds": result.seconds,
+                "cpu_seconds": result.cpu_seconds,
                 "notes": "; ".join(result.notes),
             }
         )
@@ -461,16 +486,21 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _fmt_time(row: dict[str, Any]) -> str:
+    cpu = row["cpu_seconds"]
+    return f"{row['train_seconds']:.0f}s / " + ("n/a" if cpu is None else f"{cpu:.0f}s")
+
+
 def markdown_table(results: list[RowResult], notes: list[str]) -> str:
     lines = [
-        "| Model | Input | Params | Accuracy | F1 | Precision | Recall | Best epoch | Train time |",
+        "| Model | Input | Params | Accuracy | F1 | Precision | Recall | Best epoch | Train time (wall / CPU) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table_rows(results):
         lines.append(
             f"| {row['model']} | {row['image_size']}x{row['image_size']} | {row['parameters'] / 1e6:.2f}M | "
             + " | ".join(_fmt(row[m]) for m in METRICS)
-            + f" | {row['best_epoch']}/{row['epochs']} | {row['train_seconds']:.0f}s |"
+            + f" | {row['best_epoch']}/{row['epochs']} | {_fmt_time(row)} |"
         )
     row_notes = [f"{r.title}: {'; '.join(r.notes)}" for r in results if r.notes]
     all_notes = [*notes, *row_notes]
@@ -480,7 +510,9 @@ def markdown_table(results: list[RowResult], notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(cfg: CompareConfig, results: list[RowResult], pretrain_note: str) -> None:
+def write_outputs(
+    cfg: CompareConfig, results: list[RowResult], pretrain_note: str, timing: str = ""
+) -> None:
     import shutil
 
     out = Path(cfg.out)
@@ -494,6 +526,8 @@ def write_outputs(cfg: CompareConfig, results: list[RowResult], pretrain_note: s
     ]
     if pretrain_note:
         notes.append(pretrain_note)
+    if timing:
+        notes.append(timing)
     rows = table_rows(results)
     (out / "table.md").write_text(markdown_table(results, notes))
     with open(out / "table.csv", "w", newline="") as handle:

@@ -244,12 +244,23 @@ class DistillationLoss:
 
 
 # ---- collapse detection -----------------------------------------------------------------
+# A class with fewer validation images than this cannot show a collapse: on an unbalanced set
+# the minority class may have one or two validation images, and missing those says little
+# about the model while vetoing every such epoch throws good ones away. It is reported instead.
+MIN_COLLAPSE_SUPPORT = 5
+
+
 @dataclass
 class CollapseReport:
-    """Classes the model never predicts on a split, and the macro-F1 there."""
+    """Classes the model never predicts on a split, and the macro-F1 there.
+
+    ``never_predicted`` holds classes with at least ``min_support`` images on the split (a
+    collapse); ``rarely_seen`` the never-predicted classes with fewer (reported, not a collapse).
+    """
 
     never_predicted: list[str] = field(default_factory=list)
     macro_f1: float = 0.0
+    rarely_seen: list[str] = field(default_factory=list)
 
     @property
     def collapsed(self) -> bool:
@@ -263,9 +274,24 @@ class CollapseReport:
             parts.append("macro-F1 is 0")
         return f"COLLAPSED on the {split} split: " + "; ".join(parts)
 
+    def rare_message(self, split: str = "validation") -> str:
+        return (
+            f"never predicts {', '.join(self.rarely_seen)} on the {split} split, but "
+            f"{'that class has' if len(self.rarely_seen) == 1 else 'those classes have'} fewer "
+            f"than {MIN_COLLAPSE_SUPPORT} images there: not counted as a collapse"
+        )
 
-def collapse_report(confusion: np.ndarray | list[list[int]], labels: list[str]) -> CollapseReport:
-    """Read a confusion matrix (rows true, columns predicted): which classes get no predictions."""
+
+def collapse_report(
+    confusion: np.ndarray | list[list[int]],
+    labels: list[str],
+    min_support: int = MIN_COLLAPSE_SUPPORT,
+) -> CollapseReport:
+    """Read a confusion matrix (rows true, columns predicted): which classes get no predictions.
+
+    A never-predicted class counts as a collapse only with ``min_support`` or more true images on
+    the split; rarer ones land in ``rarely_seen``.
+    """
     matrix = np.asarray(confusion, dtype=np.int64)
     predicted = matrix.sum(axis=0)
     true_positive = np.diag(matrix).astype(np.float64)
@@ -279,8 +305,12 @@ def collapse_report(confusion: np.ndarray | list[list[int]], labels: list[str]) 
         2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
     )
     # Only classes present on the split can be "never predicted" meaningfully.
-    missing = [labels[i] for i in range(len(labels)) if predicted[i] == 0 and support[i] > 0]
-    return CollapseReport(missing, float(f1.mean()) if len(f1) else 0.0)
+    missing = [i for i in range(len(labels)) if predicted[i] == 0 and support[i] > 0]
+    return CollapseReport(
+        [labels[i] for i in missing if support[i] >= min_support],
+        float(f1.mean()) if len(f1) else 0.0,
+        [labels[i] for i in missing if support[i] < min_support],
+    )
 
 
 # ---- HF DeiT layout ---------------------------------------------------------------------
@@ -543,11 +573,21 @@ class NormalizedTeacher(nn.Module):
 
 
 def collapse_filter(labels: list[str]) -> Callable[[dict[str, Any]], str | None]:
-    """The trainer's ``best_filter``: veto (and say loudly) any collapsed validation epoch."""
+    """The trainer's ``best_filter``: veto (and say loudly) any collapsed validation epoch.
+
+    A never-predicted class with too few validation images to judge is mentioned once per run
+    (the first epoch it happens), not vetoed.
+    """
     import sys
+
+    mentioned: set[str] = set()
 
     def veto(report: dict[str, Any]) -> str | None:
         result = collapse_report(report["confusion_matrix"], labels)
+        rare = set(result.rarely_seen) - mentioned
+        if rare:
+            mentioned.update(rare)
+            print(f"note: {result.rare_message('validation')}", file=sys.stderr)
         if not result.collapsed:
             return None
         message = result.message("validation")
