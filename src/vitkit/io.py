@@ -2,7 +2,8 @@
 
 ``load_image`` turns any supported source (path, URL, bytes, file object, PIL image, numpy array,
 torch tensor) into an upright RGB ``PIL.Image``; ``decode_uint8`` does the same into a CHW uint8
-tensor, decoding JPEG/PNG with torchvision (the fast path) and everything else with PIL.
+tensor, decoding JPEG/PNG with libjpeg-turbo/libpng (simplejpeg for upright JPEGs, see
+``vitkit.fast_jpeg``; torchvision for the rest: the fast path) and everything else with PIL.
 
 Rules, the same for both:
 
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vitkit import fast_jpeg
 from vitkit.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 if TYPE_CHECKING:
@@ -342,14 +344,15 @@ def decode_uint8(
 ) -> torch.Tensor:
     """Any supported source -> (3, H, W) uint8 tensor, the input of the fast preprocessing path.
 
-    JPEG and 8-bit RGB/grey/RGBA PNG bytes are decoded by torchvision (libjpeg-turbo / libpng; on
-    the photos tested they give the same pixels as PIL) after the same header checks as
-    ``load_image``; anything else goes through ``load_image``. The tensor is usually a
-    channels-last view (stride 1 on C), which torch's uint8 antialiased resize handles fastest.
+    JPEG and 8-bit RGB/grey/RGBA PNG bytes are decoded by torchvision or simplejpeg
+    (libjpeg-turbo / libpng; on the photos tested they give the same pixels as PIL) after the
+    same header checks as ``load_image``; anything else goes through ``load_image``. The tensor
+    is usually a channels-last view (stride 1 on C), which torch's uint8 antialiased resize
+    handles fastest; an upright JPEG's is a view into a 4-channel RGBX buffer (``fast_jpeg``).
 
-    ``draft_size`` (APPROXIMATE, JPEG only): decode at the largest DCT reduction (1/2, 1/4, 1/8)
-    that keeps both sides >= draft_size (PIL draft mode). Faster, but the pixels are not those a
-    full decode followed by a resize gives.
+    ``draft_size`` (APPROXIMATE, JPEG only): decode at the largest DCT reduction (libjpeg-turbo's
+    M/8 scales through simplejpeg, else PIL draft mode's 1/2, 1/4, 1/8) that keeps both sides >=
+    draft_size. Faster, but the pixels are not those a full decode followed by a resize gives.
     """
     import torch
 
@@ -363,12 +366,15 @@ def decode_uint8(
         data = _source_bytes_or_stream(source, name, fetch)
         assert isinstance(data, bytes)
         formats = tuple(allowed_formats)
-        use_torchvision = not draft_size and _torchvision_decoders() is not None
-        route = _torchvision_route(data, formats, background) if use_torchvision else None
+        route = _torchvision_route(data, formats, background)
         if route is not None:
             image_format, width, height = route
             check_pixels((width, height), name, max_pixels)
-            return _torchvision_decode(data, image_format, name)
+            if image_format == "JPEG" and fast_jpeg.decoder() and fast_jpeg.is_upright(data):
+                return fast_jpeg.decode_rgbx(data, name, min_side=draft_size)
+            exact_wanted = not (draft_size and image_format == "JPEG")
+            if exact_wanted and _torchvision_decoders() is not None:
+                return _torchvision_decode(data, image_format, name)
         header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=formats)
         if draft_size and header.format == "JPEG":
             header.draft(header.mode, (draft_size, draft_size))

@@ -16,6 +16,7 @@ from functools import lru_cache
 import torch
 from torchvision.transforms.v2 import functional as tvF
 
+from vitkit.fast_jpeg import rgbx_view
 from vitkit.processor.sizes import SizeSpec
 
 # PIL resample code -> torchvision mode, as transformers' pil_torch_interpolation_mapping.
@@ -30,11 +31,21 @@ _INTERPOLATION = {
 
 
 def resize(images: torch.Tensor, size: SizeSpec, resample: int) -> torch.Tensor:
-    """(…, 3, H, W) uint8 -> resized uint8, as ``TorchvisionBackend.resize``."""
+    """(…, 3, H, W) uint8 -> resized uint8, as ``TorchvisionBackend.resize``.
+
+    A (3, H, W) view into an RGBX buffer (``vitkit.fast_jpeg``) is resized with its padding
+    channel: torch's SIMD kernel works on 4-byte pixels and would otherwise copy the image into
+    a 4-channel buffer first. Channels are resized independently, so RGB comes out the same.
+    """
     height, width = size.output_hw(images.shape[-2], images.shape[-1])
-    return tvF.resize(
-        images, [height, width], interpolation=_INTERPOLATION[resample], antialias=True
+    rgbx = rgbx_view(images)
+    resized = tvF.resize(
+        images if rgbx is None else rgbx,
+        [height, width],
+        interpolation=_INTERPOLATION[resample],
+        antialias=True,
     )
+    return resized if rgbx is None else resized[:3]
 
 
 def center_crop(images: torch.Tensor, crop_height: int, crop_width: int) -> torch.Tensor:

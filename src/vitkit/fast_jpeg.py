@@ -1,0 +1,120 @@
+"""JPEG bytes -> uint8 pixels in a 4-byte-per-pixel (RGBX) buffer: the fast path's decoder.
+
+Why not only torchvision's ``decode_jpeg`` (the decoder transformers' default processor uses):
+it writes 3-byte RGB pixels, and torch's uint8 antialiased resize, whose SIMD kernel works on
+32-bit pixels, first copies a 3-channel image into a 4-channel buffer. Decoding straight to
+RGBX with libjpeg-turbo's TurboJPEG API (through ``simplejpeg``) skips that copy: resizing a
+640x480 photo to 224x224 took 0.35 ms instead of 0.5 ms here, and the decode itself ran 5-8%
+faster. Both use libjpeg-turbo's accurate integer IDCT with fancy upsampling (simplejpeg's
+``fastdct=False, fastupsample=False``), so the pixels are the same, bit for bit (tested against
+torchvision and PIL).
+
+simplejpeg does not apply EXIF orientation, so ``decode_rgbx`` is only for JPEGs that are
+already upright: ``is_upright`` reads the orientation tag and anything else (a rotation, an
+EXIF block it cannot read) goes to torchvision, which applies it. When simplejpeg is not
+installed, everything goes to torchvision.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
+
+from vitkit.errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    import torch
+
+_EXIF_HEADER = b"Exif\x00\x00"
+_ORIENTATION_TAG = 0x0112
+_SHORT = 3  # TIFF field type of the orientation value
+
+
+@functools.cache
+def decoder() -> ModuleType | None:
+    """The simplejpeg module, or None when it is not installed (torchvision decodes then)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def is_upright(data: bytes) -> bool:
+    """True when no EXIF block before the scan asks for a rotation or flip (orientation 1/none).
+
+    False also when an EXIF block cannot be read: the caller then lets torchvision decide.
+    """
+    index, size = 2, len(data)
+    while index + 4 <= size and data[index] == 0xFF:
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker == 0xDA:  # start of scan: libjpeg reads no EXIF after it
+            return True
+        length = int.from_bytes(data[index + 2 : index + 4], "big")
+        exif = marker == 0xE1 and data[index + 4 : index + 10] == _EXIF_HEADER
+        if exif and _tiff_orientation(data[index + 10 : index + 2 + length]) != 1:
+            return False
+        index += 2 + length
+    return True
+
+
+def _tiff_orientation(tiff: bytes) -> int | None:
+    """The orientation value in IFD0 of an EXIF TIFF block (1 when absent; None if unreadable)."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if entry + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[entry : entry + 2], order) == _ORIENTATION_TAG:
+            if int.from_bytes(tiff[entry + 2 : entry + 4], order) != _SHORT:
+                return None
+            return int.from_bytes(tiff[entry + 8 : entry + 10], order)
+    return 1
+
+
+def decode_rgbx(data: bytes, name: str, *, min_side: int | None = None) -> torch.Tensor:
+    """Upright JPEG bytes -> (3, H, W) uint8, a channels-last view into an (H, W, 4) buffer.
+
+    ``processor.fast_mode.resize`` widens the view back to 4 channels for the resize.
+    ``min_side`` (APPROXIMATE, the ``jpeg_draft`` option): decode at the smallest of
+    libjpeg-turbo's M/8 DCT scales that keeps both sides >= min_side (never upscaled).
+    """
+    import torch
+
+    simplejpeg = decoder()
+    assert simplejpeg is not None
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGBX",
+            fastdct=False,
+            fastupsample=False,
+            min_height=min_side or 0,
+            min_width=min_side or 0,
+            strict=True,
+        )
+    except ValueError as error:
+        raise ImageDecodeError(name, f"truncated or corrupt JPEG data ({error})") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)[:3]
+
+
+def rgbx_view(images: torch.Tensor) -> torch.Tensor | None:
+    """The (4, H, W) view behind a (3, H, W) channels-last slice of an RGBX buffer, else None."""
+    if images.ndim != 3 or images.shape[0] != 3:
+        return None
+    height, width = images.shape[1:]
+    if images.stride() != (1, 4 * width, 4):
+        return None
+    end = images.storage_offset() + 4 * height * width
+    if end > images.untyped_storage().nbytes():
+        return None
+    return images.as_strided((4, height, width), (1, 4 * width, 4))
