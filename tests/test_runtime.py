@@ -113,6 +113,33 @@ def test_int8_quantizes_block_linears_of_a_copy() -> None:
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75
 
 
+def test_int8_batch_runs_as_one_sub_batch_per_thread() -> None:
+    model = small_vit()
+    split = runtime.optimize(model, precision="int8", threads=2)
+    whole = runtime.optimize(model, precision="int8", threads=1)
+    pixels = photo_batch(8, (32, 32))
+    before = torch.get_num_threads()
+    logits = split(pixels)
+    assert split._core_split is not None and split._core_split.workers == 2  # it did split
+    assert torch.get_num_threads() == before  # the workers' one-thread setting stays theirs
+    # each half is exactly what the same int8 model gives for that half alone
+    halves = torch.cat([whole(half) for half in pixels.tensor_split(2)])
+    assert torch.equal(logits, halves)
+
+
+def test_core_split_only_for_int8_with_enough_images_per_thread() -> None:
+    from vitkit.core_split import worth_splitting
+
+    assert worth_splitting("int8", 8, 2)
+    assert not worth_splitting("int8", 3, 2)  # one image per sub-batch ran slower
+    assert not worth_splitting("int8", 8, 1)
+    assert not worth_splitting("int8", 8, None)
+    assert not worth_splitting("fp32", 8, 2)  # fp32 scales well inside each op
+    fp32 = runtime.optimize(small_vit(), precision="fp32", threads=2)
+    fp32(photo_batch(8, (32, 32)))
+    assert fp32._core_split is None
+
+
 def test_optimize_fp32_gives_the_model_logits_and_keeps_threads() -> None:
     model = small_vit()
     before = torch.get_num_threads()

@@ -10,7 +10,8 @@ to motivate each choice is in BENCHMARKS.md ("Model forward" and "GPU").
   transformer blocks' Linear layers (weights int8 per output channel, activations quantized
   per batch at run time).
 - Threads (CPU). One OpenMP barrier per op means a thread that loses its core stalls the
-  whole op: fewer threads when the work is small or other processes are running.
+  whole op: fewer threads when the work is small or other processes are running. int8 batches
+  run as one sub-batch per thread instead (``vitkit.core_split``).
 - Allocator (CPU, glibc). glibc hands large freed buffers back to the OS, so every forward
   re-faults its activations (~100k page faults and ~7% of the time for ViT-B at batch 8);
   keeping them in the heap removes that. Process-wide, so it also helps anything else running.
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitkit.core_split import CoreSplit, worth_splitting
 from vitkit.errors import VitkitError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -259,6 +261,7 @@ class FastForward:
             mode = compile if isinstance(compile, str) else None
             logits_fn = torch.compile(logits_fn, dynamic=False, mode=mode)
         self.logits_fn = logits_fn
+        self._core_split: CoreSplit | None = None
 
     def thread_count(self, batch_size: int) -> int | None:
         if self.device.type != "cpu" or self.threads is None:
@@ -270,8 +273,19 @@ class FastForward:
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
         threads = self.thread_count(pixel_values.shape[0])
+        if worth_splitting(self.precision, pixel_values.shape[0], threads):
+            assert threads is not None
+            return self._split(threads)(self.logits_fn, pixel_values)
         with torch.inference_mode(), num_threads(threads), attention_backends(self.device):
             return self.logits_fn(pixel_values)
+
+    def _split(self, workers: int) -> CoreSplit:
+        """The sub-batch runner for ``workers`` cores (kept: its threads are reused)."""
+        if self._core_split is None or self._core_split.workers != workers:
+            if self._core_split is not None:
+                self._core_split.close()
+            self._core_split = CoreSplit(workers)
+        return self._core_split
 
 
 def optimize(
