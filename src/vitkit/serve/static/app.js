@@ -1,152 +1,300 @@
-// The vitkit web page: pick, drop or link an image; show the top-5 labels as bars, and with
-// "explain" on, the attention overlay from POST /v1/explain next to the image.
+// The vitkit web page, and a worked example of the service's public API:
+//   GET  /v1/model                              the model's name and labels (header)
+//   POST /v1/predict?top_k=K  (multipart files) the top-K bars of an uploaded image
+//   GET  /predict_image_class?image_url=U       the top-K bars of an image at a URL
+//   POST /v1/explain?method=M (multipart image) the attention overlay ("show where the model looked")
+// Every answer that is not a success is shown as a readable message in the image's card.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const METHOD_NAMES = { rollout: "attention rollout", cls: "last-layer [CLS] attention" };
-let current = null;  // { file } or { url }: what the last request was about, for re-runs
-let previewUrl = null;  // the object URL shown in the preview, revoked when replaced
-let sequence = 0;  // answers to older requests are dropped (the user picked another image)
+const PARALLEL = 4;  // requests in flight at once: the server batches them, without flooding it
 
-function showPredictions(answer) {
-  const result = $("result");
-  result.replaceChildren();
-  if (answer.error) {
-    const p = document.createElement("p");
-    p.className = "error";
-    p.textContent = `${answer.error}: ${answer.detail}`;
-    result.append(p);
-    return;
-  }
-  for (const { label, score } of answer.predictions) {
-    const row = document.createElement("div");
-    row.className = "row";
-    const name = document.createElement("span");
-    name.textContent = label;  // textContent: labels are data, never HTML
-    name.title = label;
-    const track = document.createElement("div");
-    track.className = "track";
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.style.width = `${(100 * score).toFixed(1)}%`;
-    track.append(bar);
-    const value = document.createElement("span");
-    value.textContent = `${(100 * score).toFixed(1)}%`;
-    row.append(name, track, value);
-    result.append(row);
-  }
-}
+// What the API's error codes mean to someone looking at the page (the detail says the rest).
+const ERROR_TITLES = {
+  unsupported_image: "This file is not an image vitkit can read",
+  bad_image: "The image is damaged or cut short",
+  image_too_large: "The image has too many pixels",
+  request_too_large: "The file is too large for this server",
+  upstream_too_large: "The image at that URL is too large",
+  url_not_allowed: "The server refused to fetch that URL",
+  bad_url: "That is not a usable image URL",
+  upstream_error: "The image at that URL could not be fetched",
+  upstream_timeout: "The image at that URL took too long to fetch",
+  no_classification_head: "This model has no classification head",
+  overloaded: "The server is busy: try again in a moment",
+  not_ready: "The model is still loading: try again in a moment",
+  deadline_exceeded: "The server took too long to answer",
+  network_error: "Could not reach the vitkit server",
+};
 
-function showOverlay(answer) {
-  const box = $("overlay-box");
-  if (!answer || !answer.overlay_png_base64) {
-    box.hidden = true;
-    return;
-  }
-  $("overlay").src = `data:image/png;base64,${answer.overlay_png_base64}`;
-  const [rows, cols] = answer.grid;
-  $("overlay-caption").textContent = `${METHOD_NAMES[answer.method] || answer.method} (${rows}×${cols} patches)`;
-  box.hidden = false;
-}
+let items = [];  // the images on show: { name, file | url, card, overlays: {method: answer} }
+let generation = 0;  // bumped by each new choice of images; older answers are dropped
 
-async function readAnswer(response) {
+// ---- talking to the API ---------------------------------------------------------------------
+async function call(url, options) {
+  let response;
   try {
-    return await response.json();
-  } catch {
-    return { error: `http_${response.status}`, detail: response.statusText || "not a JSON answer" };
+    response = await fetch(url, options);
+  } catch (error) {
+    return { error: "network_error", detail: String(error) };
   }
-}
-
-function request() {
-  const explain = $("explain").checked;
-  if (current.file) {
-    const body = new FormData();
-    body.append("image", current.file);
-    if (explain) {
-      const method = encodeURIComponent($("method").value);
-      return { explained: true, promise: fetch(`/v1/explain?top_k=5&method=${method}`, { method: "POST", body }) };
-    }
-    return { explained: false, promise: fetch("/predict_image_class?top_k=5", { method: "POST", body }) };
-  }
-  const url = encodeURIComponent(current.url);
-  return { explained: false, promise: fetch(`/predict_image_class?top_k=5&image_url=${url}`) };
-}
-
-async function run() {
-  if (!current) return;
-  const mine = ++sequence;
-  $("result").textContent = "classifying…";
-  $("status").textContent = "";
-  const started = performance.now();
-  const { explained, promise } = request();
   let answer;
   try {
-    answer = await readAnswer(await promise);
-  } catch (error) {
-    answer = { error: "network_error", detail: String(error) };
+    answer = await response.json();
+  } catch {
+    // Something between us and the service (a proxy) answered with a non-JSON page.
+    answer = { error: `http_${response.status}`, detail: `HTTP ${response.status} ${response.statusText}`.trim() };
   }
-  if (mine !== sequence) return;
-  showPredictions(answer);
-  showOverlay(explained && !answer.error ? answer : null);
-  let status = `answered in ${Math.round(performance.now() - started)} ms`;
-  if ($("explain").checked && !explained) {
-    status += " · the attention overlay needs an uploaded file (POST /v1/explain takes image bytes)";
+  if (!response.ok && !(answer && answer.error)) {
+    answer = { error: `http_${response.status}`, detail: JSON.stringify(answer) };
   }
-  $("status").textContent = status;
+  return answer;
 }
 
-function showPreview(src) {
-  if (previewUrl) URL.revokeObjectURL(previewUrl);
-  previewUrl = src.startsWith("blob:") ? src : null;
-  $("preview").src = src;
-  $("preview-box").hidden = false;
-  $("overlay-box").hidden = true;
+function topK() {
+  return Number($("top-k").value);
 }
 
-function classifyFile(file) {
-  if (!file) return;
-  current = { file };
-  showPreview(URL.createObjectURL(file));
-  run();
-}
-
-// A file the browser cannot show (or a URL it cannot load): no broken-image icon.
-$("preview").addEventListener("error", () => { $("preview-box").hidden = true; });
-
-const drop = $("drop");
-drop.addEventListener("click", () => $("file").click());
-drop.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" || event.key === " ") {
-    event.preventDefault();
-    $("file").click();
+async function predict(item) {
+  if (item.file) {
+    const body = new FormData();
+    body.append("files", item.file, item.name);
+    const answer = await call(`/v1/predict?top_k=${topK()}`, { method: "POST", body });
+    return answer.error ? answer : { predictions: answer[0] };
   }
-});
+  const query = new URLSearchParams({ image_url: item.url, top_k: String(topK()) });
+  return call(`/predict_image_class?${query}`);
+}
+
+async function explain(item, method) {
+  const body = new FormData();
+  body.append("image", item.file, item.name);
+  return call(`/v1/explain?top_k=1&method=${encodeURIComponent(method)}`, { method: "POST", body });
+}
+
+// Runs job(item) for every item, PARALLEL at a time; returns when all are done.
+async function forEach(list, job) {
+  const queue = [...list];
+  const worker = async () => {
+    while (queue.length) await job(queue.shift());
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL, queue.length) }, worker));
+}
+
+// ---- drawing --------------------------------------------------------------------------------
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;  // textContent: names and labels are data, never HTML
+  return node;
+}
+
+function makeCard(item) {
+  const card = element("article", "card");
+  card.dataset.name = item.name;
+  card.setAttribute("aria-busy", "true");
+  const title = element("h2", "", item.name);
+  const pictures = element("div", "pictures");
+  const figure = element("figure", "picture");
+  const img = element("img");
+  img.alt = item.file ? `the uploaded image ${item.name}` : `the image at ${item.name}`;
+  img.addEventListener("error", () => {
+    // A file the browser cannot show (or a URL it cannot load): say so, no broken-image icon.
+    figure.replaceChildren(element("div", "no-preview", `no preview of ${item.name}`));
+  });
+  img.src = item.file ? URL.createObjectURL(item.file) : item.url;
+  figure.append(img, element("figcaption", "", "image"));
+  const overlay = element("figure", "overlay");
+  overlay.hidden = true;
+  overlay.append(element("img"), element("figcaption"));
+  pictures.append(figure, overlay);
+  const result = element("div", "result");
+  result.append(element("p", "note", "classifying…"));
+  card.append(title, pictures, result, element("p", "note explain-note"));
+  item.card = card;
+  return card;
+}
+
+function showPredictions(item, answer) {
+  const result = item.card.querySelector(".result");
+  result.replaceChildren();
+  item.failed = Boolean(answer.error);
+  if (answer.error) {
+    result.append(errorBox(answer));
+    return;
+  }
+  const list = element("ol", "bars");
+  list.setAttribute("aria-label", `top ${answer.predictions.length} labels`);
+  for (const { label, score } of answer.predictions) {
+    const percent = `${(100 * score).toFixed(1)}%`;
+    const row = element("li", "row");
+    row.dataset.label = label;
+    row.dataset.score = String(score);  // the API's number, unrounded (tests compare it)
+    const name = element("span", "label", label);
+    name.title = label;
+    const track = element("span", "track");
+    track.setAttribute("aria-hidden", "true");  // the percentage beside it says the same
+    const bar = element("span", "bar");
+    bar.style.width = percent;
+    track.append(bar);
+    row.append(name, track, element("span", "score", percent));
+    list.append(row);
+  }
+  result.append(list);
+}
+
+function errorBox(answer) {
+  const box = element("div", "error");
+  box.setAttribute("role", "alert");
+  box.dataset.error = answer.error;
+  const status = /^http_(\d+)$/.exec(answer.error);
+  const title = ERROR_TITLES[answer.error] || (status ? `The server answered HTTP ${status[1]}` : "Something went wrong");
+  box.append(element("strong", "", title), element("p", "", answer.detail || answer.error));
+  return box;
+}
+
+function showOverlay(item, answer, method) {
+  const overlay = item.card.querySelector(".overlay");
+  const note = item.card.querySelector(".explain-note");
+  note.replaceChildren();
+  if (!answer) {
+    overlay.hidden = true;
+    return;
+  }
+  if (answer.error) {
+    overlay.hidden = true;
+    note.append(errorBox(answer));
+    return;
+  }
+  const img = overlay.querySelector("img");
+  img.src = `data:image/png;base64,${answer.overlay_png_base64}`;
+  img.alt = `${METHOD_NAMES[method]} over ${item.name}: brighter patches got more attention`;
+  const [rows, cols] = answer.grid;
+  overlay.querySelector("figcaption").textContent = `${METHOD_NAMES[method]} (${rows}×${cols} patches)`;
+  overlay.hidden = false;
+}
+
+// ---- what the controls do -------------------------------------------------------------------
+async function updateOverlays(list) {
+  const on = $("explain").checked;
+  const method = $("method").value;
+  const mine = generation;
+  await forEach(list, async (item) => {
+    if (!on || item.failed) {
+      showOverlay(item, null, method);
+      return;
+    }
+    if (!item.file) {
+      item.card.querySelector(".explain-note").textContent =
+        "The attention overlay needs an uploaded file (POST /v1/explain takes the image bytes): save the image and drop it here.";
+      return;
+    }
+    // The promise is cached, so a toggle while a request is out does not send a second one.
+    if (!item.overlays[method]) item.overlays[method] = explain(item, method);
+    const answer = await item.overlays[method];
+    if (mine === generation && !item.failed && $("explain").checked && $("method").value === method) {
+      showOverlay(item, answer, method);
+    }
+  });
+}
+
+async function classify(list) {
+  const mine = ++generation;
+  const started = performance.now();
+  $("status").textContent = `classifying ${list.length} image${list.length === 1 ? "" : "s"}…`;
+  await forEach(list, async (item) => {
+    const answer = await predict(item);
+    if (mine !== generation) return;
+    showPredictions(item, answer);
+    item.card.removeAttribute("aria-busy");
+  });
+  if (mine !== generation) return;
+  await updateOverlays(list);
+  if (mine !== generation) return;
+  const failed = list.filter((item) => item.failed).length;
+  const summary = failed ? ` · ${failed} could not be classified` : "";
+  $("status").textContent = `${list.length} image${list.length === 1 ? "" : "s"} in ${Math.round(performance.now() - started)} ms${summary}`;
+}
+
+function show(newItems) {
+  if (!newItems.length) return;
+  for (const item of items) {
+    const img = item.card.querySelector(".picture img");
+    if (img && img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  }
+  items = newItems.map((item) => ({ ...item, overlays: {} }));
+  const results = $("results");
+  results.classList.toggle("single", items.length === 1);
+  results.replaceChildren(...items.map(makeCard));
+  classify(items);
+}
+
+function showFiles(fileList) {
+  show([...fileList].map((file) => ({ name: file.name || "pasted image", file })));
+}
+
+function showUrl(url) {
+  show([{ name: url, url }]);
+}
+
+$("drop").addEventListener("click", () => $("file").click());  // the button's click lands here too
 $("file").addEventListener("change", (event) => {
-  classifyFile(event.target.files[0]);
-  event.target.value = "";  // picking the same file again still fires "change"
+  showFiles(event.target.files);
+  event.target.value = "";  // picking the same files again still fires "change"
 });
-drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (event) => {
+// Drops anywhere on the page count (a near miss must not navigate away from it).
+document.addEventListener("dragover", (event) => {
   event.preventDefault();
-  drop.classList.remove("over");
-  classifyFile(event.dataTransfer.files[0]);
+  $("drop").classList.add("over");
+});
+document.addEventListener("dragleave", (event) => {
+  if (!event.relatedTarget) $("drop").classList.remove("over");
+});
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  $("drop").classList.remove("over");
+  const data = event.dataTransfer;
+  if (data.files.length) {
+    showFiles(data.files);
+  } else {
+    // An image dragged from another page arrives as its URL.
+    const url = (data.getData("text/uri-list") || data.getData("text/plain")).split("\n")[0].trim();
+    if (/^https?:\/\//i.test(url)) {
+      $("url").value = url;
+      showUrl(url);
+    }
+  }
+});
+document.addEventListener("paste", (event) => {
+  if (event.clipboardData && event.clipboardData.files.length) {
+    event.preventDefault();
+    showFiles(event.clipboardData.files);
+  }
 });
 $("url-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  current = { url: $("url").value };
-  showPreview(current.url);
-  run();
+  showUrl($("url").value.trim());
+});
+$("top-k").addEventListener("change", () => {
+  if (items.length) classify(items);
 });
 $("explain").addEventListener("change", () => {
   $("method").disabled = !$("explain").checked;
-  run();  // re-ask about the same image
+  updateOverlays(items);
 });
+$("method").addEventListener("change", () => updateOverlays(items));
 $("method").disabled = !$("explain").checked;  // a reload may keep the box ticked
-$("method").addEventListener("change", () => { if ($("explain").checked) run(); });
 
-fetch("/v1/model")
-  .then(readAnswer)
-  .then((info) => {
-    $("model").textContent = info.name ? `model: ${info.name} (${info.labels.length} labels)` : `${info.error}: ${info.detail}`;
-  })
-  .catch(() => { $("model").textContent = "model info unavailable"; });
+async function showModel() {
+  const info = await call("/v1/model");
+  if (info.error) {
+    $("model").textContent = `${ERROR_TITLES[info.error] || "model info unavailable"} (${info.detail})`;
+    if (info.error === "not_ready") setTimeout(showModel, 2000);
+    return;
+  }
+  $("model").textContent = `model: ${info.name}`;
+  $("labels-summary").textContent = `${info.labels.length} labels`;
+  $("labels").replaceChildren(...info.labels.map((label) => element("li", "", label)));
+  $("labels-box").hidden = false;
+}
+showModel();
