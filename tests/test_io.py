@@ -241,6 +241,31 @@ def test_bad_files_are_named_errors(tmp_path: Path, coffee: np.ndarray) -> None:
     assert_error(UnsupportedImageError, "directory", tmp_path)
 
 
+def test_corrupted_image_bytes_are_errors_never_crashes() -> None:
+    """Every single-byte corruption of a small PNG and JPEG: a named error or pixels, no crash.
+
+    torchvision's decode_png took the process down (SIGSEGV) on such bytes (byte 48 of this
+    8x8 PNG set to 107, among others), which is why PNGs are decoded by PIL.
+    """
+    seeds = {
+        "dot.png": encode(Image.fromarray(np.zeros((8, 8, 3), np.uint8)), "PNG"),
+        "cat.jpg": encode(Image.fromarray(real_photos()["chelsea"]).resize((24, 16)), "JPEG"),
+    }
+    for name, seed in seeds.items():
+        for position in range(len(seed)):
+            for value in (0, 107, 255):
+                data = bytearray(seed)
+                data[position] = value
+                stream = io.BytesIO(bytes(data))
+                stream.name = name
+                try:
+                    pixels = vio.decode_uint8(stream)
+                except (ImageDecodeError, UnsupportedImageError, ImageTooLargeError) as error:
+                    assert str(error).startswith(name)
+                else:
+                    assert pixels.dtype == torch.uint8 and pixels.shape[0] == 3
+
+
 def test_postscript_is_never_opened() -> None:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n"
     assert_error(UnsupportedImageError, "not an image in a supported format", eps)

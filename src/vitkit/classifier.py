@@ -7,6 +7,7 @@ The CLI, the server and the benchmarks all go through it; none re-implements a s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -190,11 +191,14 @@ def load(
     image_size: int | tuple[int, int] | None = None,
     precision: str = "fp32",
     processor_mode: str | None = None,
+    jpeg_draft: bool = False,
 ) -> Classifier:
     """Load any checkpoint vitkit understands (HF dir or hub id, timm file, Google .npz).
 
     ``source`` defaults to ``$VITKIT_MODEL`` or google/vit-base-patch16-224. ``image_size`` resamples
-    the position embeddings at load time (e.g. a 224 checkpoint used at 384).
+    the position embeddings at load time (e.g. a 224 checkpoint used at 384). ``jpeg_draft``
+    (APPROXIMATE, off by default): decode JPEGs at a reduced DCT scale before the resize, faster
+    but no longer the checkpoint's exact preprocessing (BENCHMARKS.md "Preprocessing").
     """
     from vitkit.checkpoints import load_model
     from vitkit.processor import ImageProcessor
@@ -205,7 +209,7 @@ def load(
         # preprocessing travel in the file's metadata.
         from vitkit.onnx_backend import load_classifier
 
-        if image_size is not None or precision != "fp32":
+        if image_size is not None or precision != "fp32" or jpeg_draft:
             raise VitkitError(
                 f"{name}: an ONNX model runs as exported; re-export it for another "
                 "image size (vitkit export --image-size N); for int8 use vitkit.onnx_backend.quantize_onnx_int8"
@@ -220,6 +224,8 @@ def load(
         processor = ImageProcessor.from_dict(
             resized_processor_config(processor.to_dict(), loaded.model.config.image_hw)
         )
+    if jpeg_draft:
+        processor = dataclasses.replace(processor, jpeg_draft=True)
     return Classifier(
         loaded.model,
         processor,

@@ -2,7 +2,7 @@
 
 ``load_image`` turns any supported source (path, URL, bytes, file object, PIL image, numpy array,
 torch tensor) into an upright RGB ``PIL.Image``; ``decode_uint8`` does the same into a CHW uint8
-tensor, decoding JPEG/PNG with libjpeg-turbo/libpng (simplejpeg for upright JPEGs, see
+tensor, decoding JPEGs with libjpeg-turbo (simplejpeg for upright JPEGs, see
 ``vitkit.fast_jpeg``; torchvision for the rest: the fast path) and everything else with PIL.
 
 Rules, the same for both:
@@ -344,9 +344,9 @@ def decode_uint8(
 ) -> torch.Tensor:
     """Any supported source -> (3, H, W) uint8 tensor, the input of the fast preprocessing path.
 
-    JPEG and 8-bit RGB/grey/RGBA PNG bytes are decoded by torchvision or simplejpeg
-    (libjpeg-turbo / libpng; on the photos tested they give the same pixels as PIL) after the
-    same header checks as ``load_image``; anything else goes through ``load_image``. The tensor
+    8-bit RGB/grey JPEG bytes are decoded by simplejpeg or torchvision (libjpeg-turbo; on the
+    photos tested they give the same pixels as PIL) after the same header checks as
+    ``load_image``; anything else goes through ``load_image``. The tensor
     is usually a channels-last view (stride 1 on C), which torch's uint8 antialiased resize
     handles fastest; an upright JPEG's is a view into a 4-channel RGBX buffer (``fast_jpeg``).
 
@@ -366,15 +366,13 @@ def decode_uint8(
         data = _source_bytes_or_stream(source, name, fetch)
         assert isinstance(data, bytes)
         formats = tuple(allowed_formats)
-        route = _torchvision_route(data, formats, background)
+        route = _jpeg_route(data, formats)
         if route is not None:
-            image_format, width, height = route
-            check_pixels((width, height), name, max_pixels)
-            if image_format == "JPEG" and fast_jpeg.decoder() and fast_jpeg.is_upright(data):
+            check_pixels(route, name, max_pixels)
+            if fast_jpeg.decoder() and fast_jpeg.is_upright(data):
                 return fast_jpeg.decode_rgbx(data, name, min_side=draft_size)
-            exact_wanted = not (draft_size and image_format == "JPEG")
-            if exact_wanted and _torchvision_decoders() is not None:
-                return _torchvision_decode(data, image_format, name)
+            if not draft_size and _torchvision_decoders() is not None:
+                return _torchvision_decode(data, "JPEG", name)
         header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=formats)
         if draft_size and header.format == "JPEG":
             header.draft(header.mode, (draft_size, draft_size))
@@ -395,27 +393,22 @@ def pil_to_uint8(image: Image.Image) -> torch.Tensor:
 # JPEG start-of-frame markers libjpeg-turbo decodes the same way in torchvision and PIL:
 # baseline, extended sequential, progressive (Huffman). Others (lossless, arithmetic) use PIL.
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _RGB_MODE = 3  # torchvision.io.ImageReadMode.RGB.value
 
 
-def _torchvision_route(
-    data: bytes, allowed_formats: tuple[str, ...], background: tuple[int, int, int] | None
-) -> tuple[str, int, int] | None:
-    """(format, width, height) when torchvision decodes ``data`` exactly as the PIL path would.
+def _jpeg_route(data: bytes, allowed_formats: tuple[str, ...]) -> tuple[int, int] | None:
+    """(width, height) when libjpeg-turbo decodes ``data`` exactly as the PIL path would.
 
     Reads only the header fields it needs (cheaper than PIL's parser); None sends the bytes
-    through PIL, which then also reports whatever is wrong with them.
+    through PIL, which then also reports whatever is wrong with them. PNGs always go through
+    PIL: torchvision's decode_png crashed the process (SIGSEGV) on corrupted PNG bytes in our
+    fuzzing (a flipped byte in an 8x8 RGB PNG), where PIL raises an error we can report.
     """
     if data.startswith(b"\xff\xd8") and "JPEG" in allowed_formats:
         frame = _jpeg_frame(data)
         # 8-bit grey or colour; CMYK/YCCK go through PIL (its Adobe inversion is the reference).
         if frame and frame[0] == 8 and frame[3] in (1, 3):
-            return ("JPEG", frame[2], frame[1])
-    elif data.startswith(_PNG_SIGNATURE) and "PNG" in allowed_formats:
-        header = _png_header(data)
-        if header and _png_torchvision_safe(data, header[2], header[3], header[4], background):
-            return ("PNG", header[0], header[1])
+            return (frame[2], frame[1])
     return None
 
 
@@ -445,37 +438,9 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _png_header(data: bytes) -> tuple[int, int, int, int, int] | None:
-    """(width, height, bit depth, colour type, interlace) from IHDR, or None."""
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        return None
-    width = int.from_bytes(data[16:20], "big")
-    height = int.from_bytes(data[20:24], "big")
-    return (width, height, data[24], data[25], data[28])
-
-
-def _png_torchvision_safe(
-    data: bytes, depth: int, colour: int, interlace: int, background: tuple[int, int, int] | None
-) -> bool:
-    """8-bit grey/RGB (no tRNS), or RGBA whose alpha is dropped anyway; not interlaced."""
-    if depth != 8 or interlace != 0 or colour not in (0, 2, 6):
-        return False
-    if colour == 6:
-        return background is None
-    index = 33
-    while index + 8 <= len(data):  # chunks before the image data: is there a tRNS?
-        kind = data[index + 4 : index + 8]
-        if kind == b"IDAT":
-            return True
-        if kind == b"tRNS":
-            return False
-        index += 12 + int.from_bytes(data[index : index + 4], "big")
-    return False
-
-
 @functools.cache
 def _torchvision_decoders() -> dict[str, Callable[..., torch.Tensor]] | None:
-    """torchvision's JPEG/PNG decode ops, or None where torchvision.io cannot decode.
+    """torchvision's JPEG decode op, or None where torchvision.io cannot decode.
 
     The registered ops are called directly: the Python wrappers add only usage logging and, from
     torchvision 0.29, a DeprecationWarning on every call (torchcodec supersedes them; its decoder
@@ -485,7 +450,7 @@ def _torchvision_decoders() -> dict[str, Callable[..., torch.Tensor]] | None:
         import torch
         import torchvision.io  # noqa: F401  (loads the image extension that registers the ops)
 
-        return {"JPEG": torch.ops.image.decode_jpeg, "PNG": torch.ops.image.decode_png}
+        return {"JPEG": torch.ops.image.decode_jpeg}
     except (ImportError, AttributeError, RuntimeError):
         return None
 

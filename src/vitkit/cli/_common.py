@@ -43,13 +43,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)"
     )
     parser.add_argument("--workers", type=int, default=2, help="image-decoding threads (default 2)")
+    add_jpeg_draft_option(parser)
+
+
+def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="APPROXIMATE, faster: decode JPEGs at a reduced DCT scale (1/2, 1/4, ...) before "
+        "the resize; scores differ slightly from the checkpoint's exact preprocessing",
+    )
 
 
 def load_classifier(args: argparse.Namespace) -> Any:
     import vitkit.classifier
 
     return vitkit.classifier.load(
-        args.model, device=args.device, image_size=args.image_size, precision=args.precision
+        args.model,
+        device=args.device,
+        image_size=args.image_size,
+        precision=args.precision,
+        jpeg_draft=getattr(args, "jpeg_draft", False),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vitkit.cli._common import add_jpeg_draft_option
+
 EPILOG = """\
 examples:
   vitkit serve --model google/vit-base-patch16-224
@@ -38,9 +40,17 @@ def register(subparsers: Any) -> None:
         help="checkpoint: HF dir or hub id, timm file, .npz "
         "(default: $VITKIT_MODEL or google/vit-base-patch16-224)",
     )
+    add_jpeg_draft_option(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="numeric precision (int8: dynamic quantization on CPU, ~1.8x faster here; "
+        "bf16/fp16: GPU only)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument(
         "--max-batch-delay-ms",
@@ -145,7 +155,12 @@ def run(args: argparse.Namespace) -> int:
         failed.append(error)
         server.should_exit = True
 
-    app = create_app(lambda: load(args.model, device=args.device), settings, on_load_error=give_up)
+    def load_model() -> Any:
+        return load(
+            args.model, device=args.device, precision=args.precision, jpeg_draft=args.jpeg_draft
+        )
+
+    app = create_app(load_model, settings, on_load_error=give_up)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import logging
 import threading
@@ -300,14 +301,25 @@ def _decode_for_display(
 
 def _load_upload(upload: Upload, max_pixels: int) -> Image.Image:
     """One upload's bytes -> a checked, decoded RGB image (errors name the upload)."""
-    stream = io.BytesIO(upload.data)
-    stream.name = upload.name  # errors name the upload, not "<BytesIO>"
-    return load_image(stream, max_pixels=max_pixels)
+    return load_image(_upload_stream(upload), max_pixels=max_pixels)
 
 
 def _decode(classifier: Classifier, uploads: list[Upload], max_pixels: int) -> torch.Tensor:
-    """Bytes -> checked, decoded RGB images -> the checkpoint's preprocessing (a worker thread)."""
-    return classifier.prepare([_load_upload(upload, max_pixels) for upload in uploads])
+    """Bytes -> the checkpoint's preprocessing (a worker thread), the same checks as load_image.
+
+    The processor reads the bytes itself, so its fast decoding (RGBX JPEG, ``--jpeg-draft``)
+    applies, with the service's pixel cap.
+    """
+    processor = classifier.processor
+    if processor.max_pixels != max_pixels:
+        processor = dataclasses.replace(processor, max_pixels=max_pixels)
+    return processor([_upload_stream(upload) for upload in uploads], classifier.processor_mode)
+
+
+def _upload_stream(upload: Upload) -> io.BytesIO:
+    stream = io.BytesIO(upload.data)
+    stream.name = upload.name  # errors name the upload, not "<BytesIO>"
+    return stream
 
 
 def _run_batch(
