@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitkit-installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup browser demo test lint typecheck unit bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-unit: setup
+# Debian's chromium for the web page's browser tests (only the test path needs it, not demo).
+browser:
+	bash scripts/install_browser.sh
+
+unit: setup browser
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
