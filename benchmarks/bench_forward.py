@@ -7,7 +7,8 @@
 3. CPU time (--only cputime): the fp32 and int8 tables again on one thread, timed by that
    thread's CPU time, which other processes on a shared machine cannot inflate.
 4. Threads: vitkit fp32 with 1 and with 2 threads, interleaved, at batch 1 and 8 (what
-   ``runtime.choose_threads`` is tuned on).
+   ``runtime.choose_threads`` is tuned on), and at batch 8 two sub-batches on one thread each
+   (``vitkit.core_split``, what the runtime does with 2 threads and >= 4 images).
 
     .venv/bin/python benchmarks/bench_forward.py --rounds 7 --write
     .venv/bin/python benchmarks/bench_forward.py --only threads --rounds 5
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -23,6 +25,7 @@ import torch
 from vitkit import bench, runtime
 from vitkit.cli import main as vitkit_main
 from vitkit.cli.bench import load_model
+from vitkit.core_split import CoreSplit
 
 
 def log(message: str) -> None:
@@ -47,6 +50,15 @@ def thread_sweep(model_name: str, rounds: int, write: bool) -> None:
             bench.Contender(f"vitkit, {n} thread{'s' if n > 1 else ''}", with_threads(n), flops)
             for n in (1, 2)
         ]
+        if batch_size >= 4:  # what runtime picks for >= 2 images per thread (core_split)
+            split = CoreSplit(2)
+            contenders.append(
+                bench.Contender(
+                    "vitkit, 2 sub-batches x 1 thread",
+                    functools.partial(split, fast.logits_fn),
+                    flops,
+                )
+            )
         batch = bench.photo_batch(batch_size, model.config.image_hw)
         report = bench.run_interleaved(
             contenders,

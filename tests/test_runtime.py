@@ -127,17 +127,22 @@ def test_int8_batch_runs_as_one_sub_batch_per_thread() -> None:
     assert torch.equal(logits, halves)
 
 
-def test_core_split_only_for_int8_with_enough_images_per_thread() -> None:
+def test_core_split_needs_two_threads_and_two_images_per_thread() -> None:
     from vitkit.core_split import worth_splitting
 
-    assert worth_splitting("int8", 8, 2)
-    assert not worth_splitting("int8", 3, 2)  # one image per sub-batch ran slower
-    assert not worth_splitting("int8", 8, 1)
-    assert not worth_splitting("int8", 8, None)
-    assert not worth_splitting("fp32", 8, 2)  # fp32 scales well inside each op
-    fp32 = runtime.optimize(small_vit(), precision="fp32", threads=2)
-    fp32(photo_batch(8, (32, 32)))
-    assert fp32._core_split is None
+    assert worth_splitting(8, 2) and worth_splitting(4, 2)
+    assert not worth_splitting(3, 2)  # one image per sub-batch ran slower
+    assert not worth_splitting(8, 1)
+    assert not worth_splitting(8, None)
+    model = small_vit()
+    fp32 = runtime.optimize(model, precision="fp32", threads=2)
+    pixels = photo_batch(8, (32, 32))
+    with torch.inference_mode():
+        expected = model.forward_logits(pixels)
+    torch.testing.assert_close(fp32(pixels), expected)  # same numbers up to float rounding
+    assert fp32._core_split is not None
+    fp32(pixels[:3])  # too few images: intra-op threads, the runner is kept for later
+    assert fp32._core_split.workers == 2
 
 
 def test_optimize_fp32_gives_the_model_logits_and_keeps_threads() -> None:

@@ -10,8 +10,8 @@ to motivate each choice is in BENCHMARKS.md ("Model forward" and "GPU").
   transformer blocks' Linear layers (weights int8 per output channel, activations quantized
   per batch at run time).
 - Threads (CPU). One OpenMP barrier per op means a thread that loses its core stalls the
-  whole op: fewer threads when the work is small or other processes are running. int8 batches
-  run as one sub-batch per thread instead (``vitkit.core_split``).
+  whole op: fewer threads when the work is small or other processes are running; a batch with
+  >= 2 images per thread runs as one sub-batch per thread instead (``vitkit.core_split``).
 - Allocator (CPU, glibc). glibc hands large freed buffers back to the OS, so every forward
   re-faults its activations (~100k page faults and ~7% of the time for ViT-B at batch 8);
   keeping them in the heap removes that. Process-wide, so it also helps anything else running.
@@ -273,7 +273,7 @@ class FastForward:
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
         threads = self.thread_count(pixel_values.shape[0])
-        if worth_splitting(self.precision, pixel_values.shape[0], threads):
+        if self.device.type == "cpu" and worth_splitting(pixel_values.shape[0], threads):
             assert threads is not None
             return self._split(threads)(self.logits_fn, pixel_values)
         with torch.inference_mode(), num_threads(threads), attention_backends(self.device):
