@@ -321,6 +321,12 @@ def test_paste_a_url_served_locally(page: Any, server: PageServer, artifacts: Pa
         assert card.locator("h2").inner_text() == url
         assert picture_loaded(card)  # the browser shows the image it was given the URL of
         screenshot(page, artifacts, "url")
+        # /v1/explain takes image bytes, which the page cannot read from another origin: it says so.
+        page.check("#explain")
+        note = card.locator(".explain-note")
+        note.wait_for()
+        assert "needs an uploaded file" in note.inner_text()
+        assert card.locator(".overlay:not([hidden])").count() == 0
 
 
 def test_a_text_file_gives_a_readable_error(
