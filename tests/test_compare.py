@@ -89,6 +89,8 @@ def test_compare_writes_the_table_and_reuses_finished_rows(
     table = (out / "table.md").read_text()
     assert "resnet18 (CNN baseline)" in table and "ViT fine-tuned @16" in table
     assert f"fine-tune rows start from {pretrained_vit}" in table
+    assert "trained here: baseline, distilled, finetune224" in table  # with its wall/CPU time
+    assert all(r.cpu_seconds is not None and r.cpu_seconds > 0 for r in results)
     with open(out / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["row"] for r in rows] == ["baseline", "finetune224", "distilled"]
@@ -112,6 +114,7 @@ def test_compare_writes_the_table_and_reuses_finished_rows(
     again = compare(_config(digits_folder, out, pretrained_vit))
     log = capsys.readouterr().err
     assert log.count("finished earlier, reusing") == 2
+    assert "trained here: distilled" in (out / "table.md").read_text()  # resumed, not reused
     assert {r.row: (out / "rows" / r.row / "last.pt").stat().st_mtime_ns for r in again} == stamps
     assert [r.report["macro_f1"] if r.report else None for r in again] == [
         r.report["macro_f1"] if r.report else None for r in results
@@ -183,3 +186,34 @@ def test_shift_augmentation_moves_a_digit_a_little_and_never_flips_it() -> None:
 
     turns = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, RandomRotate90)
     assert not any(isinstance(step, turns) for step in shift.transforms)
+
+
+def test_cli_defaults_match_the_library_defaults() -> None:
+    """`vitkit compare` and `CompareConfig` must not drift apart (the README's numbers use both)."""
+    import argparse
+
+    from vitkit.cli import compare as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["compare", "--demo-data", "digits", "--out", "x"])
+    defaults = CompareConfig(data="d", out="x")
+    for name in (
+        "vit_preset",
+        "image_size",
+        "high_image_size",
+        "baseline_arch",
+        "epochs",
+        "baseline_epochs",
+        "pretrain_epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "augment",
+        "distill_kind",
+        "distill_alpha",
+        "distill_temperature",
+        "seed",
+    ):
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert args.rows.split(",") == list(defaults.rows)

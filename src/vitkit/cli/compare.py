@@ -87,13 +87,27 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--pretrain-epochs", type=int, default=4, help="rotation pre-training epochs (default 4)"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="every row (default 32)")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--augment", default="none", choices=["none", "seed", "natural"])
-    parser.add_argument("--distill-kind", default="hard", choices=["hard", "soft", "none"])
-    parser.add_argument("--distill-alpha", type=float, default=0.5)
-    parser.add_argument("--distill-temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--augment",
+        default="none",
+        choices=["none", "seed", "natural", "shift"],
+        help="training augmentation for every row (default none)",
+    )
+    parser.add_argument(
+        "--distill-kind",
+        default="soft",
+        choices=["hard", "soft", "none"],
+        help="teacher term of the distilled row (default soft)",
+    )
+    parser.add_argument(
+        "--distill-alpha", type=float, default=0.7, help="weight of the teacher term (default 0.7)"
+    )
+    parser.add_argument(
+        "--distill-temperature", type=float, default=4.0, help="soft-label temperature (default 4)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
