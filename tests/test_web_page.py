@@ -344,7 +344,10 @@ def test_a_text_file_gives_a_readable_error(
     assert "notes.txt" in error.locator("p").inner_text()  # the server's detail names the file
     assert "Traceback" not in page.content()
     assert page.locator("#results .row").count() == 0
-    assert page.locator("#results .no-preview").inner_text() == "no preview of notes.txt"
+    assert page.locator("#results .no-preview").inner_text() == (
+        "no preview: the browser cannot show this file"
+    )
+    assert page.locator("#results .card h2").inner_text() == "notes.txt"
     assert "could not be classified" in page.inner_text("#status")
     screenshot(page, artifacts, "error-not-an-image")
 

@@ -100,7 +100,8 @@ function makeCard(item) {
   img.alt = item.file ? `the uploaded image ${item.name}` : `the image at ${item.name}`;
   img.addEventListener("error", () => {
     // A file the browser cannot show (or a URL it cannot load): say so, no broken-image icon.
-    figure.replaceChildren(element("div", "no-preview", `no preview of ${item.name}`));
+    const why = item.file ? "the browser cannot show this file" : "the browser could not load this URL";
+    figure.replaceChildren(element("div", "no-preview", `no preview: ${why}`));
   });
   img.src = item.file ? URL.createObjectURL(item.file) : item.url;
   figure.append(img, element("figcaption", "", "image"));
