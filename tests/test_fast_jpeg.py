@@ -117,3 +117,22 @@ def test_draft_decodes_at_the_smallest_dct_scale_that_keeps_the_size() -> None:
     assert (boxed - draft.float()).abs().mean().item() < 3.0
     rotated = with_orientation(data, 6)  # EXIF rotation: PIL's draft path, still upright
     assert vio.decode_uint8(rotated, draft_size=224).shape == (3, 320, 240)
+
+
+def test_scratch_decoding_never_leaks_into_a_batch() -> None:
+    """The processor decodes into a reused buffer; images that need no resize must not share it."""
+    from vitkit.processor import ImageProcessor
+
+    photos = [real_photos()[name] for name in ("astronaut", "coffee", "china")]
+    files = [jpeg(np.asarray(Image.fromarray(p).resize((64, 48))), quality=90) for p in photos]
+    expected = torch.stack([torchvision_rgb(data) for data in files]).float()
+    for config in ({"do_resize": False}, {"size": {"height": 48, "width": 64}}):
+        processor = ImageProcessor.from_dict(
+            {**config, "do_rescale": False, "do_normalize": False}
+        )
+        assert torch.equal(processor(files), expected)
+    resized = ImageProcessor.from_dict({"size": {"height": 24, "width": 32}})(files)
+    one_by_one = torch.cat(
+        [ImageProcessor.from_dict({"size": {"height": 24, "width": 32}})(f) for f in files]
+    )
+    assert torch.equal(resized, one_by_one)

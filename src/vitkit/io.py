@@ -341,6 +341,7 @@ def decode_uint8(
     fetch: Fetcher = None,
     background: tuple[int, int, int] | None = None,
     draft_size: int | None = None,
+    scratch: bool = False,
 ) -> torch.Tensor:
     """Any supported source -> (3, H, W) uint8 tensor, the input of the fast preprocessing path.
 
@@ -353,6 +354,9 @@ def decode_uint8(
     ``draft_size`` (APPROXIMATE, JPEG only): decode at the largest DCT reduction (libjpeg-turbo's
     M/8 scales through simplejpeg, else PIL draft mode's 1/2, 1/4, 1/8) that keeps both sides >=
     draft_size. Faster, but the pixels are not those a full decode followed by a resize gives.
+
+    ``scratch=True``: the result may live in a per-thread buffer that the next scratch decode on
+    the same thread overwrites (no fresh memory per image); for callers that resize it at once.
     """
     import torch
 
@@ -370,7 +374,8 @@ def decode_uint8(
         if route is not None:
             check_pixels(route, name, max_pixels)
             if fast_jpeg.decoder() and fast_jpeg.is_upright(data):
-                return fast_jpeg.decode_rgbx(data, name, min_side=draft_size)
+                pixels = route[0] * route[1] if scratch else None
+                return fast_jpeg.decode_rgbx(data, name, min_side=draft_size, scratch_pixels=pixels)
             if not draft_size and _torchvision_decoders() is not None:
                 return _torchvision_decode(data, "JPEG", name)
         header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=formats)

@@ -294,7 +294,11 @@ class ImageProcessor:
     def _prepare_fast(self, source: Any) -> torch.Tensor:
         """Source -> resized, cropped (3, h, w) uint8."""
         draft = self._draft_size() if self.jpeg_draft else None
-        return self._resize_crop(vio.decode_uint8(source, draft_size=draft, **self._io_options()))
+        decoded = vio.decode_uint8(source, draft_size=draft, scratch=True, **self._io_options())
+        prepared = self._resize_crop(decoded)
+        if prepared.untyped_storage().data_ptr() == decoded.untyped_storage().data_ptr():
+            prepared = prepared.clone()  # no resize happened: the scratch buffer gets reused
+        return prepared
 
     def _draft_size(self) -> int | None:
         """The side a draft-decoded JPEG must keep (both sides) for the resize that follows."""
