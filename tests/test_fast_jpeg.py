@@ -127,9 +127,7 @@ def test_scratch_decoding_never_leaks_into_a_batch() -> None:
     files = [jpeg(np.asarray(Image.fromarray(p).resize((64, 48))), quality=90) for p in photos]
     expected = torch.stack([torchvision_rgb(data) for data in files]).float()
     for config in ({"do_resize": False}, {"size": {"height": 48, "width": 64}}):
-        processor = ImageProcessor.from_dict(
-            {**config, "do_rescale": False, "do_normalize": False}
-        )
+        processor = ImageProcessor.from_dict({**config, "do_rescale": False, "do_normalize": False})
         assert torch.equal(processor(files), expected)
     resized = ImageProcessor.from_dict({"size": {"height": 24, "width": 32}})(files)
     one_by_one = torch.cat(
