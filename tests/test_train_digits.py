@@ -45,8 +45,9 @@ def test_oversampling_beats_no_balancing_on_unbalanced_digits(tmp_path: Path) ->
         )
     f1, recall, cpu_seconds = results["oversample"]
     assert f1 >= 0.90
-    # CPU time over all threads bounds the wall time on two idle cores (and, unlike wall time,
-    # does not grow when other jobs share the machine).
-    assert cpu_seconds < 180
+    # No time assertion (speed is for benchmarks/): CPU time is printed, ~115 s on 2 idle cores.
+    # It is no load-proof budget either: OpenMP threads spin while waiting for a busy core, which
+    # counts as CPU time (315 s once with two other jobs running).
+    print(f"oversample run: {cpu_seconds:.0f}s CPU")
     _, recall_none, _ = results["none"]
     assert recall_none <= recall - 0.15, (recall_none, recall)
