@@ -10,9 +10,9 @@ faster. Both use libjpeg-turbo's accurate integer IDCT with fancy upsampling (si
 torchvision and PIL).
 
 simplejpeg does not apply EXIF orientation, so ``decode_rgbx`` is only for JPEGs that are
-already upright: ``is_upright`` reads the orientation tag and anything else (a rotation, an
-EXIF block it cannot read) goes to torchvision, which applies it. When simplejpeg is not
-installed, everything goes to torchvision.
+already upright: ``vitkit.io`` reads the orientation tag (``exif_orientation``) while it walks
+the header, and anything else (a rotation, an EXIF block it cannot read) goes to torchvision,
+which applies it. When simplejpeg is not installed, everything goes to torchvision.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vitkit.errors import ImageDecodeError
 if TYPE_CHECKING:
     import torch
 
-_EXIF_HEADER = b"Exif\x00\x00"
+EXIF_HEADER = b"Exif\x00\x00"  # starts an APP1 segment holding EXIF (a TIFF block)
 _ORIENTATION_TAG = 0x0112
 _SHORT = 3  # TIFF field type of the orientation value
 
@@ -44,28 +44,7 @@ def decoder() -> ModuleType | None:
     return simplejpeg
 
 
-def is_upright(data: bytes) -> bool:
-    """True when no EXIF block before the scan asks for a rotation or flip (orientation 1/none).
-
-    False also when an EXIF block cannot be read: the caller then lets torchvision decide.
-    """
-    index, size = 2, len(data)
-    while index + 4 <= size and data[index] == 0xFF:
-        marker = data[index + 1]
-        if marker == 0xFF:  # fill byte
-            index += 1
-            continue
-        if marker == 0xDA:  # start of scan: libjpeg reads no EXIF after it
-            return True
-        length = int.from_bytes(data[index + 2 : index + 4], "big")
-        exif = marker == 0xE1 and data[index + 4 : index + 10] == _EXIF_HEADER
-        if exif and _tiff_orientation(data[index + 10 : index + 2 + length]) != 1:
-            return False
-        index += 2 + length
-    return True
-
-
-def _tiff_orientation(tiff: bytes) -> int | None:
+def exif_orientation(tiff: bytes) -> int | None:
     """The orientation value in IFD0 of an EXIF TIFF block (1 when absent; None if unreadable)."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return None

@@ -29,6 +29,7 @@ import functools
 import io
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -372,9 +373,9 @@ def decode_uint8(
         formats = tuple(allowed_formats)
         route = _jpeg_route(data, formats)
         if route is not None:
-            check_pixels(route, name, max_pixels)
-            if fast_jpeg.decoder() and fast_jpeg.is_upright(data):
-                pixels = route[0] * route[1] if scratch else None
+            check_pixels((route.width, route.height), name, max_pixels)
+            if fast_jpeg.decoder() and route.upright:
+                pixels = route.width * route.height if scratch else None
                 return fast_jpeg.decode_rgbx(data, name, min_side=draft_size, scratch_pixels=pixels)
             if not draft_size and _torchvision_decoders() is not None:
                 return _torchvision_decode(data, "JPEG", name)
@@ -401,8 +402,8 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
 _RGB_MODE = 3  # torchvision.io.ImageReadMode.RGB.value
 
 
-def _jpeg_route(data: bytes, allowed_formats: tuple[str, ...]) -> tuple[int, int] | None:
-    """(width, height) when libjpeg-turbo decodes ``data`` exactly as the PIL path would.
+def _jpeg_route(data: bytes, allowed_formats: tuple[str, ...]) -> _JpegHeader | None:
+    """The header when libjpeg-turbo decodes ``data`` exactly as the PIL path would.
 
     Reads only the header fields it needs (cheaper than PIL's parser); None sends the bytes
     through PIL, which then also reports whatever is wrong with them. PNGs always go through
@@ -410,19 +411,35 @@ def _jpeg_route(data: bytes, allowed_formats: tuple[str, ...]) -> tuple[int, int
     fuzzing (a flipped byte in an 8x8 RGB PNG), where PIL raises an error we can report.
     """
     if data.startswith(b"\xff\xd8") and "JPEG" in allowed_formats:
-        frame = _jpeg_frame(data)
+        header = _jpeg_header(data)
         # 8-bit grey or colour; CMYK/YCCK go through PIL (its Adobe inversion is the reference).
-        if frame and frame[0] == 8 and frame[3] in (1, 3):
-            return (frame[2], frame[1])
+        if header and header.precision == 8 and header.components in (1, 3):
+            return header
     return None
 
 
-def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
-    """(precision, height, width, components) from the SOF segment, or None."""
+@dataclass(frozen=True)
+class _JpegHeader:
+    precision: int
+    width: int
+    height: int
+    components: int
+    upright: bool  # no EXIF orientation other than 1 (see fast_jpeg: it does not rotate)
+
+
+def _jpeg_header(data: bytes) -> _JpegHeader | None:
+    """The frame (SOF) and EXIF orientation, from one walk over the segments before the scan.
+
+    None without a baseline/progressive frame; ``upright`` is False when an EXIF block asks for
+    a rotation or cannot be read, or the segments stop making sense after the frame.
+    """
     index, size = 2, len(data)
+    frame: tuple[int, int, int, int] | None = None
+    upright = True
     while index + 4 <= size:
         if data[index] != 0xFF:
-            return None
+            upright = False  # garbage before the scan: let torchvision judge it
+            break
         marker = data[index + 1]
         if marker == 0xFF:  # fill byte
             index += 1
@@ -430,17 +447,25 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             index += 2
             continue
+        if marker == 0xDA:  # start of scan: libjpeg reads no EXIF after it
+            break
         length = int.from_bytes(data[index + 2 : index + 4], "big")
         if marker in _JPEG_SOF and index + 10 <= size:
             height = int.from_bytes(data[index + 5 : index + 7], "big")
             width = int.from_bytes(data[index + 7 : index + 9], "big")
-            return (data[index + 4], height, width, data[index + 9])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame = (data[index + 4], height, width, data[index + 9])
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # another frame type: leave it to PIL
-        if marker == 0xDA or length < 2:
+        elif marker == 0xE1 and data[index + 4 : index + 10] == fast_jpeg.EXIF_HEADER:
+            exif = data[index + 10 : index + 2 + length]
+            upright = upright and fast_jpeg.exif_orientation(exif) == 1
+        if length < 2:
             return None
         index += 2 + length
-    return None
+    if frame is None:
+        return None
+    precision, height, width, components = frame
+    return _JpegHeader(precision, width, height, components, upright)
 
 
 @functools.cache
