@@ -266,3 +266,22 @@ def test_augmentation_is_independent_of_workers_and_caching(
         result = train(config)
         losses.append([r["loss"] for r in result.history if r["type"] == "step"])
     assert len(losses[0]) > 5 and losses[0] == losses[1]
+
+
+def test_every_training_command_offers_every_augmentation_preset() -> None:
+    from vitkit.augment import AUGMENT_PRESETS
+    from vitkit.cli import build_parser
+    from vitkit.cli._common import AUGMENT_CHOICES
+
+    assert (
+        AUGMENT_CHOICES == AUGMENT_PRESETS
+    )  # the CLI's copy, kept to start up without torchvision
+    parser = build_parser()
+    for command in (
+        ["train", "--data", "d", "--out", "o"],
+        ["distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o"],
+    ):
+        for preset in AUGMENT_PRESETS:
+            assert parser.parse_args([*command, "--augment", preset]).augment == preset
+    compare = ["compare", "--demo-data", "digits", "--out", "x", "--augment", "shift"]
+    assert parser.parse_args(compare).augment == "shift"

@@ -46,6 +46,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_jpeg_draft_option(parser)
 
 
+# = vitkit.augment.AUGMENT_PRESETS, written out so `vitkit --help` does not import torchvision;
+# tests/test_train.py checks that the two agree.
+AUGMENT_CHOICES = ("none", "seed", "natural", "shift")
+
+
+def add_augment_option(parser: Any, *, default: str, help: str) -> None:
+    """``--augment PRESET`` (see vitkit.augment) for commands that train."""
+    parser.add_argument("--augment", default=default, choices=AUGMENT_CHOICES, help=help)
+
+
 def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jpeg-draft",

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from vitkit.cli._common import add_augment_option
+
 EPILOG = """\
 Each row is a full training run in OUT/rows/<row>/ on the same data and test split. A killed
 compare continues where it stopped (finished rows are reused, an unfinished one resumes).
@@ -90,11 +92,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="every row (default 32)")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument(
-        "--augment",
-        default="none",
-        choices=["none", "seed", "natural", "shift"],
-        help="training augmentation for every row (default none)",
+    add_augment_option(
+        parser, default="none", help="training augmentation for every row (default none)"
     )
     parser.add_argument(
         "--distill-kind",

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from vitkit.cli._common import add_augment_option
+
 EPILOG = """\
 data layout:
   DATA/<class>/*.jpg                       a validation split (--val-fraction) is drawn and
@@ -64,12 +66,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "none", "oversample", "weighted-loss"],
         help="class balance: auto = oversample when class counts differ (default)",
     )
-    data.add_argument(
-        "--augment",
-        default="natural",
-        choices=["none", "seed", "natural"],
-        help="augmentation preset (default natural)",
-    )
+    add_augment_option(data, default="natural", help="augmentation preset (default natural)")
     data.add_argument(
         "--on-bad-image",
         default="skip",
