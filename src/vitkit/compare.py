@@ -445,9 +445,9 @@ def compare(cfg: CompareConfig) -> list[RowResult]:
             done[row] = run_row(cfg, row, pretrained)
             trained.append(row)
             marker.write_text(json.dumps(done[row].to_dict(), indent=2) + "\n")
-        # The table so far: a killed compare still leaves the finished rows' numbers.
-        results = [done[r] for r in cfg.rows if r in done]
-        write_outputs(cfg, results, pretrain_note)
+            # The table so far: a killed compare still leaves the finished rows' numbers.
+            results = [done[r] for r in cfg.rows if r in done]
+            write_outputs(cfg, results, pretrain_note)
     timing = _invocation_note(trained, time.perf_counter() - wall_started, cpu_started)
     _say(f"compare: {timing}")
     write_outputs(cfg, [done[r] for r in cfg.rows], pretrain_note, timing)
