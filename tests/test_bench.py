@@ -83,6 +83,24 @@ def test_flop_counts_match_torch_flop_counter() -> None:
     assert model.flops_per_image() == pytest.approx(counted["full"], rel=1e-6)
 
 
+def test_sustained_gemm_rate_runs_for_the_time_asked_and_reports_both_rates() -> None:
+    durations = iter([0.1, 0.1, 0.4] + [1.0] * 10)  # seconds the fake clock gives each product
+    now = [0.0]
+    pending: list[float] = []
+
+    def clock() -> float:  # time_call reads it before and after each product
+        if pending:
+            now[0] += pending.pop()
+        else:
+            pending.append(next(durations))
+        return now[0]
+
+    rate = bench.sustained_gemm_rate("cpu", size=64, seconds=0.5, repeats=2, clock=clock)
+    flops = 2 * 64**3 / 1e9
+    assert rate.sustained == pytest.approx(3 * flops / 0.6)  # stopped once 0.5 s had passed
+    assert rate.burst == pytest.approx(flops / 0.1)  # the median product
+
+
 def test_gemm_probe_and_peak_memory_measure_something() -> None:
     assert bench.gemm_probe("cpu", size=256, repeats=1) > 0.1
     if sys.platform.startswith("linux"):
@@ -99,11 +117,12 @@ def test_vitkit_bench_cli_writes_a_table(
     code = main([
         "bench", "--model", "vit-tiny-patch16-224", "--image-size", "32", "--batch-sizes", "2",
         "--rounds", "2", "--repeats", "1", "--warmup", "1", "--threads", "1",
-        "--against", "transformers,timm", "--write-md", str(out),
+        "--probe-seconds", "0.2", "--against", "transformers,timm", "--write-md", str(out),
     ])  # fmt: skip
     assert code == 0
     table = out.read_text()
-    for row in ("| vitkit (", "| transformers-sdpa |", "| timm |", "% of GEMM", "torch 2."):
+    for row in ("| vitkit (", "| transformers-sdpa |", "| timm |", "% of GEMM", "torch 2.",
+                "sustained over 0.2 s"):  # fmt: skip
         assert row in table
     assert "## Model forward" in table
 

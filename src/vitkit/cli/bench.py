@@ -58,6 +58,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per round (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=1.0,
+        help="how long each round's GEMM probe runs square products back to back; %% of GEMM "
+        "uses the rate sustained over that time, as a forward is (default 1.0)",
+    )
+    parser.add_argument(
         "--threads", default="auto", help="CPU threads: a number or 'auto' (by batch size and load)"
     )
     parser.add_argument(
@@ -165,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
                 device=device,
                 probe_dtype=probe_dtype,
+                probe_seconds=args.probe_seconds,
                 measure_memory=not args.no_memory,
                 title=f"{args.model} {args.precision}",
                 log=log,
