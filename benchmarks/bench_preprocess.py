@@ -233,6 +233,16 @@ def table(
         f"{draft / paths_default:.2f}x / {draft / pipeline_default:.2f}x and "
         f"{draft / pil_backend:.2f}x.",
         "",
+        "Which path the target measures: the issue's own figures for this machine were the "
+        "default processor 252 images/s, its PIL backend 157, torchvision decode + resize 447 "
+        "(1.77x: an exact torchvision pipeline falls short of 1.8x by the issue's own numbers) "
+        "and PIL with JPEG draft-mode decoding 484 (1.92x and 3.08x). The 1.8x / 3x targets sit "
+        "just under that last line, so they are met by vitkit's draft-decoding fast path "
+        "(`--jpeg-draft`, `ImageProcessor(jpeg_draft=True)`), which runs libjpeg-turbo's reduced "
+        "DCT scale as PIL's draft mode does. It stays opt-in because it changes pixels and so "
+        "the model's numbers (the toolkit's first promise is the checkpoint authors' exact "
+        "numbers); the default fast path is the exact one in the row above it.",
+        "",
         f"Where the exact path's time goes: decoding the JPEG alone (libjpeg-turbo, the same "
         f"accurate IDCT the reference uses, here through simplejpeg into 4-byte RGBX pixels) "
         f"runs at {decode:.0f} images/s, {exact / decode:.0%} of the exact fast path's time; "
