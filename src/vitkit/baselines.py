@@ -25,11 +25,7 @@ Both put the stride of a bottleneck block in its 3x3 convolution ("ResNet v1.5";
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitkit.atomic_files import write_directory_atomically
 from vitkit.errors import CheckpointError
 
 # torchvision constructor name -> (block type, blocks per stage); widths are torchvision's.
@@ -333,30 +330,6 @@ def resnet_processor_config(image_size: int) -> dict[str, Any]:
         "image_mean": IMAGENET_MEAN,
         "image_std": IMAGENET_STD,
     }
-
-
-def write_directory_atomically(directory: str | Path, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh temp dir beside ``directory`` with ``write(staging)``, then swap it in.
-
-    A failure while writing removes the staging dir and leaves any existing ``directory`` as it was.
-    """
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(staging)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
 
 
 def save_resnet(

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import VitkitError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -240,13 +241,6 @@ def read_split(path: Path, root: Path) -> DataSplits:
         return [Sample(str(root / rel), int(label)) for rel, label in data[key]]
 
     return DataSplits(list(data["classes"]), samples("train"), samples("val"), source="split.json")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- class balance ------------------------------------------------------------------------

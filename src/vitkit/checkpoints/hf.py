@@ -15,15 +15,13 @@ HF splits attention into separate query/key/value projections; vitkit fuses them
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitkit.atomic_files import write_directory_atomically
 from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
 from vitkit.config import ImageSize, ViTConfig
 from vitkit.errors import CheckpointError
@@ -263,19 +261,16 @@ def save_pretrained(
     _check_replaceable(target)
     _warn_if_lossy(model.config, target)
     tensors = hf_state_dict(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         (staging / CONFIG_NAME).write_text(model.config.to_json_string(), encoding="utf-8")
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         processor = processor_config or default_processor_config(model.config)
         (staging / PROCESSOR_NAME).write_text(
             json.dumps(processor, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_directory_atomically(target, write)
     return target
 
 
@@ -307,18 +302,3 @@ def _warn_if_lossy(config: ViTConfig, target: Path) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, retired / target.name)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        os.replace(retired / target.name, target)  # put the old checkpoint back
-        raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
