@@ -199,9 +199,9 @@ def _fuse_qkv(reader: KeyReader, index: int, bias: bool) -> None:
 def hf_state_dict(model: ViT) -> StateDict:
     """The model's tensors under the names transformers uses (see the module docstring)."""
     config = model.config
-    ours = {
-        name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()
-    }
+    # No copy of tensors already on the CPU and contiguous: saving ViT-L must not hold its
+    # 1.2 GB of weights twice. Only the fused QKV chunks below get storage of their own.
+    ours = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     prefix = "vit." if config.num_labels else ""
     out: StateDict = {}
     for our_name, their_name in _encoder_names(config):
