@@ -285,3 +285,86 @@ def test_every_training_command_offers_every_augmentation_preset() -> None:
             assert parser.parse_args([*command, "--augment", preset]).augment == preset
     compare = ["compare", "--demo-data", "digits", "--out", "x", "--augment", "shift"]
     assert parser.parse_args(compare).augment == "shift"
+
+
+def test_train_and_distill_offer_batch_mixing() -> None:
+    from vitkit.augment import MIX_MODES
+    from vitkit.cli import build_parser
+    from vitkit.cli._common import MIX_CHOICES
+
+    assert MIX_CHOICES == MIX_MODES
+    parser = build_parser()
+    for command in (
+        ["train", "--data", "d", "--out", "o"],
+        ["distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o"],
+    ):
+        args = parser.parse_args([*command, "--mix", "cutmix", "--mix-alpha", "0.5"])
+        assert (args.mix, args.mix_alpha) == ("cutmix", 0.5)
+        assert parser.parse_args(command).mix == "none"
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_mix_batch_mixes_images_and_labels_alike(mode: str) -> None:
+    """Image i holds the value i everywhere and has class i: a mixed image's mean value must be
+    the mean class under its soft label, whatever the partner and the weight drawn."""
+    from vitkit.augment import mix_batch
+
+    batch = 8
+    images = torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 16, 16)
+    targets = torch.arange(batch)
+    torch.manual_seed(0)
+    mixed, soft = mix_batch(images, targets, batch, mode, alpha=1.0)
+    assert mixed.shape == images.shape and soft.shape == (batch, batch)
+    assert torch.allclose(soft.sum(dim=1), torch.ones(batch))
+    assert ((soft > 0).sum(dim=1) <= 2).all()  # each image mixes with one partner at most
+    classes = torch.arange(batch, dtype=torch.float32)
+    expected = soft @ classes
+    assert torch.allclose(mixed.mean(dim=(1, 2, 3)), expected, atol=1e-5)
+    assert not torch.equal(mixed, images)  # it does mix
+    torch.manual_seed(0)
+    again, soft_again = mix_batch(images, targets, batch, mode, alpha=1.0)
+    assert torch.equal(again, mixed) and torch.equal(soft_again, soft)  # seeded: reproducible
+    if mode == "cutmix":  # a pasted box: every pixel comes whole from one of the two images
+        assert all(set(m[0].unique().tolist()) <= set(classes.tolist()) for m in mixed)
+
+
+def test_mix_none_returns_the_batch_with_one_hot_labels() -> None:
+    from vitkit.augment import mix_batch
+
+    images = torch.randn(4, 3, 8, 8)
+    same, soft = mix_batch(images, torch.tensor([0, 2, 1, 2]), 3, "none")
+    assert same is images
+    assert torch.equal(soft, torch.eye(3)[[0, 2, 1, 2]])
+    with pytest.raises(ValueError, match="mix mode"):
+        mix_batch(images, torch.tensor([0, 2, 1, 2]), 3, "blend")
+
+
+def test_the_loss_and_the_model_see_the_same_mixed_batch(digits_root: Path, tmp_path: Path) -> None:
+    """With --mix the model and loss_fn (hence a distillation teacher) get one and the same mixed
+    batch, and the targets are soft labels that the default cross-entropy accepts."""
+    seen: dict[str, list[torch.Tensor]] = {"model": [], "loss": [], "targets": []}
+
+    def factory(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
+        spec = vit_model_spec(cfg, id2label)
+        spec.model.register_forward_pre_hook(
+            lambda module, args: (
+                seen["model"].append(args[0].detach().clone()) if module.training else None
+            )
+        )
+        return spec
+
+    def loss_fn(outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        seen["loss"].append(images.detach().clone())
+        seen["targets"].append(targets.detach().clone())
+        return torch.nn.functional.cross_entropy(outputs.logits, targets)
+
+    config = tiny_config(digits_root, tmp_path / "run", mix="mixup", batch_size=32)
+    train(config, model_factory=factory, loss_fn=loss_fn)
+    assert len(seen["loss"]) > 3 and len(seen["model"]) == len(seen["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(seen["model"], seen["loss"], strict=True))
+    targets = torch.cat(seen["targets"])
+    assert targets.shape[1] == 10 and torch.allclose(targets.sum(dim=1), torch.ones(len(targets)))
+    # most labels are blends of two classes (a partner of the same class leaves a one-hot label)
+    assert ((targets > 0) & (targets < 1)).any(dim=1).float().mean() > 0.7
+    # a mixed image is no training image: the default loss trains on it too (no error)
+    train(tiny_config(digits_root, tmp_path / "default", mix="cutmix"))

@@ -27,6 +27,7 @@ def _command(data: Path, out: Path, *extra: str) -> list[str]:
         "--model-arg", "num_hidden_layers=2", "--model-arg", "num_attention_heads=2",
         "--model-arg", "intermediate_size=64", "--epochs", str(EPOCHS), "--batch-size", "32",
         "--optimizer", "adamw", "--lr", "2e-3", "--augment", "seed", "--label-smoothing", "0.1",
+        "--mix", "mixup",  # its draws come from the global RNG, which last.pt must carry
         "--log-every", "5", "--no-progress", "--device", "cpu", "--seed", "7", *extra,
     ]  # fmt: skip
 

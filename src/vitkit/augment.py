@@ -16,10 +16,23 @@ Presets (``--augment``):
   crop would cut the object off. On 16x16 digits that is a shift of up to 2 pixels.
 
 Evaluation never uses these: it runs the checkpoint's own preprocessing (``ImageProcessor``).
+
+Batch mixing (``--mix``, applied by the trainer to each batch after these per-image transforms):
+
+- ``mixup``: each image is blended with another image of the batch, ``lam * a + (1 - lam) * b``
+  with ``lam ~ Beta(alpha, alpha)`` drawn per image (Zhang et al., 2018); its label becomes the
+  same blend of the two one-hot labels.
+- ``cutmix``: a box of area ``1 - lam`` is pasted from another image of the batch (Yun et al.,
+  2019); the labels are mixed by the area actually pasted.
+
+Under distillation the teacher labels the mixed image itself, which is the point: mixed images are
+new inputs on which the student can learn the teacher's function ("function matching", Beyer et
+al., 2022, "Knowledge distillation: A good teacher is patient and consistent").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +41,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 AUGMENT_PRESETS = ("none", "seed", "natural", "shift")
+MIX_MODES = ("none", "mixup", "cutmix")
 
 
 class RandomRotate90(v2.Transform):
@@ -99,3 +113,54 @@ def build_train_transform(
     else:
         raise ValueError(f"unknown augmentation preset {preset!r}: choose one of {AUGMENT_PRESETS}")
     return v2.Compose([*to_image, *geometry, *_normalize(mean, std)])
+
+
+def mix_batch(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+    mode: str,
+    alpha: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mixed images, soft targets (N, num_classes)) for ``mode`` mixup or cutmix.
+
+    Partners are a random permutation of the batch and ``lam ~ Beta(alpha, alpha)``; all draws
+    come from torch's global generator (reproducible under ``torch.manual_seed``, and saved in the
+    trainer's checkpoint for ``--resume``). ``targets`` may be class indices or already soft.
+    """
+    if mode not in MIX_MODES:
+        raise ValueError(f"unknown mix mode {mode!r}: choose one of {MIX_MODES}")
+    soft = (
+        targets.float()
+        if targets.is_floating_point()
+        else torch.nn.functional.one_hot(targets, num_classes).float()
+    )
+    if mode == "none" or images.shape[0] < 2:
+        return images, soft
+    if alpha <= 0:
+        raise ValueError(f"mix alpha must be > 0, got {alpha}")
+    batch = images.shape[0]
+    partner = torch.randperm(batch, device=images.device)
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    if mode == "mixup":
+        weights = beta.sample((batch,)).to(images.device)
+        mixed = _blend(images, images[partner], weights.to(images.dtype))
+        return mixed, _blend(soft, soft[partner], weights)
+    # cutmix: one box for the batch, its side lengths sqrt(1 - lam) of the image's
+    height, width = images.shape[-2:]
+    side = math.sqrt(1.0 - float(beta.sample()))
+    cut_h, cut_w = round(height * side), round(width * side)
+    centre_y = int(torch.randint(0, height, (1,)).item())
+    centre_x = int(torch.randint(0, width, (1,)).item())
+    top, bottom = max(0, centre_y - cut_h // 2), min(height, centre_y + cut_h - cut_h // 2)
+    left, right = max(0, centre_x - cut_w // 2), min(width, centre_x + cut_w - cut_w // 2)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = images[partner][..., top:bottom, left:right]
+    kept = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return mixed, kept * soft + (1.0 - kept) * soft[partner]
+
+
+def _blend(first: torch.Tensor, second: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``lam * first + (1 - lam) * second`` with one ``lam`` per row."""
+    weight = lam.view(-1, *([1] * (first.ndim - 1)))
+    return weight * first + (1 - weight) * second

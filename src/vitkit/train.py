@@ -56,7 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitkit import data as vdata
-from vitkit.augment import build_train_transform
+from vitkit.augment import build_train_transform, mix_batch
 from vitkit.distributed import (
     DistInfo,
     all_gather_objects,
@@ -99,6 +99,10 @@ class TrainConfig:
     # data
     balance: str = "auto"
     augment: str = "natural"
+    # Batch mixing after augmentation (vitkit.augment.mix_batch): "none", "mixup" or "cutmix";
+    # the loss then sees soft targets (N, classes) and, under distillation, the mixed images.
+    mix: str = "none"
+    mix_alpha: float = 1.0
     val_fraction: float = 0.1
     on_bad_image: str = "skip"
     cache_images: str = "auto"  # "auto" | "yes" | "no": keep decoded images in memory
@@ -703,7 +707,7 @@ def _train(
             epoch_loss = 0.0
             for _ in range(steps_per_epoch):
                 loss_value = _train_step(
-                    ddp_model, batches, loss_fn, optimizer, cfg, info, trainable
+                    ddp_model, batches, loss_fn, optimizer, cfg, info, trainable, len(labels)
                 )
                 if not math.isfinite(loss_value):
                     raise TrainingError(
@@ -826,6 +830,7 @@ def _train_step(
     cfg: TrainConfig,
     info: DistInfo,
     trainable: list[nn.Parameter],
+    num_classes: int,
 ) -> float:
     """One optimiser step over ``grad_accum`` micro-batches; returns the global mean loss."""
     optimizer.zero_grad(set_to_none=True)
@@ -834,6 +839,8 @@ def _train_step(
         images, targets = next(batches)
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
+        if cfg.mix != "none":
+            images, targets = mix_batch(images, targets, num_classes, cfg.mix, cfg.mix_alpha)
         # DDP all-reduces gradients only on the last micro-batch of the step.
         sync = micro == cfg.grad_accum - 1 or not info.enabled
         with nullcontext() if sync else model.no_sync(), _autocast(info.device):  # type: ignore[operator]
@@ -865,7 +872,8 @@ def _print_plan(
         f"input {spec.image_size[0]}x{spec.image_size[1]}, device {info.device} x {info.world_size} process(es)",
         f"data: {len(run.train)} train / {len(run.val)} val / {len(run.test) if run.test else 0} test images, "
         f"{len(run.splits.classes)} classes; train counts {dict(zip(run.splits.classes, counts.tolist(), strict=True))}",
-        f"balance: {run.balance} ({len(run.train_indices)} samples per epoch); augment: {cfg.augment}",
+        f"balance: {run.balance} ({len(run.train_indices)} samples per epoch); augment: {cfg.augment}"
+        + (f"; mix: {cfg.mix} (alpha {cfg.mix_alpha:g})" if cfg.mix != "none" else ""),
         f"optimisation: {cfg.optimizer}, batch {cfg.batch_size} (= {info.world_size} x {cfg.grad_accum} x {micro_batch}), "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps",
     ]

@@ -56,6 +56,26 @@ def add_augment_option(parser: Any, *, default: str, help: str) -> None:
     parser.add_argument("--augment", default=default, choices=AUGMENT_CHOICES, help=help)
 
 
+# = vitkit.augment.MIX_MODES, for the same reason.
+MIX_CHOICES = ("none", "mixup", "cutmix")
+
+
+def add_mix_options(parser: Any, *, default: str = "none", alpha: float = 1.0) -> None:
+    """``--mix MODE`` and ``--mix-alpha A`` (see vitkit.augment.mix_batch)."""
+    parser.add_argument(
+        "--mix",
+        default=default,
+        choices=MIX_CHOICES,
+        help=f"mix each training batch: mixup or cutmix, labels mixed alike (default {default})",
+    )
+    parser.add_argument(
+        "--mix-alpha",
+        type=float,
+        default=alpha,
+        help=f"Beta(alpha, alpha) of the mixing weight (default {alpha:g})",
+    )
+
+
 def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jpeg-draft",

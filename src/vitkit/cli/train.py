@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import add_augment_option
+from vitkit.cli._common import add_augment_option, add_mix_options
 
 EPILOG = """\
 data layout:
@@ -67,6 +67,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="class balance: auto = oversample when class counts differ (default)",
     )
     add_augment_option(data, default="natural", help="augmentation preset (default natural)")
+    add_mix_options(data)
     data.add_argument(
         "--on-bad-image",
         default="skip",
@@ -214,6 +215,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         label_smoothing=args.label_smoothing,
         balance=args.balance,
         augment=args.augment,
+        mix=args.mix,
+        mix_alpha=args.mix_alpha,
         val_fraction=args.val_fraction,
         on_bad_image=args.on_bad_image,
         cache_images=args.cache_images,
