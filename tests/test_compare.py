@@ -90,6 +90,13 @@ def test_compare_writes_the_table_and_reuses_finished_rows(
     assert "resnet18 (CNN baseline)" in table and "ViT fine-tuned @16" in table
     assert f"fine-tune rows start from {pretrained_vit}" in table
     assert "trained here: baseline, distilled, finetune224" in table  # with its wall/CPU time
+    # only the distilled row mixes its batches (function matching); the table says so
+    mixes = {
+        row: json.loads((out / "rows" / row / "train_config.json").read_text())["mix"]
+        for row in ("baseline", "finetune224", "distilled")
+    }
+    assert mixes == {"baseline": "none", "finetune224": "none", "distilled": "cutmix"}
+    assert "every batch mixed (cutmix, alpha 1)" in table
     assert all(r.cpu_seconds is not None and r.cpu_seconds > 0 for r in results)
     with open(out / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -213,6 +220,8 @@ def test_cli_defaults_match_the_library_defaults() -> None:
         "distill_kind",
         "distill_alpha",
         "distill_temperature",
+        "distill_mix",
+        "distill_mix_alpha",
         "seed",
     ):
         assert getattr(args, name) == getattr(defaults, name), name

@@ -88,6 +88,23 @@ def test_hard_and_soft_losses_match_hand_computation() -> None:
     ).item() == pytest.approx(base)
 
 
+def test_label_term_takes_mixed_soft_labels() -> None:
+    """Under --mix the [CLS] head's targets are blends of two one-hot labels."""
+    cls, dist, teacher = (torch.tensor(x) for x in (CLS, DIST, TEACHER))
+    soft_targets = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.6, 0.4]])
+    hand = 0.0
+    for row, weights in zip(CLS, soft_targets.tolist(), strict=True):
+        hand -= sum(w * lp for w, lp in zip(weights, _log_softmax(row), strict=True))
+    hand /= len(CLS)
+    got = distillation_loss(cls, dist, soft_targets, teacher, "soft", alpha=0.4, temperature=2.0)
+    assert got.item() == pytest.approx(0.6 * hand + 0.4 * _hand_kl(DIST, TEACHER, 2.0), rel=1e-5)
+    # one-hot soft labels are the class indices
+    one_hot = torch.eye(3)[TARGETS]
+    assert distillation_loss(cls, dist, one_hot, teacher, "hard").item() == pytest.approx(
+        distillation_loss(cls, dist, torch.tensor(TARGETS), teacher, "hard").item(), rel=1e-6
+    )
+
+
 def test_soft_loss_is_zero_when_student_equals_teacher() -> None:
     logits = torch.tensor(TEACHER)
     assert soft_distillation_loss(logits, logits, 2.0).item() == pytest.approx(0.0, abs=1e-7)

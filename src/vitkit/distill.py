@@ -31,6 +31,14 @@ The KL term is summed over classes and averaged over the batch (``batchmean``); 
 gradient scale independent of T (Hinton et al., 2015). DeiT's reference code divides the summed
 KL by batch x classes instead, i.e. it is ours divided by the number of classes.
 
+With ``--mix cutmix`` (or ``mixup``) the trainer blends the images of each batch before the
+student's forward pass, ``y`` becomes the same blend of the two labels, and the teacher is run on
+the blended images themselves: teacher and student see the very same input ("function matching",
+Beyer et al., 2022, "Knowledge distillation: A good teacher is patient and consistent"). The
+blends are inputs no labelled image covers, on which the student can still learn the teacher's
+answer; with a class of only a dozen training images that is what lifts the student towards the
+teacher (see ``vitkit.compare``, whose distilled row uses it).
+
 A distilled run can collapse (the student predicts one class, macro-F1 near 0) without the loss
 saying so. ``collapse_report`` detects it from a confusion matrix; the trainer never keeps a
 collapsed epoch as the best model and the CLI says so loudly.

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import add_augment_option
+from vitkit.cli._common import MIX_CHOICES, add_augment_option
 
 EPILOG = """\
 Each row is a full training run in OUT/rows/<row>/ on the same data and test split. A killed
@@ -107,6 +107,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--distill-temperature", type=float, default=4.0, help="soft-label temperature (default 4)"
     )
+    parser.add_argument(
+        "--distill-mix",
+        default="cutmix",
+        choices=MIX_CHOICES,
+        help="mix the distilled row's batches; the teacher labels the mixed images (function "
+        "matching; default cutmix)",
+    )
+    parser.add_argument(
+        "--distill-mix-alpha",
+        type=float,
+        default=1.0,
+        help="Beta(alpha, alpha) of the mixing weight (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -153,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         distill_kind=args.distill_kind,
         distill_alpha=args.distill_alpha,
         distill_temperature=args.distill_temperature,
+        distill_mix=args.distill_mix,
+        distill_mix_alpha=args.distill_mix_alpha,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,

@@ -12,13 +12,22 @@ probabilities, KL at temperature T, scaled by T^2); alpha weighs the teacher's t
 inference the two heads are averaged. The best epoch (lowest validation loss) is saved in OUT/best
 as an HF DeiTForImageClassificationWithTeacher directory (vitkit and transformers load it).
 An epoch in which the student never predicts some class, or has macro-F1 0, is reported as
-COLLAPSED and never kept as the best model.
+COLLAPSED and never kept as the best model. With --mix cutmix (or mixup) each batch is blended
+and the teacher labels the blended images (function matching, Beyer et al. 2022): the student
+learns the teacher's answers on inputs beyond the labelled ones, which helps most when a class
+has few images.
 
 examples:
   # teacher: a ResNet baseline trained by `vitkit compare` (or any HF ResNet / vitkit ViT dir)
   vitkit distill --teacher runs/compare/rows/baseline/best --student vit-tiny-patch4-32 \\
       --model-arg hidden_size=96 --model-arg num_hidden_layers=4 --data digits/ --out runs/deit \\
       --optimizer adamw --lr 2e-3 --epochs 15 --augment none
+  # function matching: soft labels at T=4 on cutmix-blended batches (vitkit compare's recipe)
+  vitkit distill --teacher runs/compare/rows/baseline/best --student vit-tiny-patch4-16 \\
+      --model-arg hidden_size=64 --model-arg num_hidden_layers=4 --model-arg num_attention_heads=4 \\
+      --model-arg intermediate_size=128 --data runs/compare/data --out runs/fm \\
+      --kind soft --temperature 4 --alpha 0.7 --mix cutmix --optimizer adamw --lr 2e-3 \\
+      --batch-size 32 --epochs 50 --augment none
   # soft distillation at T=3, student initialised from a ViT checkpoint
   vitkit distill --teacher runs/resnet50/best --student ./vit-small --kind soft --temperature 3 \\
       --data slides/ --out runs/deit-soft --image-size 224
