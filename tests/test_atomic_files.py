@@ -20,6 +20,7 @@ from vitkit.atomic_files import (
 
 def writer(text: str) -> Callable[[Path], None]:
     def write(directory: Path) -> None:
+        directory.mkdir()
         (directory / "weights").write_text(text)
 
     return write
@@ -47,6 +48,7 @@ def test_a_failing_write_leaves_the_old_directory_and_no_staging(tmp_path: Path)
     write_directory_atomically(target, writer("good"))
 
     def broken(directory: Path) -> None:
+        directory.mkdir()
         (directory / "weights").write_text("half")
         raise OSError("disk full")
 
@@ -54,6 +56,9 @@ def test_a_failing_write_leaves_the_old_directory_and_no_staging(tmp_path: Path)
         write_directory_atomically(target, broken)
     assert (target / "weights").read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["best"]
+    with pytest.raises(FileNotFoundError, match="created no directory"):
+        write_directory_atomically(target, lambda directory: None)
+    assert (target / "weights").read_text() == "good"
 
 
 def test_saved_directories_follow_the_umask_not_tempfiles_private_mode(tmp_path: Path) -> None:

@@ -19,8 +19,6 @@ from vitkit.train import (
     TrainConfig,
     TrainingError,
     build_optimizer,
-    recover_directories,
-    save_directory_atomically,
     train,
     vit_model_spec,
     warmup_cosine,
@@ -226,27 +224,6 @@ def test_run_folder_outputs_and_refusal_to_overwrite(digits_root: Path, tmp_path
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
     with pytest.raises(TrainingError, match="--resume"):
         train(tiny_config(digits_root, out))
-
-
-def test_atomic_directory_swap_recovers_from_a_crash(tmp_path: Path) -> None:
-    target = tmp_path / "best"
-
-    def writer(text: str) -> Any:
-        def save(directory: Path) -> None:
-            directory.mkdir()
-            (directory / "weights").write_text(text)
-
-        return save
-
-    save_directory_atomically(writer("one"), target)
-    save_directory_atomically(writer("two"), target)
-    assert (target / "weights").read_text() == "two"
-    # a crash between the two renames leaves .best.old and no best: recovery puts it back
-    target.rename(tmp_path / ".best.old")
-    (tmp_path / ".last.pt.tmp-123").write_bytes(b"torn")
-    recover_directories(tmp_path)
-    assert (target / "weights").read_text() == "two"
-    assert not list(tmp_path.glob(".*"))
 
 
 def test_augmentation_is_independent_of_workers_and_caching(

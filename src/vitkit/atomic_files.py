@@ -41,18 +41,20 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def write_directory_atomically(directory: str | Path, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh staging directory with ``write(staging)``, then swap it in for ``directory``.
+    """``write(staging)`` creates and fills a directory beside ``directory``; then it is swapped in.
 
-    A failure while writing removes the staging directory and leaves the existing ``directory``
-    as it was. The staging directory is made with ``mkdir`` (not ``tempfile.mkdtemp``, whose
-    0700 mode would make every saved checkpoint private to its owner).
+    ``staging`` does not exist yet: ``write`` makes it (``mkdir``), as any function that saves a
+    model into a new directory does, so user-supplied savers work unchanged and the directory
+    gets the umask's mode (``tempfile.mkdtemp`` would make every checkpoint private, 0700). A
+    failure while writing removes the staging directory and leaves ``directory`` as it was.
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _temporary_name(target)
-    staging.mkdir()
     try:
         write(staging)
+        if not staging.is_dir():
+            raise FileNotFoundError(f"{staging}: the writer for {target} created no directory")
         _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

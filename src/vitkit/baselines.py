@@ -339,6 +339,7 @@ def save_resnet(
     from safetensors.torch import save_file
 
     def write(staging: Path) -> None:
+        staging.mkdir()
         hf_state = {
             torchvision_to_hf_key(k): v.detach().contiguous().clone()
             for k, v in model.net.state_dict().items()

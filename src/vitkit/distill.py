@@ -435,9 +435,10 @@ def save_student(
     """Write an HF DeiT-with-teacher directory atomically (temp dir, then rename)."""
     from safetensors.torch import save_file
 
-    from vitkit.baselines import write_directory_atomically
+    from vitkit.atomic_files import write_directory_atomically
 
     def write(staging: Path) -> None:
+        staging.mkdir()
         (staging / "config.json").write_text(
             json.dumps(hf_config_dict(model.config), indent=2) + "\n"
         )

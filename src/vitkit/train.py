@@ -39,7 +39,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +55,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitkit import data as vdata
+from vitkit.atomic_files import (
+    atomic_torch_save,
+    atomic_write_text,
+    recover_directories,
+    write_directory_atomically,
+)
 from vitkit.augment import build_train_transform, mix_batch
 from vitkit.distributed import (
     DistInfo,
@@ -263,7 +268,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-# ---- checkpoint state (atomic files) ------------------------------------------------------
+# ---- checkpoint state (RNG) -------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     state = {
         "python": random.getstate(),
@@ -289,49 +294,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, flushed to disk, then ``os.replace``d into place: a
-    kill at any moment leaves either the previous file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def save_directory_atomically(save: Callable[[Path], None], target: Path) -> None:
-    """Write a directory with ``save(tmp)`` and swap it in for ``target``.
-
-    Directories cannot be replaced in one ``os.replace`` when the target exists, so the old one
-    is first renamed aside; ``recover_directories`` puts it back if we die between the renames.
-    """
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_directories(out: Path) -> None:
-    """Clean up after a killed run: drop temporary files, restore a ``best`` caught mid-swap."""
-    for tmp in out.glob(".*.tmp-*"):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-    for old in out.glob(".*.old"):
-        target = out / old.name[1:-4]
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, target)
-
-
 # ---- metrics log ------------------------------------------------------------------------------
 EPOCH_FIELDS = (
     "epoch",
@@ -355,12 +317,12 @@ def write_logs(out: Path, records: list[dict[str, Any]]) -> None:
     resume (the steps a killed epoch had logged are not repeated).
     """
     lines = "".join(json.dumps(record) + "\n" for record in records)
-    vdata.atomic_write_text(out / "metrics.jsonl", lines)
+    atomic_write_text(out / "metrics.jsonl", lines)
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=EPOCH_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(r for r in records if r["type"] == "epoch")
-    vdata.atomic_write_text(out / "metrics.csv", table.getvalue())
+    atomic_write_text(out / "metrics.csv", table.getvalue())
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -469,14 +431,14 @@ def save_eval_outputs(result: EvalResult, labels: list[str], out: Path, title: s
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in result.report.items() if k != "confusion_matrix"}
     metrics["loss"] = result.loss
-    vdata.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     matrix = {
         "labels": labels,
         "matrix": result.report["confusion_matrix"],
         "rows": "true",
         "columns": "predicted",
     }
-    vdata.atomic_write_text(out / "confusion_matrix.json", json.dumps(matrix, indent=1) + "\n")
+    atomic_write_text(out / "confusion_matrix.json", json.dumps(matrix, indent=1) + "\n")
     plot_confusion_matrix(
         result.report["confusion_matrix"], labels, out / "confusion_matrix.png", title
     )
@@ -679,9 +641,7 @@ def _train(
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if info.is_main:
-        vdata.atomic_write_text(
-            out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n"
-        )
+        atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         _print_plan(cfg, spec, run, info, steps_per_epoch, micro_batch, model)
 
     # 4. Epochs.
@@ -763,7 +723,7 @@ def _train(
                 best_val_loss, best_epoch = val.loss, epoch + 1
             if info.is_main:
                 if is_best:
-                    save_directory_atomically(lambda d: spec.save(model, d), out / "best")
+                    write_directory_atomically(out / "best", lambda d: spec.save(model, d))
                 atomic_torch_save(
                     {
                         "model": model.state_dict(),

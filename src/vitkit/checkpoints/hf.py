@@ -263,6 +263,7 @@ def save_pretrained(
     tensors = hf_state_dict(model)
 
     def write(staging: Path) -> None:
+        staging.mkdir()
         (staging / CONFIG_NAME).write_text(model.config.to_json_string(), encoding="utf-8")
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         processor = processor_config or default_processor_config(model.config)
