@@ -152,3 +152,15 @@ def test_int8_agreement_on_real_photo_crops() -> None:
     assert result.top1_agreement >= 0.8
     assert result.macro_f1_change is not None and abs(result.macro_f1_change) < 0.2
     assert "int8 vs fp32 on 32 images" in result.summary()
+
+
+def test_agreement_runs_both_precisions_as_the_runtime_runs_a_batch_here() -> None:
+    from vitkit import agreement
+
+    model = ViT(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, image_size=32, patch_size=8, num_labels=3))  # fmt: skip
+    with runtime.num_threads(2):
+        fp32, int8 = agreement.precision_pair(model.eval(), "int8")
+    # a fixed count (not "auto", which follows the load): 8 images then run as 2 sub-batches
+    assert fp32.threads == int8.threads == 2  # type: ignore[attr-defined]
+    assert runtime.worth_splitting(8, int8.threads)  # type: ignore[attr-defined]

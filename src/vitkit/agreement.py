@@ -81,12 +81,20 @@ def macro_f1(true: Sequence[int], predicted: Sequence[int], num_classes: int) ->
 
 
 def precision_pair(model: Any, precision: str) -> tuple[Logits, Logits]:
-    """(fp32 logits, ``precision`` logits) callables on copies of ``model``."""
+    """(fp32 logits, ``precision`` logits) callables on copies of ``model``.
+
+    Both run on this process's thread count the way the runtime runs a batch there, sub-batch
+    split per core included (``vitkit.core_split``): dynamic int8 quantisation takes each
+    activation's range from the tensor it sees, so which images share a sub-batch is part of
+    what is being checked. (Not "auto": that follows the machine's load, and the check should
+    give the same answer twice.)
+    """
     from vitkit import runtime
 
-    fp32 = runtime.optimize(copy.deepcopy(model), precision="fp32", threads=None)
+    threads = torch.get_num_threads()
+    fp32 = runtime.optimize(copy.deepcopy(model), precision="fp32", threads=threads)
     candidate = runtime.optimize(
-        copy.deepcopy(model), precision=precision, threads=None, force=True
+        copy.deepcopy(model), precision=precision, threads=threads, force=True
     )
     return fp32, candidate
 
