@@ -316,6 +316,12 @@ def test_mix_none_returns_the_batch_with_one_hot_labels() -> None:
         mix_batch(images, torch.tensor([0, 2, 1, 2]), 3, "blend")
 
 
+def test_an_unknown_mix_is_refused_before_training(digits_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="mix 'blend'"):
+        train(tiny_config(digits_root, tmp_path / "run", mix="blend"))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_the_loss_and_the_model_see_the_same_mixed_batch(digits_root: Path, tmp_path: Path) -> None:
     """With --mix the model and loss_fn (hence a distillation teacher) get one and the same mixed
     batch, and the targets are soft labels that the default cross-entropy accepts."""
