@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	bash scripts/install_torch.sh $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
+	# Big wheels (playwright 54 MB, onnxruntime) over a flaky link: resume, don't start over.
+	$(PY) -m pip install -q --retries 10 --resume-retries 10 -e '.[dev]'
 	touch $(STAMP)
 
 demo: setup
