@@ -61,7 +61,6 @@ from torch import nn
 from vitkit.config import ViTConfig
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.model import ViT, ViTOutput
-from vitkit.posembed import resample_pos_embed
 
 DistillKind = Literal["hard", "soft", "none"]
 
@@ -107,23 +106,9 @@ class DistilledViT(ViT):
         nn.init.zeros_(head_dist.bias)
         self.head_dist = head_dist
 
-    def position_embeddings(self, grid: tuple[int, int]) -> torch.Tensor:
-        if grid == self.config.grid_size:
-            return self.pos_embed
-        return resample_pos_embed(
-            self.pos_embed, grid, self.config.grid_size, num_prefix_tokens=2, antialias=False
-        )
-
-    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        grid = (
-            pixel_values.shape[-2] // self.config.patch_size,
-            pixel_values.shape[-1] // self.config.patch_size,
-        )
-        patches = self.patch_embed(pixel_values)
-        batch = patches.shape[0]
-        prefix = [self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1)]
-        tokens = torch.cat([*prefix, patches], dim=1) + self.position_embeddings(grid)
-        return self.pos_drop(tokens)
+    def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """[CLS] then the distillation token, DeiT's order."""
+        return [self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1)]
 
     def forward(
         self,

@@ -149,6 +149,9 @@ class Pooler(nn.Module):
 
 
 class ViT(nn.Module):
+    # Tokens before the patches: [CLS] here; a DeiT student adds its distillation token.
+    num_prefix_tokens = 1
+
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = config
@@ -201,7 +204,17 @@ class ViT(nn.Module):
         """
         if grid == self.config.grid_size:
             return self.pos_embed
-        return resample_pos_embed(self.pos_embed, grid, self.config.grid_size, antialias=False)
+        return resample_pos_embed(
+            self.pos_embed,
+            grid,
+            self.config.grid_size,
+            num_prefix_tokens=self.num_prefix_tokens,
+            antialias=False,
+        )
+
+    def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """The ``num_prefix_tokens`` learned tokens put before the patches, each (batch, 1, dim)."""
+        return [self.cls_token.expand(batch, -1, -1)]
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grid = (
@@ -209,8 +222,8 @@ class ViT(nn.Module):
             pixel_values.shape[-1] // self.config.patch_size,
         )
         patches = self.patch_embed(pixel_values)
-        cls = self.cls_token.expand(patches.shape[0], -1, -1)
-        tokens = torch.cat([cls, patches], dim=1) + self.position_embeddings(grid)
+        prefix = self.prefix_tokens(patches.shape[0])
+        tokens = torch.cat([*prefix, patches], dim=1) + self.position_embeddings(grid)
         return self.pos_drop(tokens)
 
     def forward_features(
