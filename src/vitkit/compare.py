@@ -119,6 +119,10 @@ class CompareConfig:
         return preset(self.vit_preset, **self.vit_overrides).patch_size
 
     @property
+    def cnn_epochs(self) -> int:
+        return self.baseline_epochs or self.epochs
+
+    @property
     def high_size(self) -> int:
         if self.high_image_size is not None:
             return self.high_image_size
@@ -236,7 +240,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     if row == "baseline":
         title = f"{cfg.baseline_arch} (CNN baseline)"
         factory = resnet_spec_factory(cfg.baseline_arch, cfg.baseline_weights)
-        epochs = cfg.baseline_epochs or cfg.epochs
+        epochs = cfg.cnn_epochs
         result = _run_training(
             row, _train_config(cfg, row_dir, epochs=epochs), model_factory=factory
         )
@@ -536,7 +540,7 @@ def write_outputs(
         "averages over classes on the test split, from the epoch with the lowest validation loss",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; {cfg.epochs} epochs per ViT row, "
-        f"{cfg.baseline_epochs or cfg.epochs} for the CNN, batch {cfg.batch_size}, "
+        f"{cfg.cnn_epochs} for the CNN, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr}, augment {cfg.augment} (every row)",
         f"Distilled row: {cfg.distill_kind} distillation"
         + (f" at T={cfg.distill_temperature:g}" if cfg.distill_kind == "soft" else "")
