@@ -120,9 +120,14 @@ def register(subparsers: Any) -> None:
         default=1.0,
         help="Beta(alpha, alpha) of the mixing weight (default 1)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 

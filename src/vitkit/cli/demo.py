@@ -65,9 +65,14 @@ def register(subparsers: Any) -> None:
         default=None,
         help="folder with Fashion-MNIST's *-ubyte.gz files (default /usr/share/datasets/fashion-mnist)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 

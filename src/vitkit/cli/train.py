@@ -159,7 +159,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--label-smoothing", type=float, default=0.0)
 
     runtime = parser.add_argument_group("run")
-    runtime.add_argument("--seed", type=int, default=0)
+    runtime.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
+    )
     runtime.add_argument(
         "--device", default=None, help="cpu or cuda (default: cuda when available)"
     )
