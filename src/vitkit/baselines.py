@@ -340,8 +340,9 @@ def save_resnet(
 
     def write(staging: Path) -> None:
         staging.mkdir()
+        # No .clone(): the weights are written as they are (each has its own storage already).
         hf_state = {
-            torchvision_to_hf_key(k): v.detach().contiguous().clone()
+            torchvision_to_hf_key(k): v.detach().contiguous()
             for k, v in model.net.state_dict().items()
         }
         save_file(hf_state, str(staging / "model.safetensors"), metadata={"format": "pt"})
