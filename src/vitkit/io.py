@@ -377,8 +377,8 @@ def decode_uint8(
             if fast_jpeg.decoder() and route.upright:
                 pixels = route.width * route.height if scratch else None
                 return fast_jpeg.decode_rgbx(data, name, min_side=draft_size, scratch_pixels=pixels)
-            if not draft_size and _torchvision_decoders() is not None:
-                return _torchvision_decode(data, "JPEG", name)
+            if not draft_size and _torchvision_jpeg_decoder() is not None:
+                return _torchvision_decode_jpeg(data, name)
         header = open_checked(data, name, max_pixels=max_pixels, allowed_formats=formats)
         if draft_size and header.format == "JPEG":
             header.draft(header.mode, (draft_size, draft_size))
@@ -469,7 +469,7 @@ def _jpeg_header(data: bytes) -> _JpegHeader | None:
 
 
 @functools.cache
-def _torchvision_decoders() -> dict[str, Callable[..., torch.Tensor]] | None:
+def _torchvision_jpeg_decoder() -> Callable[..., torch.Tensor] | None:
     """torchvision's JPEG decode op, or None where torchvision.io cannot decode.
 
     The registered ops are called directly: the Python wrappers add only usage logging and, from
@@ -480,21 +480,19 @@ def _torchvision_decoders() -> dict[str, Callable[..., torch.Tensor]] | None:
         import torch
         import torchvision.io  # noqa: F401  (loads the image extension that registers the ops)
 
-        return {"JPEG": torch.ops.image.decode_jpeg}
+        return torch.ops.image.decode_jpeg
     except (ImportError, AttributeError, RuntimeError):
         return None
 
 
-def _torchvision_decode(data: bytes, image_format: str, name: str) -> torch.Tensor:
+def _torchvision_decode_jpeg(data: bytes, name: str) -> torch.Tensor:
     import torch
 
-    decoders = _torchvision_decoders()
-    assert decoders is not None
+    decode = _torchvision_jpeg_decoder()
+    assert decode is not None
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        return decoders[image_format](encoded, _RGB_MODE, True)  # mode RGB, apply EXIF orientation
+        return decode(encoded, _RGB_MODE, True)  # mode RGB, apply EXIF orientation
     except RuntimeError as error:
         reason = str(error).rsplit(",", 1)[-1].strip()
-        raise ImageDecodeError(
-            name, f"truncated or corrupt {image_format} data ({reason})"
-        ) from None
+        raise ImageDecodeError(name, f"truncated or corrupt JPEG data ({reason})") from None
