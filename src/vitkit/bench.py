@@ -115,21 +115,6 @@ def time_call(
     return clock() - start
 
 
-def gemm_probe(
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    size: int | None = None,
-    repeats: int = 3,
-    clock: Callable[[], float] = time.perf_counter,
-) -> float:
-    """This machine's matmul rate now, GFLOP/s: median of ``repeats`` square products.
-
-    1536 on a CPU (~7 GFLOP, tens of ms: large enough for full speed, short enough to run
-    every round); 8192 on a GPU.
-    """
-    return sustained_gemm_rate(device, dtype, size, repeats=repeats, clock=clock).burst
-
-
 @dataclass(frozen=True)
 class GemmRate:
     sustained: float  # all products' FLOPs over all their time, GFLOP/s
@@ -145,7 +130,8 @@ def sustained_gemm_rate(
     repeats: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> GemmRate:
-    """Square products back to back for ``seconds`` (and at least ``repeats`` of them).
+    """This machine's matmul rate now: square products back to back for ``seconds`` (and at
+    least ``repeats`` of them). 1536 on a CPU (~7 GFLOP, tens of ms each); 8192 on a GPU.
 
     Why both figures: on a shared VM one ~40 ms product often lands in a quiet moment, so the
     median of a few short ones reads the machine's best speed (``burst``), while a contender's
