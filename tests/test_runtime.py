@@ -191,3 +191,14 @@ def test_bf16_on_cuda_matches_fp32_top1() -> None:
     logits = fast(pixels).float().cpu()
     assert (logits - expected).norm() / expected.norm() < 0.05
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
+
+
+def test_the_cli_offers_exactly_the_runtimes_precisions() -> None:
+    from vitkit.cli import build_parser
+    from vitkit.cli._common import PRECISION_CHOICES
+
+    assert PRECISION_CHOICES == runtime.PRECISIONS  # the CLI's copy, kept to start without torch
+    parser = build_parser()
+    for command in (["predict", "x.jpg"], ["serve"], ["bench"]):
+        for precision in runtime.PRECISIONS:
+            assert parser.parse_args([*command, "--precision", precision]).precision == precision

@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import Any
 
+from vitkit.cli._common import add_precision_option
+
 EPILOG = """\
 examples:
   vitkit bench                                       # ViT-B/16-224, batches 1 and 8, vs transformers+timm
@@ -43,9 +45,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="resolution (default: the model's)"
     )
-    parser.add_argument(
-        "--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"], help="default fp32"
-    )
+    add_precision_option(parser)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile every PyTorch contender"
     )

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import MIX_CHOICES, add_augment_option
+from vitkit.cli._common import add_augment_option, add_mix_options, add_run_options
 
 EPILOG = """\
 Each row is a full training run in OUT/rows/<row>/ on the same data and test split. A killed
@@ -107,27 +107,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--distill-temperature", type=float, default=4.0, help="soft-label temperature (default 4)"
     )
-    parser.add_argument(
-        "--distill-mix",
+    add_mix_options(
+        parser,
         default="cutmix",
-        choices=MIX_CHOICES,
-        help="mix the distilled row's batches; the teacher labels the mixed images (function "
-        "matching; default cutmix)",
+        prefix="distill-",
+        help="mix the distilled row's batches; the teacher labels the mixed images "
+        "(function matching)",
     )
-    parser.add_argument(
-        "--distill-mix-alpha",
-        type=float,
-        default=1.0,
-        help="Beta(alpha, alpha) of the mixing weight (default 1)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
-    )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(parser)
     parser.set_defaults(func=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vitkit.cli._common import add_run_options
+
 EPILOG = """\
 examples:
   vitkit demo                              # digits, a few minutes on 2 CPU cores
@@ -65,14 +67,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="folder with Fashion-MNIST's *-ubyte.gz files (default /usr/share/datasets/fashion-mnist)",
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(parser, device="cpu")
     parser.set_defaults(func=run)
 
 

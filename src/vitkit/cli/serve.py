@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitkit.cli._common import add_jpeg_draft_option
+from vitkit.cli._common import add_jpeg_draft_option, add_precision_option
 
 EPILOG = """\
 examples:
@@ -44,13 +44,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16", "fp16", "int8"],
-        help="numeric precision (int8: dynamic quantization on CPU, ~1.8x faster here; "
-        "bf16/fp16: GPU only)",
-    )
+    add_precision_option(parser)
     parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument(
         "--max-batch-delay-ms",

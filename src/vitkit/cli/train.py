@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import add_augment_option, add_mix_options
+from vitkit.cli._common import add_augment_option, add_mix_options, add_run_options
 
 EPILOG = """\
 data layout:
@@ -159,18 +159,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--label-smoothing", type=float, default=0.0)
 
     runtime = parser.add_argument_group("run")
-    runtime.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
-    )
-    runtime.add_argument(
-        "--device", default=None, help="cpu or cuda (default: cuda when available)"
-    )
+    add_run_options(runtime)
     runtime.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     runtime.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
-    runtime.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
