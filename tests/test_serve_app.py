@@ -578,3 +578,16 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
         response = test_client.get("/readyz")
         assert response.status_code == 503 and "no-such-checkpoint" in response.json()["detail"]
     assert failures
+
+
+def test_the_services_pixel_cap_applies_to_uploads_it_classifies(classifier: Classifier) -> None:
+    """--max-pixels is the service's, not the checkpoint processor's: a real 300x200 photo
+    (60,000 pixels) is refused under a 50,000-pixel cap and a 96x64 one still answers."""
+    app = create_app(classifier, ServeSettings(max_batch_size=2, max_pixels=50_000))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        big = test_client.post("/v1/predict", content=photo_bytes(size=300))
+        small = test_client.post("/v1/predict", content=photo_bytes(size=96))
+    assert (big.status_code, big.json()["error"]) == (413, "image_too_large"), big.text
+    assert small.status_code == 200, small.text
+    assert classifier.processor.max_pixels != 50_000  # the served classifier was left as it was

@@ -44,6 +44,7 @@ from vitkit.classifier import Classifier
 from vitkit.errors import NoClassificationHeadError
 from vitkit.fetch import FetchPolicy, fetch_url
 from vitkit.io import DEFAULT_MAX_PIXELS, load_image
+from vitkit.processor import ImageProcessor
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import (
     BadInput,
@@ -114,6 +115,7 @@ class Service:
         self.on_load_error = on_load_error
         self.metrics = Metrics()
         self.classifier: Classifier | None = None
+        self.upload_processor: ImageProcessor | None = None  # the classifier's, with our pixel cap
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self.in_flight = 0
@@ -138,6 +140,9 @@ class Service:
             )
             self.metrics.track_queue(batcher.qsize)
             batcher.start()
+            self.upload_processor = dataclasses.replace(
+                classifier.processor, max_pixels=self.settings.max_pixels
+            )
             self.classifier, self.batcher = classifier, batcher
             log.info("model %s loaded and warmed up: ready", classifier.name)
         except Exception as error:
@@ -230,9 +235,9 @@ class Service:
         return upload
 
     async def prepare(self, classifier: Classifier, uploads: list[Upload]) -> torch.Tensor:
-        return await self.in_thread(
-            self.decode_pool, partial(_decode, classifier, uploads, self.settings.max_pixels)
-        )
+        assert self.upload_processor is not None  # set with the classifier
+        decode = partial(_decode, self.upload_processor, classifier.processor_mode, uploads)
+        return await self.in_thread(self.decode_pool, decode)
 
     # ---- the two operations ---------------------------------------------------------------
     async def classify(
@@ -304,16 +309,13 @@ def _load_upload(upload: Upload, max_pixels: int) -> Image.Image:
     return load_image(_upload_stream(upload), max_pixels=max_pixels)
 
 
-def _decode(classifier: Classifier, uploads: list[Upload], max_pixels: int) -> torch.Tensor:
+def _decode(processor: ImageProcessor, mode: str | None, uploads: list[Upload]) -> torch.Tensor:
     """Bytes -> the checkpoint's preprocessing (a worker thread), the same checks as load_image.
 
     The processor reads the bytes itself, so its fast decoding (RGBX JPEG, ``--jpeg-draft``)
-    applies, with the service's pixel cap.
+    applies, with the service's pixel cap (``Service.upload_processor``).
     """
-    processor = classifier.processor
-    if processor.max_pixels != max_pixels:
-        processor = dataclasses.replace(processor, max_pixels=max_pixels)
-    return processor([_upload_stream(upload) for upload in uploads], classifier.processor_mode)
+    return processor([_upload_stream(upload) for upload in uploads], mode)
 
 
 def _upload_stream(upload: Upload) -> io.BytesIO:
