@@ -314,10 +314,12 @@ def test_mix_none_returns_the_batch_with_one_hot_labels() -> None:
     assert torch.equal(soft, torch.eye(3)[[0, 2, 1, 2]])
     with pytest.raises(ValueError, match="mix mode"):
         mix_batch(images, torch.tensor([0, 2, 1, 2]), 3, "blend")
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        mix_batch(images, torch.tensor([0, 2, 1, 2]), 3, "cutmix", alpha=0)
 
 
 def test_an_unknown_mix_is_refused_before_training(digits_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="mix 'blend'"):
+    with pytest.raises(TrainingError, match="unknown mix mode 'blend'"):
         train(tiny_config(digits_root, tmp_path / "run", mix="blend"))
     assert not (tmp_path / "run" / "last.pt").exists()
 

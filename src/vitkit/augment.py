@@ -128,8 +128,7 @@ def mix_batch(
     come from torch's global generator (reproducible under ``torch.manual_seed``, and saved in the
     trainer's checkpoint for ``--resume``). ``targets`` may be class indices or already soft.
     """
-    if mode not in MIX_MODES:
-        raise ValueError(f"unknown mix mode {mode!r}: choose one of {MIX_MODES}")
+    check_mix(mode, alpha)
     soft = (
         targets.float()
         if targets.is_floating_point()
@@ -137,8 +136,6 @@ def mix_batch(
     )
     if mode == "none" or images.shape[0] < 2:
         return images, soft
-    if alpha <= 0:
-        raise ValueError(f"mix alpha must be > 0, got {alpha}")
     batch = images.shape[0]
     partner = torch.randperm(batch, device=images.device)
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
@@ -158,6 +155,14 @@ def mix_batch(
     mixed[..., top:bottom, left:right] = images[partner][..., top:bottom, left:right]
     kept = 1.0 - (bottom - top) * (right - left) / (height * width)
     return mixed, kept * soft + (1.0 - kept) * soft[partner]
+
+
+def check_mix(mode: str, alpha: float) -> None:
+    """ValueError unless ``mode`` is one of MIX_MODES and ``alpha`` > 0."""
+    if mode not in MIX_MODES:
+        raise ValueError(f"unknown mix mode {mode!r}: choose one of {', '.join(MIX_MODES)}")
+    if alpha <= 0:
+        raise ValueError(f"mix alpha must be > 0, got {alpha:g}")
 
 
 def _blend(first: torch.Tensor, second: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ from vitkit.atomic_files import (
     recover_directories,
     write_directory_atomically,
 )
-from vitkit.augment import MIX_MODES, build_train_transform, mix_batch
+from vitkit.augment import build_train_transform, check_mix, mix_batch
 from vitkit.distributed import (
     DistInfo,
     all_gather_objects,
@@ -491,11 +491,10 @@ def prepare_data(
         vdata.inverse_frequency_weights(labels, num_classes) if balance == "weighted-loss" else None
     )
     train_transform = build_train_transform(cfg.augment, spec.image_size, spec.mean, spec.std)
-    if cfg.mix not in MIX_MODES or cfg.mix_alpha <= 0:  # say so now, not at the first step
-        raise TrainingError(
-            f"mix {cfg.mix!r} with alpha {cfg.mix_alpha:g}: choose one of {', '.join(MIX_MODES)} "
-            "and an alpha > 0"
-        )
+    try:  # say so now, not at the first step
+        check_mix(cfg.mix, cfg.mix_alpha)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     return RunData(
         splits=splits,
         train=vdata.ImageDataset(train_scan.good, train_transform, train_scan.images),
