@@ -197,7 +197,11 @@ def _fuse_qkv(reader: KeyReader, index: int, bias: bool) -> None:
 
 # ---- saving ---------------------------------------------------------------------------------
 def hf_state_dict(model: ViT) -> StateDict:
-    """The model's tensors under the names transformers uses (see the module docstring)."""
+    """The model's tensors under the names transformers uses (see the module docstring).
+
+    CPU tensors are the model's own (not copies), except the QKV chunks: for saving, not for
+    keeping while the model trains on.
+    """
     config = model.config
     # No copy of tensors already on the CPU and contiguous: saving ViT-L must not hold its
     # 1.2 GB of weights twice. Only the fused QKV chunks below get storage of their own.
