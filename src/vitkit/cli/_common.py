@@ -77,6 +77,30 @@ def add_mix_options(
     )
 
 
+def add_distill_options(
+    parser: Any, *, prefix: str = "", kind: str, alpha: float, temperature: float, row: str = ""
+) -> None:
+    """``--{prefix}kind``, ``--{prefix}alpha``, ``--{prefix}temperature`` (see vitkit.distill)."""
+    parser.add_argument(
+        f"--{prefix}kind",
+        default=kind,
+        choices=["hard", "soft", "none"],
+        help=f"teacher term{row} (default {kind})",
+    )
+    parser.add_argument(
+        f"--{prefix}alpha",
+        type=float,
+        default=alpha,
+        help=f"weight of the teacher term (default {alpha:g})",
+    )
+    parser.add_argument(
+        f"--{prefix}temperature",
+        type=float,
+        default=temperature,
+        help=f"softmax temperature of the soft term (default {temperature:g})",
+    )
+
+
 def add_precision_option(parser: Any) -> None:
     parser.add_argument(
         "--precision",

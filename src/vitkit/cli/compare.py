@@ -6,7 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import add_augment_option, add_mix_options, add_run_options
+from vitkit.cli._common import (
+    add_augment_option,
+    add_distill_options,
+    add_mix_options,
+    add_run_options,
+)
 
 EPILOG = """\
 Each row is a full training run in OUT/rows/<row>/ on the same data and test split. A killed
@@ -95,17 +100,13 @@ def register(subparsers: Any) -> None:
     add_augment_option(
         parser, default="none", help="training augmentation for every row (default none)"
     )
-    parser.add_argument(
-        "--distill-kind",
-        default="soft",
-        choices=["hard", "soft", "none"],
-        help="teacher term of the distilled row (default soft)",
-    )
-    parser.add_argument(
-        "--distill-alpha", type=float, default=0.7, help="weight of the teacher term (default 0.7)"
-    )
-    parser.add_argument(
-        "--distill-temperature", type=float, default=4.0, help="soft-label temperature (default 4)"
+    add_distill_options(
+        parser,
+        prefix="distill-",
+        kind="soft",
+        alpha=0.7,
+        temperature=4.0,
+        row=" of the distilled row",
     )
     add_mix_options(
         parser,

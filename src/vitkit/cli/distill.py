@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vitkit.cli._common import add_distill_options
+
 EPILOG = """\
 The student is a ViT with a distillation token and a second head. The [CLS] head learns the
 labels, the distillation head learns the teacher (hard: its arg-max class; soft: its softened
@@ -56,21 +58,8 @@ def register(subparsers: Any) -> None:
         help="a preset trained from scratch (vit-tiny-patch4-32; --model-arg overrides fields), a "
         "ViT checkpoint to start from, or a student directory",
     )
-    group.add_argument(
-        "--kind",
-        default="hard",
-        choices=["hard", "soft", "none"],
-        help="teacher term (default hard, as DeiT)",
-    )
-    group.add_argument(
-        "--alpha", type=float, default=0.5, help="weight of the teacher term (default 0.5)"
-    )
-    group.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        help="softmax temperature for --kind soft (default 1)",
-    )
+    # DeiT's defaults here; `vitkit compare` picks soft T=4 alpha 0.7 for its CPU-sized student
+    add_distill_options(group, kind="hard", alpha=0.5, temperature=1.0)
     add_train_options(parser)
     parser.set_defaults(func=run)
 
