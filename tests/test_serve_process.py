@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -42,6 +42,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("serve-process-tiny")
     save_tiny_checkpoint(directory)
     return directory
+
+
+_ServerT = TypeVar("_ServerT", bound="Server")
 
 
 class Server:
@@ -75,6 +78,17 @@ class Server:
             "status": "ok"
         }
 
+    def __enter__(self: _ServerT) -> _ServerT:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.client.close()
         if self.process.poll() is None:
@@ -87,31 +101,22 @@ class Server:
 
 @pytest.fixture(scope="module")
 def public(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
-        checkpoint, tmp_path_factory.mktemp("logs") / "public.log", "--fetch-timeout", "1"
-    )
-    try:
-        server.wait_ready()
+    log = tmp_path_factory.mktemp("logs") / "public.log"
+    with Server(checkpoint, log, "--fetch-timeout", "1") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
 def internal(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
+    with Server(
         checkpoint,
         tmp_path_factory.mktemp("logs") / "internal.log",
         "--allow-host", "127.0.0.1",
         "--max-queue", "2",
         "--request-timeout", "4",
         "--fetch-timeout", "1",
-    )  # fmt: skip
-    try:
-        server.wait_ready()
+    ) as server:  # fmt: skip
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -328,9 +333,7 @@ def test_overload_gives_503_with_retry_after(internal: Server) -> None:
 
 # ---- graceful shutdown ----------------------------------------------------------------------
 def test_sigterm_finishes_the_request_in_flight(checkpoint: Path, tmp_path: Path) -> None:
-    server = Server(checkpoint, tmp_path / "sigterm.log")
-    try:
-        server.wait_ready()
+    with Server(checkpoint, tmp_path / "sigterm.log") as server:
         sent = threading.Event()
         upload = trickled(photo_bytes("astronaut"), started=sent)  # in flight for ~2 s
         result: list[httpx.Response] = []
@@ -348,5 +351,3 @@ def test_sigterm_finishes_the_request_in_flight(checkpoint: Path, tmp_path: Path
         # normal end (as for any daemon); a crash would be another code or a traceback.
         assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
         assert "Traceback" not in server.log.read_text()
-    finally:
-        server.close()

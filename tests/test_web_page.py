@@ -132,12 +132,8 @@ def chromium() -> str:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
     workdir = tmp_path_factory.mktemp("web-page")
     save_model(workdir / MODEL_NAME)
-    running = PageServer(workdir, workdir / "serve.log")
-    try:
-        running.wait_ready()
+    with PageServer(workdir, workdir / "serve.log") as running:
         yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture(scope="module")
