@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 import vitkit
-from vitkit import bench, runtime
+from vitkit.bench import engine as bench
+from vitkit.inference import runtime
 
 SIZES = {"original": None, "640x480": (640, 480), "2000x1500": (2000, 1500)}
 
@@ -38,8 +39,8 @@ def log(message: str) -> None:
 def make_checkpoint(directory: Path) -> Path:
     """ViT-B/16-224, seeded random weights, LayerNorm eps 1e-6, ImageNet labels, HF layout."""
     from vitkit.checkpoints import imagenet_labels, save_pretrained
-    from vitkit.config import preset
-    from vitkit.model import ViT
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
 
     torch.manual_seed(0)
     labels = dict(enumerate(imagenet_labels()))
@@ -78,7 +79,7 @@ def make_jpegs(directory: Path, count: int) -> dict[str, list[str]]:
 
 
 def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list[bench.Contender]:
-    from vitkit.bench import logits_path_flops
+    from vitkit.bench.engine import logits_path_flops
 
     fp32 = vitkit.load(model_dir, device="cpu")
     int8 = vitkit.load(model_dir, device="cpu", precision="int8")

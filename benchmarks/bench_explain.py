@@ -42,10 +42,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vitkit.classifier import Classifier
-    from vitkit.config import preset
-    from vitkit.io import load_image
-    from vitkit.model import ViT
+    from vitkit.images.decode import load_image
+    from vitkit.inference.classifier import Classifier
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
     from vitkit.serve.explain import display_copy, overlay_png, run_explain
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@
    thread's CPU time, which other processes on a shared machine cannot inflate.
 4. Threads: vitkit fp32 with 1 and with 2 threads, interleaved, at batch 1 and 8 (what
    ``runtime.choose_threads`` is tuned on), and at batch 8 two sub-batches on one thread each
-   (``vitkit.core_split``, what the runtime does with 2 threads and >= 4 images).
+   (``vitkit.inference.core_split``, what the runtime does with 2 threads and >= 4 images).
 
     .venv/bin/python benchmarks/bench_forward.py --rounds 7 --write
     .venv/bin/python benchmarks/bench_forward.py --only threads --rounds 5
@@ -22,10 +22,11 @@ import sys
 
 import torch
 
-from vitkit import bench, runtime
+from vitkit.bench import engine as bench
 from vitkit.cli import main as vitkit_main
 from vitkit.cli.bench import load_model
-from vitkit.core_split import CoreSplit
+from vitkit.inference import runtime
+from vitkit.inference.core_split import CoreSplit
 
 
 def log(message: str) -> None:

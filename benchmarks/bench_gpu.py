@@ -1,6 +1,6 @@
 """GPU: ViT-B/16-224 bf16 inference at batch 256, vitkit vs timm (+ torch.compile) and transformers.
 
-One process, one GPU, interleaved rounds (``vitkit.bench.run_interleaved``), every contender on
+One process, one GPU, interleaved rounds (``vitkit.bench.engine.run_interleaved``), every contender on
 the same weights. The bf16 matmul rate is measured in the same rounds (8192^3 products on random
 data), so MFU = achieved FLOP/s (the FLOPs each contender executes) / that rate. Then the
 end-to-end rate from JPEG files: file bytes read by a prefetch thread, decoded in batches on
@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitkit import bench, runtime
-from vitkit.config import preset
-from vitkit.model import ViT
+from vitkit.bench import engine as bench
+from vitkit.inference import runtime
+from vitkit.models.config import preset
+from vitkit.models.vit import ViT
 
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -166,7 +167,7 @@ def jpeg_pipeline(
     plus GPU resize/normalise, while the main stream classifies the previous batch."""
     from torchvision.io import decode_jpeg, read_file
 
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
 
     processor = ImageProcessor.for_config(model.config)
     batches = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]

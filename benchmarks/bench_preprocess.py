@@ -36,7 +36,7 @@ import torchvision
 import transformers
 from PIL import Image
 
-from vitkit.processor import ImageProcessor
+from vitkit.images.processor import ImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Preprocessing"

@@ -58,9 +58,9 @@ def build_checkpoint(preset_name: str, directory: Path) -> Path:
     import torch
 
     from vitkit.checkpoints import imagenet_labels, save_pretrained
-    from vitkit.config import preset
-    from vitkit.model import ViT
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
 
     torch.manual_seed(0)
     config = preset(preset_name, id2label=dict(enumerate(imagenet_labels())))
@@ -221,8 +221,8 @@ def stage_timings(
     """Milliseconds per stage, in this process: where a request's time goes on this machine."""
     import torch
 
-    from vitkit.classifier import load
-    from vitkit.io import load_image
+    from vitkit.images.decode import load_image
+    from vitkit.inference.classifier import load
 
     classifier = load(model, device=device)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitkit.baselines import (
-    build_resnet,
+from vitkit.checkpoints.hf_resnet import (
     hf_to_torchvision_key,
     load_resnet,
     load_resnet_dir,
@@ -17,6 +16,7 @@ from vitkit.baselines import (
     torchvision_to_hf_key,
 )
 from vitkit.errors import CheckpointError
+from vitkit.models.resnet import build_resnet
 
 transformers = pytest.importorskip("transformers")
 

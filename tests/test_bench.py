@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitkit import bench, runtime
+from vitkit.bench import engine as bench
 from vitkit.cli import main
-from vitkit.config import ViTConfig
-from vitkit.model import ViT
+from vitkit.inference import runtime
+from vitkit.models.config import ViTConfig
+from vitkit.models.vit import ViT
 
 
 def sleeper(seconds: float, calls: list[str], name: str) -> bench.Forward:
@@ -137,7 +138,7 @@ def test_vitkit_bench_refuses_bf16_on_this_cpu(
 
 
 def test_int8_agreement_on_real_photo_crops() -> None:
-    from vitkit import agreement
+    from vitkit.bench import agreement
 
     torch.manual_seed(0)
     config = ViTConfig(
@@ -156,7 +157,7 @@ def test_int8_agreement_on_real_photo_crops() -> None:
 
 
 def test_agreement_runs_both_precisions_as_the_runtime_runs_a_batch_here() -> None:
-    from vitkit import agreement
+    from vitkit.bench import agreement
 
     model = ViT(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                           intermediate_size=64, image_size=32, patch_size=8, num_labels=3))  # fmt: skip

@@ -23,8 +23,8 @@ from vitkit.checkpoints import (
     load_model,
     save_pretrained,
 )
-from vitkit.config import ViTConfig
-from vitkit.model import ViT
+from vitkit.models.config import ViTConfig
+from vitkit.models.vit import ViT
 
 transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitkit.compare import CompareConfig, CompareError, build_rotation_folder, compare
+from vitkit.experiments.compare import CompareConfig, CompareError, build_rotation_folder, compare
 
 TINY_VIT = {
     "hidden_size": 16,
@@ -23,7 +23,7 @@ TINY_VIT = {
 @pytest.fixture(scope="module")
 def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real digits 0, 1, 2 as 16x16 PNGs; class 2 cut to 30% of its training images."""
-    from vitkit.demo_data import load_digits_arrays, write_image_folder
+    from vitkit.experiments.demo_data import load_digits_arrays, write_image_folder
 
     images, labels, _ = load_digits_arrays()
     keep = labels <= 2
@@ -44,8 +44,8 @@ def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pretrained_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ViT checkpoint of the rows' size, saved in HF format (stands in for --pretrained)."""
     from vitkit.checkpoints import save_pretrained
-    from vitkit.config import preset
-    from vitkit.model import ViT
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
 
     torch.manual_seed(0)
     model = ViT(preset("vit-tiny-patch4-16", **TINY_VIT, id2label={0: "x", 1: "y"}))
@@ -106,7 +106,7 @@ def test_compare_writes_the_table_and_reuses_finished_rows(
     assert float(rows[0]["macro_f1"]) == pytest.approx(baseline["macro_f1"])
     assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     # the distilled student is a DeiT-with-teacher directory whose two heads were both trained
-    from vitkit.distill import load_student
+    from vitkit.checkpoints.hf_deit import load_student
 
     if results[-1].report is not None:
         student, _ = load_student(out / "rows" / "distilled" / "best")
@@ -157,8 +157,8 @@ def test_shift_augmentation_moves_a_digit_a_little_and_never_flips_it() -> None:
     """The ViT rows' default augmentation: small shifts/rotations/scalings on a real digit."""
     from PIL import Image
 
-    from vitkit.augment import build_train_transform
-    from vitkit.demo_data import load_digits_arrays
+    from vitkit.experiments.demo_data import load_digits_arrays
+    from vitkit.training.augment import build_train_transform
 
     images, labels, _ = load_digits_arrays()
     digit = Image.fromarray(images[np.flatnonzero(labels == 7)[0]]).resize(
@@ -189,7 +189,7 @@ def test_shift_augmentation_moves_a_digit_a_little_and_never_flips_it() -> None:
     # orientation carries the meaning of a digit (a flipped 6 is no 6): no flips, no quarter turns
     from torchvision.transforms import v2
 
-    from vitkit.augment import RandomRotate90
+    from vitkit.training.augment import RandomRotate90
 
     turns = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, RandomRotate90)
     assert not any(isinstance(step, turns) for step in shift.transforms)

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
-from vitkit import data as vdata
-from vitkit.augment import RandomRotate90, build_train_transform
-from vitkit.demo_data import build_demo_folder
+from vitkit.experiments.demo_data import build_demo_folder
+from vitkit.training import data as vdata
+from vitkit.training.augment import RandomRotate90, build_train_transform
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitkit.demo_data import build_demo_folder
+from vitkit.experiments.demo_data import build_demo_folder
 
 TINY = [
     "--from-scratch",

@@ -10,20 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from vitkit.config import ViTConfig
-from vitkit.distill import (
+from vitkit.checkpoints.hf_deit import load_student, save_student
+from vitkit.models.config import ViTConfig
+from vitkit.models.deit import DistilledViT, DistilledViTOutput
+from vitkit.models.vit import ViT
+from vitkit.training.distillation import (
     DistillationLoss,
-    DistilledViT,
-    DistilledViTOutput,
     Renormalize,
     collapse_report,
     distillation_loss,
     hard_distillation_loss,
-    load_student,
-    save_student,
     soft_distillation_loss,
 )
-from vitkit.model import ViT
 
 CLS = [[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]]
 DIST = [[1.0, 1.0, 0.0], [-1.0, 0.5, 2.0]]
@@ -241,7 +239,7 @@ def test_collapse_report_flags_never_predicted_classes() -> None:
 def test_collapse_filter_vetoes_a_collapsed_epoch_loudly(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from vitkit.distill import collapse_filter
+    from vitkit.training.distillation import collapse_filter
 
     veto = collapse_filter(["a", "b"])
     assert veto({"confusion_matrix": [[3, 1], [1, 3]]}) is None
@@ -255,7 +253,7 @@ def test_a_class_too_rare_on_validation_is_reported_not_vetoed(
 ) -> None:
     """Unbalanced data: the minority class has 1-2 validation images. Missing them is no collapse
     (it would veto otherwise good epochs); missing a class with 5+ images still is."""
-    from vitkit.distill import MIN_COLLAPSE_SUPPORT, collapse_filter
+    from vitkit.training.distillation import MIN_COLLAPSE_SUPPORT, collapse_filter
 
     labels = ["big", "other", "rare"]
     rare_missed = np.array([[9, 1, 0], [0, 10, 0], [1, 1, 0]])  # 2 "rare" images, never predicted

@@ -10,9 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitkit.config import ViTConfig
-from vitkit.distill import DistilledViT
-from vitkit.explain import (
+from vitkit.inference.explain import (
     attention_maps,
     attention_rollout,
     explain_image,
@@ -20,7 +18,9 @@ from vitkit.explain import (
     quadrant_mass,
     rollout_matrix,
 )
-from vitkit.model import ViT
+from vitkit.models.config import ViTConfig
+from vitkit.models.deit import DistilledViT
+from vitkit.models.vit import ViT
 
 
 def test_rollout_by_hand() -> None:
@@ -166,8 +166,8 @@ def test_explain_command_writes_one_png_per_image(
     from skimage import data
 
     from vitkit.checkpoints import save_pretrained
+    from vitkit.checkpoints.hf_deit import save_student
     from vitkit.cli import main
-    from vitkit.distill import save_student
 
     torch.manual_seed(0)
     model_dir = tmp_path / "model"

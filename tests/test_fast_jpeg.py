@@ -13,9 +13,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvF
 
 from conftest import real_photos
-from vitkit import fast_jpeg
-from vitkit import io as vio
 from vitkit.errors import ImageDecodeError
+from vitkit.images import decode as vio
+from vitkit.images import fast_jpeg
 
 pytestmark = pytest.mark.skipif(fast_jpeg.decoder() is None, reason="simplejpeg not installed")
 
@@ -122,7 +122,7 @@ def test_draft_decodes_at_the_smallest_dct_scale_that_keeps_the_size() -> None:
 
 def test_scratch_decoding_never_leaks_into_a_batch() -> None:
     """The processor decodes into a reused buffer; images that need no resize must not share it."""
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
 
     photos = [real_photos()[name] for name in ("astronaut", "coffee", "china")]
     files = [jpeg(np.asarray(Image.fromarray(p).resize((64, 48))), quality=90) for p in photos]

@@ -1,4 +1,4 @@
-"""vitkit.fetch: the SSRF guard, pinned connections, byte cap, timeouts and redirects.
+"""vitkit.images.fetch: the SSRF guard, pinned connections, byte cap, timeouts and redirects.
 
 Only loopback traffic: non-loopback addresses are exercised through the address check with a
 resolver that returns them, and refused before any connection is made.
@@ -15,7 +15,7 @@ import pytest
 
 from test_serve_support import image_server, make_tls_files, photo_bytes, silent_server
 from vitkit.errors import FetchError, FetchTimeoutError, FetchTooLargeError, URLNotAllowedError
-from vitkit.fetch import (
+from vitkit.images.fetch import (
     BadURLError,
     FetchPolicy,
     address_refusal,
@@ -155,7 +155,7 @@ def test_connection_goes_to_the_checked_address_with_the_original_host_header() 
 def test_https_requests_carry_the_original_name_for_sni() -> None:
     import httpx
 
-    from vitkit.fetch import _Pinned
+    from vitkit.images.fetch import _Pinned
 
     with httpx.Client() as client:
         request = _Pinned(

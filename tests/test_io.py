@@ -1,4 +1,4 @@
-"""vitkit.io: every input kind decodes to the same RGB pixels; every bad input is a named error."""
+"""vitkit.images.decode: every input kind decodes to the same RGB pixels; every bad input is a named error."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from PIL import Image, ImageFile
 
 from conftest import real_photos
-from vitkit import io as vio
 from vitkit.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from vitkit.images import decode as vio
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
@@ -128,7 +128,7 @@ def test_url_default_fetch_is_vitkit_fetch_with_its_policy(
     loopback_server: str, coffee: np.ndarray
 ) -> None:
     from vitkit.errors import URLNotAllowedError
-    from vitkit.fetch import FetchPolicy
+    from vitkit.images.fetch import FetchPolicy
 
     with pytest.raises(URLNotAllowedError):  # loopback is private: refused by default
         vio.load_image(loopback_server)

@@ -1,4 +1,4 @@
-"""vitkit.metrics against scikit-learn (the reference) on real and adversarial label sets."""
+"""vitkit.training.metrics against scikit-learn (the reference) on real and adversarial label sets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from vitkit.metrics import classification_report, confusion_matrix, format_report, macro_table
+from vitkit.training.metrics import (
+    classification_report,
+    confusion_matrix,
+    format_report,
+    macro_table,
+)
 
 
 def _check_against_sklearn(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> None:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitkit.config import ViTConfig, parse_preset_name, preset
-from vitkit.model import ViT
-from vitkit.posembed import resample_pos_embed
+from vitkit.models.config import ViTConfig, parse_preset_name, preset
+from vitkit.models.posembed import resample_pos_embed
+from vitkit.models.vit import ViT
 
 
 def tiny_config(**overrides: object) -> ViTConfig:

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from vitkit.cli import main
-from vitkit.onnx_backend import OnnxError, OnnxModel, export_onnx
+from vitkit.inference.onnx import OnnxError, OnnxModel, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_onnx_classifier_predicts_and_embeds_like_pytorch(
 
 
 def test_logits_only_export_refuses_embeddings(tmp_path: Path) -> None:
-    from vitkit.config import ViTConfig
-    from vitkit.model import ViT
+    from vitkit.models.config import ViTConfig
+    from vitkit.models.vit import ViT
 
     torch.manual_seed(0)
     config = ViTConfig(

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from conftest import real_photos
-from vitkit.config import ViTConfig
 from vitkit.errors import ImageDecodeError, VitkitError
-from vitkit.processor import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageProcessor
+from vitkit.images.processor import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageProcessor
+from vitkit.models.config import ViTConfig
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

@@ -1,4 +1,4 @@
-"""vitkit.runtime: precision checks, thread choice, int8, the [CLS]-only logits path."""
+"""vitkit.inference.runtime: precision checks, thread choice, int8, the [CLS]-only logits path."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from vitkit import runtime
-from vitkit.bench import photo_batch
-from vitkit.config import ViTConfig
-from vitkit.model import ViT
+from vitkit.bench.engine import photo_batch
+from vitkit.inference import runtime
+from vitkit.models.config import ViTConfig
+from vitkit.models.vit import ViT
 
 
 def small_vit(num_labels: int = 10, image_size: int = 32) -> ViT:
@@ -76,7 +76,7 @@ def test_num_threads_restores_the_setting() -> None:
 
 def test_forward_logits_equals_timm_on_the_same_weights() -> None:
     pytest.importorskip("timm")
-    from vitkit.peers import timm_twin
+    from vitkit.bench.peers import timm_twin
 
     model = small_vit()
     twin = timm_twin(model)
@@ -128,7 +128,7 @@ def test_int8_batch_runs_as_one_sub_batch_per_thread() -> None:
 
 
 def test_core_split_needs_two_threads_and_two_images_per_thread() -> None:
-    from vitkit.core_split import worth_splitting
+    from vitkit.inference.core_split import worth_splitting
 
     assert worth_splitting(8, 2) and worth_splitting(4, 2)
     assert not worth_splitting(3, 2)  # one image per sub-batch ran slower

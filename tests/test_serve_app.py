@@ -26,10 +26,10 @@ from PIL import Image
 
 import vitkit.serve.app as serve_app
 from test_serve_support import LABELS, photo_bytes, png_bomb, save_tiny_checkpoint
-from vitkit.classifier import Classifier, load
 from vitkit.errors import FetchError
-from vitkit.explain import attention_maps
-from vitkit.fetch import FetchPolicy, _parse, resolve_checked
+from vitkit.images.fetch import FetchPolicy, _parse, resolve_checked
+from vitkit.inference.classifier import Classifier, load
+from vitkit.inference.explain import attention_maps
 from vitkit.serve import ServeSettings, create_app
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import DeadlineExceeded, Overloaded

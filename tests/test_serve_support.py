@@ -182,9 +182,9 @@ def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
     import torch
 
     from vitkit.checkpoints import save_pretrained
-    from vitkit.config import preset
-    from vitkit.model import ViT
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
 
     torch.manual_seed(0)
     config = preset(

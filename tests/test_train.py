@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from vitkit import data as vdata
-from vitkit.demo_data import build_demo_folder
-from vitkit.train import (
+from vitkit.experiments.demo_data import build_demo_folder
+from vitkit.training import data as vdata
+from vitkit.training.trainer import (
     ModelSpec,
     TrainConfig,
     TrainingError,
@@ -246,9 +246,9 @@ def test_augmentation_is_independent_of_workers_and_caching(
 
 
 def test_every_training_command_offers_every_augmentation_preset() -> None:
-    from vitkit.augment import AUGMENT_PRESETS
     from vitkit.cli import build_parser
     from vitkit.cli._common import AUGMENT_CHOICES
+    from vitkit.training.augment import AUGMENT_PRESETS
 
     assert (
         AUGMENT_CHOICES == AUGMENT_PRESETS
@@ -265,9 +265,9 @@ def test_every_training_command_offers_every_augmentation_preset() -> None:
 
 
 def test_train_and_distill_offer_batch_mixing() -> None:
-    from vitkit.augment import MIX_MODES
     from vitkit.cli import build_parser
     from vitkit.cli._common import MIX_CHOICES
+    from vitkit.training.augment import MIX_MODES
 
     assert MIX_CHOICES == MIX_MODES
     parser = build_parser()
@@ -284,7 +284,7 @@ def test_train_and_distill_offer_batch_mixing() -> None:
 def test_mix_batch_mixes_images_and_labels_alike(mode: str) -> None:
     """Image i holds the value i everywhere and has class i: a mixed image's mean value must be
     the mean class under its soft label, whatever the partner and the weight drawn."""
-    from vitkit.augment import mix_batch
+    from vitkit.training.augment import mix_batch
 
     batch = 8
     images = torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 16, 16)
@@ -306,7 +306,7 @@ def test_mix_batch_mixes_images_and_labels_alike(mode: str) -> None:
 
 
 def test_mix_none_returns_the_batch_with_one_hot_labels() -> None:
-    from vitkit.augment import mix_batch
+    from vitkit.training.augment import mix_batch
 
     images = torch.randn(4, 3, 8, 8)
     same, soft = mix_batch(images, torch.tensor([0, 2, 1, 2]), 3, "none")

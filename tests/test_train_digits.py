@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from vitkit.cli.demo import DEMO_MODEL, DEMO_PRESET, DEMO_TRAINING
-from vitkit.demo_data import build_demo_folder
-from vitkit.train import TrainConfig, train
+from vitkit.experiments.demo_data import build_demo_folder
+from vitkit.training.trainer import TrainConfig, train
 
 
 @pytest.mark.slow

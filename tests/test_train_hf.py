@@ -15,9 +15,9 @@ from sklearn import metrics as skm
 
 from vitkit.checkpoints import load_model
 from vitkit.cli import main
-from vitkit.demo_data import build_demo_folder
-from vitkit.processor import ImageProcessor
-from vitkit.train import TrainConfig, train
+from vitkit.experiments.demo_data import build_demo_folder
+from vitkit.images.processor import ImageProcessor
+from vitkit.training.trainer import TrainConfig, train
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

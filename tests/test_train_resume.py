@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vitkit.checkpoints import load_model
-from vitkit.demo_data import build_demo_folder
+from vitkit.experiments.demo_data import build_demo_folder
 
 EPOCHS = 4
 

@@ -78,9 +78,9 @@ def save_model(directory: Path) -> None:
     import torch
 
     from vitkit.checkpoints import save_pretrained
-    from vitkit.config import preset
-    from vitkit.model import ViT
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
 
     torch.manual_seed(0)
     config = preset(

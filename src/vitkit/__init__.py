@@ -4,12 +4,46 @@ import vitkit
 classifier = vitkit.load("google/vit-base-patch16-224")   # or a directory, .safetensors, .npz
 classifier.predict(["cat.jpg"], top_k=5)   # [[{"label": ..., "score": ...}, ...]]
 classifier.embed(["cat.jpg"], pool="cls")  # (1, 768) numpy array
+
+The public names below load on first use (PEP 562), so ``import vitkit`` and ``vitkit --help``
+do not pay for importing torch. The package is in layers, each a sub-package (see the README's
+Architecture section); the flat module paths of vitkit 0.1 (``vitkit.classifier``,
+``vitkit.train``, ...) still import, with a DeprecationWarning (``vitkit._moved``).
 """
 
-from vitkit.classifier import Classifier, load
-from vitkit.config import ViTConfig, preset
-from vitkit.model import ViT, ViTOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from vitkit import _moved
 
 __version__ = "0.1.0"
 
+_PUBLIC = {
+    "Classifier": "vitkit.inference.classifier",
+    "load": "vitkit.inference.classifier",
+    "ViTConfig": "vitkit.models.config",
+    "preset": "vitkit.models.config",
+    "ViT": "vitkit.models.vit",
+    "ViTOutput": "vitkit.models.vit",
+}
+
 __all__ = ["Classifier", "ViT", "ViTConfig", "ViTOutput", "__version__", "load", "preset"]
+
+if TYPE_CHECKING:
+    from vitkit.inference.classifier import Classifier, load
+    from vitkit.models.config import ViTConfig, preset
+    from vitkit.models.vit import ViT, ViTOutput
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+_moved.install()

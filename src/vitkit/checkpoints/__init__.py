@@ -28,8 +28,8 @@ from vitkit.errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
-    from vitkit.config import ImageSize
-    from vitkit.model import ViT
+    from vitkit.models.config import ImageSize
+    from vitkit.models.vit import ViT
 
 __all__ = [
     "CheckpointError",
@@ -107,7 +107,7 @@ def load_model(
     device: str | torch.device = "cpu",
     num_attention_heads: int | None = None,
 ) -> LoadedModel:
-    """Load any checkpoint format above into a ``vitkit.model.ViT`` in eval mode.
+    """Load any checkpoint format above into a ``vitkit.models.vit.ViT`` in eval mode.
 
     ``image_size`` resamples the position embeddings at load time (bicubic, antialiased, [CLS]
     kept: what timm does when it loads weights at another ``img_size``). ``num_attention_heads``

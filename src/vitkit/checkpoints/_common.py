@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from vitkit.config import ImageSize, ViTConfig, to_pair
 from vitkit.errors import CheckpointError
-from vitkit.model import ViT
-from vitkit.posembed import resample_pos_embed
+from vitkit.models.config import ImageSize, ViTConfig, to_pair
+from vitkit.models.posembed import resample_pos_embed
+from vitkit.models.vit import ViT
 
 StateDict = dict[str, torch.Tensor]
 

@@ -23,9 +23,9 @@ import torch
 
 from vitkit.atomic_files import write_directory_atomically
 from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
-from vitkit.config import ImageSize, ViTConfig
 from vitkit.errors import CheckpointError
-from vitkit.model import ViT
+from vitkit.models.config import ImageSize, ViTConfig
+from vitkit.models.vit import ViT
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

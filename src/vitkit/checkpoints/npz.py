@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from vitkit.checkpoints._common import KeyReader, build_model
-from vitkit.config import ImageSize, ViTConfig
 from vitkit.errors import CheckpointError
-from vitkit.model import ViT
+from vitkit.models.config import ImageSize, ViTConfig
+from vitkit.models.vit import ViT
 
 NPZ_LAYER_NORM_EPS = 1e-6
 TRAINING_PREFIX = "opt/target/"

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
-from vitkit.config import ImageSize, ViTConfig, to_pair
 from vitkit.errors import CheckpointError
-from vitkit.model import ViT
+from vitkit.models.config import ImageSize, ViTConfig, to_pair
+from vitkit.models.vit import ViT
 
 TIMM_LAYER_NORM_EPS = 1e-6
 

@@ -41,20 +41,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_jpeg_draft_option(parser)
 
 
-# = vitkit.augment.AUGMENT_PRESETS, written out so `vitkit --help` does not import torchvision;
+# = vitkit.training.augment.AUGMENT_PRESETS, written out so `vitkit --help` does not import torchvision;
 # tests/test_train.py checks that the two agree.
 AUGMENT_CHOICES = ("none", "seed", "natural", "shift")
 
 
 def add_augment_option(parser: Any, *, default: str, help: str) -> None:
-    """``--augment PRESET`` (see vitkit.augment) for commands that train."""
+    """``--augment PRESET`` (see vitkit.training.augment) for commands that train."""
     parser.add_argument("--augment", default=default, choices=AUGMENT_CHOICES, help=help)
 
 
-# = vitkit.augment.MIX_MODES, for the same reason.
+# = vitkit.training.augment.MIX_MODES, for the same reason.
 MIX_CHOICES = ("none", "mixup", "cutmix")
 
-# = vitkit.runtime.PRECISIONS, so `vitkit --help` does not import torch (tests check they agree).
+# = vitkit.inference.runtime.PRECISIONS, so `vitkit --help` does not import torch (tests check they agree).
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")
 
 
@@ -65,7 +65,7 @@ def add_mix_options(
     prefix: str = "",
     help: str = "mix each training batch: mixup or cutmix, labels mixed alike",
 ) -> None:
-    """``--{prefix}mix MODE`` and ``--{prefix}mix-alpha A`` (see vitkit.augment.mix_batch)."""
+    """``--{prefix}mix MODE`` and ``--{prefix}mix-alpha A`` (see vitkit.training.augment.mix_batch)."""
     parser.add_argument(
         f"--{prefix}mix", default=default, choices=MIX_CHOICES, help=f"{help} (default {default})"
     )
@@ -80,7 +80,7 @@ def add_mix_options(
 def add_distill_options(
     parser: Any, *, prefix: str = "", kind: str, alpha: float, temperature: float, row: str = ""
 ) -> None:
-    """``--{prefix}kind``, ``--{prefix}alpha``, ``--{prefix}temperature`` (see vitkit.distill)."""
+    """``--{prefix}kind``, ``--{prefix}alpha``, ``--{prefix}temperature`` (see vitkit.training.distillation)."""
     parser.add_argument(
         f"--{prefix}kind",
         default=kind,
@@ -139,9 +139,9 @@ def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
 
 
 def load_classifier(args: argparse.Namespace) -> Any:
-    import vitkit.classifier
+    import vitkit.inference.classifier
 
-    return vitkit.classifier.load(
+    return vitkit.inference.classifier.load(
         args.model,
         device=args.device,
         image_size=args.image_size,

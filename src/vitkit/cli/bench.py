@@ -110,8 +110,8 @@ def load_model_and_processor(name: str, image_size: int | None) -> tuple[Any, An
 
     import torch
 
-    from vitkit.config import parse_preset_name, preset
-    from vitkit.model import ViT
+    from vitkit.models.config import parse_preset_name, preset
+    from vitkit.models.vit import ViT
 
     is_checkpoint = Path(name).exists() or ("/" in name and not name.lower().startswith("vit-"))
     if is_checkpoint:
@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from vitkit import bench, runtime
+    from vitkit.bench import engine as bench
+    from vitkit.inference import runtime
 
     runtime.check_precision(args.precision, args.device, force=args.force)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def pick_threads(setting: str, batch_size: int, model: Any, device: Any) -> int | None:
-    from vitkit import runtime
+    from vitkit.inference import runtime
 
     if device.type != "cpu":
         return None
@@ -204,8 +205,8 @@ def pick_threads(setting: str, batch_size: int, model: Any, device: Any) -> int 
 
 
 def agreement_text(model: Any, folder: str, precision: str, processor_config: Any = None) -> str:
-    from vitkit import agreement
-    from vitkit.processor import ImageProcessor
+    from vitkit.bench import agreement
+    from vitkit.images.processor import ImageProcessor
 
     if precision == "fp32":
         return "agreement: --precision is fp32, nothing to compare"

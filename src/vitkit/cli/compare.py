@@ -127,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vitkit.cli.train import parse_model_args
-    from vitkit.compare import CompareConfig, compare
+    from vitkit.experiments.compare import CompareConfig, compare
 
     data = args.data
     if args.demo_data:
-        from vitkit.demo_data import build_demo_folder
+        from vitkit.experiments.demo_data import build_demo_folder
 
         root = Path(args.out) / "data"
         if not (root / "README.json").exists():

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.source, image_size=args.image_size, num_attention_heads=args.num_heads)
     processor = loaded.processor_config
     if processor is not None and args.image_size is not None:
-        from vitkit.classifier import resized_processor_config
+        from vitkit.inference.classifier import resized_processor_config
 
         processor = resized_processor_config(processor, loaded.model.config.image_hw)
     target = save_pretrained(loaded.model, args.destination, processor_config=processor)

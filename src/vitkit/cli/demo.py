@@ -76,10 +76,14 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from vitkit.demo_data import FASHION_MNIST_DIR, build_demo_folder, fashion_mnist_available
     from vitkit.errors import VitkitError
-    from vitkit.metrics import format_report, macro_table
-    from vitkit.train import TrainConfig, train
+    from vitkit.experiments.demo_data import (
+        FASHION_MNIST_DIR,
+        build_demo_folder,
+        fashion_mnist_available,
+    )
+    from vitkit.training.metrics import format_report, macro_table
+    from vitkit.training.trainer import TrainConfig, train
 
     fashion_dir = Path(args.fashion_mnist_dir) if args.fashion_mnist_dir else FASHION_MNIST_DIR
     dataset = args.dataset

@@ -66,8 +66,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.cli.train import config_from_args, parse_model_args
-    from vitkit.distill import distill
-    from vitkit.metrics import format_report
+    from vitkit.training.distillation import distill
+    from vitkit.training.metrics import format_report
 
     args.from_scratch = True  # the student factory decides; this only satisfies the shared options
     cfg = config_from_args(args)

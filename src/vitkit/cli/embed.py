@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vitkit.io import expand_inputs
+    from vitkit.images.decode import expand_inputs
 
     suffix = args.out.suffix.lower()
     if suffix not in (".npy", ".npz", ".parquet"):

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
 
 
 def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
-    from vitkit.data import DatasetError
+    from vitkit.training.data import DatasetError
 
     if split is not None:
         folder = data / split
@@ -78,10 +78,10 @@ def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
 def run(args: argparse.Namespace) -> int:
     import csv
 
-    from vitkit import data as vdata
-    from vitkit.classifier import load
-    from vitkit.metrics import format_report
-    from vitkit.train import ProcessorTransform, evaluate, save_eval_outputs
+    from vitkit.inference.classifier import load
+    from vitkit.training import data as vdata
+    from vitkit.training.metrics import format_report
+    from vitkit.training.trainer import ProcessorTransform, evaluate, save_eval_outputs
 
     folder, split = pick_folder(Path(args.data), args.split)
     classifier = load(args.model, device=args.device, image_size=args.image_size)

@@ -41,30 +41,30 @@ def register(subparsers: Any) -> None:
 
 def load_explainable(source: str | None, image_size: int | None = None) -> Any:
     """A Classifier for a ViT checkpoint or a DeiT student directory."""
-    from vitkit.distill import is_student_dir, load_student
+    from vitkit.checkpoints.hf_deit import is_student_dir, load_student
 
     if source is not None and is_student_dir(source):
-        from vitkit.classifier import Classifier
-        from vitkit.processor import ImageProcessor
+        from vitkit.images.processor import ImageProcessor
+        from vitkit.inference.classifier import Classifier
 
         model, processor_config = load_student(source)
         processor = ImageProcessor.from_dict(processor_config) if processor_config else None
         return Classifier(model, processor, name=source, device="cpu")
-    from vitkit.baselines import is_resnet_dir
+    from vitkit.checkpoints.hf_resnet import is_resnet_dir
     from vitkit.errors import VitkitError
 
     if source is not None and is_resnet_dir(source):
         raise VitkitError(
             f"{source} is a ResNet (a CNN): it has no attention to draw; use a ViT checkpoint"
         )
-    import vitkit.classifier
+    import vitkit.inference.classifier
 
-    return vitkit.classifier.load(source, device="cpu", image_size=image_size)
+    return vitkit.inference.classifier.load(source, device="cpu", image_size=image_size)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.explain import explain_files
-    from vitkit.io import expand_inputs
+    from vitkit.images.decode import expand_inputs
+    from vitkit.inference.explain import explain_files
 
     classifier = load_explainable(args.model, args.image_size)
     sources = expand_inputs(list(args.inputs))

@@ -12,7 +12,7 @@ examples:
   vitkit export --format onnx vit_small.safetensors small-384.onnx --image-size 384
 
 The file carries the model's config and preprocessing in its metadata: load it with
-vitkit.onnx_backend.load_classifier("model.onnx") for predict/embed on onnxruntime.
+vitkit.inference.onnx.load_classifier("model.onnx") for predict/embed on onnxruntime.
 The export is checked against PyTorch on real photos (max |logit difference| is printed;
 --tolerance sets the failure threshold).
 """
@@ -47,9 +47,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vitkit.bench import photo_batch
+    from vitkit.bench.engine import photo_batch
     from vitkit.checkpoints import load_model
-    from vitkit.onnx_backend import OnnxError, OnnxModel, export_onnx
+    from vitkit.inference.onnx import OnnxError, OnnxModel, export_onnx
 
     loaded = load_model(args.model, image_size=args.image_size)
     model = loaded.model.eval()

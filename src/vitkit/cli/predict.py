@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One record per input, in input order: {"input", "predictions"} or {"input", "error"}."""
-    from vitkit.io import expand_inputs
+    from vitkit.images.decode import expand_inputs
 
     sources = expand_inputs(args.inputs)
     classifier = load_classifier(args)

@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from vitkit.classifier import load
-    from vitkit.fetch import FetchPolicy, hosts_from
-    from vitkit.io import DEFAULT_MAX_PIXELS
+    from vitkit.images.decode import DEFAULT_MAX_PIXELS
+    from vitkit.images.fetch import FetchPolicy, hosts_from
+    from vitkit.inference.classifier import load
     from vitkit.serve import ServeSettings, create_app
 
     settings = ServeSettings(

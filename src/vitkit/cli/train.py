@@ -181,7 +181,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from vitkit.train import TrainConfig
+    from vitkit.training.trainer import TrainConfig
 
     if args.model is None and not args.from_scratch:
         from vitkit.errors import VitkitError
@@ -228,9 +228,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from vitkit.distributed import cleanup_distributed
-    from vitkit.metrics import format_report
-    from vitkit.train import train
+    from vitkit.training.distributed import cleanup_distributed
+    from vitkit.training.metrics import format_report
+    from vitkit.training.trainer import train
 
     try:
         result = train(config_from_args(args))

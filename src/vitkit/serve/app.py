@@ -5,8 +5,8 @@ Life of a prediction request:
 1. admission: refused at once with 503 + Retry-After if the model is not ready or
    ``max_queue`` requests are already in flight;
 2. the body (multipart files or raw bytes; capped while streaming) or the ``image_url`` (fetched
-   by ``vitkit.fetch`` in a thread pool) becomes bytes;
-3. decoding and preprocessing (``vitkit.io.load_image`` with the pixel cap, then the checkpoint's
+   by ``vitkit.images.fetch`` in a thread pool) becomes bytes;
+3. decoding and preprocessing (``vitkit.images.decode.load_image`` with the pixel cap, then the checkpoint's
    processor) run in a thread pool, never on the event loop;
 4. the pixels join the micro-batcher's queue; the model worker thread runs them with whatever
    else arrived meanwhile;
@@ -40,11 +40,11 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from vitkit.classifier import Classifier
 from vitkit.errors import NoClassificationHeadError
-from vitkit.fetch import FetchPolicy, fetch_url
-from vitkit.io import DEFAULT_MAX_PIXELS, load_image
-from vitkit.processor import ImageProcessor
+from vitkit.images.decode import DEFAULT_MAX_PIXELS, load_image
+from vitkit.images.fetch import FetchPolicy, fetch_url
+from vitkit.images.processor import ImageProcessor
+from vitkit.inference.classifier import Classifier
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import (
     BadInput,

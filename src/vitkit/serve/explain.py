@@ -1,6 +1,6 @@
 """POST /v1/explain: where the model looks, as a patch-grid map and a PNG overlay on the image.
 
-The maps are ``vitkit.explain``'s: attention rollout (``method=rollout``) or the last block's
+The maps are ``vitkit.inference.explain``'s: attention rollout (``method=rollout``) or the last block's
 [CLS] attention (``method=cls``), heads averaged, each summing to one over the patch grid.
 
 Why the explain forward pass goes through the micro-batcher instead of a lock: the batcher's
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitkit.classifier import Classifier, top_k_predictions
-from vitkit.explain import attention_maps
+from vitkit.inference.classifier import Classifier, top_k_predictions
+from vitkit.inference.explain import attention_maps
 
 EXPLAIN = ("explain",)  # the batcher operation: rollout and cls requests share a batch
 Method = Literal["rollout", "cls"]

@@ -524,7 +524,7 @@ def forward_contenders(
     """
     import copy
 
-    from vitkit import runtime
+    from vitkit.inference import runtime
 
     say = log or (lambda message: None)
     device = torch.device(device)
@@ -547,7 +547,7 @@ def forward_contenders(
     contenders = [vitkit_contender("vitkit", precision)]
     if precision != "fp32":
         contenders.append(vitkit_contender("vitkit fp32", "fp32"))
-    from vitkit.peers import hf_twin, timm_twin, twin_problem
+    from vitkit.bench.peers import hf_twin, timm_twin, twin_problem
 
     problem = twin_problem(model)
     builders = {"transformers": (hf_twin, "transformers-sdpa"), "timm": (timm_twin, "timm")}
@@ -589,7 +589,7 @@ def _peer_contender(
     device: torch.device,
     flops: float,
 ) -> Contender:
-    from vitkit import runtime
+    from vitkit.inference import runtime
 
     twin = twin.eval().to(device)
     if precision == "int8":
@@ -624,7 +624,7 @@ def _onnx_contenders(
 ) -> list[Contender]:
     import tempfile
 
-    from vitkit.onnx_backend import OnnxModel, export_onnx, quantize_onnx_int8
+    from vitkit.inference.onnx import OnnxModel, export_onnx, quantize_onnx_int8
 
     directory = Path(workdir or tempfile.mkdtemp(prefix="vitkit-bench-onnx-"))
     path = directory / "model-logits.onnx"

@@ -1,6 +1,6 @@
 """One table, one data set, one test split: CNN baseline vs ViT from scratch vs fine-tuned vs distilled.
 
-Rows (``--rows``, in this order; each is a full ``vitkit.train`` run in ``OUT/rows/<row>/``):
+Rows (``--rows``, in this order; each is a full ``vitkit.training.trainer`` run in ``OUT/rows/<row>/``):
 
 - ``baseline``     torchvision ResNet (18 by default; 50 for GPU-sized runs), from scratch or from
                    ``--baseline-weights`` (torchvision file or HF ``microsoft/resnet-50`` directory);
@@ -114,7 +114,7 @@ class CompareConfig:
 
     @property
     def patch_size(self) -> int:
-        from vitkit.config import preset
+        from vitkit.models.config import preset
 
         return preset(self.vit_preset, **self.vit_overrides).patch_size
 
@@ -161,7 +161,7 @@ def _say(message: str) -> None:
 
 # ---- one row = one training run ---------------------------------------------------------
 def _train_config(cfg: CompareConfig, row_dir: Path, **changes: Any) -> Any:
-    from vitkit.train import TrainConfig
+    from vitkit.training.trainer import TrainConfig
 
     base = TrainConfig(
         data=cfg.data,
@@ -182,17 +182,15 @@ def _train_config(cfg: CompareConfig, row_dir: Path, **changes: Any) -> Any:
 
 def resnet_spec_factory(arch: str, weights: str | None) -> Callable[[Any, dict[int, str]], Any]:
     """A ``model_factory`` for the trainer: the CNN baseline, saved as an HF ResNet directory."""
-    from vitkit.baselines import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        build_resnet,
+    from vitkit.checkpoints.hf_resnet import (
         load_resnet,
         load_resnet_dir,
         resnet_processor_config,
         save_resnet,
     )
-    from vitkit.processor import ImageProcessor
-    from vitkit.train import ModelSpec
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.models.resnet import IMAGENET_MEAN, IMAGENET_STD, build_resnet
+    from vitkit.training.trainer import ModelSpec
 
     def factory(cfg: Any, id2label: dict[int, str]) -> ModelSpec:
         size = cfg.image_size or 224
@@ -224,7 +222,7 @@ def resnet_spec_factory(arch: str, weights: str | None) -> Callable[[Any, dict[i
 
 
 def _run_training(row: str, train_cfg: Any, **kwargs: Any) -> Any:
-    from vitkit.train import train
+    from vitkit.training.trainer import train
 
     return train(train_cfg, **kwargs)
 
@@ -258,7 +256,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
         title = f"ViT fine-tuned @{size}"
         result = _run_training(row, _train_config(cfg, row_dir, model=pretrained, image_size=size))
     elif row == "distilled":
-        from vitkit.distill import distill
+        from vitkit.training.distillation import distill
 
         teacher = Path(cfg.out) / "rows" / "baseline" / "best"
         if not teacher.is_dir():
@@ -302,7 +300,7 @@ def _row_result(
     seconds: float,
     notes: list[str],
 ) -> RowResult:
-    from vitkit.distill import collapse_report
+    from vitkit.training.distillation import collapse_report
 
     report = result.test.report if result.test is not None else None
     if report is None:
@@ -350,7 +348,7 @@ def build_rotation_folder(data: str | Path, out: Path, size: int) -> Path:
     Only ``DATA/train`` (or ``DATA`` itself without a train/ folder) is read: the test split is
     never seen in pre-training.
     """
-    from vitkit.data import find_classes, list_samples
+    from vitkit.training.data import find_classes, list_samples
 
     root = Path(data)
     train_root = root / "train" if (root / "train").is_dir() else root

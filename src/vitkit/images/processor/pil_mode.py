@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from vitkit.processor.sizes import SizeSpec
+from vitkit.images.processor.sizes import SizeSpec
 
 
 def resize(image: Image.Image, size: SizeSpec, resample: int) -> np.ndarray:

@@ -11,7 +11,7 @@ to motivate each choice is in BENCHMARKS.md ("Model forward" and "GPU").
   per batch at run time).
 - Threads (CPU). One OpenMP barrier per op means a thread that loses its core stalls the
   whole op: fewer threads when the work is small or other processes are running; a batch with
-  >= 2 images per thread runs as one sub-batch per thread instead (``vitkit.core_split``).
+  >= 2 images per thread runs as one sub-batch per thread instead (``vitkit.inference.core_split``).
 - Allocator (CPU, glibc). glibc hands large freed buffers back to the OS, so every forward
   re-faults its activations (~100k page faults and ~7% of the time for ViT-B at batch 8);
   keeping them in the heap removes that. Process-wide, so it also helps anything else running.
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.core_split import CoreSplit, worth_splitting
 from vitkit.errors import VitkitError
+from vitkit.inference.core_split import CoreSplit, worth_splitting
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

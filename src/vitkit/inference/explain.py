@@ -188,7 +188,7 @@ def overlay_png(
 
 # ---- images in --------------------------------------------------------------------------
 def _as_classifier(classifier_or_model: Any) -> Any:
-    from vitkit.classifier import Classifier
+    from vitkit.inference.classifier import Classifier
 
     if isinstance(classifier_or_model, Classifier):
         return classifier_or_model
@@ -204,8 +204,8 @@ def explain_image(
     checkpoint-default preprocessing for its config is used). This is what ``POST /v1/explain``
     and ``vitkit explain`` call.
     """
-    from vitkit.classifier import top_k_predictions
-    from vitkit.io import load_image
+    from vitkit.images.decode import load_image
+    from vitkit.inference.classifier import top_k_predictions
 
     classifier = _as_classifier(classifier_or_model)
     picture = image if isinstance(image, Image.Image) else load_image(image)

@@ -1,15 +1,10 @@
-"""CNN baselines: torchvision ResNets, saved and loaded in Hugging Face's ResNet layout.
+"""ResNet baselines on disk: HF ``ResNetForImageClassification`` directories and torchvision files.
 
-A ``ResNetClassifier`` wraps a torchvision ResNet (18/34/50/101/152) so it plugs into the same
-trainer, metrics and comparison as the ViTs: ``model(pixels)`` returns an object with ``.logits``
-and the model carries a ``config`` with ``id2label``. Three ways in:
-
-- from scratch (``build_resnet("resnet18", id2label)``);
-- from a torchvision state dict file (``.pth`` / ``.safetensors`` of ``torchvision.models.resnet50``);
-- from an HF directory in ``microsoft/resnet-50`` layout (``ResNetForImageClassification``).
-
-It is always saved as an HF ResNet directory (config.json, model.safetensors,
-preprocessor_config.json), which transformers loads with no conversion. The key mapping:
+Three ways in: from an HF directory in ``microsoft/resnet-50`` layout, from a torchvision state
+dict file (``.pth`` / ``.safetensors`` of ``torchvision.models.resnet50``), or (in
+``vitkit.models.resnet``) from scratch. It is always saved as an HF ResNet directory (config.json,
+model.safetensors, preprocessor_config.json), which transformers loads with no conversion. The
+key mapping:
 
     torchvision                      HF ResNetForImageClassification
     conv1 / bn1                      resnet.embedder.embedder.convolution / .normalization
@@ -26,142 +21,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from vitkit.atomic_files import write_directory_atomically
 from vitkit.errors import CheckpointError
-
-# torchvision constructor name -> (block type, blocks per stage); widths are torchvision's.
-ARCHITECTURES: dict[str, tuple[str, list[int]]] = {
-    "resnet18": ("basic", [2, 2, 2, 2]),
-    "resnet34": ("basic", [3, 4, 6, 3]),
-    "resnet50": ("bottleneck", [3, 4, 6, 3]),
-    "resnet101": ("bottleneck", [3, 4, 23, 3]),
-    "resnet152": ("bottleneck", [3, 8, 36, 3]),
-}
-_HIDDEN_SIZES = {"basic": [64, 128, 256, 512], "bottleneck": [256, 512, 1024, 2048]}
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-@dataclass
-class ResNetConfig:
-    """What a ResNet baseline needs to be rebuilt; written as an HF ResNet config.json."""
-
-    arch: str = "resnet50"
-    id2label: dict[int, str] = field(default_factory=dict)
-    image_size: int = 224
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown ResNet {self.arch!r}: use one of {', '.join(ARCHITECTURES)}")
-        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    def labels(self) -> list[str]:
-        return [self.id2label[i] for i in range(self.num_labels)]
-
-    @property
-    def layer_type(self) -> str:
-        return ARCHITECTURES[self.arch][0]
-
-    @property
-    def depths(self) -> list[int]:
-        return ARCHITECTURES[self.arch][1]
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        labels = self.labels()
-        return {
-            "model_type": "resnet",
-            "architectures": ["ResNetForImageClassification"],
-            "num_channels": 3,
-            "embedding_size": 64,
-            "hidden_sizes": _HIDDEN_SIZES[self.layer_type],
-            "depths": self.depths,
-            "layer_type": self.layer_type,
-            "hidden_act": "relu",
-            "downsample_in_first_stage": False,
-            "downsample_in_bottleneck": False,
-            "id2label": {str(i): label for i, label in enumerate(labels)},
-            "label2id": {label: i for i, label in enumerate(labels)},
-            "image_size": self.image_size,  # vitkit-only: the resolution it was trained at
-            "vitkit_arch": self.arch,
-        }
-
-    @classmethod
-    def from_hf_dict(cls, data: dict[str, Any], source: str = "config.json") -> ResNetConfig:
-        """Match an HF ResNet config to a torchvision architecture, or explain why not."""
-        layer_type = data.get("layer_type", "bottleneck")
-        depths = list(data.get("depths", [3, 4, 6, 3]))
-        arch = next(
-            (name for name, spec in ARCHITECTURES.items() if spec == (layer_type, depths)), None
-        )
-        problems = []
-        if arch is None:
-            problems.append(f"layer_type={layer_type} depths={depths}")
-        if list(data.get("hidden_sizes", _HIDDEN_SIZES[layer_type])) != _HIDDEN_SIZES.get(
-            layer_type
-        ):
-            problems.append(f"hidden_sizes={data.get('hidden_sizes')}")
-        for key, expected in (
-            ("embedding_size", 64),
-            ("hidden_act", "relu"),
-            ("downsample_in_first_stage", False),
-            ("downsample_in_bottleneck", False),
-            ("num_channels", 3),
-        ):
-            if data.get(key, expected) != expected:
-                problems.append(f"{key}={data.get(key)}")
-        if problems or arch is None:
-            raise CheckpointError(
-                f"{source}: ResNet variant not available in torchvision ({', '.join(problems)}); "
-                f"supported: {', '.join(ARCHITECTURES)} with HF's default layout"
-            )
-        id2label = data.get("id2label") or {}
-        return cls(arch=arch, id2label=id2label, image_size=int(data.get("image_size", 224)))
-
-
-@dataclass
-class ResNetOutput:
-    logits: torch.Tensor
-
-
-class ResNetClassifier(nn.Module):
-    """A torchvision ResNet with a config (labels, architecture) and an ``.logits`` output."""
-
-    def __init__(self, config: ResNetConfig) -> None:
-        super().__init__()
-        import torchvision
-
-        self.config = config
-        constructor = getattr(torchvision.models, config.arch)
-        self.net = constructor(weights=None, num_classes=max(config.num_labels, 1))
-
-    def forward(self, pixel_values: torch.Tensor) -> ResNetOutput:
-        return ResNetOutput(self.net(pixel_values))
-
-    def reset_head(self, id2label: dict[int, str]) -> None:
-        """A new linear layer for new classes (the backbone is kept)."""
-        self.config = ResNetConfig(self.config.arch, dict(id2label), self.config.image_size)
-        fc = self.net.fc
-        self.net.fc = nn.Linear(fc.in_features, len(id2label), device=fc.weight.device)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-def build_resnet(arch: str, id2label: dict[int, str], image_size: int = 224) -> ResNetClassifier:
-    """A randomly initialised ResNet (torchvision's init) for ``id2label``."""
-    return ResNetClassifier(ResNetConfig(arch, dict(id2label), image_size))
-
+from vitkit.models.resnet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ResNetClassifier,
+    ResNetConfig,
+)
 
 # ---- key mapping ------------------------------------------------------------------------
 _TV_TO_HF = [

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vitkit.config import ViTConfig
 from vitkit.errors import VitkitError
-from vitkit.model import ViT, ViTOutput
+from vitkit.models.config import ViTConfig
+from vitkit.models.vit import ViT, ViTOutput
 
 Outputs = Literal["all", "logits"]
 CONFIG_KEY = "vitkit_config"
@@ -140,7 +140,7 @@ def _session(path: Path, threads: int | None) -> Any:
 
 
 class OnnxModel(nn.Module):
-    """An exported ViT run by onnxruntime, called like ``vitkit.model.ViT`` (inference only)."""
+    """An exported ViT run by onnxruntime, called like ``vitkit.models.vit.ViT`` (inference only)."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         super().__init__()
@@ -197,8 +197,8 @@ def load_classifier(
     path: str | Path, *, threads: int | None = None, name: str | None = None
 ) -> Any:
     """A ``vitkit.Classifier`` that runs the ONNX file at ``path`` on onnxruntime."""
-    from vitkit.classifier import Classifier
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.inference.classifier import Classifier
 
     model = OnnxModel(path, threads=threads)
     processor = (

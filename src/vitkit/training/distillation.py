@@ -1,26 +1,4 @@
-"""DeiT-style distillation (Touvron et al., "Training data-efficient image transformers", 2021).
-
-The student is a ViT with one extra learned token, the *distillation token*, appended after
-[CLS]. Both travel through every block; the [CLS] output feeds ``head`` (trained on the true
-labels), the distillation-token output feeds ``head_dist`` (trained to match a teacher, here a
-CNN). At inference the two heads' logits are averaged.
-
-Parameter names are those of ``vitkit.model.ViT`` plus timm's distilled-DeiT names
-(``dist_token``, ``head_dist``); ``pos_embed`` has two prefix positions ([CLS], distillation)
-before the patch grid. On disk a student is an HF ``DeiTForImageClassificationWithTeacher``
-directory, so transformers loads it with no conversion:
-
-    vitkit DistilledViT       HF DeiTForImageClassificationWithTeacher
-    cls_token                 deit.embeddings.cls_token
-    dist_token                deit.embeddings.distillation_token
-    pos_embed (1, 2+N, D)     deit.embeddings.position_embeddings   (same order: CLS, dist, grid)
-    patch_embed.proj          deit.embeddings.patch_embeddings.projection
-    blocks.i.norm1 / norm2    deit.encoder.layer.i.layernorm_before / layernorm_after
-    blocks.i.attn.qkv         deit.encoder.layer.i.attention.attention.{query,key,value} (split in 3)
-    blocks.i.attn.proj        deit.encoder.layer.i.attention.output.dense
-    blocks.i.mlp.fc1 / fc2    deit.encoder.layer.i.intermediate.dense / output.dense
-    norm                      deit.layernorm
-    head / head_dist          cls_classifier / distillation_classifier
+"""DeiT-style distillation: the losses, the frozen teacher, collapse detection, ``distill()``.
 
 Losses (``alpha`` weighs the teacher's term; DeiT uses 0.5):
 
@@ -37,17 +15,16 @@ the blended images themselves: teacher and student see the very same input ("fun
 Beyer et al., 2022, "Knowledge distillation: A good teacher is patient and consistent"). The
 blends are inputs no labelled image covers, on which the student can still learn the teacher's
 answer; with a class of only a dozen training images that is what lifts the student towards the
-teacher (see ``vitkit.compare``, whose distilled row uses it).
+teacher (see ``vitkit.experiments.compare``, whose distilled row uses it).
 
 A distilled run can collapse (the student predicts one class, macro-F1 near 0) without the loss
 saying so. ``collapse_report`` detects it from a confusion matrix; the trainer never keeps a
-collapsed epoch as the best model and the CLI says so loudly.
+collapsed epoch as the best model and the CLI says so loudly. The student network is
+``vitkit.models.deit``; its files, ``vitkit.checkpoints.hf_deit``.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,91 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.config import ViTConfig
-from vitkit.errors import CheckpointError, VitkitError
-from vitkit.model import ViT, ViTOutput
+from vitkit.checkpoints.hf_deit import (
+    is_student_dir,
+    load_student,
+    save_student,
+)
+from vitkit.errors import VitkitError
+from vitkit.models.deit import DistilledViT, DistilledViTOutput, build_student
 
 DistillKind = Literal["hard", "soft", "none"]
-
-
-# ---- the student ------------------------------------------------------------------------
-@dataclass
-class DistilledViTOutput(ViTOutput):
-    """``logits`` is the average of the two heads; each head's logits are kept too."""
-
-    cls_logits: torch.Tensor | None = None
-    dist_logits: torch.Tensor | None = None
-
-
-class DistilledViT(ViT):
-    """A ViT with a distillation token and a second head (DeiT's ``*_distilled`` models)."""
-
-    num_prefix_tokens = 2
-
-    def __init__(self, config: ViTConfig) -> None:
-        if config.add_pooling_layer:
-            raise ValueError(
-                "a DeiT student has no pooler (dense+tanh): build it with add_pooling_layer=False"
-            )
-        super().__init__(config)
-        dim = config.hidden_size
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 2, dim))
-        self.head_dist: nn.Module = (
-            nn.Linear(dim, config.num_labels) if config.num_labels else nn.Identity()
-        )
-        std = config.initializer_range
-        nn.init.trunc_normal_(self.dist_token, std=std)
-        nn.init.trunc_normal_(self.pos_embed, std=std)
-        if isinstance(self.head_dist, nn.Linear):
-            nn.init.trunc_normal_(self.head_dist.weight, std=std)
-            nn.init.zeros_(self.head_dist.bias)
-
-    def reset_head(self, id2label: dict[int, str]) -> None:
-        """Zero-initialised heads (both) for new classes."""
-        super().reset_head(id2label)
-        head_dist = nn.Linear(self.config.hidden_size, len(id2label), device=self.pos_embed.device)
-        nn.init.zeros_(head_dist.weight)
-        nn.init.zeros_(head_dist.bias)
-        self.head_dist = head_dist
-
-    def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
-        """[CLS] then the distillation token, DeiT's order."""
-        return [self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1)]
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ) -> DistilledViTOutput:
-        tokens, attentions, hidden_states = self.forward_features(
-            pixel_values, output_attentions, output_hidden_states
-        )
-        cls_logits = dist_logits = logits = None
-        if self.config.num_labels:
-            cls_logits = self.head(tokens[:, 0])
-            dist_logits = self.head_dist(tokens[:, 1])
-            logits = (cls_logits + dist_logits) / 2
-        return DistilledViTOutput(
-            logits, tokens, None, attentions, hidden_states, cls_logits, dist_logits
-        )
-
-    @classmethod
-    def from_vit(cls, vit: ViT) -> DistilledViT:
-        """A student initialised from a ViT: the distillation token, its position and its head
-        start as copies of [CLS]'s (so both heads agree before training)."""
-        config = vit.config.replace(add_pooling_layer=False, classifier_uses_pooler=False)
-        student = cls(config)
-        state = {k: v for k, v in vit.state_dict().items() if not k.startswith("pooler.")}
-        pos = state.pop("pos_embed")
-        state["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
-        state["dist_token"] = state["cls_token"].clone()
-        if config.num_labels:
-            state["head_dist.weight"] = state["head.weight"].clone()
-            state["head_dist.bias"] = state["head.bias"].clone()
-        student.load_state_dict(state)
-        return student
 
 
 # ---- losses -----------------------------------------------------------------------------
@@ -306,172 +207,6 @@ def collapse_report(
     )
 
 
-# ---- HF DeiT layout ---------------------------------------------------------------------
-_HF_BLOCK = "deit.encoder.layer.{i}."
-_BLOCK_NAMES = {
-    "norm1": "layernorm_before",
-    "norm2": "layernorm_after",
-    "attn.proj": "attention.output.dense",
-    "mlp.fc1": "intermediate.dense",
-    "mlp.fc2": "output.dense",
-}
-_TOP_NAMES = {
-    "cls_token": "deit.embeddings.cls_token",
-    "dist_token": "deit.embeddings.distillation_token",
-    "pos_embed": "deit.embeddings.position_embeddings",
-    "patch_embed.proj.weight": "deit.embeddings.patch_embeddings.projection.weight",
-    "patch_embed.proj.bias": "deit.embeddings.patch_embeddings.projection.bias",
-    "norm.weight": "deit.layernorm.weight",
-    "norm.bias": "deit.layernorm.bias",
-    "head.weight": "cls_classifier.weight",
-    "head.bias": "cls_classifier.bias",
-    "head_dist.weight": "distillation_classifier.weight",
-    "head_dist.bias": "distillation_classifier.bias",
-}
-# transformers 5 names its modules differently from the hub files (it renames at load time);
-# read either by mapping the new names back to the hub's.
-_NEW_TO_HUB = [
-    (r"^deit\.layers\.(\d+)\.", r"deit.encoder.layer.\1."),
-    (r"\.attention\.q_proj\.", ".attention.attention.query."),
-    (r"\.attention\.k_proj\.", ".attention.attention.key."),
-    (r"\.attention\.v_proj\.", ".attention.attention.value."),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".intermediate.dense."),
-    (r"\.mlp\.fc2\.", ".output.dense."),
-]
-
-
-def to_hf_state_dict(model: DistilledViT) -> dict[str, torch.Tensor]:
-    """The student's weights under HF DeiT (hub) names, QKV split into query/key/value."""
-    state = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for name, hf_name in _TOP_NAMES.items():
-        if name in state:
-            out[hf_name] = state[name]
-    for i in range(model.config.num_hidden_layers):
-        prefix = _HF_BLOCK.format(i=i)
-        for ours, theirs in _BLOCK_NAMES.items():
-            for kind in ("weight", "bias"):
-                out[f"{prefix}{theirs}.{kind}"] = state[f"blocks.{i}.{ours}.{kind}"]
-        for kind in ("weight", "bias"):
-            key = f"blocks.{i}.attn.qkv.{kind}"
-            if key not in state:
-                continue
-            query, key_part, value = state[key].chunk(3, dim=0)
-            for part, tensor in (("query", query), ("key", key_part), ("value", value)):
-                out[f"{prefix}attention.attention.{part}.{kind}"] = tensor
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
-
-
-def from_hf_state_dict(
-    hf_state: dict[str, torch.Tensor], num_layers: int
-) -> dict[str, torch.Tensor]:
-    """The inverse of ``to_hf_state_dict``; accepts hub names and transformers-5 module names."""
-    renamed: dict[str, torch.Tensor] = {}
-    for name, tensor in hf_state.items():
-        for pattern, replacement in _NEW_TO_HUB:
-            name = re.sub(pattern, replacement, name)
-        renamed[name] = tensor
-    ours: dict[str, torch.Tensor] = {}
-    for name, hf_name in _TOP_NAMES.items():
-        if hf_name in renamed:
-            ours[name] = renamed.pop(hf_name)
-    for i in range(num_layers):
-        prefix = _HF_BLOCK.format(i=i)
-        for mine, theirs in _BLOCK_NAMES.items():
-            for kind in ("weight", "bias"):
-                ours[f"blocks.{i}.{mine}.{kind}"] = _take(renamed, f"{prefix}{theirs}.{kind}")
-        for kind in ("weight", "bias"):
-            parts = [f"{prefix}attention.attention.{p}.{kind}" for p in ("query", "key", "value")]
-            if all(p in renamed for p in parts):
-                ours[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([renamed.pop(p) for p in parts])
-    return ours
-
-
-def _take(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state:
-        raise CheckpointError(f"DeiT checkpoint lacks {key!r}: not a DeiT-with-teacher layout")
-    return state.pop(key)
-
-
-def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
-    data = config.to_hf_dict()
-    data["model_type"] = "deit"
-    data["architectures"] = ["DeiTForImageClassificationWithTeacher"]
-    for vit_only in ("add_pooling_layer", "classifier_uses_pooler"):
-        data.pop(vit_only, None)
-    return data
-
-
-def is_student_dir(directory: str | Path) -> bool:
-    """True when ``directory`` holds a DeiT-with-teacher checkpoint (ours or transformers')."""
-    config_path = Path(directory) / "config.json"
-    if not config_path.is_file():
-        return False
-    data = json.loads(config_path.read_text())
-    return data.get("model_type") == "deit" and "DeiTForImageClassificationWithTeacher" in (
-        data.get("architectures") or []
-    )
-
-
-def save_student(
-    model: DistilledViT, directory: str | Path, processor_config: dict[str, Any] | None = None
-) -> Path:
-    """Write an HF DeiT-with-teacher directory atomically (temp dir, then rename)."""
-    from safetensors.torch import save_file
-
-    from vitkit.atomic_files import write_directory_atomically
-
-    def write(staging: Path) -> None:
-        staging.mkdir()
-        (staging / "config.json").write_text(
-            json.dumps(hf_config_dict(model.config), indent=2) + "\n"
-        )
-        save_file(
-            to_hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"}
-        )
-        if processor_config is not None:
-            (staging / "preprocessor_config.json").write_text(
-                json.dumps(processor_config, indent=2) + "\n"
-            )
-
-    return write_directory_atomically(directory, write)
-
-
-def load_student(directory: str | Path) -> tuple[DistilledViT, dict[str, Any] | None]:
-    """(student in eval mode, preprocessor_config or None) from a DeiT-with-teacher directory."""
-    from safetensors.torch import load_file
-
-    path = Path(directory)
-    if not is_student_dir(path):
-        raise CheckpointError(
-            f"{path}: no config.json for DeiTForImageClassificationWithTeacher; a distilled "
-            "student is saved by `vitkit distill` (or transformers) in that layout"
-        )
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: model.safetensors is missing")
-    data = json.loads((path / "config.json").read_text())
-    config = ViTConfig.from_hf_dict({**data, "architectures": ["ViTForImageClassification"]})
-    config = config.replace(add_pooling_layer=False, classifier_uses_pooler=False)
-    model = DistilledViT(config)
-    state = from_hf_state_dict(load_file(str(weights)), config.num_hidden_layers)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: weights do not fit the config (missing {missing[:4]}, "
-            f"unexpected {unexpected[:4]})"
-        )
-    processor_path = path / "preprocessor_config.json"
-    processor = json.loads(processor_path.read_text()) if processor_path.is_file() else None
-    return model.eval(), processor
-
-
-def build_student(config: ViTConfig, id2label: dict[int, str]) -> DistilledViT:
-    """A from-scratch student for ``id2label`` (heads sized for those classes)."""
-    return DistilledViT(config.replace(num_labels=len(id2label), id2label=dict(id2label)))
-
-
 def check_teacher_labels(teacher_labels: list[str], student_labels: list[str]) -> None:
     if list(teacher_labels) != list(student_labels):
         raise VitkitError(
@@ -497,7 +232,8 @@ class Teacher:
 
 def load_teacher(source: str | Path, device: str = "cpu") -> Teacher:
     """A ResNet baseline directory (HF ResNet layout) or any ViT checkpoint vitkit loads."""
-    from vitkit.baselines import IMAGENET_MEAN, IMAGENET_STD, is_resnet_dir, load_resnet_dir
+    from vitkit.checkpoints.hf_resnet import is_resnet_dir, load_resnet_dir
+    from vitkit.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 
     path = Path(source)
     if path.is_dir() and is_resnet_dir(path):
@@ -512,7 +248,7 @@ def load_teacher(source: str | Path, device: str = "cpu") -> Teacher:
         mean = tuple(processor.get("image_mean", (0.5, 0.5, 0.5)))
         std = tuple(processor.get("image_std", (0.5, 0.5, 0.5)))
         return Teacher(student.to(device), student.config.labels(), mean, std, str(source))
-    from vitkit.classifier import load
+    from vitkit.inference.classifier import load
 
     classifier = load(str(source), device=device)
     config = classifier.processor.to_dict()
@@ -594,11 +330,11 @@ def collapse_filter(labels: list[str]) -> Callable[[dict[str, Any]], str | None]
 def student_spec_factory(
     student: str, overrides: dict[str, Any] | None = None
 ) -> Callable[[Any, dict[int, str]], Any]:
-    """A ``model_factory`` for ``vitkit.train.train``: a DeiT student from a preset (from scratch),
+    """A ``model_factory`` for ``vitkit.training.trainer.train``: a DeiT student from a preset (from scratch),
     a ViT checkpoint (weights copied, distillation token from [CLS]) or a student directory."""
-    from vitkit.config import preset
-    from vitkit.processor import ImageProcessor
-    from vitkit.train import ModelSpec
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.models.config import preset
+    from vitkit.training.trainer import ModelSpec
 
     def factory(cfg: Any, id2label: dict[int, str]) -> ModelSpec:
         path = Path(student)
@@ -608,7 +344,7 @@ def student_spec_factory(
             model.reset_head(id2label)
             description = f"DeiT student from {student}"
         elif path.exists():
-            from vitkit.classifier import load
+            from vitkit.inference.classifier import load
 
             classifier = load(student, image_size=cfg.image_size, device="cpu")
             model = DistilledViT.from_vit(classifier.model)
@@ -697,7 +433,7 @@ def distill(
     Collapsed epochs (a class never predicted on validation, or macro-F1 0) are never kept as the
     best model; a run where every epoch collapsed ends with no ``best/`` and a clear error.
     """
-    from vitkit.train import train
+    from vitkit.training.trainer import train
 
     teacher_obj = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
     hook = _TeacherHook(teacher_obj, kind, alpha, temperature, cfg.label_smoothing)

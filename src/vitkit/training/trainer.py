@@ -54,23 +54,23 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vitkit import data as vdata
 from vitkit.atomic_files import (
     atomic_torch_save,
     atomic_write_text,
     recover_directories,
     write_directory_atomically,
 )
-from vitkit.augment import build_train_transform, check_mix, mix_batch
-from vitkit.distributed import (
+from vitkit.errors import VitkitError
+from vitkit.training import data as vdata
+from vitkit.training.augment import build_train_transform, check_mix, mix_batch
+from vitkit.training.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_mean,
     barrier,
     init_distributed,
 )
-from vitkit.errors import VitkitError
-from vitkit.metrics import classification_report
+from vitkit.training.metrics import classification_report
 
 
 class TrainingError(VitkitError):
@@ -104,7 +104,7 @@ class TrainConfig:
     # data
     balance: str = "auto"
     augment: str = "natural"
-    # Batch mixing after augmentation (vitkit.augment.mix_batch): "none", "mixup" or "cutmix";
+    # Batch mixing after augmentation (vitkit.training.augment.mix_batch): "none", "mixup" or "cutmix";
     # the loss then sees soft targets (N, classes) and, under distillation, the mixed images.
     mix: str = "none"
     mix_alpha: float = 1.0
@@ -175,9 +175,9 @@ class ProcessorTransform:
 def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
     """A ViT from a checkpoint (or a preset, from scratch) with a new zero-initialised head."""
     from vitkit.checkpoints import load_model, save_pretrained
-    from vitkit.config import preset
-    from vitkit.model import ViT
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
 
     if cfg.from_scratch:
         overrides = dict(cfg.model_overrides)
@@ -198,7 +198,7 @@ def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
             raise TrainingError(
                 "name a checkpoint with --model, or pass --from-scratch --preset NAME"
             )
-        from vitkit.classifier import load as load_classifier
+        from vitkit.inference.classifier import load as load_classifier
 
         classifier = load_classifier(cfg.model, image_size=cfg.image_size, device="cpu")
         model, processor = classifier.model, classifier.processor
@@ -426,7 +426,7 @@ def _autocast(device: torch.device) -> Any:
 
 def save_eval_outputs(result: EvalResult, labels: list[str], out: Path, title: str) -> None:
     """metrics.json, confusion_matrix.json and confusion_matrix.png of one evaluation."""
-    from vitkit.plots import plot_confusion_matrix
+    from vitkit.training.plots import plot_confusion_matrix
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in result.report.items() if k != "confusion_matrix"}
@@ -535,7 +535,7 @@ def train(
     """
     # The process group (under torchrun) outlives this call, so that several runs can share it
     # (e.g. the rows of `vitkit compare`); the command that started it calls
-    # vitkit.distributed.cleanup_distributed() before exiting.
+    # vitkit.training.distributed.cleanup_distributed() before exiting.
     info = init_distributed(cfg.device)
     return _train(cfg, info, model_factory, loss_fn, best_filter)
 
@@ -744,7 +744,7 @@ def _train(
                     last_path,
                 )
                 write_logs(out, history)
-                from vitkit.plots import plot_curves
+                from vitkit.training.plots import plot_curves
 
                 plot_curves([r for r in history if r["type"] == "epoch"], out / "curves.png")
                 progress.epoch_summary(record, veto)

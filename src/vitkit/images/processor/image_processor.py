@@ -14,7 +14,7 @@ and the two modes differ only in the resize filter's integer rounding: on the si
 most one pixel level (0.0078 after mean = std = 0.5), on 0.1% (bilinear) to 0.3% (bicubic) of
 the values. Pick "pil" to reproduce numbers computed with the PIL pipeline bit for bit.
 
-Images are decoded by ``vitkit.io`` (RGB, EXIF-transposed, pixel cap). Transparency is dropped
+Images are decoded by ``vitkit.images.decode`` (RGB, EXIF-transposed, pixel cap). Transparency is dropped
 as transformers' ``load_image`` does, or composited onto white when the config sets
 ``do_convert_rgb`` (as the reference processors then do).
 """
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from vitkit import io as vio
 from vitkit.errors import CheckpointError, VitkitError
-from vitkit.processor import fast_mode, pil_mode
-from vitkit.processor.sizes import SizeSpec
+from vitkit.images import decode as vio
+from vitkit.images.processor import fast_mode, pil_mode
+from vitkit.images.processor.sizes import SizeSpec
 
 if TYPE_CHECKING:
-    from vitkit.config import ViTConfig
+    from vitkit.models.config import ViTConfig
 
 MODES = ("fast", "pil")
 DEFAULT_MODE = "fast"
@@ -88,7 +88,7 @@ class ImageProcessor:
     do_convert_rgb: bool | None = None
     mode: str = DEFAULT_MODE
     max_pixels: int | None = vio.DEFAULT_MAX_PIXELS
-    fetch: Any = None  # vitkit.fetch.FetchPolicy or a callable url -> bytes (for URL inputs)
+    fetch: Any = None  # vitkit.images.fetch.FetchPolicy or a callable url -> bytes (for URL inputs)
     # APPROXIMATE, fast mode only, off by default: decode JPEGs at a reduced DCT scale (PIL draft
     # mode) when the image is at least twice the output size. Not equal to either reference.
     jpeg_draft: bool = False

@@ -10,7 +10,7 @@ faster. Both use libjpeg-turbo's accurate integer IDCT with fancy upsampling (si
 torchvision and PIL).
 
 simplejpeg does not apply EXIF orientation, so ``decode_rgbx`` is only for JPEGs that are
-already upright: ``vitkit.io`` reads the orientation tag (``exif_orientation``) while it walks
+already upright: ``vitkit.images.decode`` reads the orientation tag (``exif_orientation``) while it walks
 the header, and anything else (a rotation, an EXIF block it cannot read) goes to torchvision,
 which applies it. When simplejpeg is not installed, everything goes to torchvision.
 """

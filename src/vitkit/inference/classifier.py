@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vitkit.errors import NoClassificationHeadError, VitkitError
-from vitkit.model import ViT
+from vitkit.models.vit import ViT
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 Pool = Literal["cls", "mean", "pooler", "tokens"]
@@ -79,7 +79,7 @@ class Classifier:
         precision: str = "fp32",
         processor_mode: str | None = None,
     ) -> None:
-        from vitkit.processor import ImageProcessor
+        from vitkit.images.processor import ImageProcessor
 
         self.device = pick_device(device)
         self.precision = precision
@@ -101,9 +101,9 @@ class Classifier:
         return bool(self.config.num_labels)
 
     def _build_forward(self, precision: str) -> Any:
-        """The callable that runs the network, from vitkit.runtime: threads by batch size, the
+        """The callable that runs the network, from vitkit.inference.runtime: threads by batch size, the
         [CLS]-only logits path, int8 / bf16 copies of the model."""
-        from vitkit import runtime  # the performance layer: int8, autocast, compile
+        from vitkit.inference import runtime  # the performance layer: int8, autocast, compile
 
         return runtime.optimize(self.model, precision=precision, device=self.device)
 
@@ -201,18 +201,18 @@ def load(
     but no longer the checkpoint's exact preprocessing (BENCHMARKS.md "Preprocessing").
     """
     from vitkit.checkpoints import load_model
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
 
     name = str(source) if source is not None else default_model_name()
     if name.endswith(".onnx"):
         # An exported model (`vitkit export --format onnx`) runs on onnxruntime; its config and
         # preprocessing travel in the file's metadata.
-        from vitkit.onnx_backend import load_classifier
+        from vitkit.inference.onnx import load_classifier
 
         if image_size is not None or precision != "fp32" or jpeg_draft:
             raise VitkitError(
                 f"{name}: an ONNX model runs as exported; re-export it for another "
-                "image size (vitkit export --image-size N); for int8 use vitkit.onnx_backend.quantize_onnx_int8"
+                "image size (vitkit export --image-size N); for int8 use vitkit.inference.onnx.quantize_onnx_int8"
             )
         return load_classifier(name)
     loaded = load_model(name, image_size=image_size)

@@ -1,9 +1,9 @@
 """Preprocessing: preprocessor_config.json -> model-ready tensors, in "fast" and "pil" modes.
 
-See ``vitkit.processor.image_processor`` for the two modes and what each matches exactly.
+See ``vitkit.images.processor.image_processor`` for the two modes and what each matches exactly.
 """
 
-from vitkit.processor.image_processor import (
+from vitkit.images.processor.image_processor import (
     DEFAULT_MODE,
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -12,7 +12,7 @@ from vitkit.processor.image_processor import (
     PreparedBatch,
     ProcessorConfigError,
 )
-from vitkit.processor.sizes import SizeSpec
+from vitkit.images.processor.sizes import SizeSpec
 
 __all__ = [
     "DEFAULT_MODE",

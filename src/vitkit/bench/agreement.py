@@ -73,7 +73,7 @@ def compare_logits(
 
 def macro_f1(true: Sequence[int], predicted: Sequence[int], num_classes: int) -> float:
     """Macro-F1 over the classes present in ``true`` (as scikit-learn's labels=present)."""
-    from vitkit.metrics import confusion_matrix, per_class_scores
+    from vitkit.training.metrics import confusion_matrix, per_class_scores
 
     matrix = confusion_matrix(true, predicted, num_classes)
     present = np.unique(np.asarray(true))
@@ -84,12 +84,12 @@ def precision_pair(model: Any, precision: str) -> tuple[Logits, Logits]:
     """(fp32 logits, ``precision`` logits) callables on copies of ``model``.
 
     Both run on this process's thread count the way the runtime runs a batch there, sub-batch
-    split per core included (``vitkit.core_split``): dynamic int8 quantisation takes each
+    split per core included (``vitkit.inference.core_split``): dynamic int8 quantisation takes each
     activation's range from the tensor it sees, so which images share a sub-batch is part of
     what is being checked. (Not "auto": that follows the machine's load, and the check should
     give the same answer twice.)
     """
-    from vitkit import runtime
+    from vitkit.inference import runtime
 
     threads = torch.get_num_threads()
     fp32 = runtime.optimize(copy.deepcopy(model), precision="fp32", threads=threads)
@@ -122,7 +122,7 @@ def folder_images(
     folder: str | Path, label_names: Sequence[str]
 ) -> tuple[list[str], list[int] | None]:
     """Image paths under ``folder``, and their labels when every sub-folder is a model label."""
-    from vitkit.io import expand_inputs
+    from vitkit.images.decode import expand_inputs
 
     root = Path(folder)
     paths = expand_inputs([str(root)])
@@ -146,7 +146,7 @@ def folder_agreement(
     batch_size: int = 32,
 ) -> Agreement:
     """Agreement of ``precision`` with fp32 on the images under ``folder`` (see module doc)."""
-    from vitkit.processor import ImageProcessor
+    from vitkit.images.processor import ImageProcessor
 
     processor = processor or ImageProcessor.for_config(model.config)
     paths, labels = folder_images(folder, model.config.labels())
@@ -158,7 +158,7 @@ def photo_crops(count: int, image_hw: tuple[int, int], seed: int = 0) -> torch.T
     """``count`` random crops (scale 0.2-1, flips) of the bundled real photos, ViT-normalised."""
     import torch.nn.functional as F
 
-    from vitkit.bench import real_photos
+    from vitkit.bench.engine import real_photos
 
     generator = torch.Generator().manual_seed(seed)
     photos = [torch.tensor(p).permute(2, 0, 1).float() for p in real_photos()]

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from vitkit.config import ViTConfig
-from vitkit.posembed import resample_pos_embed
+from vitkit.models.config import ViTConfig
+from vitkit.models.posembed import resample_pos_embed
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,  # exact erf GELU: what HF ("gelu") and timm use

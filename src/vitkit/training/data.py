@@ -89,8 +89,8 @@ def list_samples(root: Path, classes: Sequence[str]) -> list[Sample]:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode one image to RGB (EXIF-transposed) with vitkit.io."""
-    from vitkit.io import load_image
+    """Decode one image to RGB (EXIF-transposed) with vitkit.images.decode."""
+    from vitkit.images.decode import load_image
 
     return load_image(path)
 

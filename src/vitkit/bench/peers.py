@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vitkit.model import ViT
+from vitkit.models.vit import ViT
 
 
 def twin_problem(model: ViT) -> str | None:

@@ -3,7 +3,7 @@
 ``load_image`` turns any supported source (path, URL, bytes, file object, PIL image, numpy array,
 torch tensor) into an upright RGB ``PIL.Image``; ``decode_uint8`` does the same into a CHW uint8
 tensor, decoding JPEGs with libjpeg-turbo (simplejpeg for upright JPEGs, see
-``vitkit.fast_jpeg``; torchvision for the rest: the fast path) and everything else with PIL.
+``vitkit.images.fast_jpeg``; torchvision for the rest: the fast path) and everything else with PIL.
 
 Rules, the same for both:
 
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vitkit import fast_jpeg
 from vitkit.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from vitkit.images import fast_jpeg
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 WHITE = (255, 255, 255)
 
-# A fetch policy (vitkit.fetch.FetchPolicy) or a callable url -> bytes.
+# A fetch policy (vitkit.images.fetch.FetchPolicy) or a callable url -> bytes.
 Fetcher = Callable[[str], bytes] | Any
 ImageLike = Any  # str | PathLike | bytes | file object | PIL.Image | np.ndarray | torch.Tensor
 
@@ -104,7 +104,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
 def _fetch(url: str, fetch: Fetcher) -> bytes:
     if callable(fetch):
         return bytes(fetch(url))
-    from vitkit.fetch import fetch_url  # the serving engineer's SSRF-guarded client
+    from vitkit.images.fetch import fetch_url  # the serving engineer's SSRF-guarded client
 
     return fetch_url(url, policy=fetch)
 
@@ -290,7 +290,7 @@ def load_image(
 ) -> Image.Image:
     """Any supported source -> upright RGB ``PIL.Image`` (fully decoded).
 
-    ``fetch``: how URLs are fetched; a ``vitkit.fetch.FetchPolicy`` (None = its defaults) or any
+    ``fetch``: how URLs are fetched; a ``vitkit.images.fetch.FetchPolicy`` (None = its defaults) or any
     callable ``url -> bytes``. ``background``: composite transparency onto this colour instead of
     dropping alpha (see the module docstring).
     """

@@ -16,8 +16,8 @@ from functools import lru_cache
 import torch
 from torchvision.transforms.v2 import functional as tvF
 
-from vitkit.fast_jpeg import rgbx_view
-from vitkit.processor.sizes import SizeSpec
+from vitkit.images.fast_jpeg import rgbx_view
+from vitkit.images.processor.sizes import SizeSpec
 
 # PIL resample code -> torchvision mode, as transformers' pil_torch_interpolation_mapping.
 _INTERPOLATION = {
@@ -33,7 +33,7 @@ _INTERPOLATION = {
 def resize(images: torch.Tensor, size: SizeSpec, resample: int) -> torch.Tensor:
     """(…, 3, H, W) uint8 -> resized uint8, as ``TorchvisionBackend.resize``.
 
-    A (3, H, W) view into an RGBX buffer (``vitkit.fast_jpeg``) is resized with its padding
+    A (3, H, W) view into an RGBX buffer (``vitkit.images.fast_jpeg``) is resized with its padding
     channel: torch's SIMD kernel works on 4-byte pixels and would otherwise copy the image into
     a 4-channel buffer first. Channels are resized independently, so RGB comes out the same.
     """

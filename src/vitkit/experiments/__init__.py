@@ -1,0 +1,1 @@
+"""Experiments built from training runs: the comparison table and the demo data."""

@@ -1,0 +1,1 @@
+"""Training a model on an image folder: data, augmentation, the trainer, metrics, distillation."""
