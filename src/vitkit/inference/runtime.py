@@ -100,13 +100,38 @@ def usable_cores() -> int:
 
 
 def other_running_tasks() -> int:
-    """Runnable tasks on the machine right now besides the caller (from /proc/loadavg)."""
+    """Runnable tasks of OTHER processes right now (the kernel's instantaneous count).
+
+    ``/proc/loadavg``'s 4th field is the machine's count of runnable tasks this instant (not the
+    1-minute average, so it does not lag). This process's own runnable threads are subtracted:
+    its image-decoding workers, core-split threads and the server's event loop are vitkit's own
+    work, not competition for the cores (counting them made a lone `vitkit predict` run its
+    forward on one of two cores; issue 19).
+    """
     try:
         with open("/proc/loadavg") as loadavg:
             running = int(loadavg.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return 0
-    return max(0, running - 1)
+    return max(0, running - own_running_threads())
+
+
+def own_running_threads() -> int:
+    """Threads of this process that are runnable now (state R in /proc/self/task/*/stat)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1  # no procfs: only the caller is known to run
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat") as stat:
+                # "pid (comm) S ...": the state follows the last ')' (comm may hold spaces)
+                state = stat.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        count += state == "R"
+    return max(1, count)  # the caller itself is running
 
 
 def choose_threads(batch_size: int, flops_per_image: float, *, cores: int, busy: int = 0) -> int:

@@ -1,0 +1,95 @@
+"""Cheap guards for what users feel at start-up (issue 19); the timings live in benchmarks/.
+
+- `vitkit --help` and `vitkit CMD --help` must not import torch (it costs seconds and ~1 GB).
+- The thread choice must not count vitkit's own busy threads (image decoders, core-split
+  workers) as competition: on a machine where nothing else runs, a big enough forward gets
+  every core.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from vitkit.cli import build_parser
+from vitkit.inference import runtime
+
+_PROBE = """
+import json, sys
+from vitkit.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "torchvision", "transformers", "timm", "fastapi", "ray")
+               if m in sys.modules)
+print(json.dumps(heavy), file=sys.stderr)
+"""
+
+
+def _commands() -> list[str]:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sorted(subparsers.choices)
+
+
+def _heavy_modules_after(argv: list[str]) -> list[str]:
+    completed = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return json.loads(completed.stderr.strip().splitlines()[-1])
+
+
+def test_help_imports_no_heavy_library() -> None:
+    assert _heavy_modules_after(["--help"]) == []
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_command_help_imports_no_heavy_library(command: str) -> None:
+    assert _heavy_modules_after([command, "--help"]) == [], command
+
+
+def _busy_worker(stop: threading.Event) -> None:
+    # What an image decoder does: native work that releases the GIL, so the thread stays runnable.
+    torch.set_num_threads(1)
+    block = torch.randn(256, 256)
+    while not stop.is_set():
+        block.sort()
+
+
+def _quiet_samples(count: int = 50) -> list[int]:
+    return [runtime.other_running_tasks() for _ in range(count)]
+
+
+@pytest.mark.skipif(runtime.usable_cores() < 2, reason="needs two cores")
+def test_own_decode_threads_do_not_steal_the_forward_cores() -> None:
+    cores = runtime.usable_cores()
+    batch, flops = 8, 35e9  # ViT-B/16 at batch 8: work enough for every core
+    expected = runtime.choose_threads(batch, flops, cores=cores)
+    assert expected == cores  # the premise: by work alone, all cores
+    stop = threading.Event()
+    workers = [threading.Thread(target=_busy_worker, args=(stop,)) for _ in range(cores)]
+    quiet_before = min(_quiet_samples())
+    for worker in workers:
+        worker.start()
+    try:
+        own = max(runtime.own_running_threads() for _ in range(50))
+        seen = [runtime.choose_threads(batch, flops, cores=cores, busy=n) for n in _quiet_samples()]
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert own >= 2, "the busy workers must be seen as this process's own running threads"
+    if quiet_before > 0:
+        pytest.skip(f"other processes keep {quiet_before} task(s) running: not a quiet machine")
+    # One quiet sample is enough to show our own runnable workers are not counted (before the
+    # fix, with them counted, never).
+    assert max(seen) == expected, seen
