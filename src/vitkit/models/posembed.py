@@ -46,3 +46,29 @@ def resample_pos_embed(
     )
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(original_dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_2d_pos_embed(grid_size: int, dim: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings as MAE uses them, (1, [1 +] grid**2, dim).
+
+    The layout is that of facebookresearch/mae ``get_2d_sincos_pos_embed`` (which the published
+    checkpoints and transformers' ViTMAE reproduce): per position ``[sin(w*f), cos(w*f), sin(h*f),
+    cos(h*f)]`` with frequencies ``f = 1 / 10000**(k / (dim/4))``, rows outer, and a zero vector
+    for [CLS]. MAE's code names the column coordinate ``h``; the column block comes first.
+    Computed in float64, returned in float32.
+    """
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, not {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_size, dtype=torch.float64),
+        torch.arange(grid_size, dtype=torch.float64),
+        indexing="ij",
+    )
+    by_col = cols.flatten().outer(omega)
+    by_row = rows.flatten().outer(omega)
+    table = torch.cat([by_col.sin(), by_col.cos(), by_row.sin(), by_row.cos()], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, dim, dtype=torch.float64), table])
+    return table.float().unsqueeze(0)
