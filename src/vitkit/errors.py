@@ -58,3 +58,11 @@ class FetchTimeoutError(FetchError):
 
 class NoClassificationHeadError(VitkitError):
     """``predict`` was called on a checkpoint that has no classification head."""
+
+
+class HeadError(VitkitError):
+    """A head setting that cannot apply: a threshold on a softmax head, a regression head, ..."""
+
+
+class TTAError(VitkitError):
+    """A test-time augmentation that cannot apply: unknown mode, quarter turns of a non-square input."""

@@ -54,6 +54,9 @@ def add_augment_option(parser: Any, *, default: str, help: str) -> None:
 # = vitkit.training.augment.MIX_MODES, for the same reason.
 MIX_CHOICES = ("none", "mixup", "cutmix")
 
+# = vitkit.inference.tta.TTA_MODES, for the same reason (tests check they agree).
+TTA_CHOICES = ("none", "flip", "rot90", "d4")
+
 # = vitkit.inference.runtime.PRECISIONS, so `vitkit --help` does not import torch (tests check they agree).
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")
 
@@ -129,6 +132,35 @@ def add_run_options(parser: Any, *, device: str | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_tta_option(parser: Any) -> None:
+    parser.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_CHOICES,
+        help="test-time augmentation: the mean over flip (2 views), rot90 (4 quarter turns) or "
+        "d4 (all 8 flips and turns), one forward pass; for images with no 'up' (default none)",
+    )
+
+
+def add_head_options(parser: Any) -> None:
+    """``--threshold``, ``--problem-type`` and ``--tta``: how the head's scores are read."""
+    parser.add_argument(
+        "--threshold",
+        default=None,
+        help="multi-label models: a label is reported as present from this probability on; one "
+        "value (0.4), one per label (0.3,0.5,...) or label=value pairs (default: the thresholds "
+        "saved with the model, else 0.5)",
+    )
+    parser.add_argument(
+        "--problem-type",
+        default=None,
+        choices=["single_label", "multi_label"],
+        help="what the head was trained for when the checkpoint does not say (timm files, "
+        "configs without problem_type): softmax over exclusive classes, or one sigmoid per label",
+    )
+    add_tta_option(parser)
+
+
 def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jpeg-draft",
@@ -140,13 +172,18 @@ def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
 
 def load_classifier(args: argparse.Namespace) -> Any:
     import vitkit.inference.classifier
+    from vitkit.inference.heads import parse_thresholds
 
+    threshold = getattr(args, "threshold", None)
     return vitkit.inference.classifier.load(
         args.model,
         device=args.device,
         image_size=args.image_size,
         precision=args.precision,
         jpeg_draft=getattr(args, "jpeg_draft", False),
+        problem_type=getattr(args, "problem_type", None),
+        threshold=parse_thresholds(threshold) if threshold is not None else None,
+        tta=getattr(args, "tta", "none"),
     )
 
 

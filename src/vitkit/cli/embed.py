@@ -10,6 +10,7 @@ from typing import Any
 from vitkit.cli._common import (
     add_inputs_argument,
     add_model_options,
+    add_tta_option,
     load_classifier,
     prepared_batches,
     progress_bar,
@@ -20,6 +21,7 @@ EPILOG = """\
 examples:
   vitkit embed photos/ --out embeddings.npz
   vitkit embed --model google/vit-large-patch16-224-in21k --pool pooler slides/ --out emb.parquet
+  vitkit embed --model runs/tiles/best --tta d4 tiles/ --out emb.npy   # mean over 8 flips/turns
 
 .npy holds the (N, dim) array; .npz and .parquet also hold the input names (and errors).
 Inputs that fail to decode are reported on stderr and left out; the exit code is then 1.
@@ -45,6 +47,7 @@ def register(subparsers: Any) -> None:
         choices=["cls", "mean", "pooler"],
         help="cls: final-norm [CLS] token (default); mean: mean of patch tokens; pooler: dense+tanh on [CLS]",
     )
+    add_tta_option(parser)
     parser.set_defaults(func=run)
 
 

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from vitkit.cli._common import (
+    add_head_options,
     add_inputs_argument,
     add_model_options,
     load_classifier,
@@ -21,6 +22,12 @@ examples:
   vitkit predict photo.jpg
   vitkit predict --top-k 3 --format json photos/ https://example.com/cat.jpg
   vitkit predict --model ./my-finetuned-vit --format csv slides/ > predictions.csv
+  vitkit predict --model runs/tags/best --threshold 0.3 --tta d4 tiles/   # a multi-label model
+
+A multi-label model (problem_type multi_label_classification) lists every label with its
+sigmoid score and threshold, and marks the labels that pass (the thresholds saved with the model
+unless --threshold says otherwise); --top-k then trims the others. --tta averages the
+probabilities over flips / quarter turns of each image.
 
 A bad input (missing, truncated, not an image) is reported in its row and the rest are still
 predicted; the exit code is 1 if any input failed.
@@ -37,7 +44,15 @@ def register(subparsers: Any) -> None:
     )
     add_inputs_argument(parser)
     add_model_options(parser)
-    parser.add_argument("--top-k", "-k", type=int, default=5, help="labels per image (default 5)")
+    parser.add_argument(
+        "--top-k",
+        "-k",
+        type=int,
+        default=None,
+        help="labels per image (default 5; multi-label models: every label, and the labels "
+        "that pass their threshold are always listed)",
+    )
+    add_head_options(parser)
     parser.add_argument(
         "--format",
         "-f",
@@ -90,16 +105,31 @@ def write_records(records: list[dict[str, Any]], output_format: str) -> None:
         write_table(records)
 
 
+def _multi_label(records: list[dict[str, Any]]) -> bool:
+    return any("positive" in p for r in records for p in r.get("predictions", []))
+
+
 def write_csv(records: list[dict[str, Any]]) -> None:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["input", "rank", "label", "score", "error"])
+    extra = ["threshold", "positive"] if _multi_label(records) else []
+    writer.writerow(["input", "rank", "label", "score", *extra, "error"])
     for record in records:
         if "error" in record:
-            writer.writerow([record["input"], "", "", "", record["error"]])
+            writer.writerow([record["input"], "", "", "", *["" for _ in extra], record["error"]])
             continue
         for rank, prediction in enumerate(record["predictions"], start=1):
+            decision = (
+                [f"{prediction['threshold']:.6f}", int(prediction["positive"])] if extra else []
+            )
             writer.writerow(
-                [record["input"], rank, prediction["label"], f"{prediction['score']:.6f}", ""]
+                [
+                    record["input"],
+                    rank,
+                    prediction["label"],
+                    f"{prediction['score']:.6f}",
+                    *decision,
+                    "",
+                ]
             )
 
 
@@ -107,14 +137,20 @@ def write_table(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("input", "label", "score", show_lines=False)
+    multi_label = _multi_label(records)
+    columns = ["input", "label", "score"] + (["threshold", "present"] if multi_label else [])
+    table = Table(*columns, show_lines=False)
     for record in records:
         if "error" in record:
             table.add_row(record["input"], f"[red]error: {record['error']}[/red]", "")
             continue
         for rank, prediction in enumerate(record["predictions"]):
             name = record["input"] if rank == 0 else ""
-            table.add_row(name, prediction["label"], f"{prediction['score']:.4f}")
+            row = [name, prediction["label"], f"{prediction['score']:.4f}"]
+            if multi_label:
+                present = "[green]yes[/green]" if prediction["positive"] else ""
+                row += [f"{prediction['threshold']:.3f}", present]
+            table.add_row(*row)
     # Piped output has no terminal width: do not squeeze file paths into 80 columns.
     width = None if sys.stdout.isatty() else 400
     Console(width=width).print(table)

@@ -1,7 +1,8 @@
 """`vitkit.load()` and the Classifier: images in, labels or embeddings out.
 
 This is the one place where the flow of DESIGN.md is assembled:
-image source -> io (decode) -> processor (tensors) -> model -> softmax -> top-k labels.
+image source -> io (decode) -> processor (tensors) -> model [over TTA views] -> head (softmax, or
+sigmoid + thresholds; vitkit.inference.heads) -> labels.
 The CLI, the server and the benchmarks all go through it; none re-implements a step.
 """
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from vitkit.errors import NoClassificationHeadError, VitkitError
+from vitkit.inference import tta as tta_views
+from vitkit.inference.heads import Head, Thresholds, head_for
 from vitkit.models.vit import ViT
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
@@ -51,14 +54,10 @@ def resolve_labels(model: ViT) -> list[str]:
 def top_k_predictions(
     logits: torch.Tensor, labels: Sequence[str], top_k: int
 ) -> list[list[Prediction]]:
-    """(B, classes) logits -> per image the top-k ``{"label", "score"}`` (softmax), best first."""
-    probabilities = logits.float().softmax(dim=-1)
-    k = max(1, min(top_k, probabilities.shape[-1]))
-    scores, indices = probabilities.topk(k, dim=-1)
-    return [
-        [{"label": labels[i], "score": float(s)} for s, i in zip(row_s, row_i, strict=True)]
-        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
-    ]
+    """(B, classes) logits -> per image the top-k ``{"label", "score"}`` (softmax), best first.
+
+    For a softmax head only; ``Classifier.answer`` speaks for any head."""
+    return Head(tuple(labels)).answer(Head(tuple(labels)).probabilities(logits), top_k)
 
 
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -78,6 +77,9 @@ class Classifier:
         device: str | torch.device | None = "cpu",
         precision: str = "fp32",
         processor_mode: str | None = None,
+        problem_type: str | None = None,
+        threshold: Thresholds | None = None,
+        tta: str = "none",
     ) -> None:
         from vitkit.images.processor import ImageProcessor
 
@@ -90,6 +92,13 @@ class Classifier:
         self.processor_mode = processor_mode  # None: the processor's own default ("pil" or "fast")
         self.name = name
         self.labels = resolve_labels(model)
+        # softmax or sigmoid + thresholds (vitkit.inference.heads says which, and why)
+        self.head: Head | None = (
+            head_for(model.config, self.labels, problem_type=problem_type, threshold=threshold)
+            if self.has_head
+            else None
+        )
+        self.tta = tta_views.check_mode(tta)  # views averaged by probabilities / embed_tensor
         self._forward = self._build_forward(precision)
 
     @property
@@ -119,11 +128,35 @@ class Classifier:
         logits = output.logits if hasattr(output, "logits") else output
         return logits.float()
 
-    def predict_tensor(self, pixel_values: torch.Tensor, top_k: int = 5) -> list[list[Prediction]]:
-        return top_k_predictions(self.logits(pixel_values), self.labels, top_k)
+    @torch.inference_mode()
+    def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, labels) softmax or sigmoid scores, averaged over the TTA views (one forward)."""
+        head = self.require_head()
+        return tta_views.averaged(
+            lambda views: head.probabilities(self.logits(views)), pixel_values, self.tta
+        )
+
+    def answer(
+        self, probabilities: torch.Tensor, top_k: int | None = None
+    ) -> list[list[Prediction]]:
+        """Per image, ``{"label", "score"}`` best first (plus threshold / positive for multi-label)."""
+        return self.require_head().answer(probabilities, top_k)
+
+    def predict_tensor(
+        self, pixel_values: torch.Tensor, top_k: int | None = 5
+    ) -> list[list[Prediction]]:
+        return self.answer(self.probabilities(pixel_values), top_k)
 
     @torch.inference_mode()
     def embed_tensor(self, pixel_values: torch.Tensor, pool: Pool = "cls") -> torch.Tensor:
+        if pool == "tokens" and self.tta != "none":
+            raise VitkitError(
+                "pool='tokens' with TTA: the views' token grids are turned and mirrored, so their "
+                "mean means nothing; use pool cls / mean / pooler, or tta none"
+            )
+        return tta_views.averaged(lambda views: self._embed(views, pool), pixel_values, self.tta)
+
+    def _embed(self, pixel_values: torch.Tensor, pool: Pool) -> torch.Tensor:
         tokens, _, _ = self.model.forward_features(pixel_values.to(self.device))
         if pool == "cls":
             return tokens[:, 0].float()
@@ -141,9 +174,11 @@ class Classifier:
 
     # ---- images in ------------------------------------------------------------------------
     def predict(
-        self, images: Sequence[Any] | Any, top_k: int = 5, batch_size: int = 32
+        self, images: Sequence[Any] | Any, top_k: int | None = None, batch_size: int = 32
     ) -> list[list[Prediction]]:
-        """Top-k ``{"label", "score"}`` per image, best first."""
+        """Per image, ``{"label", "score"}`` best first: the top-k (default 5) of a single-label
+        head; every label (or the top-k and every label that passes) of a multi-label head, each
+        with its ``threshold`` and ``positive``."""
         self.require_head()
         items = _as_list(images)
         results: list[list[Prediction]] = []
@@ -168,14 +203,15 @@ class Classifier:
 
         save_pretrained(self.model, directory, processor_config=self.processor.to_dict())
 
-    def require_head(self) -> None:
-        """Raise NoClassificationHeadError (pointing to embed / train) for a headless checkpoint."""
-        if not self.has_head:
+    def require_head(self) -> Head:
+        """The head; NoClassificationHeadError (pointing to embed / train) for a headless checkpoint."""
+        if self.head is None:
             raise NoClassificationHeadError(
                 f"{self.name} has no classification head (it is a feature extractor, like "
                 "google/vit-large-patch16-224-in21k). Use `vitkit embed` / Classifier.embed() "
                 "for embeddings, or fine-tune a head on your images with `vitkit train`."
             )
+        return self.head
 
 
 def _as_list(images: Sequence[Any] | Any) -> list[Any]:
@@ -192,6 +228,9 @@ def load(
     precision: str = "fp32",
     processor_mode: str | None = None,
     jpeg_draft: bool = False,
+    problem_type: str | None = None,
+    threshold: Thresholds | None = None,
+    tta: str = "none",
 ) -> Classifier:
     """Load any checkpoint vitkit understands (HF dir or hub id, timm file, Google .npz).
 
@@ -199,6 +238,9 @@ def load(
     the position embeddings at load time (e.g. a 224 checkpoint used at 384). ``jpeg_draft``
     (APPROXIMATE, off by default): decode JPEGs at a reduced DCT scale before the resize, faster
     but no longer the checkpoint's exact preprocessing (BENCHMARKS.md "Preprocessing").
+    ``problem_type`` (single_label / multi_label) overrides what the checkpoint says its head is,
+    ``threshold`` (one, or one per label) its saved multi-label thresholds, and ``tta`` (none,
+    flip, rot90, d4) averages every answer over flips and quarter turns (vitkit.inference.tta).
     """
     from vitkit.checkpoints import load_model
     from vitkit.images.processor import ImageProcessor
@@ -214,7 +256,8 @@ def load(
                 f"{name}: an ONNX model runs as exported; re-export it for another "
                 "image size (vitkit export --image-size N); for int8 use vitkit.inference.onnx.quantize_onnx_int8"
             )
-        return load_classifier(name)
+        classifier = load_classifier(name)
+        return _with_head_options(classifier, problem_type, threshold, tta)
     loaded = load_model(name, image_size=image_size)
     if loaded.processor_config is not None:
         processor = ImageProcessor.from_dict(loaded.processor_config)
@@ -233,7 +276,25 @@ def load(
         device=device,
         precision=precision,
         processor_mode=processor_mode,
+        problem_type=problem_type,
+        threshold=threshold,
+        tta=tta,
     )
+
+
+def _with_head_options(
+    classifier: Any,
+    problem_type: str | None,
+    threshold: Thresholds | None,
+    tta: str,
+) -> Any:
+    """An ONNX classifier (built by vitkit.inference.onnx) with the head options of load()."""
+    if classifier.has_head:
+        classifier.head = head_for(
+            classifier.config, classifier.labels, problem_type=problem_type, threshold=threshold
+        )
+    classifier.tta = tta_views.check_mode(tta)
+    return classifier
 
 
 def resized_processor_config(config: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:

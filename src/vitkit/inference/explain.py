@@ -205,7 +205,6 @@ def explain_image(
     and ``vitkit explain`` call.
     """
     from vitkit.images.decode import load_image
-    from vitkit.inference.classifier import top_k_predictions
 
     classifier = _as_classifier(classifier_or_model)
     picture = image if isinstance(image, Image.Image) else load_image(image)
@@ -213,7 +212,8 @@ def explain_image(
     maps = attention_maps(classifier.model, pixel_values)
     predictions: list[Prediction] = []
     if maps.logits is not None:
-        predictions = top_k_predictions(maps.logits[:1], classifier.labels, top_k)[0]
+        head = classifier.require_head()  # softmax, or sigmoid + thresholds
+        predictions = head.answer(head.probabilities(maps.logits[:1]), top_k)[0]
     png = overlay_png(
         picture, maps.rollout[0].cpu().numpy(), maps.last_layer[0].cpu().numpy(), predictions, title
     )

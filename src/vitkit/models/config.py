@@ -11,6 +11,13 @@ config.json too; transformers keeps unknown keys and ignores them):
   pre_logits + linear) and for timm/npz checkpoints with ``pre_logits``; HF's
   ``ViTForImageClassification`` never does this.
 - ``drop_path_rate``: stochastic depth for fine-tuning (0 at inference, as everywhere).
+
+Two fields describe the head's answer. ``problem_type`` is HF's own key ("single_label_classification":
+softmax over exclusive classes; "multi_label_classification": one sigmoid per label), read and
+written as transformers does. ``thresholds`` (one probability for every label, or one per label)
+are the multi-label decision thresholds; they live in a ``"vitkit"`` section of config.json, which
+transformers keeps as an unknown attribute and otherwise ignores. vitkit.inference.heads decides
+what a head means from both.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ImageSize = int | tuple[int, int]
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 def to_pair(size: ImageSize | list[int]) -> tuple[int, int]:
@@ -53,6 +61,8 @@ class ViTConfig:
     add_pooling_layer: bool = False
     classifier_uses_pooler: bool = False
     drop_path_rate: float = 0.0
+    problem_type: str | None = None  # HF's key; None: softmax unless num_labels == 1 (as HF)
+    thresholds: float | list[float] | None = None  # config.json "vitkit": {"thresholds": ...}
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, list):
@@ -72,6 +82,11 @@ class ViTConfig:
             )
         if self.classifier_uses_pooler and not self.add_pooling_layer:
             raise ValueError("classifier_uses_pooler=True needs add_pooling_layer=True")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"problem_type {self.problem_type!r} is not one of HF's {', '.join(PROBLEM_TYPES)}"
+            )
+        self.thresholds = check_thresholds(self.thresholds, self.num_labels)
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -114,6 +129,9 @@ class ViTConfig:
         data["id2label"] = {str(i): label for i, label in enumerate(labels)}
         data["label2id"] = {label: i for i, label in enumerate(labels)}
         data.pop("num_labels")  # HF derives it from id2label
+        thresholds = data.pop("thresholds")
+        if thresholds is not None:
+            data["vitkit"] = {"thresholds": thresholds}
         data["model_type"] = "vit"
         data["architectures"] = ["ViTForImageClassification" if self.num_labels else "ViTModel"]
         data["encoder_stride"] = self.patch_size
@@ -125,6 +143,7 @@ class ViTConfig:
         """Read a config.json dict; unknown keys (torch_dtype, architectures, ...) are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["thresholds"] = (data.get("vitkit") or {}).get("thresholds")
         id2label = data.get("id2label") or {}
         architectures = data.get("architectures") or []
         is_classifier = any("Classification" in name for name in architectures)
@@ -148,6 +167,23 @@ class ViTConfig:
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def check_thresholds(
+    thresholds: float | list[float] | None, num_labels: int
+) -> float | list[float] | None:
+    """``thresholds`` as stored: None, one float, or one float per label, each in [0, 1]."""
+    if thresholds is None:
+        return None
+    values = [thresholds] if isinstance(thresholds, int | float) else list(thresholds)
+    if not isinstance(thresholds, int | float) and len(values) != num_labels:
+        raise ValueError(
+            f"thresholds has {len(values)} values but the head has {num_labels} labels: "
+            "give one threshold, or one per label"
+        )
+    if any(not 0.0 <= float(v) <= 1.0 for v in values):
+        raise ValueError(f"thresholds must be probabilities in [0, 1], got {values}")
+    return float(thresholds) if isinstance(thresholds, int | float) else [float(v) for v in values]
 
 
 # The paper's model sizes (Table 1) plus the DeiT Tiny/Small sizes timm ships.

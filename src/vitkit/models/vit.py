@@ -188,7 +188,10 @@ class ViT(nn.Module):
 
     def reset_head(self, id2label: dict[int, str]) -> None:
         """Replace the head with a zero-initialised linear layer for new classes (the paper's recipe)."""
-        self.config = self.config.replace(num_labels=len(id2label), id2label=dict(id2label))
+        # The old head's decision thresholds mean nothing for the new one.
+        self.config = self.config.replace(
+            num_labels=len(id2label), id2label=dict(id2label), thresholds=None
+        )
         device = self.pos_embed.device
         head = nn.Linear(self.config.hidden_size, len(id2label), device=device)
         nn.init.zeros_(head.weight)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitkit.inference.classifier import Classifier, top_k_predictions
+from vitkit.inference.classifier import Classifier
 from vitkit.inference.explain import attention_maps
 
 EXPLAIN = ("explain",)  # the batcher operation: rollout and cls requests share a batch
@@ -49,7 +49,8 @@ def run_explain(classifier: Classifier, pixels: torch.Tensor, top_k: int) -> lis
     last_layer = maps.last_layer.float().cpu().numpy()
     predictions: list[list[Prediction]] = [[] for _ in range(len(rollout))]  # no head: no labels
     if maps.logits is not None:
-        predictions = top_k_predictions(maps.logits, classifier.labels, top_k)
+        head = classifier.require_head()  # softmax, or sigmoid + thresholds
+        predictions = head.answer(head.probabilities(maps.logits), top_k)
     return [
         Explanation({"rollout": rollout[i], "cls": last_layer[i]}, predictions[i])
         for i in range(len(rollout))
