@@ -10,8 +10,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from vitkit.checkpoints.onnx import OnnxError, OnnxModel, export_onnx
 from vitkit.cli import main
-from vitkit.inference.onnx import OnnxError, OnnxModel, export_onnx
 
 
 @pytest.fixture(scope="module")

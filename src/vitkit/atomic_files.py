@@ -13,12 +13,13 @@ still load. Everything vitkit saves goes through these helpers:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -26,6 +27,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = _temporary_name(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``: never half a file."""
+    tmp = _temporary_name(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` for writing, but into a temporary file that replaces ``path`` only
+    when the block ends without an error (a writer that takes a file object: np.save, csv)."""
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

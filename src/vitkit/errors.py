@@ -66,3 +66,18 @@ class HeadError(VitkitError):
 
 class TTAError(VitkitError):
     """A test-time augmentation that cannot apply: unknown mode, quarter turns of a non-square input."""
+
+
+class UnsupportedOperationError(VitkitError):
+    """The model cannot do what was asked (attention maps of a CNN, int8 of a ResNet, ...).
+
+    The message names the model type, the operation and what to use instead.
+    """
+
+
+class UnsupportedPrecisionError(VitkitError):
+    """The precision is unknown, or this device cannot run it at a useful speed."""
+
+
+class OnnxError(VitkitError):
+    """Exporting to or running an ONNX file failed."""

@@ -305,7 +305,10 @@ def _median_time(
 
 # ---- FLOPs ------------------------------------------------------------------------------------
 def logits_path_flops(model: Any, image_hw: tuple[int, int] | None = None) -> float:
-    """FLOPs of ``ViT.forward_logits``: the full forward less the last block's non-[CLS] work."""
+    """FLOPs of ``model.forward_logits``: for a ViT, the full forward less the last block's
+    non-[CLS] work; the full forward for models without that fast path."""
+    if not model.capabilities.cls_fast_path:
+        return float(model.flops_per_image(image_hw))
     config = model.config
     height, width = image_hw or config.image_hw
     tokens = (height // config.patch_size) * (width // config.patch_size) + 1
@@ -541,7 +544,8 @@ def forward_contenders(
             threads=None,
             force=True,
         )
-        note = ", ".join(filter(None, ["[CLS]-only last block", compile_note(compile)]))
+        fast_path = "[CLS]-only last block" if model.capabilities.cls_fast_path else ""
+        note = ", ".join(filter(None, [fast_path, compile_note(compile)]))
         return Contender(name, fast, fast_flops, weight_bytes(fast.model), note)
 
     contenders = [vitkit_contender("vitkit", precision)]
@@ -624,7 +628,7 @@ def _onnx_contenders(
 ) -> list[Contender]:
     import tempfile
 
-    from vitkit.inference.onnx import OnnxModel, export_onnx, quantize_onnx_int8
+    from vitkit.checkpoints.onnx import OnnxModel, export_onnx, quantize_onnx_int8
 
     directory = Path(workdir or tempfile.mkdtemp(prefix="vitkit-bench-onnx-"))
     path = directory / "model-logits.onnx"

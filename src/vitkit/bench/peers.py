@@ -6,14 +6,20 @@ token, no pooler); ``twin_problem`` says why a model has none.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+from vitkit.checkpoints import save_model
+from vitkit.models.protocol import model_type_of
 from vitkit.models.vit import ViT
 
 
-def twin_problem(model: ViT) -> str | None:
+def twin_problem(model: Any) -> str | None:
     """Why ``model`` has no timm/transformers twin, or None when it has."""
     config = model.config
+    if type(model) is not ViT:
+        return f"a {model_type_of(model)} model has no timm/transformers ViT twin here"
     if not config.num_labels:
         return "the model has no classification head"
     if config.add_pooling_layer:
@@ -55,13 +61,11 @@ def hf_twin(model: ViT, attn_implementation: str = "sdpa") -> nn.Module:
     """
     import tempfile
 
-    import transformers
-
-    from vitkit.checkpoints import save_pretrained
+    import transformers  # optional: a peer only
 
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="vitkit-peer-") as directory:
-        save_pretrained(model, directory)
+        save_model(model, directory)
         twin = transformers.ViTForImageClassification.from_pretrained(
             directory, attn_implementation=attn_implementation
         )

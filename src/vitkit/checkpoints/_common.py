@@ -15,9 +15,10 @@ import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
+from torch import nn
 
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig, to_pair
@@ -25,6 +26,7 @@ from vitkit.models.posembed import resample_pos_embed
 from vitkit.models.vit import ViT
 
 StateDict = dict[str, torch.Tensor]
+_ConfigType = TypeVar("_ConfigType", bound=ViTConfig)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -178,44 +180,80 @@ def build_model(
     source: Path | str,
     image_size: ImageSize | None = None,
     device: str | torch.device = "cpu",
+    model_class: type[ViT] = ViT,
 ) -> ViT:
-    """A ViT for ``config`` holding the reader's tensors, position embeddings resampled to
-    ``image_size`` if given. Raises one CheckpointError listing every mismatch."""
-    problems = _name_problems(reader)
+    """A ViT (or ``model_class``, a ViT subclass such as the DeiT student) for ``config``
+    holding the reader's tensors, position embeddings resampled to ``image_size`` if given.
+    Raises one CheckpointError listing every mismatch."""
     tensors = reader.tensors
-    if image_size is not None and not problems and "pos_embed" in tensors:
-        config, tensors = _resample_to(config, tensors, to_pair(image_size), source)
+    if image_size is not None and not _name_problems(reader) and "pos_embed" in tensors:
+        prefix = model_class.num_prefix_tokens
+        config, tensors = _resample_to(config, tensors, to_pair(image_size), source, prefix)
     with torch.device("meta"):
         # Built on the meta device: no time spent initialising weights we overwrite next.
-        model = ViT(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if not problems:
-        problems = _shape_problems(expected, tensors, reader.origins)
+        model = model_class(config)
+    what = f"the {config.model_type} model its config describes ({vit_shape(config)})"
+    load_checked(model, reader, source, what, tensors)
+    return model.to(device).eval()
+
+
+def load_checked(
+    model: nn.Module,
+    reader: KeyReader,
+    source: Path | str,
+    what: str,
+    tensors: StateDict | None = None,
+    optional: tuple[str, ...] = (),
+) -> None:
+    """Put the reader's tensors (or ``tensors``, vitkit names) into ``model``, checking names and
+    shapes first: one CheckpointError lists every missing, unexpected and wrong-shape key.
+
+    ``what`` names the model in that message; buffers whose names end with one of ``optional``
+    (BatchNorm's ``num_batches_tracked``) may be absent. A model built on the meta device gets
+    the tensors themselves (no copy).
+    """
+    tensors = reader.tensors if tensors is None else tensors
+    expected = {
+        name: tuple(t.shape)
+        for name, t in model.state_dict().items()
+        if name in tensors or not name.endswith(optional or ("\0",))
+    }
+    problems = _name_problems(reader) or _shape_problems(expected, tensors, reader.origins)
     if problems:
-        raise CheckpointError(_describe(source, config, problems))
-    model.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
+        raise CheckpointError(_describe(source, what, problems))
+    on_meta = any(t.is_meta for t in model.state_dict().values())
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    model.load_state_dict(contiguous, strict=not optional, assign=on_meta)
     left_on_meta = [
         name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta
     ]
     if left_on_meta:  # a tensor the state dict does not carry (a non-persistent buffer, say)
         raise RuntimeError(f"vitkit bug: not materialised after loading {source}: {left_on_meta}")
-    return model.to(device).eval()
 
 
 def _resample_to(
-    config: ViTConfig, tensors: StateDict, image_hw: tuple[int, int], source: Path | str
-) -> tuple[ViTConfig, StateDict]:
+    config: _ConfigType,
+    tensors: StateDict,
+    image_hw: tuple[int, int],
+    source: Path | str,
+    num_prefix_tokens: int = 1,
+) -> tuple[_ConfigType, StateDict]:
     if any(side % config.patch_size for side in image_hw):
         raise CheckpointError(
             f"{source}: image size {image_hw[0]}x{image_hw[1]} is not a multiple of the "
             f"checkpoint's patch size {config.patch_size}"
         )
-    new_config = config.replace(image_size=image_hw if image_hw[0] != image_hw[1] else image_hw[0])
+    new_config = cast(
+        _ConfigType,
+        config.replace(image_size=image_hw if image_hw[0] != image_hw[1] else image_hw[0]),
+    )
     pos_embed = tensors["pos_embed"]
-    if pos_embed.shape[1] != config.num_patches + 1:
+    if pos_embed.shape[1] != config.num_patches + num_prefix_tokens:
         return config, tensors  # reported as a shape mismatch against the checkpoint's own grid
     tensors = dict(tensors)
-    tensors["pos_embed"] = resample_pos_embed(pos_embed, new_config.grid_size, config.grid_size)
+    tensors["pos_embed"] = resample_pos_embed(
+        pos_embed, new_config.grid_size, config.grid_size, num_prefix_tokens
+    )
     return new_config, tensors
 
 
@@ -254,17 +292,21 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in shown) + more
 
 
-def _describe(source: Path | str, config: ViTConfig, problems: list[str]) -> str:
-    shape = (
+def vit_shape(config: ViTConfig) -> str:
+    """The architecture in one line, for error messages."""
+    return (
         f"hidden_size={config.hidden_size}, layers={config.num_hidden_layers}, "
         f"heads={config.num_attention_heads}, patch={config.patch_size}, "
         f"image={config.image_size}, num_labels={config.num_labels}"
     )
+
+
+def _describe(source: Path | str, what: str, problems: list[str]) -> str:
     return (
-        f"{source}: the weights do not match the ViT its config describes ({shape}):\n"
+        f"{source}: weights do not fit {what}:\n"
         + "\n".join(problems)
-        + "\nCheck that the file is a plain ViT checkpoint of this architecture (the config and "
-        "the weights must come from the same model)."
+        + "\nCheck that the config and the weights come from the same model (and that the file "
+        "is a checkpoint of this architecture)."
     )
 
 

@@ -90,7 +90,7 @@ def load_hf_directory(
 ) -> tuple[ViT, dict[str, Any] | None]:
     """(model, preprocessor config or None) from a directory transformers wrote."""
     data = read_json(directory / CONFIG_NAME)
-    weights_path, tensors = _read_weights(directory)
+    weights_path, tensors = read_weights(directory)
     config = _config_for(data, tensors, directory / CONFIG_NAME)
     reader = hf_reader(tensors, config)
     model = build_model(config, reader, weights_path, image_size, device)
@@ -98,7 +98,7 @@ def load_hf_directory(
     return model, (read_json(processor) if processor.is_file() else None)
 
 
-def _read_weights(directory: Path) -> tuple[Path, StateDict]:
+def read_weights(directory: Path) -> tuple[Path, StateDict]:
     for name in _WEIGHT_FILES:
         path = directory / name
         if not path.is_file():
@@ -262,7 +262,7 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     target = Path(directory).expanduser().absolute()
-    _check_replaceable(target)
+    check_replaceable(target)
     _warn_if_lossy(model.config, target)
     tensors = hf_state_dict(model)
 
@@ -279,7 +279,7 @@ def save_pretrained(
     return target
 
 
-def _check_replaceable(target: Path) -> None:
+def check_replaceable(target: Path) -> None:
     # Never delete a directory that is not a checkpoint: `vitkit convert x.npz ~` must not wipe $HOME.
     if target.is_file():
         raise CheckpointError(f"{target}: exists and is a file; give a directory path to save to")

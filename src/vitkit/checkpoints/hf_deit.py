@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from vitkit.atomic_files import write_directory_atomically
+from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json
+from vitkit.checkpoints.hf import check_replaceable, read_weights
 from vitkit.errors import CheckpointError
-from vitkit.models.config import ViTConfig
-from vitkit.models.deit import DistilledViT
+from vitkit.models.config import ImageSize, ViTConfig
+from vitkit.models.deit import DeiTConfig, DistilledViT
+
+ARCHITECTURE = "DeiTForImageClassificationWithTeacher"
 
 # ---- HF DeiT layout ---------------------------------------------------------------------
 _HF_BLOCK = "deit.encoder.layer.{i}."
@@ -49,11 +55,14 @@ _TOP_NAMES = {
     "patch_embed.proj.bias": "deit.embeddings.patch_embeddings.projection.bias",
     "norm.weight": "deit.layernorm.weight",
     "norm.bias": "deit.layernorm.bias",
+}
+_HEAD_NAMES = {
     "head.weight": "cls_classifier.weight",
     "head.bias": "cls_classifier.bias",
     "head_dist.weight": "distillation_classifier.weight",
     "head_dist.bias": "distillation_classifier.bias",
 }
+_QKV_PARTS = ("query", "key", "value")
 
 
 # transformers 5 names its modules differently from the hub files (it renames at load time);
@@ -69,127 +78,122 @@ _NEW_TO_HUB = [
 ]
 
 
-def to_hf_state_dict(model: DistilledViT) -> dict[str, torch.Tensor]:
-    """The student's weights under HF DeiT (hub) names, QKV split into query/key/value."""
-    state = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for name, hf_name in _TOP_NAMES.items():
-        if name in state:
-            out[hf_name] = state[name]
-    for i in range(model.config.num_hidden_layers):
+def _names(config: DeiTConfig) -> list[tuple[str, str]]:
+    """(vitkit, HF hub) names of every tensor but the fused QKV."""
+    names = list(_TOP_NAMES.items())
+    if config.num_labels:
+        names += list(_HEAD_NAMES.items())
+    for i in range(config.num_hidden_layers):
         prefix = _HF_BLOCK.format(i=i)
         for ours, theirs in _BLOCK_NAMES.items():
             for kind in ("weight", "bias"):
-                out[f"{prefix}{theirs}.{kind}"] = state[f"blocks.{i}.{ours}.{kind}"]
-        for kind in ("weight", "bias"):
-            key = f"blocks.{i}.attn.qkv.{kind}"
-            if key not in state:
-                continue
-            query, key_part, value = state[key].chunk(3, dim=0)
-            for part, tensor in (("query", query), ("key", key_part), ("value", value)):
-                out[f"{prefix}attention.attention.{part}.{kind}"] = tensor
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+                names.append((f"blocks.{i}.{ours}.{kind}", f"{prefix}{theirs}.{kind}"))
+    return names
 
 
-def from_hf_state_dict(
-    hf_state: dict[str, torch.Tensor], num_layers: int
-) -> dict[str, torch.Tensor]:
-    """The inverse of ``to_hf_state_dict``; accepts hub names and transformers-5 module names."""
-    renamed: dict[str, torch.Tensor] = {}
+def _qkv_kinds(config: DeiTConfig) -> tuple[str, ...]:
+    return ("weight", "bias") if config.qkv_bias else ("weight",)
+
+
+def to_hf_state_dict(model: DistilledViT) -> StateDict:
+    """The student's weights under HF DeiT (hub) names, QKV split into query/key/value."""
+    ours = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    out: StateDict = {theirs: ours.pop(mine) for mine, theirs in _names(model.config)}
+    for i in range(model.config.num_hidden_layers):
+        prefix = _HF_BLOCK.format(i=i)
+        for kind in _qkv_kinds(model.config):
+            chunks = ours.pop(f"blocks.{i}.attn.qkv.{kind}").chunk(3, dim=0)
+            for part, chunk in zip(_QKV_PARTS, chunks, strict=True):
+                # own storage: safetensors refuses views
+                out[f"{prefix}attention.attention.{part}.{kind}"] = chunk.clone()
+    if ours:  # a module added to the student without a name mapping: never drop weights
+        raise CheckpointError(f"no HF DeiT name for these student tensors: {sorted(ours)}")
+    return out
+
+
+def deit_reader(hf_state: StateDict, config: DeiTConfig) -> KeyReader:
+    """A KeyReader holding ``hf_state`` (hub or transformers-5 names) in vitkit names."""
+    renamed: StateDict = {}
     for name, tensor in hf_state.items():
         for pattern, replacement in _NEW_TO_HUB:
             name = re.sub(pattern, replacement, name)
         renamed[name] = tensor
-    ours: dict[str, torch.Tensor] = {}
-    for name, hf_name in _TOP_NAMES.items():
-        if hf_name in renamed:
-            ours[name] = renamed.pop(hf_name)
-    for i in range(num_layers):
-        prefix = _HF_BLOCK.format(i=i)
-        for mine, theirs in _BLOCK_NAMES.items():
-            for kind in ("weight", "bias"):
-                ours[f"blocks.{i}.{mine}.{kind}"] = _take(renamed, f"{prefix}{theirs}.{kind}")
-        for kind in ("weight", "bias"):
-            parts = [f"{prefix}attention.attention.{p}.{kind}" for p in ("query", "key", "value")]
-            if all(p in renamed for p in parts):
-                ours[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([renamed.pop(p) for p in parts])
-    return ours
+    reader = KeyReader(renamed)
+    for ours, theirs in _names(config):
+        reader.move(theirs, ours)
+    for i in range(config.num_hidden_layers):
+        prefix = f"{_HF_BLOCK.format(i=i)}attention.attention."
+        for kind in _qkv_kinds(config):
+            pieces = [reader.take(f"{prefix}{part}.{kind}") for part in _QKV_PARTS]
+            present = [piece for piece in pieces if piece is not None]
+            if len(present) == 3:
+                origin = f"{prefix}{{query,key,value}}.{kind}"
+                reader.put(f"blocks.{i}.attn.qkv.{kind}", torch.cat(present), origin)
+    return reader
 
 
-def _take(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state:
-        raise CheckpointError(f"DeiT checkpoint lacks {key!r}: not a DeiT-with-teacher layout")
-    return state.pop(key)
-
-
-def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
-    data = config.to_hf_dict()
-    data["model_type"] = "deit"
-    data["architectures"] = ["DeiTForImageClassificationWithTeacher"]
-    for vit_only in ("add_pooling_layer", "classifier_uses_pooler"):
-        data.pop(vit_only, None)
-    return data
+# ---- directories --------------------------------------------------------------------------
+def is_student_config(data: Any) -> bool:
+    """A config.json dict of a DeiT with a distillation head (ours or transformers')."""
+    return (
+        isinstance(data, dict)
+        and data.get("model_type") == "deit"
+        and ARCHITECTURE in (data.get("architectures") or [])
+    )
 
 
 def is_student_dir(directory: str | Path) -> bool:
     """True when ``directory`` holds a DeiT-with-teacher checkpoint (ours or transformers')."""
     config_path = Path(directory) / "config.json"
-    if not config_path.is_file():
-        return False
-    data = json.loads(config_path.read_text())
-    return data.get("model_type") == "deit" and "DeiTForImageClassificationWithTeacher" in (
-        data.get("architectures") or []
-    )
+    return config_path.is_file() and is_student_config(read_json(config_path))
 
 
 def save_student(
     model: DistilledViT, directory: str | Path, processor_config: dict[str, Any] | None = None
 ) -> Path:
     """Write an HF DeiT-with-teacher directory atomically (temp dir, then rename)."""
-    from safetensors.torch import save_file
-
-    from vitkit.atomic_files import write_directory_atomically
+    target = Path(directory).expanduser().absolute()
+    check_replaceable(target)
+    tensors = to_hf_state_dict(model)
 
     def write(staging: Path) -> None:
         staging.mkdir()
-        (staging / "config.json").write_text(
-            json.dumps(hf_config_dict(model.config), indent=2) + "\n"
-        )
-        save_file(
-            to_hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"}
-        )
+        (staging / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         if processor_config is not None:
             (staging / "preprocessor_config.json").write_text(
                 json.dumps(processor_config, indent=2) + "\n"
             )
 
-    return write_directory_atomically(directory, write)
+    return write_directory_atomically(target, write)
 
 
-def load_student(directory: str | Path) -> tuple[DistilledViT, dict[str, Any] | None]:
-    """(student in eval mode, preprocessor_config or None) from a DeiT-with-teacher directory."""
-    from safetensors.torch import load_file
+def load_student(
+    directory: str | Path,
+    image_size: ImageSize | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[DistilledViT, dict[str, Any] | None]:
+    """(student in eval mode, preprocessor_config or None) from a DeiT-with-teacher directory.
 
+    Every key problem (missing, unexpected, wrong shape) is listed in one CheckpointError;
+    ``image_size`` resamples the position embeddings (the two prefix positions kept).
+    """
     path = Path(directory)
     if not is_student_dir(path):
         raise CheckpointError(
-            f"{path}: no config.json for DeiTForImageClassificationWithTeacher; a distilled "
-            "student is saved by `vitkit distill` (or transformers) in that layout"
+            f"{path}: no config.json for {ARCHITECTURE}; a distilled student is saved by "
+            "`vitkit distill` (or transformers) in that layout"
         )
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: model.safetensors is missing")
-    data = json.loads((path / "config.json").read_text())
-    config = ViTConfig.from_hf_dict({**data, "architectures": ["ViTForImageClassification"]})
-    config = config.replace(add_pooling_layer=False, classifier_uses_pooler=False)
-    model = DistilledViT(config)
-    state = from_hf_state_dict(load_file(str(weights)), config.num_hidden_layers)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    data = read_json(path / "config.json")
+    try:
+        config = DeiTConfig.from_vit_config(ViTConfig.from_hf_dict(data))
+    except (TypeError, ValueError) as error:
         raise CheckpointError(
-            f"{weights}: weights do not fit the config (missing {missing[:4]}, "
-            f"unexpected {unexpected[:4]})"
-        )
+            f"{path / 'config.json'}: not a valid DeiT config ({error})"
+        ) from error
+    weights_path, tensors = read_weights(path)
+    reader = deit_reader(tensors, config)
+    model = build_model(config, reader, weights_path, image_size, device, DistilledViT)
+    assert isinstance(model, DistilledViT)
     processor_path = path / "preprocessor_config.json"
-    processor = json.loads(processor_path.read_text()) if processor_path.is_file() else None
-    return model.eval(), processor
+    return model, (read_json(processor_path) if processor_path.is_file() else None)

@@ -21,12 +21,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from vitkit.atomic_files import write_directory_atomically
+from vitkit.checkpoints._common import (
+    KeyReader,
+    StateDict,
+    load_checked,
+    read_json,
+    read_state_dict,
+)
+from vitkit.checkpoints.hf import check_replaceable, read_weights
 from vitkit.errors import CheckpointError
 from vitkit.models.resnet import (
     IMAGENET_MEAN,
@@ -100,62 +110,56 @@ def hf_to_torchvision_key(key: str) -> str:
 
 
 # ---- load / save ------------------------------------------------------------------------
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _reader(state: StateDict, rename: Callable[[str], str]) -> KeyReader:
+    """A KeyReader holding ``state`` under ``net.<torchvision name>`` (the model's names);
+    keys ``rename`` cannot place stay behind and are reported as unexpected."""
+    reader = KeyReader(state)
+    for name in list(state):
+        try:
+            ours = rename(name)
+        except KeyError:
+            continue
+        reader.move(name, f"net.{ours}")
+    return reader
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a state dict (got {type(state).__name__})")
-    return state
+
+def _load_into(model: ResNetClassifier, reader: KeyReader, source: Path | str) -> None:
+    what = f"{model.config.arch} with {max(model.config.num_labels, 1)} classes"
+    load_checked(model, reader, source, what, optional=("num_batches_tracked",))
 
 
-def _load_into(model: ResNetClassifier, state: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        result = model.net.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # tensor shapes differ: another architecture
-        first = str(error).strip().splitlines()[-1].strip()
-        raise CheckpointError(
-            f"{source}: weights do not fit {model.config.arch} ({first})"
-        ) from None
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"{source}: weights do not fit {model.config.arch} "
-            f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})"
-        )
+def is_resnet_config(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("model_type") == "resnet"
 
 
 def is_resnet_dir(directory: str | Path) -> bool:
     config_path = Path(directory) / "config.json"
-    if not config_path.is_file():
-        return False
-    return json.loads(config_path.read_text()).get("model_type") == "resnet"
+    return config_path.is_file() and is_resnet_config(read_json(config_path))
 
 
-def load_resnet_dir(directory: str | Path) -> tuple[ResNetClassifier, dict[str, Any] | None]:
-    """(model in eval mode, preprocessor_config or None) from an HF ResNet directory."""
+def load_resnet_dir(
+    directory: str | Path, image_size: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[ResNetClassifier, dict[str, Any] | None]:
+    """(model in eval mode, preprocessor_config or None) from an HF ResNet directory.
+
+    Every key problem (missing, unexpected, wrong shape) is listed in one CheckpointError.
+    ``image_size`` only records the resolution to run at: a CNN's weights do not depend on it.
+    """
     path = Path(directory)
     if not is_resnet_dir(path):
         raise CheckpointError(f"{path}: no config.json with model_type 'resnet' (HF ResNet layout)")
-    data = json.loads((path / "config.json").read_text())
-    config = ResNetConfig.from_hf_dict(data, source=str(path / "config.json"))
-    candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
-    weights = next((c for c in candidates if c.is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
-    hf_state = _read_weights(weights)
-    state = {hf_to_torchvision_key(k): v for k, v in hf_state.items()}
-    if not config.num_labels and "fc.weight" in state:
-        config.id2label = {i: f"LABEL_{i}" for i in range(state["fc.weight"].shape[0])}
+    config = ResNetConfig.from_hf_dict(read_json(path / "config.json"), str(path / "config.json"))
+    weights, hf_state = read_weights(path)
+    if not config.num_labels and "classifier.1.weight" in hf_state:
+        classes = hf_state["classifier.1.weight"].shape[0]
+        config.id2label = {i: f"LABEL_{i}" for i in range(classes)}
+    if image_size is not None:
+        config.image_size = image_size
     model = ResNetClassifier(config)
-    _load_into(model, state, str(weights))
+    _load_into(model, _reader(hf_state, hf_to_torchvision_key), weights)
     processor_path = path / "preprocessor_config.json"
-    processor = json.loads(processor_path.read_text()) if processor_path.is_file() else None
-    return model.eval(), processor
+    processor = read_json(processor_path) if processor_path.is_file() else None
+    return model.to(device).eval(), processor
 
 
 def load_torchvision_weights(
@@ -165,10 +169,10 @@ def load_torchvision_weights(
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"{file}: no such torchvision weights file")
-    state = _read_weights(file)
+    state = read_state_dict(file)
     classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
     model = ResNetClassifier(ResNetConfig(arch, {i: f"LABEL_{i}" for i in range(classes)}))
-    _load_into(model, state, str(file))
+    _load_into(model, _reader(state, lambda name: name), file)
     if id2label and len(id2label) != classes:
         model.reset_head(id2label)
     elif id2label:
@@ -204,11 +208,16 @@ def resnet_processor_config(image_size: int) -> dict[str, Any]:
     }
 
 
+def default_processor_config(config: ResNetConfig) -> dict[str, Any]:
+    return resnet_processor_config(config.image_size)
+
+
 def save_resnet(
     model: ResNetClassifier, directory: str | Path, processor_config: dict[str, Any] | None = None
 ) -> Path:
     """Write an HF ResNet directory atomically (temp dir, then rename)."""
-    from safetensors.torch import save_file
+    target = Path(directory).expanduser().absolute()
+    check_replaceable(target)
 
     def write(staging: Path) -> None:
         staging.mkdir()
@@ -222,4 +231,4 @@ def save_resnet(
         processor = processor_config or resnet_processor_config(model.config.image_size)
         (staging / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
 
-    return write_directory_atomically(directory, write)
+    return write_directory_atomically(target, write)

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from typing import Any
 
 MODEL_HELP = (
-    "checkpoint to use: an HF directory, a hub id (google/vit-base-patch16-224), a timm "
-    ".safetensors/.pth/.bin file or a Google .npz (default: $VITKIT_MODEL or "
+    "checkpoint to use: an HF directory (ViT, DeiT student, ResNet: what `vitkit train`, "
+    "`distill` and `compare` save), a hub id (google/vit-base-patch16-224), a timm "
+    ".safetensors/.pth/.bin file, a Google .npz or an .onnx export (default: $VITKIT_MODEL or "
     "google/vit-base-patch16-224)"
 )
 PROGRESS_THRESHOLD = 5  # fewer inputs than this: no progress bar
@@ -171,11 +172,15 @@ def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
 
 
 def load_classifier(args: argparse.Namespace) -> Any:
-    import vitkit.inference.classifier
+    """The Classifier for ``--model`` etc., in a process tuned for inference (an entry point's
+    choice: allocator thresholds on a CPU, TF32 and cuDNN autotuning on CUDA)."""
+    # torch loads here, not at `vitkit --help` time
+    from vitkit.inference import classifier, runtime
     from vitkit.inference.heads import parse_thresholds
 
+    runtime.tune_process_for_inference(args.device)
     threshold = getattr(args, "threshold", None)
-    return vitkit.inference.classifier.load(
+    return classifier.load(
         args.model,
         device=args.device,
         image_size=args.image_size,

@@ -144,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     )
     model, processor_config = load_model_and_processor(args.model, args.image_size)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        runtime.tune_cpu_allocator()
+    runtime.tune_process_for_inference(device)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -7,10 +7,11 @@ import sys
 from typing import Any
 
 EPILOG = """\
-SRC is anything `vitkit.load` understands: a Hugging Face directory, a Hub id
-(google/vit-base-patch16-224), a timm state dict (.safetensors / .pth / .bin) or a Google
+SRC is anything `vitkit.load` understands: a Hugging Face directory (ViT, DeiT student, ResNet),
+a Hub id (google/vit-base-patch16-224), a timm state dict (.safetensors / .pth / .bin) or a Google
 vit_jax .npz file. DST becomes a directory with config.json, model.safetensors and
-preprocessor_config.json that transformers loads with no conversion:
+preprocessor_config.json, in the model type's Hugging Face layout, that transformers loads with
+no conversion (an .onnx export is not converted back):
 
   vitkit convert ViT-B_16.npz vit-b16-hf
   vitkit convert vit_base_patch16_384.safetensors vit-b16-384
@@ -64,20 +65,16 @@ def _image_size(text: str) -> int | tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.checkpoints import load_model, save_pretrained
+    # torch loads here, not at `vitkit --help` time
+    from vitkit.checkpoints import load_model, save_model
 
     loaded = load_model(args.source, image_size=args.image_size, num_attention_heads=args.num_heads)
-    processor = loaded.processor_config
-    if processor is not None and args.image_size is not None:
-        from vitkit.inference.classifier import resized_processor_config
-
-        processor = resized_processor_config(processor, loaded.model.config.image_hw)
-    target = save_pretrained(loaded.model, args.destination, processor_config=processor)
+    target = save_model(loaded.model, args.destination, processor_config=loaded.preprocessing())
     config = loaded.model.config
     height, width = config.image_hw
     print(
-        f"{args.source} ({loaded.format}) -> {target}: ViT {config.hidden_size}x"
-        f"{config.num_hidden_layers}, patch {config.patch_size}, {height}x{width}, "
+        f"{args.source} ({loaded.format}) -> {target}: {loaded.model_type} "
+        f"{loaded.model.num_parameters() / 1e6:.1f} M parameters, {height}x{width}, "
         f"{config.num_labels or 'no'} classes",
         file=sys.stderr,
     )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vitkit.atomic_files import atomic_open
 from vitkit.cli._common import (
     add_inputs_argument,
     add_model_options,
@@ -32,7 +33,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "embed",
         help="compute image embeddings",
-        description="Embed images with a ViT (works on checkpoints without a classification head).",
+        description="Embed images with any vitkit model (works on checkpoints without a "
+        "classification head).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,24 +45,30 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--pool",
-        default="cls",
+        default=None,
         choices=["cls", "mean", "pooler"],
-        help="cls: final-norm [CLS] token (default); mean: mean of patch tokens; pooler: dense+tanh on [CLS]",
+        help="cls: final-norm [CLS] token (a transformer's default); mean: mean of the patch "
+        "tokens, or of a CNN's last feature map (a ResNet's default and only pool); pooler: "
+        "dense+tanh on [CLS]",
     )
     add_tta_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch loads here, not at `vitkit --help` time
     import numpy as np
 
     from vitkit.images.decode import expand_inputs
+    from vitkit.models.protocol import check_pool
 
     suffix = args.out.suffix.lower()
     if suffix not in (".npy", ".npz", ".parquet"):
         raise VitkitError(f"--out {args.out}: use a .npy, .npz or .parquet file name")
     sources = expand_inputs(args.inputs)
     classifier = load_classifier(args)
+    pool = args.pool or classifier.default_pool
+    check_pool(classifier.model, pool)  # once, before any image is decoded
     names: list[str] = []
     vectors: list[Any] = []
     errors: dict[str, str] = {}
@@ -68,12 +76,11 @@ def run(args: argparse.Namespace) -> int:
         for chunk, batch in prepared_batches(classifier, sources, args):
             errors.update({chunk[index]: str(error) for index, error in batch.errors.items()})
             if batch.indices:
-                embedding = classifier.embed_tensor(batch.pixel_values, args.pool)
+                embedding = classifier.embed_tensor(batch.pixel_values, pool)
                 vectors.append(embedding.cpu().numpy())
                 names.extend(chunk[index] for index in batch.indices)
             advance(len(chunk))
-    dim = classifier.config.hidden_size
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
     write_embeddings(args.out, names, matrix, errors)
     for message in errors.values():
         print(f"vitkit embed: {message}", file=sys.stderr)
@@ -85,19 +92,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_embeddings(path: Path, names: list[str], matrix: Any, errors: dict[str, str]) -> None:
+    """Write the file whole or not at all (a temporary file renamed into place)."""
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        np.save(path, matrix)
-    elif suffix == ".npz":
-        np.savez(
-            path,
-            embeddings=matrix,
-            inputs=np.array(names, dtype=str),
-            failed_inputs=np.array(list(errors), dtype=str),
-        )
+    if suffix in (".npy", ".npz"):
+        with atomic_open(path) as handle:
+            if suffix == ".npy":
+                np.save(handle, matrix)
+            else:
+                np.savez(
+                    handle,
+                    embeddings=matrix,
+                    inputs=np.array(names, dtype=str),
+                    failed_inputs=np.array(list(errors), dtype=str),
+                )
     else:
         try:
             import pyarrow as pa
@@ -110,4 +120,5 @@ def write_embeddings(path: Path, names: list[str], matrix: Any, errors: dict[str
         dim = matrix.shape[1]
         column = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
         table = pa.table({"input": names, "embedding": column})
-        pq.write_table(table, path)
+        with atomic_open(path) as handle:
+            pq.write_table(table, handle)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vitkit.atomic_files import atomic_open
+
 EPILOG = """\
 examples:
   vitkit eval --model runs/vit384/best --data slides/            # slides/test/ if it exists
@@ -31,7 +33,8 @@ def register(subparsers: Any) -> None:
         "--model",
         "-m",
         required=True,
-        help="checkpoint: a training run's best/ directory, HF directory, hub id, timm file or .npz",
+        help="checkpoint: a training run's best/ directory (ViT, DeiT student or ResNet), HF "
+        "directory, hub id, timm file, .npz or .onnx",
     )
     parser.add_argument("--data", required=True, help="image folder (one sub-folder per class)")
     parser.add_argument(
@@ -76,14 +79,17 @@ def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch loads here, not at `vitkit --help` time
     import csv
 
+    from vitkit.inference import runtime
     from vitkit.inference.classifier import load
     from vitkit.training import data as vdata
     from vitkit.training.metrics import format_report
     from vitkit.training.trainer import ProcessorTransform, evaluate, save_eval_outputs
 
     folder, split = pick_folder(Path(args.data), args.split)
+    runtime.tune_process_for_inference(args.device)
     classifier = load(args.model, device=args.device, image_size=args.image_size)
     labels = list(classifier.labels)
     classes = vdata.find_classes(folder)
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else _default_out(args.model, split)
     save_eval_outputs(result, labels, out, f"{Path(str(args.model)).name} on {folder}")
-    with open(out / "predictions.csv", "w", newline="") as handle:
+    with atomic_open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", "score"])
         for row, index in enumerate(result.indices):

@@ -18,6 +18,8 @@ examples:
   vitkit explain cat.jpg --model google/vit-base-patch16-224 --out maps/
   vitkit explain photos/ --model runs/compare/rows/finetune224/best --out maps/ --top-k 3
   vitkit explain digit.png --model runs/compare/rows/distilled/best --out maps/   # a DeiT student
+
+A CNN (the ResNet baseline) has no attention: explain says so and exits with status 1.
 """
 
 
@@ -31,7 +33,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or URLs")
     parser.add_argument(
-        "--model", "-m", default=None, help=MODEL_HELP + "; or a distilled student directory"
+        "--model", "-m", default=None, help=MODEL_HELP + " (a transformer: vit or deit)"
     )
     parser.add_argument("--out", "-o", required=True, help="folder for the PNGs")
     parser.add_argument("--top-k", type=int, default=5, help="labels in the caption (default 5)")
@@ -39,34 +41,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def load_explainable(source: str | None, image_size: int | None = None) -> Any:
-    """A Classifier for a ViT checkpoint or a DeiT student directory."""
-    from vitkit.checkpoints.hf_deit import is_student_dir, load_student
-
-    if source is not None and is_student_dir(source):
-        from vitkit.images.processor import ImageProcessor
-        from vitkit.inference.classifier import Classifier
-
-        model, processor_config = load_student(source)
-        processor = ImageProcessor.from_dict(processor_config) if processor_config else None
-        return Classifier(model, processor, name=source, device="cpu")
-    from vitkit.checkpoints.hf_resnet import is_resnet_dir
-    from vitkit.errors import VitkitError
-
-    if source is not None and is_resnet_dir(source):
-        raise VitkitError(
-            f"{source} is a ResNet (a CNN): it has no attention to draw; use a ViT checkpoint"
-        )
-    import vitkit.inference.classifier
-
-    return vitkit.inference.classifier.load(source, device="cpu", image_size=image_size)
-
-
 def run(args: argparse.Namespace) -> int:
+    # torch and the model code load here, not at `vitkit --help` time
     from vitkit.images.decode import expand_inputs
+    from vitkit.inference.classifier import load
     from vitkit.inference.explain import explain_files
 
-    classifier = load_explainable(args.model, args.image_size)
+    classifier = load(args.model, device="cpu", image_size=args.image_size)
     sources = expand_inputs(list(args.inputs))
     for record in explain_files(classifier, sources, args.out, top_k=args.top_k):
         print(json.dumps(record))

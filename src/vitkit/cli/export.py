@@ -11,8 +11,9 @@ examples:
   vitkit export --format onnx ./my-finetuned-vit model.onnx --outputs logits
   vitkit export --format onnx vit_small.safetensors small-384.onnx --image-size 384
 
-The file carries the model's config and preprocessing in its metadata: load it with
-vitkit.inference.onnx.load_classifier("model.onnx") for predict/embed on onnxruntime.
+The file carries the model's type, config and preprocessing in its metadata: every command
+takes it as --model (vitkit predict --model model.onnx ...), and vitkit.load("model.onnx") runs
+it on onnxruntime. Transformers (vit, deit) export; a ResNet says it cannot.
 The export is checked against PyTorch on real photos (max |logit difference| is printed;
 --tolerance sets the failure threshold).
 """
@@ -22,11 +23,14 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a checkpoint to ONNX for onnxruntime",
-        description="Export a ViT checkpoint to ONNX with a dynamic batch dimension.",
+        description="Export a transformer checkpoint (vit, deit) to ONNX with a dynamic batch "
+        "dimension.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="HF directory or hub id, timm file, or Google .npz")
+    parser.add_argument(
+        "model", help="HF directory (ViT or DeiT student) or hub id, timm file, or Google .npz"
+    )
     parser.add_argument("output", help="the .onnx file to write")
     parser.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
     parser.add_argument(
@@ -45,14 +49,18 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch and onnx load here, not at `vitkit --help` time
     import torch
 
     from vitkit.bench.engine import photo_batch
     from vitkit.checkpoints import load_model
-    from vitkit.inference.onnx import OnnxError, OnnxModel, export_onnx
+    from vitkit.checkpoints.onnx import export_onnx
+    from vitkit.errors import OnnxError
+    from vitkit.models.protocol import require
 
     loaded = load_model(args.model, image_size=args.image_size)
     model = loaded.model.eval()
+    require(model, "onnx_export", "be exported to ONNX")
     path = export_onnx(
         model,
         args.output,
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     name = "logits" if model.config.num_labels else "last_hidden_state"
     reference = expected.logits if model.config.num_labels else expected.last_hidden_state
     assert reference is not None
-    got = OnnxModel(path).run(pixels, [name])[name]
+    got = load_model(path).model.run(pixels, [name])[name]
     difference = float((got - reference).abs().max())
     print(
         f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB); max |{name} difference| "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
 EPILOG = """\
-MODEL is a Hugging Face directory, a Hub id, a timm state dict or a Google .npz file:
+MODEL is anything `vitkit.load` reads: a Hugging Face directory (ViT, DeiT student, ResNet), a
+Hub id, a timm state dict, a Google .npz file or an .onnx export:
 
   vitkit info google/vit-base-patch16-224
   vitkit info ViT-B_16.npz --image-size 384
@@ -17,28 +19,12 @@ GFLOPs count one forward pass of one image (2 x multiply-accumulates of the matm
 projection; softmax and norms are left out), at the model's resolution or --image-size.
 """
 
-_CONFIG_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "patch_size",
-    "image_size",
-    "num_channels",
-    "hidden_act",
-    "layer_norm_eps",
-    "qkv_bias",
-    "add_pooling_layer",
-    "classifier_uses_pooler",
-    "num_labels",
-)
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "info",
         help="show a checkpoint's format, config, parameter count and GFLOPs per image",
-        description="Describe a ViT checkpoint: format, config, parameters, GFLOPs per image.",
+        description="Describe a checkpoint: type, format, config, parameters, GFLOPs per image.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,27 +44,32 @@ def register(subparsers: Any) -> None:
 
 
 def describe(model: Any, source: str, checkpoint_format: str) -> dict[str, Any]:
-    """The facts `vitkit info` prints, as a JSON-ready dict."""
+    """The facts `vitkit info` prints, as a JSON-ready dict (any registered model type)."""
     config = model.config
     height, width = config.image_hw
     labels = config.labels()
-    return {
+    facts: dict[str, Any] = {
         "source": source,
         "format": checkpoint_format,
+        "model_type": config.model_type,
         "config": {
             name: (list(value) if isinstance(value, tuple) else value)
-            for name in _CONFIG_FIELDS
-            for value in [getattr(config, name)]
+            for name, value in dataclasses.asdict(config).items()
+            if name != "id2label"
         },
         "parameters": model.num_parameters(),
         "gflops_per_image": model.flops_per_image() / 1e9,
-        "tokens": config.num_patches + 1,
         "resolution": f"{height}x{width}",
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
+        "embeddings": list(model.capabilities.pools),
     }
+    if hasattr(config, "num_patches"):  # a transformer: its sequence length
+        facts["tokens"] = config.num_patches + model.num_prefix_tokens
+    return facts
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch loads here, not at `vitkit --help` time
     from vitkit.checkpoints import load_model
 
     loaded = load_model(args.model, image_size=args.image_size, num_attention_heads=args.num_heads)
@@ -86,15 +77,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
+    tokens = f" ({facts['tokens']} tokens)" if "tokens" in facts else ""
     print(f"model        {facts['source']}")
+    print(f"type         {facts['model_type']}")
     print(f"format       {facts['format']}")
-    print(f"resolution   {facts['resolution']} ({facts['tokens']} tokens)")
+    print(f"resolution   {facts['resolution']}{tokens}")
     print(f"parameters   {facts['parameters']:,} ({facts['parameters'] / 1e6:.1f} M)")
     print(f"GFLOPs/image {facts['gflops_per_image']:.4g}")
     head = "none (feature extractor: use `vitkit embed`)"
     if loaded.model.config.num_labels:
         head = f"{loaded.model.config.num_labels} classes: {', '.join(facts['labels'])}"
     print(f"head         {head}")
+    print(f"embeddings   {', '.join(facts['embeddings'])}")
     print("config")
     for name, value in facts["config"].items():
         print(f"  {name:<24} {value}")

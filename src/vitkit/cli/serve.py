@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vitkit.images.decode import DEFAULT_MAX_PIXELS
     from vitkit.images.fetch import FetchPolicy, hosts_from
+    from vitkit.inference import runtime
     from vitkit.inference.classifier import load
     from vitkit.serve import ServeSettings, create_app
 
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     def give_up(error: BaseException) -> None:  # a model that cannot load: exit, do not linger
         failed.append(error)
         server.should_exit = True
+
+    runtime.tune_process_for_inference(args.device)  # the server's process: opt in here
 
     def load_model() -> Any:
         return load(

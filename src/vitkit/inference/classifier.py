@@ -1,9 +1,13 @@
 """`vitkit.load()` and the Classifier: images in, labels or embeddings out.
 
 This is the one place where the flow of DESIGN.md is assembled:
-image source -> io (decode) -> processor (tensors) -> model [over TTA views] -> head (softmax, or
-sigmoid + thresholds; vitkit.inference.heads) -> labels.
+image source -> images (decode) -> processor (tensors) -> model [over TTA views] -> head
+(softmax, or sigmoid + thresholds; vitkit.inference.heads) -> labels.
 The CLI, the server and the benchmarks all go through it; none re-implements a step.
+
+The model is any registered model type (``vitkit.checkpoints.registry``: ViT, DeiT student,
+ResNet, an ONNX export): the Classifier only uses the protocol of ``vitkit.models.protocol``.
+Constructing one changes nothing process-wide (see ``runtime.tune_process_for_inference``).
 """
 
 from __future__ import annotations
@@ -12,18 +16,33 @@ import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from vitkit.checkpoints import imagenet_labels, load_model, save_model
+from vitkit.checkpoints.registry import (
+    LoadedModel,
+    default_processor_config,
+    resized_processor_config,
+)
 from vitkit.errors import NoClassificationHeadError, VitkitError
+from vitkit.images.processor import ImageProcessor
+from vitkit.inference import runtime
 from vitkit.inference import tta as tta_views
 from vitkit.inference.heads import Head, Thresholds, head_for
-from vitkit.models.vit import ViT
+from vitkit.models.protocol import Pool, VisionModel, check_pool, logits_of
+
+__all__ = [
+    "Classifier",
+    "default_model_name",
+    "load",
+    "resized_processor_config",
+    "top_k_predictions",
+]
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
-Pool = Literal["cls", "mean", "pooler", "tokens"]
 Prediction = dict[
     str, Any
 ]  # {"label": str, "score": float}: the shape transformers' pipeline returns
@@ -40,13 +59,11 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_labels(model: ViT) -> list[str]:
+def resolve_labels(model: VisionModel) -> list[str]:
     """The model's labels; ImageNet-1k names for a 1000-class head whose config lacks real ones."""
-    labels = model.config.labels()
+    labels: list[str] = model.config.labels()
     placeholders = all(label == f"LABEL_{i}" for i, label in enumerate(labels))
     if len(labels) == 1000 and placeholders:
-        from vitkit.checkpoints import imagenet_labels
-
         return list(imagenet_labels())
     return labels
 
@@ -66,11 +83,12 @@ def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 class Classifier:
-    """A ViT with its preprocessing and labels, ready to classify or embed images."""
+    """A model (any registered type) with its preprocessing and labels, ready to classify or
+    embed images."""
 
     def __init__(
         self,
-        model: ViT,
+        model: VisionModel,
         processor: Any = None,
         *,
         name: str = "vitkit-model",
@@ -81,13 +99,13 @@ class Classifier:
         threshold: Thresholds | None = None,
         tta: str = "none",
     ) -> None:
-        from vitkit.images.processor import ImageProcessor
-
         self.device = pick_device(device)
         self.precision = precision
-        self.model = model.eval().to(self.device)
+        self.model: Any = model.eval().to(self.device)
         self.processor = (
-            processor if processor is not None else ImageProcessor.for_config(model.config)
+            processor
+            if processor is not None
+            else ImageProcessor.from_dict(default_processor_config(model.config))
         )
         self.processor_mode = processor_mode  # None: the processor's own default ("pil" or "fast")
         self.name = name
@@ -109,11 +127,13 @@ class Classifier:
     def has_head(self) -> bool:
         return bool(self.config.num_labels)
 
-    def _build_forward(self, precision: str) -> Any:
-        """The callable that runs the network, from vitkit.inference.runtime: threads by batch size, the
-        [CLS]-only logits path, int8 / bf16 copies of the model."""
-        from vitkit.inference import runtime  # the performance layer: int8, autocast, compile
+    @property
+    def model_type(self) -> str:
+        return str(self.config.model_type)
 
+    def _build_forward(self, precision: str) -> Any:
+        """The callable that runs the network, from vitkit.inference.runtime: threads by batch
+        size, the [CLS]-only logits path, int8 / bf16 copies of the model."""
         return runtime.optimize(self.model, precision=precision, device=self.device)
 
     # ---- tensors in -----------------------------------------------------------------------
@@ -124,9 +144,7 @@ class Classifier:
     @torch.inference_mode()
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.require_head()
-        output = self._forward(pixel_values.to(self.device))
-        logits = output.logits if hasattr(output, "logits") else output
-        return logits.float()
+        return logits_of(self._forward(pixel_values.to(self.device))).float()
 
     @torch.inference_mode()
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -147,30 +165,28 @@ class Classifier:
     ) -> list[list[Prediction]]:
         return self.answer(self.probabilities(pixel_values), top_k)
 
+    @property
+    def default_pool(self) -> str:
+        """The embedding this model type gives when asked for none ([CLS] for a ViT, the
+        averaged feature map for a CNN)."""
+        return str(self.model.capabilities.default_pool)
+
     @torch.inference_mode()
-    def embed_tensor(self, pixel_values: torch.Tensor, pool: Pool = "cls") -> torch.Tensor:
-        if pool == "tokens" and self.tta != "none":
+    def embed_tensor(self, pixel_values: torch.Tensor, pool: Pool | None = None) -> torch.Tensor:
+        """(B, dim) embeddings, or (B, tokens, dim) for pool="tokens"; ``pool`` is one of the
+        model's ``capabilities.pools`` (default: its ``default_pool``), averaged over the TTA views."""
+        chosen = pool or self.default_pool
+        check_pool(self.model, chosen)
+        if chosen == "tokens" and self.tta != "none":
             raise VitkitError(
                 "pool='tokens' with TTA: the views' token grids are turned and mirrored, so their "
                 "mean means nothing; use pool cls / mean / pooler, or tta none"
             )
-        return tta_views.averaged(lambda views: self._embed(views, pool), pixel_values, self.tta)
-
-    def _embed(self, pixel_values: torch.Tensor, pool: Pool) -> torch.Tensor:
-        tokens, _, _ = self.model.forward_features(pixel_values.to(self.device))
-        if pool == "cls":
-            return tokens[:, 0].float()
-        if pool == "mean":
-            return tokens[:, 1:].mean(dim=1).float()
-        if pool == "tokens":
-            return tokens.float()
-        if pool == "pooler":
-            if self.model.pooler is None:
-                raise ValueError(
-                    f"{self.name} has no pooler (dense+tanh) layer: use pool='cls' or 'mean'"
-                )
-            return self.model.pooler(tokens[:, 0]).float()
-        raise ValueError(f"unknown pool {pool!r}: use cls, mean, pooler or tokens")
+        return tta_views.averaged(
+            lambda views: self.model.forward_embedding(views.to(self.device), chosen).float(),
+            pixel_values,
+            self.tta,
+        )
 
     # ---- images in ------------------------------------------------------------------------
     def predict(
@@ -187,7 +203,7 @@ class Classifier:
         return results
 
     def embed(
-        self, images: Sequence[Any] | Any, pool: Pool = "cls", batch_size: int = 32
+        self, images: Sequence[Any] | Any, pool: Pool | None = None, batch_size: int = 32
     ) -> np.ndarray:
         """One embedding per image: (N, dim), or (N, tokens, dim) for pool='tokens'."""
         items = _as_list(images)
@@ -198,10 +214,9 @@ class Classifier:
         return torch.cat(parts).numpy()
 
     def save(self, directory: str | Path) -> None:
-        """Write an HF-format directory (config.json, model.safetensors, preprocessor_config.json)."""
-        from vitkit.checkpoints import save_pretrained
-
-        save_pretrained(self.model, directory, processor_config=self.processor.to_dict())
+        """Write an HF-format directory (config.json, model.safetensors, preprocessor_config.json)
+        in the model type's own layout."""
+        save_model(self.model, directory, processor_config=self.processor.to_dict())
 
     def require_head(self) -> Head:
         """The head; NoClassificationHeadError (pointing to embed / train) for a headless checkpoint."""
@@ -232,7 +247,8 @@ def load(
     threshold: Thresholds | None = None,
     tta: str = "none",
 ) -> Classifier:
-    """Load any checkpoint vitkit understands (HF dir or hub id, timm file, Google .npz).
+    """Load any checkpoint of any registered model type (``vitkit.checkpoints.registry``): a HF
+    directory or hub id (ViT, DeiT student, ResNet), a timm file, a Google .npz, an .onnx export.
 
     ``source`` defaults to ``$VITKIT_MODEL`` or google/vit-base-patch16-224. ``image_size`` resamples
     the position embeddings at load time (e.g. a 224 checkpoint used at 384). ``jpeg_draft``
@@ -242,36 +258,16 @@ def load(
     ``threshold`` (one, or one per label) its saved multi-label thresholds, and ``tta`` (none,
     flip, rot90, d4) averages every answer over flips and quarter turns (vitkit.inference.tta).
     """
-    from vitkit.checkpoints import load_model
-    from vitkit.images.processor import ImageProcessor
-
     name = str(source) if source is not None else default_model_name()
-    if name.endswith(".onnx"):
-        # An exported model (`vitkit export --format onnx`) runs on onnxruntime; its config and
-        # preprocessing travel in the file's metadata.
-        from vitkit.inference.onnx import load_classifier
-
-        if image_size is not None or precision != "fp32" or jpeg_draft:
-            raise VitkitError(
-                f"{name}: an ONNX model runs as exported; re-export it for another "
-                "image size (vitkit export --image-size N); for int8 use vitkit.inference.onnx.quantize_onnx_int8"
-            )
-        classifier = load_classifier(name)
-        return _with_head_options(classifier, problem_type, threshold, tta)
-    loaded = load_model(name, image_size=image_size)
-    if loaded.processor_config is not None:
-        processor = ImageProcessor.from_dict(loaded.processor_config)
-    else:
-        processor = ImageProcessor.for_config(loaded.model.config)
-    if image_size is not None:
-        processor = ImageProcessor.from_dict(
-            resized_processor_config(processor.to_dict(), loaded.model.config.image_hw)
+    if name.endswith(".onnx") and (precision != "fp32" or jpeg_draft):
+        raise VitkitError(
+            f"{name}: an ONNX model runs as exported; for int8 use "
+            "vitkit.checkpoints.onnx.quantize_onnx_int8"
         )
-    if jpeg_draft:
-        processor = dataclasses.replace(processor, jpeg_draft=True)
+    loaded = load_model(name, image_size=image_size, device=pick_device(device))
     return Classifier(
         loaded.model,
-        processor,
+        processor_for(loaded, jpeg_draft),
         name=name,
         device=device,
         precision=precision,
@@ -282,26 +278,7 @@ def load(
     )
 
 
-def _with_head_options(
-    classifier: Any,
-    problem_type: str | None,
-    threshold: Thresholds | None,
-    tta: str,
-) -> Any:
-    """An ONNX classifier (built by vitkit.inference.onnx) with the head options of load()."""
-    if classifier.has_head:
-        classifier.head = head_for(
-            classifier.config, classifier.labels, problem_type=problem_type, threshold=threshold
-        )
-    classifier.tta = tta_views.check_mode(tta)
-    return classifier
-
-
-def resized_processor_config(config: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
-    """The same preprocessing at another resolution (a 224 checkpoint used at 384)."""
-    height, width = image_hw
-    config = dict(config)
-    config["size"] = {"height": height, "width": width}
-    if config.get("do_center_crop"):
-        config["crop_size"] = {"height": height, "width": width}
-    return config
+def processor_for(loaded: LoadedModel, jpeg_draft: bool = False) -> ImageProcessor:
+    """The checkpoint's preprocessing (or its model type's default), at the loaded size."""
+    processor = ImageProcessor.from_dict(loaded.preprocessing())
+    return dataclasses.replace(processor, jpeg_draft=True) if jpeg_draft else processor

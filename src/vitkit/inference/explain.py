@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-Prediction = dict[str, Any]  # {"label": str, "score": float}
+from vitkit.atomic_files import atomic_write_bytes
+from vitkit.images.decode import load_image
+from vitkit.inference.classifier import Classifier, Prediction, top_k_predictions
+from vitkit.models.protocol import require
 
 
 # ---- the maps ---------------------------------------------------------------------------
@@ -88,7 +91,11 @@ class AttentionMaps:
 
 @torch.inference_mode()
 def attention_maps(model: torch.nn.Module, pixel_values: torch.Tensor) -> AttentionMaps:
-    """Run ``model`` (a vitkit ViT or DeiT student) once and compute both maps."""
+    """Run ``model`` (a vitkit ViT or DeiT student) once and compute both maps.
+
+    UnsupportedOperationError (naming the model type) for a model without attention maps.
+    """
+    require(model, "attention_maps", "draw attention maps")
     output = model(pixel_values, output_attentions=True)
     config: Any = model.config
     patch_size = int(config.patch_size)
@@ -187,9 +194,7 @@ def overlay_png(
 
 
 # ---- images in --------------------------------------------------------------------------
-def _as_classifier(classifier_or_model: Any) -> Any:
-    from vitkit.inference.classifier import Classifier
-
+def _as_classifier(classifier_or_model: Any) -> Classifier:
     if isinstance(classifier_or_model, Classifier):
         return classifier_or_model
     return Classifier(classifier_or_model, device="cpu")
@@ -204,9 +209,8 @@ def explain_image(
     checkpoint-default preprocessing for its config is used). This is what ``POST /v1/explain``
     and ``vitkit explain`` call.
     """
-    from vitkit.images.decode import load_image
-
     classifier = _as_classifier(classifier_or_model)
+    require(classifier.model, "attention_maps", "draw attention maps")
     picture = image if isinstance(image, Image.Image) else load_image(image)
     pixel_values = classifier.prepare([picture]).to(classifier.device)
     maps = attention_maps(classifier.model, pixel_values)
@@ -227,6 +231,7 @@ def explain_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classifier = _as_classifier(classifier_or_model)
+    require(classifier.model, "attention_maps", "draw attention maps")
     records = []
     used: set[str] = set()
     for source in sources:
@@ -239,6 +244,6 @@ def explain_files(
         used.add(name)
         png, predictions = explain_image(classifier, source, top_k=top_k, title=str(source))
         path = out / f"{name}.explain.png"
-        path.write_bytes(png)
+        atomic_write_bytes(path, png)
         records.append({"input": str(source), "output": str(path), "predictions": predictions})
     return records

@@ -16,6 +16,10 @@ to motivate each choice is in BENCHMARKS.md ("Model forward" and "GPU").
   re-faults its activations (~100k page faults and ~7% of the time for ViT-B at batch 8);
   keeping them in the heap removes that. Process-wide, so it also helps anything else running.
 - [CLS]-only last block for logits (``ViT.forward_logits``): ~6% fewer FLOPs for ViT-B.
+
+Library calls change nothing process-wide: ``optimize`` and ``vitkit.Classifier`` leave the
+allocator, TF32 and cuDNN autotuning alone. The entry points (``vitkit predict/embed/eval/bench``,
+the server's start-up) opt in with ``tune_process_for_inference(device)``; a script may too.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from vitkit.errors import VitkitError
+from vitkit.errors import UnsupportedPrecisionError
 from vitkit.inference.core_split import CoreSplit, worth_splitting
+from vitkit.models.protocol import require
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,8 +48,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIN_FLOPS_PER_THREAD = 4e9
 
 
-class UnsupportedPrecisionError(VitkitError):
-    """The precision is unknown, or this device cannot run it at a useful speed."""
+__all__ = ["PRECISIONS", "FastForward", "UnsupportedPrecisionError", "optimize"]
 
 
 # ---- CPU capabilities -------------------------------------------------------------------------
@@ -241,6 +245,21 @@ def configure_cuda() -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def tune_process_for_inference(device: str | torch.device | None = None) -> None:
+    """Process-wide settings for a process that mostly runs inference: the glibc allocator
+    thresholds on a CPU (``tune_cpu_allocator``), TF32 and cuDNN autotuning on CUDA
+    (``configure_cuda``). ``None``: the device ``vitkit.load`` would pick (CUDA when present).
+
+    Called by the entry points (CLI, server, bench), never by a library call: it changes
+    numerics (TF32) and memory behaviour for everything else the process runs.
+    """
+    kind = torch.device(device).type if device not in (None, "auto") else None
+    if kind in (None, "cpu"):
+        tune_cpu_allocator()
+    if kind == "cuda" or (kind is None and torch.cuda.is_available()):
+        configure_cuda()
+
+
 def attention_backends(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """SDPA kernel priority: on CUDA, cuDNN attention first (ViT-B/16 bf16 at batch 256 on an
     H100: cuDNN 10.9k images/s, flash 10.6k, efficient 9.6k, math 4.2k), falling back in order."""
@@ -278,9 +297,8 @@ class FastForward:
         self.device = device
         self.dtype = DTYPES.get(precision, torch.float32)
         self.threads = threads
-        logits_fn: Callable[[torch.Tensor], torch.Tensor] = getattr(
-            model, "forward_logits", lambda x: model(x).logits
-        )
+        # every registered model has forward_logits (vitkit.models.protocol)
+        logits_fn = cast(Callable[[torch.Tensor], torch.Tensor], model.forward_logits)
         if compile:
             # a mode name ("reduce-overhead": CUDA graphs, "max-autotune") or True: the default
             mode = compile if isinstance(compile, str) else None
@@ -322,22 +340,21 @@ def optimize(
     threads: int | str | None = "auto",
     force: bool = False,
 ) -> FastForward:
-    """Prepare ``model`` (a vitkit ViT) for fast inference and return ``pixel_values -> logits``.
+    """Prepare ``model`` (any registered model: ``vitkit.models.protocol``) for fast inference
+    and return ``pixel_values -> logits``.
 
     precision: fp32 | bf16 | fp16 (weights cast; CUDA, or a CPU with native units) | int8
     (CPU). compile: wrap the forward in ``torch.compile`` (minutes to compile on a small CPU;
     pays on GPUs); a string is the compile mode ("reduce-overhead" adds CUDA graphs).
     threads: "auto" (by batch size and machine load), a number, or None (leave as is).
-    The model passed in is left as it is: int8 and bf16/fp16 work on copies.
+    The model passed in is left as it is: int8 and bf16/fp16 work on copies. Nothing
+    process-wide is changed (see ``tune_process_for_inference``).
     """
     device = torch.device(device)
     check_precision(precision, device, force=force)
     model = model.eval().to(device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    if device.type == "cuda":
-        configure_cuda()
     if precision == "int8":
+        require(model, "int8", "run in int8")
         model = quantize_int8(model)
     elif precision in ("bf16", "fp16"):
         model = copy.deepcopy(model).to(DTYPES[precision])  # the caller's fp32 model stays

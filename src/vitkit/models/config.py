@@ -26,7 +26,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ImageSize = int | tuple[int, int]
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -42,6 +42,8 @@ def to_pair(size: ImageSize | list[int]) -> tuple[int, int]:
 
 @dataclass
 class ViTConfig:
+    model_type: ClassVar[str] = "vit"  # the key of vitkit.checkpoints.registry (HF's name too)
+
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12

@@ -14,13 +14,46 @@ before the patch grid. ``vitkit.checkpoints.hf_deit`` reads and writes it as an 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vitkit.models.config import ViTConfig
+from vitkit.models.protocol import Capabilities
 from vitkit.models.vit import ViT, ViTOutput
+
+
+# ---- the config -------------------------------------------------------------------------
+@dataclass
+class DeiTConfig(ViTConfig):
+    """A ViTConfig whose config.json is HF's ``DeiTForImageClassificationWithTeacher``'s."""
+
+    model_type: ClassVar[str] = "deit"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.add_pooling_layer:
+            raise ValueError(
+                "a DeiT student has no pooler (dense+tanh): build it with add_pooling_layer=False"
+            )
+
+    @classmethod
+    def from_vit_config(cls, config: ViTConfig) -> DeiTConfig:
+        """The same architecture as a student config (no pooler: DeiT has none)."""
+        fields = dataclasses.asdict(config)
+        fields.update(add_pooling_layer=False, classifier_uses_pooler=False)
+        return cls(**fields)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        data = super().to_hf_dict()
+        data["model_type"] = "deit"
+        data["architectures"] = ["DeiTForImageClassificationWithTeacher"]
+        for vit_only in ("add_pooling_layer", "classifier_uses_pooler"):
+            data.pop(vit_only, None)
+        return data
 
 
 # ---- the student ------------------------------------------------------------------------
@@ -36,12 +69,15 @@ class DistilledViT(ViT):
     """A ViT with a distillation token and a second head (DeiT's ``*_distilled`` models)."""
 
     num_prefix_tokens = 2
+    config: DeiTConfig
 
     def __init__(self, config: ViTConfig) -> None:
         if config.add_pooling_layer:
             raise ValueError(
                 "a DeiT student has no pooler (dense+tanh): build it with add_pooling_layer=False"
             )
+        if not isinstance(config, DeiTConfig):
+            config = DeiTConfig.from_vit_config(config)
         super().__init__(config)
         dim = config.hidden_size
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -86,11 +122,22 @@ class DistilledViT(ViT):
             logits, tokens, None, attentions, hidden_states, cls_logits, dist_logits
         )
 
+    def forward_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The two heads' average (the inherited [CLS]-only path would skip the distillation head)."""
+        logits = self.forward(pixel_values).logits
+        if logits is None:
+            raise ValueError("forward_logits needs a classification head (num_labels > 0)")
+        return logits
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return dataclasses.replace(super().capabilities, cls_fast_path=False)
+
     @classmethod
     def from_vit(cls, vit: ViT) -> DistilledViT:
         """A student initialised from a ViT: the distillation token, its position and its head
         start as copies of [CLS]'s (so both heads agree before training)."""
-        config = vit.config.replace(add_pooling_layer=False, classifier_uses_pooler=False)
+        config = DeiTConfig.from_vit_config(vit.config)
         student = cls(config)
         state = {k: v for k, v in vit.state_dict().items() if not k.startswith("pooler.")}
         pos = state.pop("pos_embed")
@@ -105,4 +152,5 @@ class DistilledViT(ViT):
 
 def build_student(config: ViTConfig, id2label: dict[int, str]) -> DistilledViT:
     """A from-scratch student for ``id2label`` (heads sized for those classes)."""
+    config = DeiTConfig.from_vit_config(config)
     return DistilledViT(config.replace(num_labels=len(id2label), id2label=dict(id2label)))

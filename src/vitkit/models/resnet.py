@@ -9,12 +9,16 @@ Face's ``ResNetForImageClassification`` layout (what ``microsoft/resnet-50`` shi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, ClassVar
 
 import torch
+import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.errors import CheckpointError
+from vitkit.models.protocol import Capabilities, check_pool
 
 # torchvision constructor name -> (block type, blocks per stage); widths are torchvision's.
 ARCHITECTURES: dict[str, tuple[str, list[int]]] = {
@@ -39,6 +43,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 class ResNetConfig:
     """What a ResNet baseline needs to be rebuilt; written as an HF ResNet config.json."""
 
+    model_type: ClassVar[str] = "resnet"
+
     arch: str = "resnet50"
     id2label: dict[int, str] = field(default_factory=dict)
     image_size: int = 224
@@ -54,6 +60,11 @@ class ResNetConfig:
 
     def labels(self) -> list[str]:
         return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """The resolution it was trained at (a CNN runs at any size; the processor uses this)."""
+        return (self.image_size, self.image_size)
 
     @property
     def layer_type(self) -> str:
@@ -120,19 +131,34 @@ class ResNetOutput:
     logits: torch.Tensor
 
 
+# A CNN: its embedding is the globally averaged last feature map (what the head reads).
+_CAPABILITIES = Capabilities(pools=("mean",), default_pool="mean")
+
+
 class ResNetClassifier(nn.Module):
     """A torchvision ResNet with a config (labels, architecture) and an ``.logits`` output."""
 
+    capabilities = _CAPABILITIES
+
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
-        import torchvision
-
         self.config = config
         constructor = getattr(torchvision.models, config.arch)
         self.net = constructor(weights=None, num_classes=max(config.num_labels, 1))
 
     def forward(self, pixel_values: torch.Tensor) -> ResNetOutput:
         return ResNetOutput(self.net(pixel_values))
+
+    def forward_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values)
+
+    def forward_embedding(self, pixel_values: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+        """(B, channels): the last stage's feature map averaged over positions (the fc input)."""
+        check_pool(self, pool)
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(pixel_values))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return torch.flatten(net.avgpool(x), 1)
 
     def reset_head(self, id2label: dict[int, str]) -> None:
         """A new linear layer for new classes (the backbone is kept)."""
@@ -142,6 +168,22 @@ class ResNetClassifier(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def flops_per_image(self, image_hw: tuple[int, int] | None = None) -> int:
+        """2 x multiply-accumulates of the convolutions and the head for one image (counted by
+        ``torch.utils.flop_counter`` on a weightless copy; norms and pooling left out)."""
+        height, width = image_hw or self.config.image_hw
+        return _resnet_flops(self.config.arch, max(self.config.num_labels, 1), height, width)
+
+
+@lru_cache(maxsize=32)
+def _resnet_flops(arch: str, classes: int, height: int, width: int) -> int:
+    with torch.device("meta"):
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=classes)
+        pixels = torch.empty(1, 3, height, width)
+    with FlopCounterMode(display=False) as counter:
+        net(pixels)
+    return int(counter.get_total_flops())
 
 
 def build_resnet(arch: str, id2label: dict[int, str], image_size: int = 224) -> ResNetClassifier:

@@ -20,12 +20,24 @@ from torchvision.ops import StochasticDepth
 
 from vitkit.models.config import ViTConfig
 from vitkit.models.posembed import resample_pos_embed
+from vitkit.models.protocol import POOLS, Capabilities, check_pool
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,  # exact erf GELU: what HF ("gelu") and timm use
     "gelu_new": lambda: nn.GELU(approximate="tanh"),
     "relu": nn.ReLU,
 }
+
+
+# What a ViT offers the commands (see vitkit.models.protocol); "pooler" only with a pooler.
+_CAPABILITIES = Capabilities(
+    pools=POOLS,
+    default_pool="cls",
+    attention_maps=True,
+    int8=True,
+    onnx_export=True,
+    cls_fast_path=True,
+)
 
 
 @dataclass
@@ -291,6 +303,24 @@ class ViT(nn.Module):
         logits, _ = self.forward_head(self.norm(last.forward_cls(x)))
         assert logits is not None
         return logits
+
+    def forward_embedding(self, pixel_values: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """(B, dim) per image: final-norm [CLS] ("cls"), mean of the patch tokens ("mean"),
+        dense+tanh on [CLS] ("pooler"); or every token, (B, tokens, dim) ("tokens")."""
+        check_pool(self, pool)
+        tokens, _, _ = self.forward_features(pixel_values)
+        if pool == "tokens":
+            return tokens
+        if pool == "mean":
+            return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        if pool == "pooler" and self.pooler is not None:
+            return self.pooler(tokens[:, 0])
+        return tokens[:, 0]
+
+    @property
+    def capabilities(self) -> Capabilities:
+        pools = POOLS if self.pooler is not None else tuple(p for p in POOLS if p != "pooler")
+        return _CAPABILITIES.with_pools(pools)
 
     # ---- sizes --------------------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -35,13 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.checkpoints.hf_deit import (
-    is_student_dir,
-    load_student,
-    save_student,
-)
+from vitkit.checkpoints import load_model
+from vitkit.checkpoints.hf_deit import save_student
 from vitkit.errors import VitkitError
 from vitkit.models.deit import DistilledViT, DistilledViTOutput, build_student
+from vitkit.models.vit import ViT
 
 DistillKind = Literal["hard", "soft", "none"]
 
@@ -231,32 +229,15 @@ class Teacher:
 
 
 def load_teacher(source: str | Path, device: str = "cpu") -> Teacher:
-    """A ResNet baseline directory (HF ResNet layout) or any ViT checkpoint vitkit loads."""
-    from vitkit.checkpoints.hf_resnet import is_resnet_dir, load_resnet_dir
-    from vitkit.models.resnet import IMAGENET_MEAN, IMAGENET_STD
-
-    path = Path(source)
-    if path.is_dir() and is_resnet_dir(path):
-        model, processor = load_resnet_dir(path)
-        processor = processor or {}
-        mean = tuple(processor.get("image_mean", IMAGENET_MEAN))
-        std = tuple(processor.get("image_std", IMAGENET_STD))
-        return Teacher(model.to(device), model.config.labels(), mean, std, str(source))
-    if path.is_dir() and is_student_dir(path):
-        student, processor = load_student(path)
-        processor = processor or {}
-        mean = tuple(processor.get("image_mean", (0.5, 0.5, 0.5)))
-        std = tuple(processor.get("image_std", (0.5, 0.5, 0.5)))
-        return Teacher(student.to(device), student.config.labels(), mean, std, str(source))
-    from vitkit.inference.classifier import load
-
-    classifier = load(str(source), device=device)
-    config = classifier.processor.to_dict()
+    """Any model vitkit loads (``vitkit.checkpoints.load_model``: a ResNet baseline, a ViT, a
+    DeiT student, ...) with the normalisation its preprocessing uses."""
+    loaded = load_model(source, device=device)
+    preprocessing = loaded.preprocessing()
     return Teacher(
-        classifier.model,
-        list(classifier.labels),
-        tuple(config.get("image_mean", (0.5, 0.5, 0.5))),
-        tuple(config.get("image_std", (0.5, 0.5, 0.5))),
+        loaded.model,
+        loaded.model.config.labels(),
+        tuple(preprocessing.get("image_mean", (0.5, 0.5, 0.5))),
+        tuple(preprocessing.get("image_std", (0.5, 0.5, 0.5))),
         str(source),
     )
 
@@ -337,20 +318,22 @@ def student_spec_factory(
     from vitkit.training.trainer import ModelSpec
 
     def factory(cfg: Any, id2label: dict[int, str]) -> ModelSpec:
-        path = Path(student)
         processor_config: dict[str, Any] | None = None
-        if path.is_dir() and is_student_dir(path):
-            model, processor_config = load_student(path)
+        if Path(student).exists():
+            loaded = load_model(student, image_size=cfg.image_size)
+            if isinstance(loaded.model, DistilledViT):
+                model = loaded.model
+                description = f"DeiT student from {student}"
+            elif isinstance(loaded.model, ViT):
+                model = DistilledViT.from_vit(loaded.model)
+                description = f"DeiT student initialised from {student}"
+            else:
+                raise VitkitError(
+                    f"{student} is a {loaded.model_type} model: a DeiT student starts from a "
+                    "ViT or a DeiT student checkpoint, or from a preset name"
+                )
             model.reset_head(id2label)
-            description = f"DeiT student from {student}"
-        elif path.exists():
-            from vitkit.inference.classifier import load
-
-            classifier = load(student, image_size=cfg.image_size, device="cpu")
-            model = DistilledViT.from_vit(classifier.model)
-            model.reset_head(id2label)
-            processor_config = classifier.processor.to_dict()
-            description = f"DeiT student initialised from {student}"
+            processor_config = loaded.preprocessing()
         else:
             extra = dict(overrides or {})
             if cfg.image_size is not None:
@@ -373,7 +356,7 @@ def student_spec_factory(
             std=tuple(processor_config.get("image_std", (0.5, 0.5, 0.5))),
             eval_transform=lambda image: processor(image)[0],
             save=save,
-            load=lambda directory: load_student(directory)[0],
+            load=lambda directory: load_model(directory).model,
             description=description,
         )
 

@@ -210,7 +210,7 @@ def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
     processor_config = processor.to_dict()
 
     def save(trained: nn.Module, directory: Path) -> None:
-        save_pretrained(trained, directory, processor_config=processor_config)  # type: ignore[arg-type]
+        save_pretrained(trained, directory, processor_config=processor_config)
 
     def reload(directory: Path) -> nn.Module:
         return load_model(directory).model

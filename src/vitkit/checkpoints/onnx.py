@@ -1,36 +1,43 @@
-"""ONNX export of a vitkit ViT and an onnxruntime model that stands in for it.
+"""ONNX as a checkpoint format: export a transformer (ViT, DeiT student) and run the file.
 
 ``export_onnx(model, "vit.onnx")`` writes one self-describing file: the graph (dynamic batch
-size), and in its metadata the ViTConfig (config.json text) and, when given, the
-preprocessor_config.json, so ``load_classifier("vit.onnx")`` needs nothing else.
+size), and in its metadata the model type, its config (config.json text) and, when given, the
+preprocessor_config.json, so ``vitkit.load("vit.onnx")`` needs nothing else.
 
-``OnnxModel`` answers the calls ``vitkit.Classifier`` makes of a ViT (``model(pixel_values)``
--> ViTOutput, ``forward_logits``, ``forward_features``, ``config``), so predict, embed and the
-server run on onnxruntime unchanged: ``Classifier(OnnxModel("vit.onnx"), processor)``.
+``OnnxModel`` meets the model protocol (``vitkit.models.protocol``: ``forward_logits``,
+``forward_embedding``, ``config``, ``capabilities``), so predict, embed, eval and the server run on
+onnxruntime unchanged. onnx / onnxruntime / onnxscript are optional (``pip install 'vitkit[onnx]'``):
+they are imported where they are used.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from vitkit.errors import VitkitError
+from vitkit.errors import OnnxError, UnsupportedOperationError
 from vitkit.models.config import ViTConfig
+from vitkit.models.protocol import Capabilities, check_pool, require
 from vitkit.models.vit import ViT, ViTOutput
+
+__all__ = ["OnnxError", "OnnxModel", "export_onnx", "is_onnx_file", "quantize_onnx_int8"]
 
 Outputs = Literal["all", "logits"]
 CONFIG_KEY = "vitkit_config"
+MODEL_TYPE_KEY = "vitkit_model_type"
+PREFIX_KEY = "vitkit_num_prefix_tokens"
 PROCESSOR_KEY = "vitkit_preprocessor_config"
 # protobuf caps one file at 2 GiB; bigger models (ViT-H) keep their weights beside the graph.
 _SINGLE_FILE_LIMIT = 1.8e9
 
 
-class OnnxError(VitkitError):
-    """Exporting to or running an ONNX file failed."""
+def is_onnx_file(path: Path) -> bool:
+    return path.suffix == ".onnx"
 
 
 class _ExportWrapper(nn.Module):
@@ -73,6 +80,7 @@ def export_onnx(
     outputs="all": logits, last_hidden_state (and pooler_output), for predict and embed;
     "logits": the classification path only (``ViT.forward_logits``), ~6% less work.
     """
+    require(model, "onnx_export", "be exported to ONNX")
     if outputs == "logits" and not model.config.num_labels:
         raise OnnxError("outputs='logits' needs a model with a classification head")
     path = Path(path)
@@ -95,11 +103,15 @@ def export_onnx(
         )
     except Exception as error:  # the exporter raises many types; name the model and the fix
         raise OnnxError(
-            f"ONNX export of the {model.config.hidden_size}-wide ViT failed: {error}. "
+            f"ONNX export of the {model.config.hidden_size}-wide {model.config.model_type} failed: {error}. "
             "Check that onnx and onnxscript are installed (pip install 'vitkit[onnx]')"
         ) from error
     assert program is not None
-    metadata = {CONFIG_KEY: model.config.to_json_string()}
+    metadata = {
+        CONFIG_KEY: model.config.to_json_string(),
+        MODEL_TYPE_KEY: model.config.model_type,
+        PREFIX_KEY: str(model.num_prefix_tokens),
+    }
     if processor_config is not None:
         metadata[PROCESSOR_KEY] = json.dumps(processor_config)
     program.model.metadata_props.update(metadata)
@@ -139,10 +151,25 @@ def _session(path: Path, threads: int | None) -> Any:
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-class OnnxModel(nn.Module):
-    """An exported ViT run by onnxruntime, called like ``vitkit.models.vit.ViT`` (inference only)."""
+ConfigReader = Callable[[dict[str, Any]], Any]
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+
+class OnnxModel(nn.Module):
+    """An exported model run by onnxruntime, meeting the model protocol (inference only).
+
+    ``read_config`` turns the file's config dict into the model type's config class; without it
+    only a ViT export opens (``vitkit.checkpoints.load_model`` passes the registry's reader).
+    """
+
+    display_type = "onnx"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        read_config: ConfigReader | None = None,
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
@@ -157,12 +184,33 @@ class OnnxModel(nn.Module):
                 f"{self.path}: no {CONFIG_KEY} metadata; export it with `vitkit export` "
                 "so the file carries its config"
             )
-        self.config = ViTConfig.from_hf_dict(json.loads(metadata[CONFIG_KEY]))
+        self.model_type = metadata.get(MODEL_TYPE_KEY, "vit")
+        self.config = self._read_config(json.loads(metadata[CONFIG_KEY]), read_config)
+        self.num_prefix_tokens = int(metadata.get(PREFIX_KEY, "1"))
         self.processor_config: dict[str, Any] | None = (
             json.loads(metadata[PROCESSOR_KEY]) if PROCESSOR_KEY in metadata else None
         )
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.pooler = None  # the pooler layer is inside the graph; only its output is visible
+
+    def _read_config(self, data: dict[str, Any], read_config: ConfigReader | None) -> Any:
+        if read_config is not None:
+            return read_config(data)
+        if self.model_type != "vit":
+            raise OnnxError(
+                f"{self.path} holds a {self.model_type} model: open it with "
+                "vitkit.load / vitkit.checkpoints.load_model, which know every model type"
+            )
+        return ViTConfig.from_hf_dict(data)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        pools = []
+        if "last_hidden_state" in self.output_names:
+            pools += ["cls", "mean", "tokens"]
+        if "pooler_output" in self.output_names:
+            pools.append("pooler")
+        return Capabilities(pools=tuple(pools), default_pool=pools[0] if pools else "cls")
 
     def run(self, pixel_values: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         missing = [name for name in names if name not in self.output_names]
@@ -188,22 +236,26 @@ class OnnxModel(nn.Module):
     def forward_features(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return self.run(pixel_values, ["last_hidden_state"])["last_hidden_state"], None, None
 
+    def forward_embedding(self, pixel_values: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        if not self.capabilities.pools:
+            raise OnnxError(f"{self.path} has logits only: re-export with `--outputs all`")
+        check_pool(self, pool)
+        if pool == "pooler":
+            return self.run(pixel_values, ["pooler_output"])["pooler_output"]
+        tokens = self.forward_features(pixel_values)[0]
+        if pool == "tokens":
+            return tokens
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1) if pool == "mean" else tokens[:, 0]
+
+    def reset_head(self, id2label: dict[int, str]) -> None:
+        raise UnsupportedOperationError(
+            f"{self.path}: an ONNX graph is fixed; fine-tune the checkpoint it was exported from"
+        )
+
+    def num_parameters(self) -> int:
+        with torch.device("meta"):
+            return ViT(ViTConfig.from_hf_dict(self.config.to_hf_dict())).num_parameters()
+
     def flops_per_image(self, image_hw: tuple[int, int] | None = None) -> int:
         with torch.device("meta"):
-            return ViT(self.config).flops_per_image(image_hw)
-
-
-def load_classifier(
-    path: str | Path, *, threads: int | None = None, name: str | None = None
-) -> Any:
-    """A ``vitkit.Classifier`` that runs the ONNX file at ``path`` on onnxruntime."""
-    from vitkit.images.processor import ImageProcessor
-    from vitkit.inference.classifier import Classifier
-
-    model = OnnxModel(path, threads=threads)
-    processor = (
-        ImageProcessor.from_dict(model.processor_config)
-        if model.processor_config is not None
-        else ImageProcessor.for_config(model.config)
-    )
-    return Classifier(model, processor, name=name or str(path))  # type: ignore[arg-type]
+            return ViT(ViTConfig.from_hf_dict(self.config.to_hf_dict())).flops_per_image(image_hw)
