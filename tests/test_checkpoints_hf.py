@@ -262,7 +262,8 @@ def test_not_a_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
         load_model(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(
-        CheckpointError, match=r"model_type 'bert' .* is not a model vitkit reads.*vit .*deit .*resnet"
+        CheckpointError,
+        match=r"model_type 'bert' .* is not a model vitkit reads.*vit .*deit .*resnet",
     ):
         load_model(directory)
     notes = tmp_path / "notes.txt"

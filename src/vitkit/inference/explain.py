@@ -27,7 +27,7 @@ from PIL import Image
 
 from vitkit.atomic_files import atomic_write_bytes
 from vitkit.images.decode import load_image
-from vitkit.inference.classifier import Classifier, Prediction, top_k_predictions
+from vitkit.inference.classifier import Classifier, Prediction
 from vitkit.models.protocol import require
 
 
