@@ -81,3 +81,23 @@ class UnsupportedPrecisionError(VitkitError):
 
 class OnnxError(VitkitError):
     """Exporting to or running an ONNX file failed."""
+
+
+class SlideError(VitkitError):
+    """A whole-slide image could not be used (``vitkit.slides``); the message names the slide."""
+
+
+class SlideFormatError(SlideError):
+    """The file is not a slide any reader here understands (or needs a missing package)."""
+
+
+class SlideReadError(SlideError):
+    """The slide opened but its pixels could not be read: a truncated or corrupt file."""
+
+
+class SlideLevelError(SlideError):
+    """The level, resolution (mpp) or tile size asked for does not fit this slide."""
+
+
+class NoTissueError(SlideError):
+    """The tissue detector found no tile with enough tissue to run."""

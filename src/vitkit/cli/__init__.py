@@ -28,6 +28,7 @@ _WORKFLOW = [
     "compare",
     "distill",
     "explain",
+    "slide",
     "serve",
     "bench",
     "export",
