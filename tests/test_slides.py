@@ -181,7 +181,6 @@ def test_embeddings_equal_classifier_embed_on_the_crops(
     crops = [samples.crop(mosaic[0][0], int(x[i]), int(y[i]), TILE) for i in range(0, len(x), 7)]
     expected = extractor.embed(crops, pool="mean")
     np.testing.assert_allclose(vectors[::7], expected, atol=1e-5)
-    assert not (result.out_dir / "tiles.geojson").exists() or True
     assert result.summary["classes"] == {}
     assert not list(result.out_dir.glob("heatmap-*.png"))  # no head: nothing to map
 

@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._common import MODEL_HELP, add_precision_option, load_classifier
+from vitkit.cli._common import (
+    MODEL_HELP,
+    add_head_options,
+    add_precision_option,
+    load_classifier,
+)
 from vitkit.errors import VitkitError
 
 # = vitkit.slides.readers.READERS, written out so `vitkit --help` imports nothing heavy.
@@ -65,14 +70,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--embed", action="store_true", help="also write tile embeddings")
     parser.add_argument(
         "--pool",
-        default="cls",
+        default=None,
         choices=["cls", "mean", "pooler"],
-        help="embedding pooling (default cls)",
+        help="embedding of a tile: cls (a transformer's default), mean (of the patch tokens, or "
+        "of a CNN's feature map: a ResNet's default), pooler (dense+tanh on [CLS])",
     )
     parser.add_argument("--reader", default="auto", choices=READER_CHOICES, help="slide reader")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--image-size", type=int, default=None, help="run the model at this size")
     add_precision_option(parser)
+    add_head_options(parser)
     parser.add_argument(
         "--batch-size", "-b", type=int, default=32, help="tiles per forward (default 32)"
     )

@@ -6,7 +6,7 @@ with the same arguments picks up at the first batch not on disk and writes the s
 uninterrupted run would have. ``prepare_slide`` does only the planning (and says how much is
 left), so a caller can plan every slide first and show overall progress.
 
-The network runs through the classifier's batched path (``Classifier.logits`` /
+The network runs through the classifier's batched path (``Classifier.probabilities`` /
 ``embed_tensor``) on batches the checkpoint's own processor made from the tiles' pixels, so a
 tile's probabilities are those ``vitkit predict`` gives the same crop saved as a PNG.
 """
@@ -27,6 +27,7 @@ import torch
 
 from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import NoClassificationHeadError, SlideError
+from vitkit.models.protocol import check_pool
 from vitkit.slides.geometry import choose_geometry
 from vitkit.slides.outputs import iter_shards, write_pictures, write_tables
 from vitkit.slides.readers import READERS, open_slide
@@ -56,7 +57,7 @@ class SlideSettings:
     workers: int = 2  # reading threads
     prefetch: int | None = None  # batches read ahead (default: 2 per worker)
     embed: bool = False
-    pool: str = "cls"
+    pool: str | None = None  # None: the model's default (a ViT's [CLS], a CNN's mean)
     reader: str = "auto"
     thumbnail_side: int = DEFAULT_THUMBNAIL_SIDE
     shard_tiles: int = 512  # tiles per results file on disk: the most a kill can cost
@@ -165,9 +166,13 @@ def make_manifest(slide: Path, classifier: Any, settings: SlideSettings) -> dict
 
 
 def model_identity(classifier: Any) -> dict[str, Any]:
+    head = classifier.head
     return {
         "name": classifier.name,
-        "labels": list(classifier.labels) if classifier.has_head else None,
+        "labels": list(classifier.labels) if head is not None else None,
+        "problem_type": head.problem_type if head is not None else None,
+        "thresholds": list(head.thresholds) if head is not None and head.thresholds else None,
+        "tta": classifier.tta,
         "precision": getattr(classifier, "precision", "fp32"),
         "device": torch.device(classifier.device).type,
         "processor": classifier.processor.to_dict(),
@@ -250,12 +255,11 @@ def _run_tiles(
 
 
 def infer(classifier: Any, pixels: torch.Tensor, settings: SlideSettings) -> dict[str, np.ndarray]:
-    """Class probabilities (softmax of the logits, as ``vitkit predict`` reports) and, with
-    ``embed``, the pooled embeddings of one batch."""
+    """Class probabilities (the head's softmax or sigmoid, TTA views averaged: what ``vitkit
+    predict`` reports) and, with ``embed``, the pooled embeddings of one batch."""
     arrays = {}
     if classifier.has_head:
-        logits = classifier.logits(pixels)
-        arrays["probabilities"] = logits.float().softmax(dim=-1).cpu().numpy()
+        arrays["probabilities"] = classifier.probabilities(pixels).cpu().numpy()
     if settings.embed:
         arrays["embeddings"] = classifier.embed_tensor(pixels, settings.pool).cpu().numpy()
     return arrays
@@ -363,11 +367,14 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _require_outputs(classifier: Any, settings: SlideSettings) -> None:
+    """Refuse before any tile is read: a headless model without --embed, a pool it lacks."""
     if not classifier.has_head and not settings.embed:
         raise NoClassificationHeadError(
             f"{classifier.name} has no classification head: run it with --embed "
             "(tile embeddings) or fine-tune a head with `vitkit train`"
         )
+    if settings.embed:
+        check_pool(classifier.model, settings.pool or classifier.default_pool)
 
 
 def slide_folder(out_root: Path, slide: Path) -> Path:
