@@ -37,7 +37,7 @@ from vitkit.atomic_files import write_directory_atomically
 from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
 from vitkit.checkpoints.hf import default_processor_config, hf_reader, hf_state_dict
 from vitkit.errors import CheckpointError
-from vitkit.models.config import ImageSize, ViTConfig
+from vitkit.models.config import ImageSize
 from vitkit.models.mae import MAE, MAEConfig
 from vitkit.models.vit import ViT
 
@@ -47,25 +47,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PROCESSOR_NAME = "preprocessor_config.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_DECODER_FIELDS = (
-    "decoder_hidden_size",
-    "decoder_num_hidden_layers",
-    "decoder_num_attention_heads",
-    "decoder_intermediate_size",
-    "mask_ratio",
-    "norm_pix_loss",
-)
-# vitkit-only or ViT-only fields that ViTMAEConfig does not have.
-_NOT_IN_MAE_CONFIG = (
-    "id2label",
-    "label2id",
-    "add_pooling_layer",
-    "classifier_uses_pooler",
-    "drop_path_rate",
-    "pooler_act",
-    "pooler_output_size",
-    "encoder_stride",
-)
 _DECODER_LAYER = {  # vitkit Block module -> HF ViTMAELayer module
     "norm1": "layernorm_before",
     "attn.proj": "attention.output.dense",
@@ -97,40 +78,23 @@ _TO_HUB_NAMES = [
 
 
 # ---- config.json ----------------------------------------------------------------------------
-def is_mae_directory(path: Path) -> bool:
-    """A directory whose config.json says model_type "vit_mae" (ours, transformers', facebook's)."""
-    config = path / CONFIG_NAME
-    data = read_json(config) if config.is_file() else None
+def is_mae_config(data: Any) -> bool:
+    """A config.json dict of model_type "vit_mae" (ours, transformers', facebook's)."""
     return isinstance(data, dict) and data.get("model_type") == MODEL_TYPE
 
 
-def config_to_hf_dict(config: MAEConfig) -> dict[str, Any]:
-    """A config.json dict that ``transformers.ViTMAEConfig`` reads as is."""
-    data = config.encoder.to_hf_dict()
-    for name in _NOT_IN_MAE_CONFIG:
-        data.pop(name, None)
-    data.update({name: getattr(config, name) for name in _DECODER_FIELDS})
-    data["model_type"] = MODEL_TYPE
-    data["architectures"] = [ARCHITECTURE]
-    return data
+def is_mae_directory(path: Path) -> bool:
+    """A directory whose config.json is an MAE's."""
+    config = path / CONFIG_NAME
+    return config.is_file() and is_mae_config(read_json(config))
 
 
 def config_from_hf_dict(data: Any, path: Path) -> MAEConfig:
     """The MAEConfig of a ViTMAE config.json; CheckpointError naming ``path`` if it is not one."""
-    if not isinstance(data, dict) or data.get("model_type") != MODEL_TYPE:
-        kind = data.get("model_type") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path}: model_type {kind!r} is not an MAE (expected 'vit_mae')")
-    encoder = {k: v for k, v in data.items() if k not in (*_DECODER_FIELDS, *_NOT_IN_MAE_CONFIG)}
-    patch = encoder.get("patch_size", 16)
-    if isinstance(patch, list):
-        if len(set(patch)) != 1:
-            raise CheckpointError(f"{path}: non-square patch_size {patch} is not supported")
-        encoder["patch_size"] = patch[0]
-    encoder.update(model_type="vit", architectures=["ViTModel"], add_pooling_layer=False)
-    defaults = MAEConfig.__dataclass_fields__
-    decoder = {name: data.get(name, defaults[name].default) for name in _DECODER_FIELDS}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a config dict")
     try:
-        return MAEConfig(encoder=ViTConfig.from_hf_dict(encoder), **decoder)
+        return MAEConfig.from_hf_dict(data)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a valid MAE config ({error})") from error
 
@@ -157,6 +121,13 @@ def _split(tensors: StateDict) -> tuple[StateDict, StateDict]:
     """(encoder tensors with their vit. names, decoder tensors)."""
     encoder = {k: t for k, t in tensors.items() if not k.startswith("decoder.")}
     return encoder, {k: t for k, t in tensors.items() if k.startswith("decoder.")}
+
+
+def has_decoder(directory: Path) -> bool:
+    """True when an MAE directory's weights include the decoder (ViTMAEForPreTraining), False
+    for an encoder alone (ViTMAEModel)."""
+    _, tensors = _read_hub_tensors(directory)
+    return any(name.startswith("decoder.") for name in tensors)
 
 
 def load_mae_encoder(
@@ -271,7 +242,7 @@ def save_mae(
 
     def write(staging: Path) -> None:
         staging.mkdir()
-        text = json.dumps(config_to_hf_dict(model.config), indent=2, sort_keys=True) + "\n"
+        text = json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True) + "\n"
         (staging / CONFIG_NAME).write_text(text, encoding="utf-8")
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         (staging / PROCESSOR_NAME).write_text(

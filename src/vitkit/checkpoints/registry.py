@@ -9,7 +9,11 @@ as transformers' Auto classes and timm's ``register_model`` map a name to a mode
 - ``deit``: the DeiT student, HF ``DeiTForImageClassificationWithTeacher`` directories (two
   heads, logits averaged);
 - ``resnet``: the CNN baseline, HF ``ResNetForImageClassification`` directories (the layout of
-  ``microsoft/resnet-50``).
+  ``microsoft/resnet-50``);
+- ``vit_mae``: masked-autoencoder pre-training, HF ``ViTMAEForPreTraining`` directories (what
+  ``vitkit pretrain`` writes, the layout of ``facebook/vit-mae-*``): ``load_model`` gives the
+  encoder, a headless ``ViT`` (the decoder is dropped), for fine-tuning and embedding;
+  ``save_model`` of an ``MAE`` writes the whole model.
 
 ``load_model(source)`` returns a ``LoadedModel`` for any of them; ``save_model(model, directory)``
 writes any of them in its own HF layout. Every model meets ``vitkit.models.protocol``, which is
@@ -30,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.checkpoints import hf, hf_deit, hf_resnet
+from vitkit.checkpoints import hf, hf_deit, hf_mae, hf_resnet
 from vitkit.checkpoints._common import WEIGHT_SUFFIXES, read_json
 from vitkit.checkpoints.hub import download, is_hub_id
 from vitkit.checkpoints.npz import load_npz
@@ -39,6 +43,7 @@ from vitkit.checkpoints.timm import is_timm_directory, load_timm_directory, load
 from vitkit.errors import CheckpointError, UnsupportedOperationError
 from vitkit.models.config import ImageSize, ViTConfig, to_pair
 from vitkit.models.deit import DeiTConfig, DistilledViT
+from vitkit.models.mae import MAE, MAEConfig, build_mae
 from vitkit.models.protocol import VisionModel
 from vitkit.models.resnet import ResNetClassifier, ResNetConfig
 from vitkit.models.vit import ViT
@@ -326,6 +331,17 @@ for _entry in (
         read_directory=_read_resnet,
         save=hf_resnet.save_resnet,
         default_processor=hf_resnet.default_processor_config,
+    ),
+    ModelType(
+        name="vit_mae",
+        description=f"HF {hf_mae.ARCHITECTURE} / ViTMAEModel, read as its encoder (a ViT)",
+        config_class=MAEConfig,
+        model_class=MAE,
+        build=build_mae,
+        accepts=hf_mae.is_mae_config,
+        read_directory=hf_mae.load_mae_encoder,
+        save=hf_mae.save_mae,
+        default_processor=lambda config: hf.default_processor_config(config.encoder),
     ),
 ):
     register(_entry)

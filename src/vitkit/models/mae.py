@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +26,26 @@ from torch import nn
 from vitkit.models.config import ViTConfig
 from vitkit.models.posembed import sincos_2d_pos_embed
 from vitkit.models.vit import Block, ViT
+
+_DECODER_FIELDS = (
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+    "mask_ratio",
+    "norm_pix_loss",
+)
+# vitkit-only or ViT-only fields that ViTMAEConfig does not have.
+_NOT_IN_MAE_CONFIG = (
+    "id2label",
+    "label2id",
+    "add_pooling_layer",
+    "classifier_uses_pooler",
+    "drop_path_rate",
+    "pooler_act",
+    "pooler_output_size",
+    "encoder_stride",
+)
 
 
 @dataclass
@@ -43,7 +63,7 @@ class MAEConfig:
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
 
-    model_type = "vit_mae"
+    model_type: ClassVar[str] = "vit_mae"
 
     def __post_init__(self) -> None:
         height, width = self.encoder.image_hw
@@ -103,6 +123,39 @@ class MAEConfig:
 
     def replace(self, **changes: Any) -> MAEConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.encoder.image_hw
+
+    # ---- config.json (transformers' ViTMAEConfig) ---------------------------------------
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A config.json dict that ``transformers.ViTMAEConfig`` reads as is."""
+        data = self.encoder.to_hf_dict()
+        for name in _NOT_IN_MAE_CONFIG:
+            data.pop(name, None)
+        data.update({name: getattr(self, name) for name in _DECODER_FIELDS})
+        data["model_type"] = self.model_type
+        data["architectures"] = ["ViTMAEForPreTraining"]
+        return data
+
+    @classmethod
+    def from_hf_dict(cls, data: dict[str, Any]) -> MAEConfig:
+        """Read a ViTMAE config.json dict; ValueError if it is not one."""
+        if data.get("model_type") != cls.model_type:
+            raise ValueError(f"model_type {data.get('model_type')!r} is not 'vit_mae'")
+        encoder = {
+            k: v for k, v in data.items() if k not in (*_DECODER_FIELDS, *_NOT_IN_MAE_CONFIG)
+        }
+        patch = encoder.get("patch_size", 16)
+        if isinstance(patch, list):
+            if len(set(patch)) != 1:
+                raise ValueError(f"non-square patch_size {patch} is not supported")
+            encoder["patch_size"] = patch[0]
+        encoder.update(model_type="vit", architectures=["ViTModel"], add_pooling_layer=False)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name != "encoder"}
+        decoder = {name: data.get(name, defaults[name]) for name in _DECODER_FIELDS}
+        return cls(encoder=ViTConfig.from_hf_dict(encoder), **decoder)
 
 
 def decoder_defaults(width: int) -> dict[str, int]:
