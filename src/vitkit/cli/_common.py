@@ -38,7 +38,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding threads (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="image-decoding threads (default 2); with --engine ray: Ray workers, each a model",
+    )
     add_jpeg_draft_option(parser)
 
 

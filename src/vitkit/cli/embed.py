@@ -16,6 +16,7 @@ from vitkit.cli._common import (
     prepared_batches,
     progress_bar,
 )
+from vitkit.cli._engine import ENGINE_EPILOG, add_engine_options, run_on_ray
 from vitkit.errors import VitkitError
 
 EPILOG = """\
@@ -26,7 +27,8 @@ examples:
 
 .npy holds the (N, dim) array; .npz and .parquet also hold the input names (and errors).
 Inputs that fail to decode are reported on stderr and left out; the exit code is then 1.
-"""
+
+""" + ENGINE_EPILOG.format(command="embed", out="embeddings/")
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +43,11 @@ def register(subparsers: Any) -> None:
     add_inputs_argument(parser)
     add_model_options(parser)
     parser.add_argument(
-        "--out", "-o", required=True, type=Path, help="output file: .npy, .npz or .parquet"
+        "--out",
+        "-o",
+        required=True,
+        type=Path,
+        help="output file: .npy, .npz or .parquet (--engine ray: a folder of Parquet shards)",
     )
     parser.add_argument(
         "--pool",
@@ -52,6 +58,7 @@ def register(subparsers: Any) -> None:
         "dense+tanh on [CLS]",
     )
     add_tta_option(parser)
+    add_engine_options(parser, add_out=False)
     parser.set_defaults(func=run)
 
 
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.images.decode import expand_inputs
     from vitkit.models.protocol import check_pool
 
+    if args.engine == "ray":
+        return run_on_ray(args, "embed", {"pool": args.pool})
     suffix = args.out.suffix.lower()
     if suffix not in (".npy", ".npz", ".parquet"):
         raise VitkitError(f"--out {args.out}: use a .npy, .npz or .parquet file name")

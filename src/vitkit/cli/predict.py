@@ -16,6 +16,7 @@ from vitkit.cli._common import (
     prepared_batches,
     progress_bar,
 )
+from vitkit.cli._engine import ENGINE_EPILOG, add_engine_options, run_on_ray
 
 EPILOG = """\
 examples:
@@ -31,7 +32,8 @@ probabilities over flips / quarter turns of each image.
 
 A bad input (missing, truncated, not an image) is reported in its row and the rest are still
 predicted; the exit code is 1 if any input failed.
-"""
+
+""" + ENGINE_EPILOG.format(command="predict", out="predictions/")
 
 
 def register(subparsers: Any) -> None:
@@ -60,6 +62,7 @@ def register(subparsers: Any) -> None:
         choices=["table", "json", "jsonl", "csv"],
         help="output format (default table)",
     )
+    add_engine_options(parser, add_out=True)
     parser.set_defaults(func=run)
 
 
@@ -84,6 +87,8 @@ def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return run_on_ray(args, "predict", {"top_k": args.top_k})
     records = classify_all(args)
     write_records(records, args.format)
     failed = [r for r in records if "error" in r]

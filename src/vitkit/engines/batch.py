@@ -1,0 +1,197 @@
+"""Callable classes for ``ray.data.Dataset.map_batches``: one vitkit model per worker, batches of
+images in, predictions or embeddings out.
+
+    import ray
+    from vitkit.engines.batch import VitkitPredictor
+
+    photos = ray.data.read_parquet("s3://bucket/catalogue/")     # an "image" column of JPEG bytes
+    predictions = photos.map_batches(
+        VitkitPredictor,
+        fn_constructor_kwargs={"model": "google/vit-base-patch16-224", "top_k": 5},
+        compute=ray.data.ActorPoolStrategy(size=4),
+        num_gpus=1,
+        batch_size=64,
+    )
+
+Ray builds the class once per actor, so the model loads once per worker and stays there. The
+image column holds encoded bytes, paths, URLs (fetched through vitkit's SSRF-guarded client) or
+pixel arrays (what ``ray.data.read_images`` makes); it is found by name (``IMAGE_COLUMNS``) unless
+``image_column`` says which. Every other column passes through (an ``id``, say). A bad image does
+not fail the batch: its row gets the reason in ``error`` and nulls in the result columns.
+
+Nothing here imports Ray: a batch is any table-like value (Ray's dict of numpy arrays, a pandas
+DataFrame, a pyarrow Table), so the classes also run on their own, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vitkit.errors import EngineError
+from vitkit.images.fetch import FetchPolicy, hosts_from
+from vitkit.inference.classifier import Classifier, load
+from vitkit.inference.classifier import Pool as Pool
+
+IMAGE_COLUMNS = ("image", "bytes", "image_bytes", "url", "path")
+
+
+class BatchModel:
+    """What the predictor and the embedder share: the model per worker, decoding, the error column.
+
+    ``model``: anything ``vitkit.load`` takes (an HF directory, hub id, timm file, .npz); on a
+    cluster every worker must reach it (shared storage or a hub id). ``device``: None picks the
+    GPU Ray gave this worker, if any. ``decode_threads``: images decoded in parallel per batch
+    (match the worker's CPUs). URLs are fetched from public addresses only, unless
+    ``allow_private_urls`` or ``allow_hosts`` (host names) say otherwise, as in ``vitkit serve``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        image_column: str | None = None,
+        device: str | None = None,
+        precision: str = "fp32",
+        image_size: int | None = None,
+        jpeg_draft: bool = False,
+        decode_threads: int = 1,
+        allow_private_urls: bool = False,
+        allow_hosts: Iterable[str] = (),
+    ) -> None:
+        classifier = load(
+            model, device=device, precision=precision, image_size=image_size, jpeg_draft=jpeg_draft
+        )
+        policy = FetchPolicy(allow_private=allow_private_urls, allowlist=hosts_from(allow_hosts))
+        classifier.processor = dataclasses.replace(classifier.processor, fetch=policy)
+        self.classifier: Classifier = classifier
+        self.image_column = image_column
+        self.decode_threads = decode_threads
+
+    def __call__(self, batch: Any) -> pa.Table:
+        columns = as_columns(batch)
+        name = self.image_column or find_image_column(columns)
+        images = [image_value(value) for value in columns[name]]
+        prepared = self.classifier.processor.load_batch(
+            images, workers=self.decode_threads, mode=self.classifier.processor_mode
+        )
+        results = self.results(prepared.pixel_values, prepared.indices, len(images))
+        errors: list[str | None] = [None] * len(images)
+        for index, error in prepared.errors.items():
+            errors[index] = str(error)
+        kept = {key: values for key, values in columns.items() if keeps_column(key, name, values)}
+        return pa.table({**passthrough(kept), **results, "error": pa.array(errors, pa.string())})
+
+    def results(self, pixel_values: Any, indices: list[int], rows: int) -> dict[str, pa.Array]:
+        """The result columns, ``rows`` long, null where an image failed (not in ``indices``)."""
+        raise NotImplementedError
+
+
+class VitkitPredictor(BatchModel):
+    """Top-k labels per image: ``label``/``score`` (the best) and ``labels``/``scores`` (top-k,
+    best first), the same numbers ``vitkit predict`` gives."""
+
+    def __init__(self, model: str, *, top_k: int = 5, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.classifier.require_head()  # fail at start-up, not once per batch
+        self.top_k = top_k
+
+    def results(self, pixel_values: Any, indices: list[int], rows: int) -> dict[str, pa.Array]:
+        tops: list[list[dict[str, Any]] | None] = [None] * rows
+        if indices:
+            predictions = self.classifier.predict_tensor(pixel_values, self.top_k)
+            for index, top in zip(indices, predictions, strict=True):
+                tops[index] = top
+        return {
+            "label": pa.array([t[0]["label"] if t else None for t in tops], pa.string()),
+            "score": pa.array([t[0]["score"] if t else None for t in tops], pa.float64()),
+            "labels": pa.array(
+                [[p["label"] for p in t] if t else None for t in tops], pa.list_(pa.string())
+            ),
+            "scores": pa.array(
+                [[p["score"] for p in t] if t else None for t in tops], pa.list_(pa.float64())
+            ),
+        }
+
+
+class VitkitEmbedder(BatchModel):
+    """One ``embedding`` per image (a fixed-size float32 list), the vectors ``vitkit embed``
+    gives; ``pool`` as there: cls, mean or pooler."""
+
+    def __init__(self, model: str, *, pool: Pool = "cls", **options: Any) -> None:
+        super().__init__(model, **options)
+        if pool == "tokens":
+            raise EngineError("pool='tokens' gives a matrix per image: use cls, mean or pooler")
+        self.pool: Pool = pool
+
+    def results(self, pixel_values: Any, indices: list[int], rows: int) -> dict[str, pa.Array]:
+        if indices:
+            vectors = self.classifier.embed_tensor(pixel_values, self.pool).cpu().numpy()
+        else:
+            vectors = np.zeros((0, self.classifier.config.hidden_size), dtype=np.float32)
+        dim = vectors.shape[1]
+        matrix = np.zeros((rows, dim), dtype=np.float32)
+        matrix[indices] = vectors
+        failed = np.ones(rows, dtype=bool)
+        failed[indices] = False
+        values = pa.array(matrix.reshape(-1), pa.float32())
+        return {"embedding": pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(failed))}
+
+
+# ---- batches as columns ------------------------------------------------------------------------
+def as_columns(batch: Any) -> dict[str, Sequence[Any]]:
+    """Ray's dict of numpy arrays, a pandas DataFrame or a pyarrow Table -> column name -> values."""
+    if isinstance(batch, pa.Table):
+        return {name: batch.column(name) for name in batch.column_names}
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if hasattr(batch, "columns") and hasattr(batch, "__getitem__"):  # pandas, without importing it
+        return {str(name): batch[name].to_numpy() for name in batch.columns}
+    raise EngineError(
+        f"a batch must be a dict of arrays, a pandas DataFrame or a pyarrow Table, "
+        f"not {type(batch).__name__}"
+    )
+
+
+def find_image_column(columns: Mapping[str, Any]) -> str:
+    found = next((name for name in IMAGE_COLUMNS if name in columns), None)
+    if found is None:
+        raise EngineError(
+            f"no image column in the batch (columns: {', '.join(columns) or 'none'}): name one "
+            f"of {', '.join(IMAGE_COLUMNS)} or pass image_column="
+        )
+    return found
+
+
+def image_value(value: Any) -> Any:
+    """One cell of the image column as vitkit's decoder takes it (bytes, str path/URL, array)."""
+    if isinstance(value, pa.Scalar):
+        value = value.as_py()
+    if isinstance(value, dict) and "bytes" in value:  # Hugging Face datasets' Image feature
+        value = value["bytes"] if value["bytes"] is not None else value.get("path")
+    return value
+
+
+def keeps_column(name: str, image_column: str, values: Any) -> bool:
+    """Every column but the image one passes through; so does an image column of paths or URLs
+    (small, and it names the input), never one of bytes or pixels."""
+    if name != image_column:
+        return True
+    first = image_value(values[0]) if len(values) else None
+    return isinstance(first, str)
+
+
+def passthrough(columns: Mapping[str, Any]) -> dict[str, pa.Array | pa.ChunkedArray]:
+    arrays: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for name, values in columns.items():
+        if isinstance(values, pa.Array | pa.ChunkedArray):
+            arrays[name] = values
+        elif isinstance(values, np.ndarray) and values.ndim > 1:  # Ray's tensor columns
+            arrays[name] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+        else:
+            arrays[name] = pa.array(values)
+    return arrays

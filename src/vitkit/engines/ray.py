@@ -1,0 +1,232 @@
+"""Batch prediction and embedding on Ray Data: ``vitkit predict|embed SOURCE --engine ray``.
+
+    from vitkit.engines.ray import BatchJob, run_job
+
+    report = run_job(BatchJob("predict", ["photos/"], Path("out/"), model="runs/vit/best", workers=4))
+
+The pipeline: the source's rows (``{id, image}``: paths, URLs or encoded bytes, never pixels, so
+the object store holds kilobytes per image) stream through an actor pool of ``VitkitPredictor`` /
+``VitkitEmbedder`` (the model loaded once per actor; decoding happens in the actor), and the
+driver writes the results as Parquet shards (``ShardWriter``: each shard whole, each input once,
+resumable). A killed worker is replaced and its batches retried by Ray Data; the writer drops any
+row it already holds.
+
+Ray is an optional dependency (``pip install 'vitkit[ray]'``): this module imports it only inside
+functions (``import_ray``), so it loads, and says how to install Ray, without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitkit.engines.batch import VitkitEmbedder, VitkitPredictor
+from vitkit.engines.ids import IdSet
+from vitkit.engines.shards import ShardWriter
+from vitkit.engines.sources import ImageItems, ParquetImages, Source, open_source, read_pieces
+from vitkit.errors import EngineError
+
+__all__ = ["BatchJob", "JobReport", "VitkitEmbedder", "VitkitPredictor", "ray_session", "run_job"]
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'vitkit[ray]'"
+# A local Ray gets a small object store: rows are paths or encoded images (KBs each) and Ray
+# Data's backpressure keeps few blocks in flight, so 512 MiB is room to spare; Ray's default
+# (30% of RAM) would take memory the model workers need.
+LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
+MAX_BLOCKS = 1024  # blocks for a list of inputs: enough to balance workers, few enough to plan fast
+
+
+@dataclass
+class BatchJob:
+    """One batch job: what to compute, on what, where the shards go, and on how many workers.
+
+    ``model_options`` go to ``VitkitPredictor`` / ``VitkitEmbedder`` (``top_k`` or ``pool``,
+    ``precision``, ``image_size``, ``jpeg_draft``, ``device``, ``allow_private_urls``,
+    ``allow_hosts``). ``ray_address``: None starts a local Ray on this machine for the job
+    (unless the caller already runs one); ``"auto"`` or ``ray://host:10001`` joins a cluster.
+    """
+
+    task: Literal["predict", "embed"]
+    inputs: list[str]
+    out: Path
+    model: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 16
+    image_column: str | None = None
+    id_column: str | None = None
+    ray_address: str | None = None
+    shard_rows: int = 10_000
+
+    def identity(self) -> dict[str, Any]:
+        """What the outputs depend on (_vitkit_job.json): a resumed job must not change it."""
+        settings = {k: v for k, v in self.model_options.items() if k not in RUN_ONLY_OPTIONS}
+        return {"task": self.task, "model": self.model, **settings}
+
+
+# Options that change how a job runs, not what it writes.
+RUN_ONLY_OPTIONS = frozenset({"device", "decode_threads", "allow_private_urls", "allow_hosts"})
+
+
+@dataclass
+class JobReport:
+    written: int  # rows written by this run
+    failed: int  # of which the image could not be read (the ``error`` column)
+    skipped: int  # rows already in the output folder before this run
+    seconds: float
+    shards: list[Path]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+
+def run_job(
+    job: BatchJob,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> JobReport:
+    """Run ``job`` to the end. Progress: ``on_start(rows to do, about)``, then ``on_rows(n)`` as
+    rows are written."""
+    if job.workers < 1 or job.batch_size < 1:
+        raise EngineError("--workers and --batch-size must be at least 1")
+    source = open_source(job.inputs, image_column=job.image_column, id_column=job.id_column)
+    writer = ShardWriter(job.out, job.identity(), shard_rows=job.shard_rows)
+    start = time.monotonic()
+    total = len(source.ids) if isinstance(source, ImageItems) else source.rows
+    if on_start is not None:
+        on_start(max(0, total - writer.previous_rows))
+    written = failed = 0
+    if total > writer.previous_rows or isinstance(source, ParquetImages):
+        with ray_session(job.ray_address, workers=job.workers, cpus=job.cpus_per_worker):
+            dataset = build_dataset(job, source, writer.written)
+            for block in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                # Paths and URLs pass through the model's columns: the id names them already.
+                fresh = writer.add(
+                    block.drop_columns(["image"] if "image" in block.schema.names else [])
+                )
+                written += fresh.num_rows
+                failed += fresh.num_rows - fresh.column("error").null_count
+                if on_rows is not None:
+                    on_rows(fresh.num_rows)
+    writer.flush()
+    return JobReport(written, failed, writer.previous_rows, time.monotonic() - start, writer.shards)
+
+
+# ---- the dataset -------------------------------------------------------------------------------
+def build_dataset(job: BatchJob, source: Source, done: IdSet) -> Any:
+    """Source rows not yet written -> the model's actor pool. Lazy: nothing runs until iterated."""
+    ray = import_ray()
+    if isinstance(source, ParquetImages):
+        rows = parquet_dataset(ray, source, done, job)
+    else:
+        rows = items_dataset(ray, source, done, job)
+    model_class = VitkitPredictor if job.task == "predict" else VitkitEmbedder
+    options = {"decode_threads": max(1, math.floor(job.cpus_per_worker)), **job.model_options}
+    gpus = {"num_gpus": job.gpus_per_worker} if job.gpus_per_worker else {}
+    return rows.map_batches(
+        model_class,
+        fn_constructor_kwargs={"model": job.model, "image_column": "image", **options},
+        compute=ray.data.ActorPoolStrategy(size=job.workers),
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        num_cpus=job.cpus_per_worker,
+        **gpus,
+    )
+
+
+def parquet_dataset(ray: Any, source: ParquetImages, done: IdSet, job: BatchJob) -> Any:
+    """One task per row group, reading it in blocks of a few batches. Not ``read_parquet``: its
+    file listing wants a CPU, and a pool of workers that takes every CPU (the usual set-up on one
+    machine) would wait forever for its own input. Reading is I/O and hashing ids cheap: the
+    tasks reserve no CPU."""
+    pieces = [{"path": path, "row_group": group} for path, group in source.pieces]
+    return ray.data.from_items(pieces, override_num_blocks=max(1, len(pieces))).map_batches(
+        read_pieces,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0,
+        fn_kwargs={
+            "source": dataclasses.replace(source, pieces=[]),  # each task gets its own pieces
+            "done": done,
+            "rows_per_block": 4 * job.batch_size,
+        },
+    )
+
+
+def items_dataset(ray: Any, source: ImageItems, done: IdSet, job: BatchJob) -> Any:
+    todo = ~done.contains(source.ids) if len(done) else [True] * len(source.ids)
+    rows = [
+        {"id": i, "image": image}
+        for i, image, keep in zip(source.ids, source.images, todo, strict=True)
+        if keep
+    ]
+    # A block is a unit of work for one worker: about a batch each, at least one per worker.
+    blocks = max(job.workers, math.ceil(len(rows) / job.batch_size))
+    return ray.data.from_items(rows, override_num_blocks=max(1, min(blocks, len(rows), MAX_BLOCKS)))
+
+
+# ---- the Ray session ---------------------------------------------------------------------------
+def import_ray() -> Any:
+    """``ray`` with ``ray.data`` loaded, or an EngineError saying how to install it."""
+    try:
+        import ray  # optional dependency: vitkit[ray]
+        import ray.data
+    except ImportError as error:
+        raise EngineError(INSTALL_HINT) from error
+    return ray
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None, *, workers: int = 1, cpus: float = 1.0
+) -> Iterator[Any]:
+    """A Ray to run on: the caller's if one is initialised (left running), else a cluster at
+    ``address``, else a local Ray with this machine's CPUs and a small object store; the last
+    two are shut down on exit. ``workers`` x ``cpus`` must fit a local machine."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as error:
+            raise EngineError(
+                f"no Ray cluster at --ray-address {address} ({error}); start one with "
+                "`ray start --head`, or leave out --ray-address for a local Ray"
+            ) from error
+    else:
+        machine = usable_cpus()
+        if workers * cpus > machine:
+            raise EngineError(
+                f"--workers {workers} x {cpus:g} CPU each needs more than the {machine} CPUs "
+                "of this machine: use fewer workers, or a cluster (--ray-address)"
+            )
+        ray.init(
+            num_cpus=machine,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

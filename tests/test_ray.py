@@ -1,0 +1,248 @@
+"""`vitkit predict|embed --engine ray` on a real local Ray: the same answers as one process, bad
+images as rows, resume, Parquet and URL sources, and a worker killed mid-run.
+
+One Ray session serves the whole module (starting Ray takes seconds); it is shut down at the end
+so no Ray process outlives the tests.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import real_photos
+from vitkit.cli import main
+from vitkit.engines.ray import BatchJob, run_job
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")  # a Ray dependency: finds the worker processes to kill
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    ray.init(
+        num_cpus=2,
+        object_store_memory=80 * 2**20,
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 small JPEGs cut from real photos (distinct files, quick to decode), and one bad file."""
+    folder = tmp_path_factory.mktemp("crops")
+    for name, pixels in real_photos().items():
+        for i in range(8):
+            top, left = 37 * i, 23 * i
+            crop = pixels[top : top + 160, left : left + 160]
+            Image.fromarray(crop).resize((80, 80)).save(folder / f"{name}-{i}.jpg", quality=90)
+    (folder / "not-an-image.jpg").write_text("this is not an image\n")
+    return folder
+
+
+def read_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """All shards of an output folder, by id; fails on an id written twice."""
+    table = pq.read_table(folder)
+    rows = table.to_pylist()
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids)), "an input was written twice"
+    return {row["id"]: row for row in rows}
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_on_ray_equals_one_process(
+    ray_session: None, crops: Path, tiny_hf_classifier: Path, tmp_path: Path, capsys: Any
+) -> None:
+    model = ["--model", str(tiny_hf_classifier), "--top-k", "3"]
+    code, out, _ = cli(capsys, "predict", str(crops), *model, "--format", "json")
+    assert code == 1  # the bad file
+    expected = {record["input"]: record for record in json.loads(out)}
+
+    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "4", "--out", str(tmp_path)]
+    code, _, err = cli(capsys, "predict", str(crops), *model, *ray_args)
+    assert code == 1 and "1 with an error" in err
+    rows = read_rows(tmp_path)
+    assert set(rows) == set(expected)
+    for name, record in expected.items():
+        row = rows[name]
+        if "error" in record:
+            assert row["error"] == record["error"] and row["labels"] is None
+            continue
+        assert row["error"] is None
+        assert row["labels"] == [p["label"] for p in record["predictions"]]
+        assert row["label"] == record["predictions"][0]["label"]
+        np.testing.assert_allclose(
+            row["scores"], [p["score"] for p in record["predictions"]], atol=1e-5
+        )
+
+
+def test_embed_on_ray_equals_one_process_and_resumes(
+    ray_session: None, crops: Path, tiny_hf_feature_extractor: Path, tmp_path: Path, capsys: Any
+) -> None:
+    model = ["--model", str(tiny_hf_feature_extractor), "--pool", "pooler"]
+    local = tmp_path / "local.parquet"
+    cli(capsys, "embed", str(crops), *model, "--out", str(local))
+    expected = pq.read_table(local).to_pylist()
+
+    # First run on half the images (a list file), then on the whole folder: only the rest run.
+    out = tmp_path / "shards"
+    images = sorted(str(p) for p in crops.glob("*.jpg"))
+    half = tmp_path / "half.txt"
+    half.write_text("# the first half\n" + "\n".join(images[: len(images) // 2]) + "\n")
+    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "8", "--out", str(out)]
+    cli(capsys, "embed", str(half), *model, *ray_args)
+    first = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert len(read_rows(out)) == len(images) // 2
+
+    code, _, err = cli(capsys, "embed", str(crops), *model, *ray_args)
+    assert code == 1 and f"{len(images) // 2} already there were skipped" in err
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in first.items())
+    rows = read_rows(out)
+    assert set(rows) == {str(p) for p in crops.iterdir()}
+    assert rows[str(crops / "not-an-image.jpg")]["embedding"] is None
+    for record in expected:
+        np.testing.assert_allclose(
+            rows[record["input"]]["embedding"], record["embedding"], atol=1e-5
+        )
+
+    # The same folder with other settings is another job: refused, naming what changed.
+    code, _, err = cli(capsys, "embed", str(crops), *model[:2], "--pool", "cls", *ray_args)
+    assert code == 1 and "'pooler' -> 'cls'" in err
+
+
+class _ImageServer(http.server.BaseHTTPRequestHandler):
+    images: ClassVar[dict[str, bytes]] = {}
+
+    def do_GET(self) -> None:
+        body = self.images.get(self.path.lstrip("/"))
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server(crops: Path) -> Iterator[str]:
+    """The crops over HTTP on 127.0.0.1 (a private address: jobs must allow it explicitly)."""
+    _ImageServer.images = {p.name: p.read_bytes() for p in crops.iterdir()}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_parquet_of_bytes_and_of_urls(
+    ray_session: None, crops: Path, image_server: str, tiny_hf_classifier: Path, tmp_path: Path
+) -> None:
+    files = sorted(crops.iterdir())[:12]
+    by_bytes = tmp_path / "bytes.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "sku": [f"sku-{i}" for i in range(len(files))],
+                # Hugging Face datasets' Image feature: a {bytes, path} struct.
+                "image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+            }
+        ),
+        by_bytes,
+    )
+    by_url = tmp_path / "urls.parquet"
+    urls = [f"{image_server}/{f.name}" for f in files] + [f"{image_server}/missing.jpg"]
+    pq.write_table(pa.table({"url": urls}), by_url)
+
+    options = {"top_k": 2, "allow_hosts": ["127.0.0.1"]}
+    common = {"model": str(tiny_hf_classifier), "model_options": options, "batch_size": 4}
+    bytes_report = run_job(
+        BatchJob("predict", [str(by_bytes)], tmp_path / "a", id_column="sku", **common)
+    )
+    url_report = run_job(BatchJob("predict", [str(by_url)], tmp_path / "b", **common))
+    assert (bytes_report.written, bytes_report.failed) == (12, 0)
+    assert (url_report.written, url_report.failed) == (13, 1)
+    from_bytes, from_urls = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
+    assert "404" in from_urls[f"{image_server}/missing.jpg"]["error"]
+    for i, f in enumerate(files):
+        by_id, by_link = from_bytes[f"sku-{i}"], from_urls[f"{image_server}/{f.name}"]
+        assert by_id["labels"] == by_link["labels"] and by_id["error"] is None
+        np.testing.assert_allclose(by_id["scores"], by_link["scores"], atol=1e-6)
+
+
+def test_a_killed_worker_loses_no_input_and_writes_none_twice(
+    ray_session: None, crops: Path, tiny_hf_classifier: Path, tmp_path: Path
+) -> None:
+    killed: list[int] = []
+    written: list[int] = []
+
+    def kill_a_worker(rows: int) -> None:
+        written.append(rows)
+        if killed:
+            return
+        workers = [p for p in psutil.process_iter(["cmdline"]) if is_model_worker(p)]
+        assert workers, "no Ray model worker found"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        killed.append(sum(written))
+
+    job = BatchJob(
+        "predict",
+        [str(crops)],
+        tmp_path,
+        model=str(tiny_hf_classifier),
+        workers=2,
+        batch_size=1,
+    )
+    report = run_job(job, on_rows=kill_a_worker)
+    total = len(list(crops.iterdir()))
+    assert killed and killed[0] < total  # killed mid-run
+    assert report.written == total and len(read_rows(tmp_path)) == total
+
+
+def is_model_worker(process: Any) -> bool:
+    try:
+        return "MapBatches(VitkitPredictor)" in " ".join(process.info["cmdline"] or [])
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def test_engine_ray_without_ray_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, crops: Path, tmp_path: Path, capsys: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
+    code, _, err = cli(capsys, "predict", str(crops), "--engine", "ray", "--out", str(tmp_path))
+    assert code == 1
+    assert err.strip().endswith("pip install 'vitkit[ray]'") and err.count("\n") == 1
+
+
+def test_ray_is_an_optional_extra() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("ray") for d in project["dependencies"])
+    assert any(d.startswith("ray[data]") for d in project["optional-dependencies"]["ray"])
