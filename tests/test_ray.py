@@ -7,15 +7,13 @@ so no Ray process outlives the tests.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,14 +87,13 @@ def test_predict_on_ray_equals_one_process(
     for name, record in expected.items():
         row = rows[name]
         if "error" in record:
-            assert row["error"] == record["error"] and row["labels"] is None
+            assert row["error"] == record["error"] and row["predictions"] is None
             continue
         assert row["error"] is None
-        assert row["labels"] == [p["label"] for p in record["predictions"]]
-        assert row["label"] == record["predictions"][0]["label"]
-        np.testing.assert_allclose(
-            row["scores"], [p["score"] for p in record["predictions"]], atol=1e-5
-        )
+        got, want = row["predictions"], record["predictions"]
+        assert [p["label"] for p in got] == [p["label"] for p in want]
+        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-5)
+        assert (row["label"], row["score"]) == (got[0]["label"], got[0]["score"])
 
 
 def test_embed_on_ray_equals_one_process_and_resumes(
@@ -112,7 +109,7 @@ def test_embed_on_ray_equals_one_process_and_resumes(
     images = sorted(str(p) for p in crops.glob("*.jpg"))
     half = tmp_path / "half.txt"
     half.write_text("# the first half\n" + "\n".join(images[: len(images) // 2]) + "\n")
-    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "8", "--out", str(out)]
+    ray_args = ["--engine", "ray", "--workers", "1", "--batch-size", "8", "--out", str(out)]
     cli(capsys, "embed", str(half), *model, *ray_args)
     first = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert len(read_rows(out)) == len(images) // 2
@@ -133,66 +130,41 @@ def test_embed_on_ray_equals_one_process_and_resumes(
     assert code == 1 and "'pooler' -> 'cls'" in err
 
 
-class _ImageServer(http.server.BaseHTTPRequestHandler):
-    images: ClassVar[dict[str, bytes]] = {}
-
-    def do_GET(self) -> None:
-        body = self.images.get(self.path.lstrip("/"))
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Length", str(len(body or b"")))
-        self.end_headers()
-        self.wfile.write(body or b"")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def image_server(crops: Path) -> Iterator[str]:
-    """The crops over HTTP on 127.0.0.1 (a private address: jobs must allow it explicitly)."""
-    _ImageServer.images = {p.name: p.read_bytes() for p in crops.iterdir()}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-
-
-def test_parquet_of_bytes_and_of_urls(
-    ray_session: None, crops: Path, image_server: str, tiny_hf_classifier: Path, tmp_path: Path
+def test_parquet_of_image_bytes(
+    ray_session: None, crops: Path, tiny_hf_classifier: Path, tmp_path: Path, capsys: Any
 ) -> None:
-    files = sorted(crops.iterdir())[:12]
-    by_bytes = tmp_path / "bytes.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "sku": [f"sku-{i}" for i in range(len(files))],
-                # Hugging Face datasets' Image feature: a {bytes, path} struct.
-                "image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
-            }
-        ),
-        by_bytes,
+    files = sorted(crops.glob("*.jpg"))[:12]
+    table = pa.table(
+        {
+            "sku": [f"sku-{i}" for i in range(len(files))],
+            # Hugging Face datasets' Image feature: a {bytes, path} struct.
+            "image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+        }
     )
-    by_url = tmp_path / "urls.parquet"
-    urls = [f"{image_server}/{f.name}" for f in files] + [f"{image_server}/missing.jpg"]
-    pq.write_table(pa.table({"url": urls}), by_url)
-
-    options = {"top_k": 2, "allow_hosts": ["127.0.0.1"]}
-    common = {"model": str(tiny_hf_classifier), "model_options": options, "batch_size": 4}
-    bytes_report = run_job(
-        BatchJob("predict", [str(by_bytes)], tmp_path / "a", id_column="sku", **common)
+    pq.write_table(table, tmp_path / "catalogue.parquet", row_group_size=5)  # 3 row groups
+    report = run_job(
+        BatchJob(
+            "predict",
+            [str(tmp_path / "catalogue.parquet")],
+            tmp_path / "out",
+            model=str(tiny_hf_classifier),
+            model_options={"top_k": 2},
+            id_column="sku",
+            workers=1,
+            batch_size=4,
+        )
     )
-    url_report = run_job(BatchJob("predict", [str(by_url)], tmp_path / "b", **common))
-    assert (bytes_report.written, bytes_report.failed) == (12, 0)
-    assert (url_report.written, url_report.failed) == (13, 1)
-    from_bytes, from_urls = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
-    assert "404" in from_urls[f"{image_server}/missing.jpg"]["error"]
-    for i, f in enumerate(files):
-        by_id, by_link = from_bytes[f"sku-{i}"], from_urls[f"{image_server}/{f.name}"]
-        assert by_id["labels"] == by_link["labels"] and by_id["error"] is None
-        np.testing.assert_allclose(by_id["scores"], by_link["scores"], atol=1e-6)
+    assert (report.written, report.failed) == (12, 0)
+    rows = read_rows(tmp_path / "out")
+    model = ["--model", str(tiny_hf_classifier), "--top-k", "2", "--format", "json"]
+    code, out, _ = cli(capsys, "predict", *map(str, files), *model)
+    assert code == 0
+    for i, record in enumerate(json.loads(out)):
+        got = rows[f"sku-{i}"]["predictions"]
+        assert [p["label"] for p in got] == [p["label"] for p in record["predictions"]]
+        np.testing.assert_allclose(
+            [p["score"] for p in got], [p["score"] for p in record["predictions"]], atol=1e-5
+        )
 
 
 def test_a_killed_worker_loses_no_input_and_writes_none_twice(

@@ -60,7 +60,6 @@ class NoClassificationHeadError(VitkitError):
     """``predict`` was called on a checkpoint that has no classification head."""
 
 
-<<<<<<< HEAD
 class HeadError(VitkitError):
     """A head setting that cannot apply: a threshold on a softmax head, a regression head, ..."""
 
@@ -102,8 +101,8 @@ class SlideLevelError(SlideError):
 
 class NoTissueError(SlideError):
     """The tissue detector found no tile with enough tissue to run."""
-=======
+
+
 class EngineError(VitkitError):
     """A batch job cannot run on its engine: Ray not installed, an output folder from another
     job, a source with no image column, ..."""
->>>>>>> e2496a7 (engines: Ray Data batch jobs for predict/embed (callable classes, sources, resumable Parquet shards, --engine ray); tests on a real local Ray)

@@ -74,6 +74,7 @@ def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any
     """``vitkit predict|embed --engine ray``: the job, a progress bar, one summary line."""
     from vitkit.cli._common import progress_bar
     from vitkit.engines.ray import BatchJob, import_ray, run_job
+    from vitkit.inference.heads import parse_thresholds
 
     if args.out is None:
         raise EngineError("--engine ray writes Parquet shards: give an output folder with --out")
@@ -87,12 +88,18 @@ def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any
         model=model_name(args.model),
         model_options={
             **model_options,
+            "problem_type": getattr(args, "problem_type", None),
+            "threshold": parse_thresholds(args.threshold)
+            if getattr(args, "threshold", None)
+            else None,
+            "tta": args.tta,
             "precision": args.precision,
             "image_size": args.image_size,
             "jpeg_draft": args.jpeg_draft,
             "device": args.device,
             "allow_private_urls": args.allow_private_urls,
             "allow_hosts": list(args.allow_host),
+            "tune_process": True,  # what load_classifier does for the one-process command
         },
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,

@@ -31,13 +31,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
+from vitkit.engines.sources import IMAGE_COLUMNS
 from vitkit.errors import EngineError
 from vitkit.images.fetch import FetchPolicy, hosts_from
+from vitkit.inference import runtime
 from vitkit.inference.classifier import Classifier, load
-from vitkit.inference.classifier import Pool as Pool
-
-IMAGE_COLUMNS = ("image", "bytes", "image_bytes", "url", "path")
+from vitkit.inference.heads import Thresholds
+from vitkit.models.protocol import check_pool
 
 
 class BatchModel:
@@ -48,23 +50,38 @@ class BatchModel:
     GPU Ray gave this worker, if any. ``decode_threads``: images decoded in parallel per batch
     (match the worker's CPUs). URLs are fetched from public addresses only, unless
     ``allow_private_urls`` or ``allow_hosts`` (host names) say otherwise, as in ``vitkit serve``.
+    ``tune_process``: the process-wide inference settings ``vitkit predict`` makes
+    (``runtime.tune_process_for_inference``), for workers that run nothing else.
     """
 
     def __init__(
         self,
-        model: str,
+        model: str | None,
         *,
         image_column: str | None = None,
         device: str | None = None,
         precision: str = "fp32",
         image_size: int | None = None,
         jpeg_draft: bool = False,
+        problem_type: str | None = None,
+        threshold: Thresholds | None = None,
+        tta: str = "none",
         decode_threads: int = 1,
         allow_private_urls: bool = False,
         allow_hosts: Iterable[str] = (),
+        tune_process: bool = False,
     ) -> None:
+        if tune_process:  # the worker is the job's process: its entry point may opt in
+            runtime.tune_process_for_inference(device)
         classifier = load(
-            model, device=device, precision=precision, image_size=image_size, jpeg_draft=jpeg_draft
+            model,
+            device=device,
+            precision=precision,
+            image_size=image_size,
+            jpeg_draft=jpeg_draft,
+            problem_type=problem_type,
+            threshold=threshold,
+            tta=tta,
         )
         policy = FetchPolicy(allow_private=allow_private_urls, allowlist=hosts_from(allow_hosts))
         classifier.processor = dataclasses.replace(classifier.processor, fetch=policy)
@@ -92,47 +109,49 @@ class BatchModel:
 
 
 class VitkitPredictor(BatchModel):
-    """Top-k labels per image: ``label``/``score`` (the best) and ``labels``/``scores`` (top-k,
-    best first), the same numbers ``vitkit predict`` gives."""
+    """Per image, ``predictions``: the list ``vitkit predict --format json`` gives (``{label,
+    score}`` best first; multi-label heads add ``threshold`` and ``positive``), and the best
+    one's ``label`` and ``score`` as columns of their own. ``top_k`` None: the head's default."""
 
-    def __init__(self, model: str, *, top_k: int = 5, **options: Any) -> None:
+    def __init__(self, model: str | None, *, top_k: int | None = None, **options: Any) -> None:
         super().__init__(model, **options)
-        self.classifier.require_head()  # fail at start-up, not once per batch
+        head = self.classifier.require_head()  # fail at start-up, not once per batch
         self.top_k = top_k
+        fields = [("label", pa.string()), ("score", pa.float64())]
+        if head.multi_label:
+            fields += [("threshold", pa.float64()), ("positive", pa.bool_())]
+        self.predictions_type = pa.list_(pa.struct(fields))
 
     def results(self, pixel_values: Any, indices: list[int], rows: int) -> dict[str, pa.Array]:
-        tops: list[list[dict[str, Any]] | None] = [None] * rows
+        answers: list[list[dict[str, Any]] | None] = [None] * rows
         if indices:
             predictions = self.classifier.predict_tensor(pixel_values, self.top_k)
-            for index, top in zip(indices, predictions, strict=True):
-                tops[index] = top
+            for index, answer in zip(indices, predictions, strict=True):
+                answers[index] = answer
         return {
-            "label": pa.array([t[0]["label"] if t else None for t in tops], pa.string()),
-            "score": pa.array([t[0]["score"] if t else None for t in tops], pa.float64()),
-            "labels": pa.array(
-                [[p["label"] for p in t] if t else None for t in tops], pa.list_(pa.string())
-            ),
-            "scores": pa.array(
-                [[p["score"] for p in t] if t else None for t in tops], pa.list_(pa.float64())
-            ),
+            "label": pa.array([a[0]["label"] if a else None for a in answers], pa.string()),
+            "score": pa.array([a[0]["score"] if a else None for a in answers], pa.float64()),
+            "predictions": pa.array(answers, self.predictions_type),
         }
 
 
 class VitkitEmbedder(BatchModel):
     """One ``embedding`` per image (a fixed-size float32 list), the vectors ``vitkit embed``
-    gives; ``pool`` as there: cls, mean or pooler."""
+    gives; ``pool`` one the model offers (None: its default, [CLS] for a ViT)."""
 
-    def __init__(self, model: str, *, pool: Pool = "cls", **options: Any) -> None:
+    def __init__(self, model: str | None, *, pool: str | None = None, **options: Any) -> None:
         super().__init__(model, **options)
-        if pool == "tokens":
-            raise EngineError("pool='tokens' gives a matrix per image: use cls, mean or pooler")
-        self.pool: Pool = pool
+        self.pool = pool or self.classifier.default_pool
+        if self.pool == "tokens":
+            raise EngineError("pool 'tokens' gives a matrix per image: use cls, mean or pooler")
+        check_pool(self.classifier.model, self.pool)  # at start-up, not once per batch
 
     def results(self, pixel_values: Any, indices: list[int], rows: int) -> dict[str, pa.Array]:
         if indices:
-            vectors = self.classifier.embed_tensor(pixel_values, self.pool).cpu().numpy()
+            pool: Any = self.pool
+            vectors = self.classifier.embed_tensor(pixel_values, pool).cpu().numpy()
         else:
-            vectors = np.zeros((0, self.classifier.config.hidden_size), dtype=np.float32)
+            vectors = np.zeros((0, self.embedding_size()), dtype=np.float32)
         dim = vectors.shape[1]
         matrix = np.zeros((rows, dim), dtype=np.float32)
         matrix[indices] = vectors
@@ -140,6 +159,14 @@ class VitkitEmbedder(BatchModel):
         failed[indices] = False
         values = pa.array(matrix.reshape(-1), pa.float32())
         return {"embedding": pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(failed))}
+
+    def embedding_size(self) -> int:
+        """The vector size, for a batch in which no image decoded (one blank forward, cached)."""
+        if not hasattr(self, "_size"):
+            height, width = self.classifier.processor.size
+            blank = torch.zeros((1, 3, height, width))
+            self._size = int(self.classifier.embed_tensor(blank, self.pool).shape[-1])  # type: ignore[arg-type]
+        return self._size
 
 
 # ---- batches as columns ------------------------------------------------------------------------

@@ -5,7 +5,7 @@
       part-000000.parquet   id, results..., error; one row per input, each input in one shard
       part-000001.parquet
 
-A shard is written to a temporary name and renamed into place (``atomic_write``), so a killed
+A shard is written to a temporary name and renamed into place (``atomic_open``), so a killed
 job leaves whole shards only. A re-run reads the ids of the shards there (``written``) and skips
 those inputs: that is the whole resume protocol. The writer also drops a row whose id it already
 holds, so a retried Ray task can never write an input twice.
@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vitkit.atomic_files import atomic_write, atomic_write_text
+from vitkit.atomic_files import atomic_open, atomic_write_text
 from vitkit.engines.ids import IdSet
 from vitkit.errors import EngineError
 
@@ -74,7 +74,8 @@ class ShardWriter:
             return
         table = pa.concat_tables(self._pending, promote_options="default")
         path = self.folder / f"part-{self._next_index:06d}.parquet"
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        with atomic_open(path) as handle:
+            pq.write_table(table, handle)
         self.shards.append(path)
         self._next_index += 1
         self._pending, self._pending_rows = [], 0

@@ -25,12 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from vitkit.engines.batch import IMAGE_COLUMNS
 from vitkit.engines.ids import IdSet
 from vitkit.errors import EngineError
 from vitkit.images.decode import IMAGE_EXTENSIONS, expand_inputs, is_url
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
+# Where an image is found when no column is named: here and in vitkit.engines.batch. (Here, so
+# that the tasks that read Parquet do not import torch along with the model classes.)
+IMAGE_COLUMNS = ("image", "bytes", "image_bytes", "url", "path")
 
 
 @dataclass(frozen=True)
