@@ -26,7 +26,7 @@ from vitkit.cli import main
 from vitkit.engines.ray import BatchJob, run_job
 
 ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")  # a Ray dependency: finds the worker processes to kill
+psutil = pytest.importorskip("psutil")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,19 @@ def ray_session() -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        end_ray_and_its_processes()
+
+
+def end_ray_and_its_processes() -> None:
+    """ray.shutdown(), then wait for every process this session started (GCS, raylet, workers:
+    all descendants of this process) to exit; a worker still importing torch when Ray stops can
+    linger for a minute, so what is left after 10 s is killed (by PID: only our own processes)."""
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    for process in alive:
+        process.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +189,8 @@ def test_a_killed_worker_loses_no_input_and_writes_none_twice(
         written.append(rows)
         if killed:
             return
-        workers = [p for p in psutil.process_iter(["cmdline"]) if is_model_worker(p)]
+        ours = psutil.Process().children(recursive=True)  # this session's Ray processes only
+        workers = [p for p in ours if is_model_worker(p)]
         assert workers, "no Ray model worker found"
         os.kill(workers[0].pid, signal.SIGKILL)
         killed.append(sum(written))
@@ -197,8 +210,9 @@ def test_a_killed_worker_loses_no_input_and_writes_none_twice(
 
 
 def is_model_worker(process: Any) -> bool:
+    """Ray titles an actor's process after its class: ray::MapWorker(MapBatches(VitkitPredictor))."""
     try:
-        return "MapBatches(VitkitPredictor)" in " ".join(process.info["cmdline"] or [])
+        return "MapBatches(VitkitPredictor)" in " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
