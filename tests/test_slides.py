@@ -248,15 +248,16 @@ def test_resume_after_sigkill_gives_the_same_outputs(
     tiny_hf_classifier: Path,
     tmp_path: Path,
 ) -> None:
-    # Overlapping tiles make enough work (~400 tiles, 13 files of 32) to kill the run part-way.
-    options = {"stride": 32, "min_tissue": 0.25, "embed": True, "shard_tiles": 32, **FAST}
+    options = {"min_tissue": 0.25, "embed": True, "shard_tiles": 16, **FAST}  # ~8 files of 16
     reference = run_slide(slides["tif"], classifier, tmp_path / "whole", SlideSettings(**options))
     folder = tmp_path / "killed"
+    # The child's progress callback naps after each batch, so the kill lands part-way through
+    # however fast the machine runs the tiny model; the library runs as it always does.
     code = (
-        "import sys, vitkit\n"
+        "import time, vitkit\n"
         "from vitkit.slides import SlideSettings, run_slide\n"
         f"run_slide({str(slides['tif'])!r}, vitkit.load({str(tiny_hf_classifier)!r}, device='cpu'),"
-        f" {str(folder)!r}, SlideSettings(**{options!r}))\n"
+        f" {str(folder)!r}, SlideSettings(**{options!r}), progress=lambda d, n: time.sleep(0.1))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -268,7 +269,7 @@ def test_resume_after_sigkill_gives_the_same_outputs(
     child.send_signal(signal.SIGKILL)
     child.wait()
     shards = len(list(work.glob("shard-*.npz")))
-    assert 0 < shards < reference.tiles / 32 and not (folder / "summary.json").exists()
+    assert 0 < shards < reference.tiles / 16 and not (folder / "summary.json").exists()
 
     resumed = run_slide(slides["tif"], classifier, folder, SlideSettings(**options))
     assert 0 < resumed.tiles_run < reference.tiles == resumed.tiles

@@ -29,7 +29,7 @@ MIN_THRESHOLD = 0.06  # glass: saturation and brightness noise stay below ~0.05 
 MAX_THRESHOLD = 0.10  # pale stroma: 0.07-0.2; H&E and DAB: 0.15-0.6
 MIN_BRIGHTNESS = 30  # darker pixels: black borders and shadows, not tissue
 GLASS_QUANTILE = 0.95
-_BAND_BYTES = 64 << 20
+_BAND_BYTES = 16 << 20
 
 
 @dataclass
@@ -41,10 +41,10 @@ class Thumbnail:
 
 
 def make_thumbnail(reader: SlideReader, max_side: int = DEFAULT_THUMBNAIL_SIDE) -> Thumbnail:
-    """Block means of the coarsest level with a long side >= ``max_side`` (or of level 0)."""
+    """The slide at about ``max_side`` pixels: a level read whole, or block means of a larger one."""
     level = _thumbnail_level(reader, max_side)
     size = reader.levels[level]
-    factor = max(1, math.ceil(max(size.width, size.height) / max_side))
+    factor = max(1, math.ceil(max(size.width, size.height) / max_side))  # 1 if it fits
     out_w, out_h = math.ceil(size.width / factor), math.ceil(size.height / factor)
     rows_per_band = max(1, _BAND_BYTES // (3 * size.width * factor)) if factor > 1 else out_h
     bands = []
@@ -57,8 +57,12 @@ def make_thumbnail(reader: SlideReader, max_side: int = DEFAULT_THUMBNAIL_SIDE) 
 
 
 def _thumbnail_level(reader: SlideReader, max_side: int) -> int:
+    """The coarsest level with a long side of at least half ``max_side`` (a pyramid's levels are
+    2-4x apart, so one usually lies between half and all of it: read whole, not averaged)."""
     big_enough = [
-        i for i, level in enumerate(reader.levels) if max(level.width, level.height) >= max_side
+        i
+        for i, level in enumerate(reader.levels)
+        if max(level.width, level.height) >= max_side // 2
     ]
     return max(big_enough) if big_enough else 0
 
@@ -67,8 +71,9 @@ def _block_mean(pixels: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return pixels
     height, width = pixels.shape[0] // factor, pixels.shape[1] // factor
-    blocks = pixels.reshape(height, factor, width, factor, 3).astype(np.uint32)
-    return ((blocks.sum(axis=(1, 3)) + factor * factor // 2) // (factor * factor)).astype(np.uint8)
+    blocks = pixels.reshape(height, factor, width, factor, 3)
+    sums = blocks.sum(axis=(1, 3), dtype=np.uint32)  # no uint32 copy of the band
+    return ((sums + factor * factor // 2) // (factor * factor)).astype(np.uint8)
 
 
 def stain(pixels: np.ndarray) -> np.ndarray:

@@ -18,9 +18,9 @@ from vitkit.errors import SlideFormatError, SlideReadError
 from vitkit.slides.readers.base import Level, SlideReader
 
 # Decoded tiles OpenSlide keeps per slide. Its default (32 MiB) holds less than one row of
-# 256-px RGBA tiles across a 40,000-px slide, so each row of regions would decode the tiles
-# it shares with the row above again.
-DEFAULT_CACHE_BYTES = 256 << 20
+# 256-px RGBA tiles across a 40,000-px slide (40 MB), so each row of regions would decode the
+# tiles it shares with the row above again; 96 MiB holds two rows.
+DEFAULT_CACHE_BYTES = 96 << 20
 
 
 class OpenSlideReader(SlideReader):

@@ -25,7 +25,7 @@ from vitkit.errors import SlideFormatError, SlideReadError
 from vitkit.slides.readers.base import Level, SlideReader, as_rgb, overlap, white_canvas
 
 JPEG = 7
-DEFAULT_CACHE_BYTES = 128 << 20  # a row of 256-px tiles across a 100k-px level, twice over
+DEFAULT_CACHE_BYTES = 64 << 20  # two rows of 256-px tiles across a 40k-px level, and more
 _MPP_IN_DESCRIPTION = re.compile(r"\bMPP\s*=\s*([0-9.]+)")  # Aperio ImageDescription
 _OME_PHYSICAL_SIZE = re.compile(r'PhysicalSizeX="([0-9.eE+-]+)"')
 _OME_UNIT = re.compile(r'PhysicalSizeXUnit="([^"]+)"')
