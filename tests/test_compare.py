@@ -195,34 +195,25 @@ def test_shift_augmentation_moves_a_digit_a_little_and_never_flips_it() -> None:
     assert not any(isinstance(step, turns) for step in shift.transforms)
 
 
-def test_cli_defaults_match_the_library_defaults() -> None:
-    """`vitkit compare` and `CompareConfig` must not drift apart (the README's numbers use both)."""
-    import argparse
+def test_compare_command_builds_the_library_defaults() -> None:
+    """The options are generated from CompareConfig: parsing nothing gives its defaults."""
+    from vitkit.cli import build_parser
+    from vitkit.cli._options import config_from_args
 
-    from vitkit.cli import compare as cli
-
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(["compare", "--demo-data", "digits", "--out", "x"])
-    defaults = CompareConfig(data="d", out="x")
-    for name in (
-        "vit_preset",
-        "image_size",
-        "high_image_size",
-        "baseline_arch",
-        "epochs",
-        "baseline_epochs",
-        "pretrain_epochs",
-        "batch_size",
-        "optimizer",
-        "lr",
-        "augment",
-        "distill_kind",
-        "distill_alpha",
-        "distill_temperature",
-        "distill_mix",
-        "distill_mix_alpha",
-        "seed",
-    ):
-        assert getattr(args, name) == getattr(defaults, name), name
-    assert args.rows.split(",") == list(defaults.rows)
+    args = build_parser().parse_args(["compare", "--demo-data", "digits", "--out", "x"])
+    assert config_from_args(CompareConfig, args, data="d") == CompareConfig(data="d", out="x")
+    args = build_parser().parse_args(
+        [
+            "compare",
+            "--data",
+            "d",
+            "--out",
+            "x",
+            "--rows",
+            "scratch,baseline",
+            "--vit-arg",
+            "hidden_size=32",
+        ]
+    )
+    cfg = config_from_args(CompareConfig, args, data="d")
+    assert cfg.rows == ["baseline", "scratch"] and cfg.vit_overrides == {"hidden_size": 32}

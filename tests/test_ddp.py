@@ -84,8 +84,8 @@ def test_two_process_gloo_equals_single_process(tmp_path: Path) -> None:
     assert len(steps_one) == len(steps_two) > 10
     assert steps_two == pytest.approx(steps_one, abs=1e-5)
     assert len(set(steps_one)) > 10  # the losses really move
-    weights_one = torch.load(tmp_path / "single" / "last.pt", weights_only=False)["model"]
-    weights_two = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
+    weights_one = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model"]
+    weights_two = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
     worst = max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one)
     print(f"largest weight difference after {one[-1]['step']} steps: {worst:.2e}")
     assert worst <= 1e-5

@@ -37,7 +37,7 @@ def _finished_epochs(out: Path) -> int:
     path = out / "last.pt"
     if not path.exists():
         return 0
-    return int(torch.load(path, weights_only=False)["epoch"])
+    return int(torch.load(path, weights_only=True)["epoch"])
 
 
 def _records(out: Path) -> list[dict]:
@@ -86,8 +86,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert not list(out.glob(".*tmp*")) and not list(out.glob(".*.old"))
 
     assert _records(out) == _records(tmp_path / "whole")
-    weights = torch.load(out / "last.pt", weights_only=False)["model"]
-    reference = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]
+    reference = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(weights[name], reference[name]) for name in reference)
     test_metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert test_metrics == json.loads((tmp_path / "whole" / "test" / "metrics.json").read_text())

@@ -3,7 +3,7 @@
 A run can die at any moment (Ctrl-C, the OOM killer, a lost machine); what it leaves behind must
 still load. Everything vitkit saves goes through these helpers:
 
-- ``atomic_write_text`` / ``atomic_torch_save``: write a temporary file beside the target,
+- ``atomic_write_text`` / ``atomic_write_bytes`` / ``atomic_torch_save``: write a temporary file beside the target,
   flush it to disk, then ``os.replace`` it over the target (one atomic rename).
 - ``write_directory_atomically``: fill a staging directory beside the target, then swap it in.
   A directory cannot replace an existing one in a single rename, so the old one is first renamed

@@ -106,3 +106,14 @@ class NoTissueError(SlideError):
 class EngineError(VitkitError):
     """A batch job cannot run on its engine: Ray not installed, an output folder from another
     job, a source with no image column, ..."""
+class DatasetError(VitkitError):
+    """The image folder is missing, empty, inconsistent, or holds unreadable images."""
+
+
+class TrainingError(VitkitError):
+    """Training cannot start or cannot go on (impossible settings, diverged loss, foreign run
+    folder, a training state that is not safe to load)."""
+
+
+class CompareError(VitkitError):
+    """The comparison cannot run (bad rows, data without a test split, changed settings)."""

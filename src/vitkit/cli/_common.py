@@ -47,67 +47,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_jpeg_draft_option(parser)
 
 
-# = vitkit.training.augment.AUGMENT_PRESETS, written out so `vitkit --help` does not import torchvision;
-# tests/test_train.py checks that the two agree.
-AUGMENT_CHOICES = ("none", "seed", "natural", "shift")
-
-
-def add_augment_option(parser: Any, *, default: str, help: str) -> None:
-    """``--augment PRESET`` (see vitkit.training.augment) for commands that train."""
-    parser.add_argument("--augment", default=default, choices=AUGMENT_CHOICES, help=help)
-
-
-# = vitkit.training.augment.MIX_MODES, for the same reason.
-MIX_CHOICES = ("none", "mixup", "cutmix")
-
 # = vitkit.inference.tta.TTA_MODES, for the same reason (tests check they agree).
 TTA_CHOICES = ("none", "flip", "rot90", "d4")
 
 # = vitkit.inference.runtime.PRECISIONS, so `vitkit --help` does not import torch (tests check they agree).
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")
-
-
-def add_mix_options(
-    parser: Any,
-    *,
-    default: str = "none",
-    prefix: str = "",
-    help: str = "mix each training batch: mixup or cutmix, labels mixed alike",
-) -> None:
-    """``--{prefix}mix MODE`` and ``--{prefix}mix-alpha A`` (see vitkit.training.augment.mix_batch)."""
-    parser.add_argument(
-        f"--{prefix}mix", default=default, choices=MIX_CHOICES, help=f"{help} (default {default})"
-    )
-    parser.add_argument(
-        f"--{prefix}mix-alpha",
-        type=float,
-        default=1.0,
-        help="Beta(alpha, alpha) of the mixing weight (default 1)",
-    )
-
-
-def add_distill_options(
-    parser: Any, *, prefix: str = "", kind: str, alpha: float, temperature: float, row: str = ""
-) -> None:
-    """``--{prefix}kind``, ``--{prefix}alpha``, ``--{prefix}temperature`` (see vitkit.training.distillation)."""
-    parser.add_argument(
-        f"--{prefix}kind",
-        default=kind,
-        choices=["hard", "soft", "none"],
-        help=f"teacher term{row} (default {kind})",
-    )
-    parser.add_argument(
-        f"--{prefix}alpha",
-        type=float,
-        default=alpha,
-        help=f"weight of the teacher term (default {alpha:g})",
-    )
-    parser.add_argument(
-        f"--{prefix}temperature",
-        type=float,
-        default=temperature,
-        help=f"softmax temperature of the soft term (default {temperature:g})",
-    )
 
 
 def add_precision_option(parser: Any) -> None:
@@ -118,24 +62,6 @@ def add_precision_option(parser: Any) -> None:
         help="numeric precision (default fp32; int8: dynamic quantization on CPU, ~1.7x faster "
         "on a 2-core AVX2 CPU; bf16/fp16: GPU only)",
     )
-
-
-def add_run_options(parser: Any, *, device: str | None = None) -> None:
-    """``--seed``, ``--device`` and ``--no-progress`` for the commands that train."""
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed for the split, initialisation, shuffling and augmentation (default 0)",
-    )
-    parser.add_argument(
-        "--device",
-        default=device,
-        help="cpu or cuda (default: cuda when available)"
-        if device is None
-        else f"cpu or cuda (default {device})",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_tta_option(parser: Any) -> None:

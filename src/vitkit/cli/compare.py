@@ -6,12 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import (
-    add_augment_option,
-    add_distill_options,
-    add_mix_options,
-    add_run_options,
-)
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.experiments.compare_config import CompareConfig
 
 EPILOG = """\
 Each row is a full training run in OUT/rows/<row>/ on the same data and test split. A killed
@@ -50,123 +46,25 @@ def register(subparsers: Any) -> None:
         choices=["digits", "fashion-mnist"],
         help="build an unbalanced folder from bundled data into OUT/data (class 8 / bag cut to 10%%)",
     )
-    parser.add_argument("--out", required=True, help="output folder (rows, table, charts)")
-    parser.add_argument(
-        "--rows", default=",".join(_rows()), help="comma-separated rows (default: all five)"
-    )
-    parser.add_argument(
-        "--pretrained",
-        default=None,
-        help="ViT checkpoint for the fine-tune rows (anything vitkit loads)",
-    )
-    parser.add_argument(
-        "--vit-preset", default="vit-tiny-patch4-16", help="ViT architecture for all ViT rows"
-    )
-    parser.add_argument(
-        "--vit-arg",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="override a ViTConfig field (repeatable; default hidden_size=64 num_hidden_layers=4 "
-        "num_attention_heads=4 intermediate_size=128)",
-    )
-    parser.add_argument("--image-size", type=int, default=16, help="base resolution (default 16)")
-    parser.add_argument(
-        "--high-image-size",
-        type=int,
-        default=None,
-        help="finetune384 resolution (default base x 384/224)",
-    )
-    parser.add_argument(
-        "--baseline-arch",
-        default="resnet18",
-        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
-    )
-    parser.add_argument(
-        "--baseline-weights",
-        default=None,
-        help="torchvision .pth/.safetensors or HF ResNet directory",
-    )
-    parser.add_argument("--epochs", type=int, default=50, help="epochs per ViT row (default 50)")
-    parser.add_argument(
-        "--baseline-epochs", type=int, default=15, help="epochs for the CNN baseline (default 15)"
-    )
-    parser.add_argument(
-        "--pretrain-epochs", type=int, default=4, help="rotation pre-training epochs (default 4)"
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="every row (default 32)")
-    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    parser.add_argument("--lr", type=float, default=2e-3)
-    add_augment_option(
-        parser, default="none", help="training augmentation for every row (default none)"
-    )
-    add_distill_options(
-        parser,
-        prefix="distill-",
-        kind="soft",
-        alpha=0.7,
-        temperature=4.0,
-        row=" of the distilled row",
-    )
-    add_mix_options(
-        parser,
-        default="cutmix",
-        prefix="distill-",
-        help="mix the distilled row's batches; the teacher labels the mixed images "
-        "(function matching)",
-    )
-    add_run_options(parser)
+    add_options(parser, CompareConfig)
     parser.set_defaults(func=run)
-
-
-def _rows() -> tuple[str, ...]:
-    return ("baseline", "scratch", "finetune224", "finetune384", "distilled")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vitkit.cli.train import parse_model_args
-    from vitkit.experiments.compare import CompareConfig, compare
+    from vitkit.experiments.compare import check_compare, compare
 
-    data = args.data
+    root = Path(args.out) / "data"
+    cfg = config_from_args(CompareConfig, args, data=str(root) if args.demo_data else args.data)
+    check_compare(cfg)  # before the demo data is built
     if args.demo_data:
         from vitkit.experiments.demo_data import build_demo_folder
 
-        root = Path(args.out) / "data"
         if not (root / "README.json").exists():
             minority = 8
             info = build_demo_folder(root, args.demo_data, size=args.image_size, minority=minority)
             print(f"built {root}: train {info.train_counts}, test {info.test_counts}")
-        data = str(root)
-    cfg = CompareConfig(
-        data=data,
-        out=args.out,
-        rows=[r.strip() for r in args.rows.split(",") if r.strip()],
-        pretrained=args.pretrained,
-        vit_preset=args.vit_preset,
-        image_size=args.image_size,
-        high_image_size=args.high_image_size,
-        baseline_arch=args.baseline_arch,
-        baseline_weights=args.baseline_weights,
-        epochs=args.epochs,
-        baseline_epochs=args.baseline_epochs,
-        pretrain_epochs=args.pretrain_epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        augment=args.augment,
-        distill_kind=args.distill_kind,
-        distill_alpha=args.distill_alpha,
-        distill_temperature=args.distill_temperature,
-        distill_mix=args.distill_mix,
-        distill_mix_alpha=args.distill_mix_alpha,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    if args.vit_arg is not None:
-        cfg.vit_overrides = parse_model_args(args.vit_arg)
     compare(cfg)
     out = Path(args.out)
     print((out / "table.md").read_text())

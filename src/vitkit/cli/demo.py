@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitkit.cli._common import add_run_options
+from vitkit.cli._options import add_options
+from vitkit.training.config import TrainConfig
 
 EPILOG = """\
 examples:
@@ -37,6 +38,7 @@ DEMO_TRAINING: dict[str, Any] = {
     "lr": 3e-3,
     "warmup_fraction": 0.1,
     "label_smoothing": 0.1,
+    "mix": "none",
 }
 
 
@@ -56,18 +58,18 @@ def register(subparsers: Any) -> None:
         choices=["digits", "fashion-mnist", "auto"],
         help="digits (always there), fashion-mnist (Debian package), auto = fashion-mnist when installed",
     )
-    parser.add_argument(
-        "--epochs", type=int, default=None, help=f"default {DEMO_TRAINING['epochs']}"
-    )
-    parser.add_argument(
-        "--balance", default="oversample", choices=["oversample", "none", "weighted-loss"]
+    # The training options the demo shares with `vitkit train`, at the demo's own defaults.
+    add_options(
+        parser,
+        TrainConfig,
+        only=("epochs", "balance", "seed", "device", "progress"),
+        defaults={"epochs": DEMO_TRAINING["epochs"], "balance": "oversample", "device": "cpu"},
     )
     parser.add_argument(
         "--fashion-mnist-dir",
         default=None,
         help="folder with Fashion-MNIST's *-ubyte.gz files (default /usr/share/datasets/fashion-mnist)",
     )
-    add_run_options(parser, device="cpu")
     parser.set_defaults(func=run)
 
 
@@ -107,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
     preset_name = DEMO_PRESET if dataset == "digits" else "vit-tiny-patch4-16"
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a demo always starts afresh
-    settings = dict(DEMO_TRAINING)
-    if args.epochs is not None:
-        settings["epochs"] = args.epochs
+    settings = {**DEMO_TRAINING, "epochs": args.epochs}
     config = TrainConfig(
         data=str(info.root),
         out=str(run_dir),
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         balance=args.balance,
         seed=args.seed,
         device=args.device,
-        progress=not args.no_progress,
+        progress=args.progress,
         log_every=5,
         **settings,
     )

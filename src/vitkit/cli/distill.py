@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitkit.cli._common import add_distill_options
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.training.config import DistillConfig, TrainConfig
 
 EPILOG = """\
 The student is a ViT with a distillation token and a second head. The [CLS] head learns the
@@ -17,13 +18,15 @@ An epoch in which the student never predicts some class, or has macro-F1 0, is r
 COLLAPSED and never kept as the best model. With --mix cutmix (or mixup) each batch is blended
 and the teacher labels the blended images (function matching, Beyer et al. 2022): the student
 learns the teacher's answers on inputs beyond the labelled ones, which helps most when a class
-has few images.
+has few images. A preset student trains with the from-scratch recipe (see vitkit train --help),
+a student started from a checkpoint with the fine-tuning one; --model, --from-scratch and
+--preset do not apply (--student says it all).
 
 examples:
   # teacher: a ResNet baseline trained by `vitkit compare` (or any HF ResNet / vitkit ViT dir)
   vitkit distill --teacher runs/compare/rows/baseline/best --student vit-tiny-patch4-32 \\
       --model-arg hidden_size=96 --model-arg num_hidden_layers=4 --data digits/ --out runs/deit \\
-      --optimizer adamw --lr 2e-3 --epochs 15 --augment none
+      --lr 2e-3 --epochs 15 --augment none
   # function matching: soft labels at T=4 on cutmix-blended batches (vitkit compare's recipe)
   vitkit distill --teacher runs/compare/rows/baseline/best --student vit-tiny-patch4-16 \\
       --model-arg hidden_size=64 --model-arg num_hidden_layers=4 --model-arg num_attention_heads=4 \\
@@ -37,8 +40,6 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    from vitkit.cli.train import add_train_options
-
     parser = subparsers.add_parser(
         "distill",
         help="distil a teacher (e.g. a CNN) into a ViT student with a distillation token",
@@ -46,39 +47,31 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    group = parser.add_argument_group("distillation")
-    group.add_argument(
-        "--teacher",
-        required=True,
-        help="teacher: HF ResNet directory, ViT checkpoint or student directory",
-    )
-    group.add_argument(
-        "--student",
-        required=True,
-        help="a preset trained from scratch (vit-tiny-patch4-32; --model-arg overrides fields), a "
-        "ViT checkpoint to start from, or a student directory",
-    )
-    # DeiT's defaults here; `vitkit compare` picks soft T=4 alpha 0.7 for its CPU-sized student
-    add_distill_options(group, kind="hard", alpha=0.5, temperature=1.0)
-    add_train_options(parser)
+    add_options(parser, DistillConfig)
+    add_options(parser, TrainConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.cli.train import config_from_args, parse_model_args
+    from vitkit.errors import VitkitError
     from vitkit.training.distillation import distill
     from vitkit.training.metrics import format_report
 
-    args.from_scratch = True  # the student factory decides; this only satisfies the shared options
-    cfg = config_from_args(args)
+    if args.model is not None or args.from_scratch:
+        raise VitkitError(
+            "vitkit distill takes the student from --student (a preset, a ViT checkpoint or a "
+            "student directory): drop --model / --from-scratch"
+        )
+    settings = config_from_args(DistillConfig, args)
+    cfg = config_from_args(TrainConfig, args)
     result = distill(
         cfg,
-        args.teacher,
-        args.student,
-        kind=args.kind,
-        alpha=args.alpha,
-        temperature=args.temperature,
-        overrides=parse_model_args(args.model_arg),
+        settings.teacher,
+        settings.student,
+        kind=settings.kind,
+        alpha=settings.alpha,
+        temperature=settings.temperature,
+        overrides=cfg.model_overrides,  # a preset student's architecture
     )
     print(
         f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}): {result.out / 'best'}"

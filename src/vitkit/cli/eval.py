@@ -85,8 +85,13 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.inference import runtime
     from vitkit.inference.classifier import load
     from vitkit.training import data as vdata
+    from vitkit.training.evaluate import (
+        ClassificationEvaluator,
+        ProcessorTransform,
+        evaluate,
+        save_eval_outputs,
+    )
     from vitkit.training.metrics import format_report
-    from vitkit.training.trainer import ProcessorTransform, evaluate, save_eval_outputs
 
     folder, split = pick_folder(Path(args.data), args.split)
     runtime.tune_process_for_inference(args.device)
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         classifier.model,
         dataset,
-        labels,
+        ClassificationEvaluator(labels),
         device=classifier.device,
         batch_size=args.batch_size,
         workers=args.workers,

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,19 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vitkit.errors import VitkitError
+from vitkit.atomic_files import atomic_write_bytes, atomic_write_text
+from vitkit.checkpoints.hub import is_hub_id
+from vitkit.errors import CompareError
+from vitkit.experiments.compare_config import ROWS, CompareConfig
+from vitkit.training.checks import check_image_size, check_settings
+from vitkit.training.config import TrainConfig
+from vitkit.training.distillation import collapse_report, distill
+from vitkit.training.specs import preset_config, resnet_model_spec
+from vitkit.training.state import load_state
+from vitkit.training.trainer import TrainResult, train
 
-ROWS = ("baseline", "scratch", "finetune224", "finetune384", "distilled")
+__all__ = ["ROWS", "CompareConfig", "CompareError", "check_compare", "compare", "run_row"]
+
 RUN_ORDER = ("baseline", "scratch", "distilled", "finetune224", "finetune384")
 METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 METRIC_TITLES = {
@@ -52,89 +62,10 @@ METRIC_TITLES = {
     "macro_recall": "Recall",
 }
 ROTATIONS = (0, 90, 180, 270)
-
-
-class CompareError(VitkitError):
-    """The comparison cannot run (bad rows, data without a test split, changed settings)."""
-
-
-@dataclass
-class CompareConfig:
-    data: str
-    out: str
-    rows: list[str] = field(default_factory=lambda: list(ROWS))
-    pretrained: str | None = None
-    # the ViT rows: a preset plus overrides; CPU-sized by default
-    vit_preset: str = "vit-tiny-patch4-16"
-    vit_overrides: dict[str, Any] = field(
-        default_factory=lambda: {
-            "hidden_size": 64,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-        }
-    )
-    image_size: int = 16
-    high_image_size: int | None = None  # None: image_size x 384/224, rounded to the patch size
-    baseline_arch: str = "resnet18"
-    baseline_weights: str | None = None
-    epochs: int = 50  # ViT rows: transformers trained from scratch need long schedules
-    baseline_epochs: int | None = 15  # None: --epochs; the CNN converges far sooner
-    pretrain_epochs: int = 4
-    # Batch 32 (twice the optimiser steps of 64 at the same cost): the small ViT was step-starved
-    # at 64 (scratch macro-F1 0.90 -> 0.94 on the digits demo); the CNN gets the same batches.
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    augment: str = "none"
-    # Soft distillation (KL at T=4, alpha 0.7) beat DeiT's hard labels on validation loss and
-    # macro-F1 for the CPU-sized student; see README "Which model wins on your images?".
-    distill_kind: str = "soft"
-    distill_alpha: float = 0.7
-    distill_temperature: float = 4.0
-    # The distilled row mixes each batch (cutmix) and the teacher labels the mixed images:
-    # "function matching" (Beyer et al., 2022). On the digits demo (13 training images of the
-    # minority class) it made the student both better and steadier: test macro-F1 0.951-0.961 over
-    # seeds 0-3 against 0.943/0.955 without mixing (0.917 in a 2-thread run) and 0.88-0.94 for
-    # the scratch ViT; cutmix without a teacher did not help the scratch ViT (0.917, seed 0), so
-    # the gain is the teacher's answers on the mixed images. Mixup: 0.943-0.950.
-    distill_mix: str = "cutmix"
-    distill_mix_alpha: float = 1.0
-    seed: int = 0
-    device: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = [row for row in self.rows if row not in ROWS]
-        if unknown:
-            raise CompareError(f"unknown row(s) {unknown}: choose from {', '.join(ROWS)}")
-        self.rows = [
-            row for row in ROWS if row in self.rows
-        ]  # fixed order; distilled after baseline
-
-    @property
-    def patch_size(self) -> int:
-        from vitkit.models.config import preset
-
-        return preset(self.vit_preset, **self.vit_overrides).patch_size
-
-    @property
-    def cnn_epochs(self) -> int:
-        return self.baseline_epochs or self.epochs
-
-    @property
-    def high_size(self) -> int:
-        if self.high_image_size is not None:
-            return self.high_image_size
-        patch = self.patch_size
-        return max(patch, round(self.image_size * 384 / 224 / patch) * patch)
-
-    def settings(self) -> dict[str, Any]:
-        """What decides the numbers (a resumed compare must not silently change them)."""
-        data = dataclasses.asdict(self)
-        for key in ("out", "rows", "device", "progress"):
-            data.pop(key)
-        return data
+# CompareConfig's settings that every row's TrainConfig takes as they are (same names).
+SHARED_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(CompareConfig) if f.name in TrainConfig.__dataclass_fields__
+)
 
 
 @dataclass
@@ -160,71 +91,12 @@ def _say(message: str) -> None:
 
 
 # ---- one row = one training run ---------------------------------------------------------
-def _train_config(cfg: CompareConfig, row_dir: Path, **changes: Any) -> Any:
-    from vitkit.training.trainer import TrainConfig
-
-    base = TrainConfig(
-        data=cfg.data,
-        out=str(row_dir),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        augment=cfg.augment,
-        seed=cfg.seed,
-        device=cfg.device,
-        resume=True,  # a killed compare continues each row where it stopped
-        progress=cfg.progress,
-        image_size=cfg.image_size,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def resnet_spec_factory(arch: str, weights: str | None) -> Callable[[Any, dict[int, str]], Any]:
-    """A ``model_factory`` for the trainer: the CNN baseline, saved as an HF ResNet directory."""
-    from vitkit.checkpoints.hf_resnet import (
-        load_resnet,
-        load_resnet_dir,
-        resnet_processor_config,
-        save_resnet,
-    )
-    from vitkit.images.processor import ImageProcessor
-    from vitkit.models.resnet import IMAGENET_MEAN, IMAGENET_STD, build_resnet
-    from vitkit.training.trainer import ModelSpec
-
-    def factory(cfg: Any, id2label: dict[int, str]) -> ModelSpec:
-        size = cfg.image_size or 224
-        if weights:
-            model = load_resnet(weights, arch, id2label)
-            model.config.image_size = size
-            description = f"{model.config.arch} from {weights}"
-        else:
-            model = build_resnet(arch, id2label, image_size=size)
-            description = f"{arch} from scratch"
-        processor_config = resnet_processor_config(size)
-        processor = ImageProcessor.from_dict(processor_config)
-
-        def save(trained: torch.nn.Module, directory: Path) -> None:
-            save_resnet(trained, directory, processor_config)  # type: ignore[arg-type]
-
-        return ModelSpec(
-            model=model,
-            image_size=(size, size),
-            mean=tuple(IMAGENET_MEAN),
-            std=tuple(IMAGENET_STD),
-            eval_transform=lambda image: processor(image)[0],
-            save=save,
-            load=lambda directory: load_resnet_dir(directory)[0],
-            description=description,
-        )
-
-    return factory
-
-
-def _run_training(row: str, train_cfg: Any, **kwargs: Any) -> Any:
-    from vitkit.training.trainer import train
-
-    return train(train_cfg, **kwargs)
+def _train_config(cfg: CompareConfig, row_dir: Path, **changes: Any) -> TrainConfig:
+    shared = {name: getattr(cfg, name) for name in SHARED_SETTINGS if name not in ("data", "out")}
+    # resume: a killed compare continues each row where it stopped; only the distilled row mixes
+    settings = {"data": cfg.data, "out": str(row_dir), **shared, "resume": True, "mix": "none"}
+    settings.update(changes)
+    return TrainConfig(**settings)
 
 
 def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
@@ -237,11 +109,8 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     overrides = dict(cfg.vit_overrides)
     if row == "baseline":
         title = f"{cfg.baseline_arch} (CNN baseline)"
-        factory = resnet_spec_factory(cfg.baseline_arch, cfg.baseline_weights)
-        epochs = cfg.cnn_epochs
-        result = _run_training(
-            row, _train_config(cfg, row_dir, epochs=epochs), model_factory=factory
-        )
+        factory = resnet_model_spec(cfg.baseline_arch, cfg.baseline_weights)
+        result = train(_train_config(cfg, row_dir, epochs=cfg.cnn_epochs), model_factory=factory)
         if cfg.baseline_weights:
             notes.append(f"initialised from {cfg.baseline_weights}")
     elif row == "scratch":
@@ -249,15 +118,13 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
         train_cfg = _train_config(
             cfg, row_dir, from_scratch=True, preset=cfg.vit_preset, model_overrides=overrides
         )
-        result = _run_training(row, train_cfg)
+        result = train(train_cfg)
     elif row in ("finetune224", "finetune384"):
         assert pretrained is not None
         size = cfg.image_size if row == "finetune224" else cfg.high_size
         title = f"ViT fine-tuned @{size}"
-        result = _run_training(row, _train_config(cfg, row_dir, model=pretrained, image_size=size))
+        result = train(_train_config(cfg, row_dir, model=pretrained, image_size=size))
     elif row == "distilled":
-        from vitkit.training.distillation import distill
-
         teacher = Path(cfg.out) / "rows" / "baseline" / "best"
         if not teacher.is_dir():
             raise CompareError(
@@ -265,13 +132,13 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
             )
         title = f"ViT distilled ({cfg.distill_kind}, teacher {cfg.baseline_arch})"
         train_cfg = _train_config(
-            cfg, row_dir, mix=cfg.distill_mix, mix_alpha=cfg.distill_mix_alpha
+            cfg, row_dir, from_scratch=True, mix=cfg.distill_mix, mix_alpha=cfg.distill_mix_alpha
         )
         result = distill(
             train_cfg,
             teacher,
             cfg.vit_preset,
-            kind=cfg.distill_kind,  # type: ignore[arg-type]
+            kind=cfg.distill_kind,  # type: ignore[arg-type]  # checked by its choices
             alpha=cfg.distill_alpha,
             temperature=cfg.distill_temperature,
             overrides=overrides,
@@ -294,14 +161,12 @@ def _row_result(
     cfg: CompareConfig,
     row: str,
     title: str,
-    result: Any,
+    result: TrainResult,
     row_dir: Path,
     size: int,
     seconds: float,
     notes: list[str],
 ) -> RowResult:
-    from vitkit.training.distillation import collapse_report
-
     report = result.test.report if result.test is not None else None
     if report is None:
         if not notes:
@@ -331,7 +196,7 @@ def _row_result(
 
 
 def _count_parameters(last_checkpoint: Path) -> int:
-    state = torch.load(last_checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_state(last_checkpoint)["model"]
     return int(
         sum(
             v.numel()
@@ -363,7 +228,7 @@ def build_rotation_folder(data: str | Path, out: Path, size: int) -> Path:
             picture = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         for angle in ROTATIONS:
             picture.rotate(angle).save(out / "train" / f"rot{angle:03d}" / f"{index:06d}.png")
-    done.write_text(json.dumps({"images": len(samples), "source": str(train_root)}) + "\n")
+    atomic_write_text(done, json.dumps({"images": len(samples), "source": str(train_root)}) + "\n")
     return out
 
 
@@ -392,10 +257,10 @@ def pretrain(cfg: CompareConfig) -> tuple[str, str]:
         model_overrides=dict(cfg.vit_overrides),
         epochs=cfg.pretrain_epochs,
     )
-    result = _run_training("pretrain", train_cfg)
+    result = train(train_cfg)
     if result.best_epoch is None:
         raise CompareError(f"pre-training in {run_dir} kept no model")
-    (run_dir / "result.json").write_text(json.dumps({"best_epoch": result.best_epoch}) + "\n")
+    atomic_write_text(run_dir / "result.json", json.dumps({"best_epoch": result.best_epoch}) + "\n")
     return str(best), note
 
 
@@ -414,7 +279,7 @@ def _check_settings(cfg: CompareConfig, out: Path) -> None:
                 "use another --out, or delete that folder to start over"
             )
     else:
-        path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _check_data(cfg: CompareConfig) -> None:
@@ -426,8 +291,34 @@ def _check_data(cfg: CompareConfig) -> None:
         )
 
 
+def check_compare(cfg: CompareConfig) -> None:
+    """Refuse settings no row can train with, before the first row (or the demo data) starts."""
+    if "distilled" in cfg.rows and not 0 <= cfg.distill_alpha <= 1:
+        raise CompareError(f"--distill-alpha {cfg.distill_alpha}: use a weight in [0, 1]")
+    if "distilled" in cfg.rows and cfg.distill_temperature <= 0:
+        raise CompareError(f"--distill-temperature {cfg.distill_temperature}: use a value > 0")
+    if "distilled" in cfg.rows and cfg.distill_mix_alpha <= 0:
+        raise CompareError(f"--distill-mix-alpha {cfg.distill_mix_alpha}: use a value > 0")
+    check_settings(_train_config(cfg, Path(cfg.out)), check_data=False)  # ranges, device
+    if any(row != "baseline" for row in cfg.rows):
+        vit = preset_config(cfg.vit_preset, cfg.vit_overrides, cfg.image_size)
+        check_image_size(vit.image_hw, vit.patch_size, f"--vit-preset {cfg.vit_preset}")
+        if "finetune384" in cfg.rows:
+            size = (cfg.high_size, cfg.high_size)
+            check_image_size(
+                size, vit.patch_size, f"--vit-preset {cfg.vit_preset} (--high-image-size)"
+            )
+    for option, source in (
+        ("--pretrained", cfg.pretrained),
+        ("--baseline-weights", cfg.baseline_weights),
+    ):
+        if source is not None and not Path(source).exists() and not is_hub_id(source):
+            raise CompareError(f"{option} {source}: no such file or directory")
+
+
 def compare(cfg: CompareConfig) -> list[RowResult]:
     """Run (or reuse) every row, then write the table, chart and confusion matrices."""
+    check_compare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_data(cfg)
@@ -456,7 +347,7 @@ def compare(cfg: CompareConfig) -> list[RowResult]:
             _say(f"compare [{number}/{len(order)}] {row}: training in {marker.parent}")
             done[row] = run_row(cfg, row, pretrained)
             trained.append(row)
-            marker.write_text(json.dumps(done[row].to_dict(), indent=2) + "\n")
+            atomic_write_text(marker, json.dumps(done[row].to_dict(), indent=2) + "\n")
             # The table so far: a killed compare still leaves the finished rows' numbers.
             results = [done[r] for r in cfg.rows if r in done]
             write_outputs(cfg, results, pretrain_note)
@@ -530,8 +421,6 @@ def markdown_table(results: list[RowResult], notes: list[str]) -> str:
 def write_outputs(
     cfg: CompareConfig, results: list[RowResult], pretrain_note: str, timing: str = ""
 ) -> None:
-    import shutil
-
     out = Path(cfg.out)
     notes = [
         f"Data: {cfg.data} (the same train/validation/test split for every row); metrics are macro "
@@ -555,17 +444,19 @@ def write_outputs(
     if timing:
         notes.append(timing)
     rows = table_rows(results)
-    (out / "table.md").write_text(markdown_table(results, notes))
-    with open(out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["row"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "compare.json").write_text(
+    atomic_write_text(out / "table.md", markdown_table(results, notes))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["row"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "table.csv", table.getvalue())
+    atomic_write_text(
+        out / "compare.json",
         json.dumps(
             {"settings": cfg.settings(), "notes": notes, "rows": [r.to_dict() for r in results]},
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     plot_metrics(results, out / "metrics.png")
     confusion_dir = out / "confusion"
@@ -573,7 +464,7 @@ def write_outputs(
     for result in results:
         source = Path(result.run_dir) / "test" / "confusion_matrix.png"
         if source.exists():
-            shutil.copyfile(source, confusion_dir / f"{result.row}.png")
+            atomic_write_bytes(confusion_dir / f"{result.row}.png", source.read_bytes())
 
 
 def plot_metrics(results: list[RowResult], path: Path) -> Path:
@@ -598,5 +489,7 @@ def plot_metrics(results: list[RowResult], path: Path) -> Path:
     axes.set_ylabel("macro score on the test split")
     axes.legend(ncols=4, fontsize=8, loc="lower center")
     figure.tight_layout()
-    figure.savefig(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vitkit.atomic_files import atomic_write_text
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "t-shirt",
@@ -132,7 +134,9 @@ def write_image_folder(
         test_counts,
         classes[minority] if minority is not None else None,
     )
-    (root / "README.json").write_text(
+    # README.json last: its presence says the folder is complete (cli compare reuses it).
+    atomic_write_text(
+        root / "README.json",
         json.dumps(
             {
                 "classes": info.classes,
@@ -142,7 +146,7 @@ def write_image_folder(
             },
             indent=1,
         )
-        + "\n"
+        + "\n",
     )
     return info
 

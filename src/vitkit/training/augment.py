@@ -40,8 +40,16 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-AUGMENT_PRESETS = ("none", "seed", "natural", "shift")
-MIX_MODES = ("none", "mixup", "cutmix")
+from vitkit.training.config import AUGMENT_PRESETS, MIX_MODES
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "MIX_MODES",
+    "RandomRotate90",
+    "build_train_transform",
+    "check_mix",
+    "mix_batch",
+]
 
 
 class RandomRotate90(v2.Transform):

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,15 +33,15 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from vitkit.atomic_files import atomic_write_text
-from vitkit.errors import VitkitError
+from vitkit.errors import DatasetError, TrainingError
+from vitkit.training.augment import build_train_transform, check_mix
+from vitkit.training.config import BALANCE_MODES, TrainConfig
+
+if TYPE_CHECKING:
+    from vitkit.training.tasks.base import ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
-BALANCE_MODES = ("auto", "none", "oversample", "weighted-loss")
-
-
-class DatasetError(VitkitError):
-    """The image folder is missing, empty, inconsistent, or holds unreadable images."""
 
 
 @dataclass(frozen=True)
@@ -392,3 +393,66 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if self.drop_last:
             total = total // self.global_batch * self.global_batch
         return len(range(self.rank, total, self.num_replicas))
+
+
+# ---- the data of a run ----------------------------------------------------------------------
+@dataclass
+class RunData:
+    splits: DataSplits
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset | None
+    train_indices: list[int]  # after balancing
+    balance: str
+    class_weight: torch.Tensor | None
+    bad: list[tuple[str, str]]
+
+
+def prepare_run_data(
+    cfg: TrainConfig, out: Path, spec: ModelSpec, splits: DataSplits, is_main: bool
+) -> RunData:
+    """Scan every image once (report unreadable ones), balance the training set, build datasets."""
+    threads = min(8, os.cpu_count() or 1)
+    all_samples = splits.train + splits.val + splits.test
+    keep = cfg.cache_images == "yes" or (cfg.cache_images == "auto" and len(all_samples) <= 20000)
+    scans = [
+        scan_images(s, keep=keep, threads=threads) for s in (splits.train, splits.val, splits.test)
+    ]
+    bad = [item for scan in scans for item in scan.bad]
+    if bad:
+        report = ScanResult([], bad, None).report()
+        if cfg.on_bad_image == "fail":
+            raise DatasetError(report + "\n(pass --on-bad-image skip to train without them)")
+        if is_main:
+            atomic_write_text(out / "bad_images.txt", report + "\n")
+            print(f"warning: skipping {report}", file=sys.stderr)
+    train_scan, val_scan, test_scan = scans
+    if not val_scan.good:
+        raise DatasetError(f"{cfg.data}: the validation split has no readable images")
+    labels = [s.label for s in train_scan.good]
+    num_classes = len(splits.classes)
+    balance = resolve_balance(cfg.balance, labels, num_classes)
+    indices = (
+        oversample_indices(labels, cfg.seed)
+        if balance == "oversample"
+        else list(range(len(labels)))
+    )
+    weight = inverse_frequency_weights(labels, num_classes) if balance == "weighted-loss" else None
+    assert cfg.augment is not None and cfg.mix is not None, "resolve_recipe(cfg) first"
+    train_transform = build_train_transform(cfg.augment, spec.image_size, spec.mean, spec.std)
+    try:  # say so now, not at the first step
+        check_mix(cfg.mix, cfg.mix_alpha)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    return RunData(
+        splits=splits,
+        train=ImageDataset(train_scan.good, train_transform, train_scan.images),
+        val=ImageDataset(val_scan.good, spec.eval_transform, val_scan.images),
+        test=ImageDataset(test_scan.good, spec.eval_transform, test_scan.images)
+        if test_scan.good
+        else None,
+        train_indices=indices,
+        balance=balance,
+        class_weight=weight,
+        bad=bad,
+    )

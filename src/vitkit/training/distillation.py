@@ -25,7 +25,9 @@ collapsed epoch as the best model and the CLI says so loudly. The student networ
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,9 +39,22 @@ from torch import nn
 
 from vitkit.checkpoints import load_model
 from vitkit.checkpoints.hf_deit import save_student
-from vitkit.errors import VitkitError
+from vitkit.errors import TrainingError
+from vitkit.images.processor import ImageProcessor
 from vitkit.models.deit import DistilledViT, DistilledViTOutput, build_student
+from vitkit.models.protocol import logits_of
 from vitkit.models.vit import ViT
+from vitkit.training import data as vdata
+from vitkit.training.callbacks import Callback
+from vitkit.training.checks import check_vit_settings
+from vitkit.training.config import TrainConfig
+from vitkit.training.evaluate import EvalResult, ProcessorTransform
+from vitkit.training.metrics import per_class_scores
+from vitkit.training.specs import ModelFactory, preset_config
+from vitkit.training.state import FitState
+from vitkit.training.tasks.base import ModelSpec, TaskBuilder
+from vitkit.training.tasks.classify import ClassificationTask
+from vitkit.training.trainer import Run, TrainResult, train
 
 DistillKind = Literal["hard", "soft", "none"]
 
@@ -88,10 +103,6 @@ def distillation_loss(
     return (1 - alpha) * base + alpha * teacher_term
 
 
-def _logits_of(output: Any) -> torch.Tensor:
-    return output.logits if hasattr(output, "logits") else output
-
-
 @dataclass
 class DistillationLoss:
     """``loss_fn(outputs, targets, images)`` for the trainer: runs the frozen teacher on the
@@ -116,7 +127,7 @@ class DistillationLoss:
         self.teacher.eval()  # the trainer may call .train() on everything it sees; stay frozen
         device = next(self.teacher.parameters()).device
         with torch.no_grad():
-            return _logits_of(self.teacher(images.to(device))).float().to(images.device)
+            return logits_of(self.teacher(images.to(device))).float().to(images.device)
 
     def __call__(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(outputs, DistilledViTOutput) or outputs.cls_logits is None:
@@ -186,34 +197,23 @@ def collapse_report(
     """
     matrix = np.asarray(confusion, dtype=np.int64)
     predicted = matrix.sum(axis=0)
-    true_positive = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1).astype(np.float64)
-    precision = np.divide(
-        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
-    )
-    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(
-        2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
-    )
+    support = matrix.sum(axis=1)
+    macro_f1 = float(per_class_scores(matrix)["f1"].mean()) if len(matrix) else 0.0
     # Only classes present on the split can be "never predicted" meaningfully.
     missing = [i for i in range(len(labels)) if predicted[i] == 0 and support[i] > 0]
     return CollapseReport(
         [labels[i] for i in missing if support[i] >= min_support],
-        float(f1.mean()) if len(f1) else 0.0,
+        macro_f1,
         [labels[i] for i in missing if support[i] < min_support],
     )
 
 
 def check_teacher_labels(teacher_labels: list[str], student_labels: list[str]) -> None:
     if list(teacher_labels) != list(student_labels):
-        raise VitkitError(
+        raise TrainingError(
             f"teacher classes {teacher_labels} differ from the data's classes {student_labels}: "
             "train the teacher on the same folder (same class names, same order)"
         )
-
-
-TeacherFactory = Callable[[], nn.Module]
 
 
 # ---- training with the vitkit trainer ---------------------------------------------------
@@ -280,17 +280,105 @@ class NormalizedTeacher(nn.Module):
         self.teacher = teacher.model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return _logits_of(self.teacher(self.renormalize(images)))
+        return logits_of(self.teacher(self.renormalize(images)))
 
 
-def collapse_filter(labels: list[str]) -> Callable[[dict[str, Any]], str | None]:
-    """The trainer's ``best_filter``: veto (and say loudly) any collapsed validation epoch.
+# ---- the task -----------------------------------------------------------------------------
+class DistillationTask(ClassificationTask):
+    """A DeiT student and its frozen teacher: ``{"loss", "logits"}`` where the loss is DeiT's
+    objective on the (mixed) batch, the teacher run on the very images the student sees."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        labels: list[str],
+        teacher: nn.Module,
+        *,
+        kind: DistillKind = "hard",
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        label_smoothing: float = 0.0,
+        mix: str = "none",
+        mix_alpha: float = 1.0,
+    ) -> None:
+        super().__init__(
+            spec, labels, label_smoothing=label_smoothing, mix=mix, mix_alpha=mix_alpha
+        )
+        self.criterion = DistillationLoss(teacher, kind, alpha, temperature, label_smoothing)
+
+    def loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return self.criterion(outputs, targets, images)
+
+    def to(self, device: torch.device) -> DistillationTask:
+        super().to(device)
+        self.criterion.teacher.to(device)
+        return self
+
+
+class DistillationBuilder(TaskBuilder):
+    """Class folders -> a ``DistillationTask`` for ``student`` taught by ``teacher``."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        student: str,
+        *,
+        kind: DistillKind = "hard",
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise TrainingError(f"--alpha {alpha}: the teacher's weight must be in [0, 1]")
+        if temperature <= 0:
+            raise TrainingError(f"--temperature {temperature}: use a temperature > 0")
+        self.teacher, self.kind, self.alpha, self.temperature = teacher, kind, alpha, temperature
+        self.student_factory = student_spec_factory(student, overrides)
+
+    def check(self, cfg: TrainConfig) -> None:
+        check_vit_settings(cfg)  # the student (distill() puts it in cfg)
+
+    def build(self, cfg: TrainConfig, splits: vdata.DataSplits) -> DistillationTask:
+        check_teacher_labels(self.teacher.labels, splits.classes)
+        assert cfg.label_smoothing is not None and cfg.mix is not None, "resolve_recipe(cfg) first"
+        spec = self.student_factory(cfg, splits.id2label)
+        return DistillationTask(
+            spec,
+            splits.classes,
+            NormalizedTeacher(self.teacher, spec.mean, spec.std),
+            kind=self.kind,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            label_smoothing=cfg.label_smoothing,
+            mix=cfg.mix,
+            mix_alpha=cfg.mix_alpha,
+        )
+
+
+class CollapseVeto(Callback):
+    """Never keep a collapsed epoch as the best model, and say so loudly (see collapse_filter)."""
+
+    def __init__(self) -> None:
+        self.veto: Callable[[dict[str, Any]], str | None] | None = None
+
+    def on_validation(
+        self, run: Run, fit: FitState, record: dict[str, Any], val: EvalResult
+    ) -> None:
+        if self.veto is None:
+            self.veto = collapse_filter(list(val.report["labels"]), speak=run.info.is_main)
+        reason = self.veto(val.report)
+        if reason is not None:
+            record["not_best_because"] = reason
+
+
+def collapse_filter(
+    labels: list[str], speak: bool = True
+) -> Callable[[dict[str, Any]], str | None]:
+    """``report -> reason``: veto (and say loudly) any collapsed validation epoch.
 
     A never-predicted class with too few validation images to judge is mentioned once per run
     (the first epoch it happens), not vetoed.
     """
-    import sys
-
     mentioned: set[str] = set()
 
     def veto(report: dict[str, Any]) -> str | None:
@@ -298,26 +386,23 @@ def collapse_filter(labels: list[str]) -> Callable[[dict[str, Any]], str | None]
         rare = set(result.rarely_seen) - mentioned
         if rare:
             mentioned.update(rare)
-            print(f"note: {result.rare_message('validation')}", file=sys.stderr)
+            if speak:
+                print(f"note: {result.rare_message('validation')}", file=sys.stderr)
         if not result.collapsed:
             return None
         message = result.message("validation")
-        print(f"WARNING: {message}; this epoch is not kept as the best model", file=sys.stderr)
+        if speak:
+            print(f"WARNING: {message}; this epoch is not kept as the best model", file=sys.stderr)
         return message
 
     return veto
 
 
-def student_spec_factory(
-    student: str, overrides: dict[str, Any] | None = None
-) -> Callable[[Any, dict[int, str]], Any]:
-    """A ``model_factory`` for ``vitkit.training.trainer.train``: a DeiT student from a preset (from scratch),
-    a ViT checkpoint (weights copied, distillation token from [CLS]) or a student directory."""
-    from vitkit.images.processor import ImageProcessor
-    from vitkit.models.config import preset
-    from vitkit.training.trainer import ModelSpec
+def student_spec_factory(student: str, overrides: dict[str, Any] | None = None) -> ModelFactory:
+    """A DeiT student from a preset (from scratch), a ViT checkpoint (weights copied, the
+    distillation token from [CLS]) or a student directory, with new heads for the data."""
 
-    def factory(cfg: Any, id2label: dict[int, str]) -> ModelSpec:
+    def factory(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
         processor_config: dict[str, Any] | None = None
         if Path(student).exists():
             loaded = load_model(student, image_size=cfg.image_size)
@@ -328,21 +413,18 @@ def student_spec_factory(
                 model = DistilledViT.from_vit(loaded.model)
                 description = f"DeiT student initialised from {student}"
             else:
-                raise VitkitError(
+                raise TrainingError(
                     f"{student} is a {loaded.model_type} model: a DeiT student starts from a "
                     "ViT or a DeiT student checkpoint, or from a preset name"
                 )
             model.reset_head(id2label)
             processor_config = loaded.preprocessing()
         else:
-            extra = dict(overrides or {})
-            if cfg.image_size is not None:
-                extra["image_size"] = cfg.image_size
-            model = build_student(preset(student, **extra), id2label)
+            config = preset_config(student, dict(overrides or {}), cfg.image_size)
+            model = build_student(config, id2label)
             description = f"DeiT student {student} from scratch"
         if processor_config is None:
             processor_config = ImageProcessor.for_config(model.config).to_dict()
-        processor = ImageProcessor.from_dict(processor_config)
         saved_processor = processor_config
 
         def save(trained: nn.Module, directory: Path) -> None:
@@ -354,54 +436,29 @@ def student_spec_factory(
             image_size=model.config.image_hw,
             mean=tuple(processor_config.get("image_mean", (0.5, 0.5, 0.5))),
             std=tuple(processor_config.get("image_std", (0.5, 0.5, 0.5))),
-            eval_transform=lambda image: processor(image)[0],
+            eval_transform=ProcessorTransform(ImageProcessor.from_dict(processor_config)),
             save=save,
             load=lambda directory: load_model(directory).model,
             description=description,
+            patch_size=model.config.patch_size,
         )
 
     return factory
 
 
-class _TeacherHook:
-    """Builds the loss once the student's normalisation is known (inside the model factory)."""
-
-    def __init__(
-        self,
-        teacher: Teacher,
-        kind: DistillKind,
-        alpha: float,
-        temperature: float,
-        smoothing: float,
-    ) -> None:
-        self.teacher, self.kind, self.alpha = teacher, kind, alpha
-        self.temperature, self.smoothing = temperature, smoothing
-        self.loss: DistillationLoss | None = None
-
-    def wrap(
-        self, factory: Callable[[Any, dict[int, str]], Any]
-    ) -> Callable[[Any, dict[int, str]], Any]:
-        def wrapped(cfg: Any, id2label: dict[int, str]) -> Any:
-            spec = factory(cfg, id2label)
-            check_teacher_labels(self.teacher.labels, [id2label[i] for i in range(len(id2label))])
-            device = "cuda" if (cfg.device or "").startswith("cuda") else "cpu"
-            if cfg.device is None and torch.cuda.is_available():
-                device = "cuda"
-            module = NormalizedTeacher(self.teacher, spec.mean, spec.std).to(device)
-            self.loss = DistillationLoss(
-                module, self.kind, self.alpha, self.temperature, self.smoothing
-            )
-            return spec
-
-        return wrapped
-
-    def __call__(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        assert self.loss is not None, "the model factory runs before the first step"
-        return self.loss(outputs, targets, images)
+def student_settings(cfg: TrainConfig, student: str, overrides: dict[str, Any]) -> TrainConfig:
+    """``cfg`` saying what the student is: a preset from scratch (with its overrides; the
+    from-scratch recipe) or a checkpoint to start from (the fine-tuning recipe), so the
+    settings checks and the plan see the real student."""
+    if Path(student).exists():
+        return dataclasses.replace(cfg, model=student, from_scratch=False, model_overrides={})
+    return dataclasses.replace(
+        cfg, model=None, from_scratch=True, preset=student, model_overrides=dict(overrides)
+    )
 
 
 def distill(
-    cfg: Any,
+    cfg: TrainConfig,
     teacher: str | Path | Teacher,
     student: str,
     *,
@@ -410,26 +467,21 @@ def distill(
     temperature: float = 1.0,
     overrides: dict[str, Any] | None = None,
     raise_on_collapse: bool = True,
-) -> Any:
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Train a DeiT student on ``cfg.data`` with ``teacher``; returns the trainer's ``TrainResult``.
 
     Collapsed epochs (a class never predicted on validation, or macro-F1 0) are never kept as the
     best model; a run where every epoch collapsed ends with no ``best/`` and a clear error.
     """
-    from vitkit.training.trainer import train
-
     teacher_obj = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
-    hook = _TeacherHook(teacher_obj, kind, alpha, temperature, cfg.label_smoothing)
-    factory = hook.wrap(student_spec_factory(student, overrides))
-    labels_holder: dict[str, list[str]] = {}
-
-    def best_filter(report: dict[str, Any]) -> str | None:
-        labels = labels_holder.setdefault("labels", list(report["labels"]))
-        return collapse_filter(labels)(report)
-
-    result = train(cfg, model_factory=factory, loss_fn=hook, best_filter=best_filter)
+    cfg = student_settings(cfg, student, overrides or {})
+    builder = DistillationBuilder(
+        teacher_obj, student, kind=kind, alpha=alpha, temperature=temperature, overrides=overrides
+    )
+    result = train(cfg, builder, callbacks=[*callbacks, CollapseVeto()])
     if result.best_epoch is None and raise_on_collapse:
-        raise VitkitError(
+        raise TrainingError(
             f"distillation into {cfg.out} collapsed in every epoch (see metrics.jsonl: "
             "not_best_because); no model was kept. Try --kind soft, a lower --alpha, a lower "
             "--lr, or more epochs"

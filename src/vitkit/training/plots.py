@@ -6,11 +6,14 @@ works on machines without a display and costs nothing to import ``vitkit``.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vitkit.atomic_files import atomic_write_bytes
 
 
 def _pyplot() -> Any:
@@ -23,26 +26,38 @@ def _pyplot() -> Any:
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss (train and val) and val accuracy / macro-F1 per epoch, from the epoch records."""
+    """Loss (train and val) per epoch and, where the task reports them, validation scores
+    (accuracy and macro-F1 for classification), from the epoch records."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    scores = [name for name in SCORE_CURVES if history and name in history[0]]
+    figure, axes = plt.subplots(
+        1, 2 if scores else 1, figsize=(10 if scores else 5, 4), squeeze=False
+    )
+    loss_axis = axes[0][0]
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_axis.legend()
-    score_axis.plot(
-        epochs, [row["val_accuracy"] for row in history], marker="o", label="val accuracy"
-    )
-    score_axis.plot(
-        epochs, [row["val_macro_f1"] for row in history], marker="o", label="val macro-F1"
-    )
-    score_axis.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0, 1.02))
-    score_axis.legend()
-    for axis in (loss_axis, score_axis):
+    if scores:
+        score_axis = axes[0][1]
+        for name in scores:
+            label = SCORE_CURVES[name]
+            score_axis.plot(epochs, [row[name] for row in history], marker="o", label=label)
+        score_axis.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0, 1.02))
+        score_axis.legend()
+    for axis in axes[0]:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     return _save(figure, plt, path)
+
+
+# Epoch-record fields drawn as validation scores, when present (other tasks may add theirs).
+SCORE_CURVES = {
+    "val_accuracy": "val accuracy",
+    "val_macro_f1": "val macro-F1",
+    "val_map": "val mAP",
+}
 
 
 def plot_confusion_matrix(
@@ -82,6 +97,8 @@ def plot_confusion_matrix(
 def _save(figure: Any, plt: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

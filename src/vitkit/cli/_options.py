@@ -1,0 +1,146 @@
+"""Command-line options generated from a settings dataclass (transformers' HfArgumentParser idea).
+
+Each field of a dataclass built with ``vitkit.training.config.option`` becomes one argparse
+option: ``--field-name`` (or the field's ``flags``), its type from the annotation, its default,
+choices and help from the field. ``config_from_args`` builds the dataclass back from the parsed
+arguments. Defaults are therefore written once, in the dataclass; a command may still show a
+different default for a field (``defaults=``), e.g. ``vitkit demo`` trains on the CPU.
+
+Types understood: str, int, float, bool (``False`` -> ``--flag``; ``True`` -> ``--no-flag``),
+``X | None``, ``dict[str, Any]`` (``--opt KEY=VALUE``, repeatable; values parsed as JSON where
+they can be) and ``list[str]`` (comma-separated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from vitkit.errors import VitkitError
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    config_class: type,
+    *,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Add one option per field of ``config_class`` (grouped as the fields say)."""
+    wanted = set(only) if only is not None else None
+    skipped = set(exclude)
+    defaults = defaults or {}
+    groups: dict[str, Any] = {}
+    hints = typing.get_type_hints(config_class)
+    for item in dataclasses.fields(config_class):
+        meta = item.metadata
+        if not meta.get("cli", False) or item.name in skipped:
+            continue
+        if wanted is not None and item.name not in wanted:
+            continue
+        group_name = meta["group"]
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        default = defaults.get(item.name, _default_of(item))
+        _add_field(groups[group_name], item, hints[item.name], default)
+
+
+def config_from_args(config_class: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """``config_class`` from the parsed options (fields without an option take ``extra``)."""
+    hints = typing.get_type_hints(config_class)
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(config_class):
+        if item.name in extra:
+            values[item.name] = extra[item.name]
+        elif hasattr(args, item.name):
+            value = getattr(args, item.name)
+            # None from an option that was not given, for a field that cannot be None (a
+            # repeatable KEY=VALUE option): the dataclass default applies.
+            if value is not None or _takes_none(hints[item.name]):
+                values[item.name] = _convert(item.name, hints[item.name], value)
+    return config_class(**values)
+
+
+def parse_key_values(pairs: list[str], flag: str = "--model-arg") -> dict[str, Any]:
+    """``["num_hidden_layers=4", "hidden_size=64"]`` -> dict, values parsed as JSON when they can be."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise VitkitError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. num_hidden_layers=4")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+# ---- one field ------------------------------------------------------------------------------
+def _default_of(item: dataclasses.Field[Any]) -> Any:
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return dataclasses.MISSING
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> int; anything else unchanged."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _takes_none(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _flags(item: dataclasses.Field[Any]) -> tuple[str, ...]:
+    return tuple(item.metadata["flags"]) or ("--" + item.name.replace("_", "-"),)
+
+
+def _add_field(group: Any, item: dataclasses.Field[Any], annotation: Any, default: Any) -> None:
+    meta = item.metadata
+    kind = _base_type(annotation)
+    origin = typing.get_origin(kind)
+    help_text = meta["help"]
+    shown = meta["default_help"] if meta["default_help"] is not None else default
+    kwargs: dict[str, Any] = {"dest": item.name}
+    if kind is bool:
+        kwargs["action"] = "store_false" if default else "store_true"
+    elif origin is dict:
+        kwargs.update(action="append", default=None, metavar=meta["metavar"] or "KEY=VALUE")
+        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in default.items()) if default else None
+    elif origin is list:
+        kwargs.update(default=",".join(default) if default is not dataclasses.MISSING else None)
+        shown = ",".join(default)
+    else:
+        kwargs.update(type=kind, metavar=meta["metavar"])
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        if default is dataclasses.MISSING:
+            kwargs["required"] = True
+            shown = None
+        else:
+            kwargs["default"] = default
+    if kind is not bool and shown not in (None, ""):
+        help_text = f"{help_text} (default: {shown})"
+    group.add_argument(*_flags(item), help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _convert(name: str, annotation: Any, value: Any) -> Any:
+    """The parsed value as the field's type (dict and list options arrive as text)."""
+    origin = typing.get_origin(_base_type(annotation))
+    if origin is dict:
+        return parse_key_values(value, "--" + name.replace("_", "-"))
+    if origin is list and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
