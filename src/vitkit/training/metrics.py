@@ -5,6 +5,12 @@ Plain numpy, no scikit-learn at run time. Definitions follow scikit-learn's
 has precision 0 (``zero_division=0``); macro averages weigh every class equally, which is what an
 unbalanced data set needs (a model that ignores a rare class loses a tenth of its macro-F1 with
 ten classes, however few images that class has).
+
+The one macro-F1 of vitkit (training, eval, compare, collapse detection, bench agreement): the
+mean of the per-class F1 over ALL classes of the model, as scikit-learn's
+``f1_score(y_true, y_pred, average="macro", labels=range(num_classes), zero_division=0)``. A
+class absent from the split and never predicted counts with F1 0 (scikit-learn without
+``labels=`` would skip it and average over the classes it saw).
 """
 
 from __future__ import annotations

@@ -173,6 +173,29 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
     workers = cfg.workers
     if workers is None:
         workers = 0 if data.train.images is not None else min(8, os.cpu_count() or 1)
+    sampler, loader = _train_loader(cfg, data, info, micro_batch, workers)
+    optimizer = build_optimizer(task.model, cfg)
+    scheduler = _schedule(cfg, optimizer, cfg.epochs * steps_per_epoch)
+    return Run(
+        cfg,
+        out,
+        info,
+        task,
+        data,
+        sampler,
+        loader,
+        optimizer,
+        scheduler,
+        steps_per_epoch,
+        micro_batch,
+        workers,
+    )
+
+
+def _train_loader(
+    cfg: TrainConfig, data: vdata.RunData, info: DistInfo, micro_batch: int, workers: int
+) -> tuple[vdata.EpochSampler, DataLoader[Any]]:
+    """This rank's share of each epoch's shuffled global order, in micro-batches."""
     sampler = vdata.EpochSampler(
         data.train_indices,
         shuffle=True,
@@ -191,31 +214,17 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
         persistent_workers=workers > 0,
         pin_memory=info.device.type == "cuda",
     )
-    optimizer = build_optimizer(task.model, cfg)
-    total_steps = cfg.epochs * steps_per_epoch
-    assert cfg.warmup_fraction is not None
-    warmup = (
-        cfg.warmup_steps
-        if cfg.warmup_steps is not None
-        else round(cfg.warmup_fraction * total_steps)
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, max(1, warmup))
-    )
-    return Run(
-        cfg,
-        out,
-        info,
-        task,
-        data,
-        sampler,
-        loader,
-        optimizer,
-        scheduler,
-        steps_per_epoch,
-        micro_batch,
-        workers,
-    )
+    return sampler, loader
+
+
+def _schedule(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    assert cfg.warmup_fraction is not None, "resolve_recipe(cfg) first"
+    warmup = cfg.warmup_steps
+    if warmup is None:
+        warmup = round(cfg.warmup_fraction * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, max(1, warmup)))
 
 
 def claim_run_folder(out: Path, resume: bool, info: DistInfo) -> None:
