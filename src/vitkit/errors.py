@@ -106,6 +106,8 @@ class NoTissueError(SlideError):
 class EngineError(VitkitError):
     """A batch job cannot run on its engine: Ray not installed, an output folder from another
     job, a source with no image column, ..."""
+
+
 class DatasetError(VitkitError):
     """The image folder is missing, empty, inconsistent, or holds unreadable images."""
 
