@@ -217,6 +217,46 @@ def is_model_worker(process: Any) -> bool:
         return False
 
 
+def test_slides_on_ray_equal_one_process(
+    ray_session: None, tiny_hf_classifier: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """Two slides (TIFF read by tifffile, SVS by OpenSlide) and a broken one over two workers:
+    the same tile tables as `vitkit slide` in this process; the broken slide is a line, not a
+    failed job; a re-run finds every slide complete."""
+    pytest.importorskip("openslide")
+    import slide_samples as samples
+
+    levels = samples.pyramid(samples.mosaic()[0])
+    slides = [
+        samples.write_tiff(tmp_path / "a.tif", levels),
+        samples.write_svs(tmp_path / "b.svs", levels),
+        tmp_path / "broken.svs",
+    ]
+    slides[2].write_bytes(b"not a slide\n")
+    common = ["--model", str(tiny_hf_classifier), "--level", "1", "--batch-size", "8"]
+    cli(capsys, "slide", *map(str, slides[:2]), *common, "--out", str(tmp_path / "local"))
+    ray_args = ["--engine", "ray", "--workers", "2", "--out", str(tmp_path / "ray")]
+    code, _, err = cli(capsys, "slide", *map(str, slides), *common, *ray_args)
+    assert code == 1 and "broken.svs: not a slide format" in err
+    assert err.strip().splitlines()[-1] == f"2 of 3 slides done -> {tmp_path / 'ray'}"
+    for name in ("a", "b"):
+        local = pq.read_table(tmp_path / "local" / name / "tiles.parquet").to_pylist()
+        on_ray = pq.read_table(tmp_path / "ray" / name / "tiles.parquet").to_pylist()
+        assert len(on_ray) == len(local) > 0
+        for want, got in zip(local, on_ray, strict=True):
+            assert (got["x"], got["y"], got["top_class"]) == (
+                want["x"],
+                want["y"],
+                want["top_class"],
+            )
+            probabilities = [k for k in want if k.startswith("prob_")]
+            np.testing.assert_allclose(
+                [got[k] for k in probabilities], [want[k] for k in probabilities], atol=1e-5
+            )
+    code, _, err = cli(capsys, "slide", *map(str, slides[:2]), *common, *ray_args)
+    assert code == 0 and "(0 run now)" in err
+
+
 def test_engine_ray_without_ray_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch, crops: Path, tmp_path: Path, capsys: Any
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,14 +21,17 @@ Run it again to resume: inputs already in DIR are skipped.
 """
 
 
-def add_engine_options(parser: argparse.ArgumentParser, *, add_out: bool) -> None:
-    """The Ray options; ``add_out``: the command has no --out of its own (predict)."""
+def add_engine_options(
+    parser: argparse.ArgumentParser, *, add_out: bool = False, images: bool = True
+) -> None:
+    """The Ray options; ``add_out``: the command has no --out of its own (predict); ``images``:
+    the options about image sources (Parquet columns, URLs), not for slides."""
     group = parser.add_argument_group("batch jobs on Ray Data (--engine ray)")
     group.add_argument(
         "--engine",
         default="local",
         choices=["local", "ray"],
-        help="local: this process (default); ray: a Ray Data job writing Parquet shards to --out",
+        help="local: this process (default); ray: a Ray Data job over Ray workers",
     )
     if add_out:
         group.add_argument(
@@ -48,6 +52,11 @@ def add_engine_options(parser: argparse.ArgumentParser, *, add_out: bool) -> Non
     group.add_argument(
         "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)"
     )
+    if images:
+        add_image_source_options(group)
+
+
+def add_image_source_options(group: Any) -> None:
     group.add_argument(
         "--image-column", default=None, help="Parquet column of image bytes, URLs or paths"
     )
@@ -74,7 +83,6 @@ def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any
     """``vitkit predict|embed --engine ray``: the job, a progress bar, one summary line."""
     from vitkit.cli._common import progress_bar
     from vitkit.engines.ray import BatchJob, import_ray, run_job
-    from vitkit.inference.heads import parse_thresholds
 
     if args.out is None:
         raise EngineError("--engine ray writes Parquet shards: give an output folder with --out")
@@ -86,21 +94,7 @@ def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any
         list(args.inputs),
         args.out,
         model=model_name(args.model),
-        model_options={
-            **model_options,
-            "problem_type": getattr(args, "problem_type", None),
-            "threshold": parse_thresholds(args.threshold)
-            if getattr(args, "threshold", None)
-            else None,
-            "tta": args.tta,
-            "precision": args.precision,
-            "image_size": args.image_size,
-            "jpeg_draft": args.jpeg_draft,
-            "device": args.device,
-            "allow_private_urls": args.allow_private_urls,
-            "allow_hosts": list(args.allow_host),
-            "tune_process": True,  # what load_classifier does for the one-process command
-        },
+        model_options={**model_options, **worker_model_options(args)},
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
@@ -123,6 +117,66 @@ def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any
         file=sys.stderr,
     )
     return 1 if report.failed else 0
+
+
+def run_slides_on_ray(args: argparse.Namespace, settings: Any) -> int:
+    """``vitkit slide --engine ray``: whole slides spread over the workers, a line per slide."""
+    from vitkit.cli._common import progress_bar
+    from vitkit.engines.ray import import_ray
+    from vitkit.engines.slides import SlidesJob, run_slides
+
+    quiet_ray_data(import_ray())
+    # --workers counts Ray workers here; each reads its slide's tiles in threads of its own.
+    reading = dataclasses.replace(settings, workers=max(2, int(args.cpus_per_worker)))
+    job = SlidesJob(
+        list(args.slides),
+        args.out,
+        reading,
+        model=model_name(args.model),
+        model_options=worker_model_options(args),
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        ray_address=args.ray_address,
+    )
+    with progress_bar(len(job.slides), "slides on Ray") as advance:
+
+        def report(row: dict[str, Any]) -> None:
+            if row["error"]:
+                print(f"vitkit slide: {row['error']}", file=sys.stderr)
+            else:
+                print(
+                    f"vitkit slide: {row['slide']}: {row['tiles']:,} tiles ({row['tiles_run']:,} "
+                    f"run now) -> {row['out_dir']}",
+                    file=sys.stderr,
+                )
+            advance(1)
+
+        rows = run_slides(job, on_slide=report)
+    failures = sum(1 for row in rows if row["error"])
+    print(f"{len(rows) - failures} of {len(rows)} slides done -> {args.out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def worker_model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options of the one-process command, for ``vitkit.engines.batch.load_for_worker``."""
+    from vitkit.inference.heads import parse_thresholds
+
+    threshold = getattr(args, "threshold", None)
+    options = {
+        "problem_type": getattr(args, "problem_type", None),
+        "threshold": parse_thresholds(threshold) if threshold is not None else None,
+        "tta": getattr(args, "tta", "none"),
+        "precision": args.precision,
+        "image_size": args.image_size,
+        "jpeg_draft": getattr(args, "jpeg_draft", False),
+        "device": args.device,
+        "tune_process": True,  # what load_classifier does for the one-process command
+    }
+    if hasattr(args, "allow_host"):
+        options["allow_private_urls"] = args.allow_private_urls
+        options["allow_hosts"] = list(args.allow_host)
+    return options
 
 
 def model_name(model: str | None) -> str:

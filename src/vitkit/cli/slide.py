@@ -14,6 +14,7 @@ from vitkit.cli._common import (
     add_precision_option,
     load_classifier,
 )
+from vitkit.cli._engine import add_engine_options, run_slides_on_ray
 from vitkit.errors import VitkitError
 
 # = vitkit.slides.readers.READERS, written out so `vitkit --help` imports nothing heavy.
@@ -32,6 +33,9 @@ embeddings.parquet (--embed) and summary.json, written last: a folder without it
 finished. Run the same command again after a crash or a kill: finished slides are skipped and
 an unfinished one continues where it stopped, giving the same outputs. A slide that cannot be
 read is reported in one line and the others still run; the exit code is then 1.
+
+--engine ray (pip install 'vitkit[ray]'): slides spread over --workers Ray workers, each running
+whole slides (--cpus-per-worker tile-reading threads each), with the same outputs and resume.
 
 Readers: OpenSlide for SVS, NDPI, MRXS, SCN, BIF, VMS, SVSLIDE; tifffile for TIFF, OME-TIFF and
 pyramidal TIFF; Pillow for PNG/JPEG (decoded whole, up to 268 Mpx). --mpp needs the slide's
@@ -83,8 +87,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--batch-size", "-b", type=int, default=32, help="tiles per forward (default 32)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="tile-reading threads (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="tile-reading threads (default 2); with --engine ray: Ray workers, each a model",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_engine_options(parser, images=False)
     parser.set_defaults(func=run)
 
 
@@ -113,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     _check_unique_names(args.slides, args.out)
     settings = settings_from(args)
     settings.check()
+    if args.engine == "ray":  # slides spread over Ray workers (vitkit.engines.slides)
+        return run_slides_on_ray(args, settings)
     classifier = load_classifier(args)
     jobs, failures = [], 0
     for slide in args.slides:  # plan every slide first: bad ones are reported up front

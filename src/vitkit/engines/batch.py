@@ -42,16 +42,49 @@ from vitkit.inference.heads import Thresholds
 from vitkit.models.protocol import check_pool
 
 
+def load_for_worker(
+    model: str | None,
+    *,
+    device: str | None = None,
+    precision: str = "fp32",
+    image_size: int | None = None,
+    jpeg_draft: bool = False,
+    problem_type: str | None = None,
+    threshold: Thresholds | None = None,
+    tta: str = "none",
+    allow_private_urls: bool = False,
+    allow_hosts: Iterable[str] = (),
+    tune_process: bool = False,
+) -> Classifier:
+    """The classifier a worker holds: ``vitkit.load`` with these options, URLs fetched from
+    public addresses only unless ``allow_private_urls`` or ``allow_hosts`` (host names) say
+    otherwise (as in ``vitkit serve``). ``tune_process``: the process-wide inference settings
+    ``vitkit predict`` makes (``runtime.tune_process_for_inference``), for workers that run
+    nothing else. ``device`` None: the GPU Ray gave this worker, if any."""
+    if tune_process:  # the worker is the job's process: its entry point may opt in
+        runtime.tune_process_for_inference(device)
+    classifier = load(
+        model,
+        device=device,
+        precision=precision,
+        image_size=image_size,
+        jpeg_draft=jpeg_draft,
+        problem_type=problem_type,
+        threshold=threshold,
+        tta=tta,
+    )
+    policy = FetchPolicy(allow_private=allow_private_urls, allowlist=hosts_from(allow_hosts))
+    classifier.processor = dataclasses.replace(classifier.processor, fetch=policy)
+    return classifier
+
+
 class BatchModel:
     """What the predictor and the embedder share: the model per worker, decoding, the error column.
 
     ``model``: anything ``vitkit.load`` takes (an HF directory, hub id, timm file, .npz); on a
-    cluster every worker must reach it (shared storage or a hub id). ``device``: None picks the
-    GPU Ray gave this worker, if any. ``decode_threads``: images decoded in parallel per batch
-    (match the worker's CPUs). URLs are fetched from public addresses only, unless
-    ``allow_private_urls`` or ``allow_hosts`` (host names) say otherwise, as in ``vitkit serve``.
-    ``tune_process``: the process-wide inference settings ``vitkit predict`` makes
-    (``runtime.tune_process_for_inference``), for workers that run nothing else.
+    cluster every worker must reach it (shared storage or a hub id). ``options``: those of
+    ``load_for_worker`` (precision, tta, device, allow_hosts, ...). ``decode_threads``: images
+    decoded in parallel per batch (match the worker's CPUs).
     """
 
     def __init__(
@@ -59,33 +92,10 @@ class BatchModel:
         model: str | None,
         *,
         image_column: str | None = None,
-        device: str | None = None,
-        precision: str = "fp32",
-        image_size: int | None = None,
-        jpeg_draft: bool = False,
-        problem_type: str | None = None,
-        threshold: Thresholds | None = None,
-        tta: str = "none",
         decode_threads: int = 1,
-        allow_private_urls: bool = False,
-        allow_hosts: Iterable[str] = (),
-        tune_process: bool = False,
+        **options: Any,
     ) -> None:
-        if tune_process:  # the worker is the job's process: its entry point may opt in
-            runtime.tune_process_for_inference(device)
-        classifier = load(
-            model,
-            device=device,
-            precision=precision,
-            image_size=image_size,
-            jpeg_draft=jpeg_draft,
-            problem_type=problem_type,
-            threshold=threshold,
-            tta=tta,
-        )
-        policy = FetchPolicy(allow_private=allow_private_urls, allowlist=hosts_from(allow_hosts))
-        classifier.processor = dataclasses.replace(classifier.processor, fetch=policy)
-        self.classifier: Classifier = classifier
+        self.classifier = load_for_worker(model, **options)
         self.image_column = image_column
         self.decode_threads = decode_threads
 
