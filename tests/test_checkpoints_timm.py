@@ -263,14 +263,14 @@ def test_not_a_checkpoint_and_not_a_vit(tmp_path: Path) -> None:
 
 
 def test_unsupported_timm_variants_are_listed(tmp_path: Path) -> None:
-    # Layer scale (DeiT-3 style) is not part of the plain ViT: each extra key is named.
-    reference = timm_model("vit_tiny_patch16_224", depth=2, init_values=1e-5)
-    path = save_safetensors(reference, tmp_path / "layer_scale.safetensors")
+    # QK-norm (a LayerNorm on queries and keys) is no vitkit feature: each extra key is named.
+    reference = timm_model("vit_tiny_patch16_224", depth=2, qk_norm=True)
+    path = save_safetensors(reference, tmp_path / "qk_norm.safetensors")
     with pytest.raises(CheckpointError) as error:
         load_model(path)
     message = str(error.value)
-    assert "layer_scale.safetensors" in message and "unexpected keys (4)" in message
-    assert "blocks.0.ls1.gamma" in message and "blocks.1.ls2.gamma" in message
+    assert "qk_norm.safetensors" in message and "unexpected keys (8)" in message
+    assert "blocks.0.attn.q_norm.weight" in message and "blocks.1.attn.k_norm.bias" in message
 
 
 def test_truncated_file(tmp_path: Path) -> None:

@@ -119,3 +119,7 @@ class TrainingError(VitkitError):
 
 class CompareError(VitkitError):
     """The comparison cannot run (bad rows, data without a test split, changed settings)."""
+
+
+class PoolError(UnsupportedOperationError):
+    """The model cannot give the embedding asked for (a pooler it lacks, [CLS] it has not, ...)."""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vitkit.errors import CheckpointError
-from vitkit.models.config import ImageSize, ViTConfig, to_pair
+from vitkit.models.config import ImageSize, ViTConfig, resolve_aliases, to_pair
 from vitkit.models.posembed import resample_pos_embed
 from vitkit.models.vit import ViT
 
@@ -181,14 +181,16 @@ def build_model(
     image_size: ImageSize | None = None,
     device: str | torch.device = "cpu",
     model_class: type[ViT] = ViT,
+    *,
+    antialias: bool = True,
 ) -> ViT:
     """A ViT (or ``model_class``, a ViT subclass such as the DeiT student) for ``config``
-    holding the reader's tensors, position embeddings resampled to ``image_size`` if given.
-    Raises one CheckpointError listing every mismatch."""
+    holding the reader's tensors, position embeddings resampled to ``image_size`` if given
+    (``antialias``: timm's load-time rule; a format whose library resamples at call time passes
+    its own rule). Raises one CheckpointError listing every mismatch."""
     tensors = reader.tensors
     if image_size is not None and not _name_problems(reader) and "pos_embed" in tensors:
-        prefix = model_class.num_prefix_tokens
-        config, tensors = _resample_to(config, tensors, to_pair(image_size), source, prefix)
+        config, tensors = _resample_to(config, tensors, to_pair(image_size), source, antialias)
     with torch.device("meta"):
         # Built on the meta device: no time spent initialising weights we overwrite next.
         model = model_class(config)
@@ -236,7 +238,7 @@ def _resample_to(
     tensors: StateDict,
     image_hw: tuple[int, int],
     source: Path | str,
-    num_prefix_tokens: int = 1,
+    antialias: bool,
 ) -> tuple[_ConfigType, StateDict]:
     if any(side % config.patch_size for side in image_hw):
         raise CheckpointError(
@@ -248,13 +250,48 @@ def _resample_to(
         config.replace(image_size=image_hw if image_hw[0] != image_hw[1] else image_hw[0]),
     )
     pos_embed = tensors["pos_embed"]
-    if pos_embed.shape[1] != config.num_patches + num_prefix_tokens:
+    prefix = config.num_pos_embed_prefix  # [CLS] (+ registers, + DeiT's distillation token)
+    if pos_embed.shape[1] != config.num_patches + prefix:
         return config, tensors  # reported as a shape mismatch against the checkpoint's own grid
     tensors = dict(tensors)
     tensors["pos_embed"] = resample_pos_embed(
-        pos_embed, new_config.grid_size, config.grid_size, num_prefix_tokens
+        pos_embed, new_config.grid_size, config.grid_size, prefix, antialias=antialias
     )
     return new_config, tensors
+
+
+def apply_overrides(
+    config: ViTConfig, overrides: Mapping[str, Any] | None, source: Path | str
+) -> ViTConfig:
+    """``config`` with the user's ``--model-arg KEY=VALUE`` settings; errors name the key."""
+    if not overrides:
+        return config
+    check_setting_names(overrides, source)
+    try:
+        return config.replace(**overrides)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: {error} (from the --model-arg overrides)") from error
+
+
+def check_setting_names(overrides: Mapping[str, Any], source: Path | str) -> None:
+    """Refuse ``--model-arg`` keys that are not ViTConfig fields (nor timm's aliases of them)."""
+    known = ViTConfig.__dataclass_fields__
+    unknown = sorted(key for key in resolve_aliases(dict(overrides)) if key not in known)
+    if unknown:
+        raise CheckpointError(
+            f"{source}: unknown model setting(s) {', '.join(unknown)}: --model-arg takes ViTConfig "
+            "fields such as num_attention_heads, global_pool, hidden_act, layerscale_value"
+        )
+
+
+def read_config(data: Any, source: Path | str) -> ViTConfig:
+    """A ViTConfig from a config.json dict; errors name the file."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: the model config is a {type(data).__name__}, not a dict")
+    try:
+        return ViTConfig.from_hf_dict(data)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: not a valid ViT config ({error})") from error
 
 
 def _name_problems(reader: KeyReader) -> list[str]:
@@ -316,3 +353,46 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: not a readable JSON file ({error})") from error
+
+
+def save_directory(
+    target: Path,
+    config: dict[str, Any],
+    tensors: StateDict,
+    processor_config: dict[str, Any],
+) -> Path:
+    """Write config.json, model.safetensors and preprocessor_config.json as one directory.
+
+    Written beside the target under a temporary name and renamed into place, so a crash never
+    leaves half a checkpoint; an existing checkpoint directory at ``target`` is replaced only once
+    the new one is complete; a non-empty directory that is not a checkpoint is never replaced.
+    """
+    from safetensors.torch import save_file
+
+    from vitkit.atomic_files import write_directory_atomically
+
+    check_replaceable(target)
+
+    def write(staging: Path) -> None:
+        staging.mkdir()
+        (staging / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "preprocessor_config.json").write_text(
+            json.dumps(processor_config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+
+    write_directory_atomically(target, write)
+    return target
+
+
+def check_replaceable(target: Path) -> None:
+    # Never delete a directory that is not a checkpoint: `vitkit convert x.npz ~` must not wipe $HOME.
+    if target.is_file():
+        raise CheckpointError(f"{target}: exists and is a file; give a directory path to save to")
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise CheckpointError(
+            f"{target}: exists, is not empty and holds no config.json, so it is not a checkpoint "
+            "directory; refusing to replace it. Choose a new or empty directory."
+        )

@@ -14,15 +14,23 @@ HF splits attention into separate query/key/value projections; vitkit fuses them
 
 from __future__ import annotations
 
-import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vitkit.atomic_files import write_directory_atomically
-from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
+from vitkit.checkpoints._common import (
+    KeyReader,
+    StateDict,
+    apply_overrides,
+    build_model,
+    check_replaceable,
+    read_json,
+    read_state_dict,
+    save_directory,
+)
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
 from vitkit.models.vit import ViT
@@ -87,11 +95,14 @@ def load_hf_directory(
     directory: Path,
     image_size: ImageSize | None = None,
     device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ViT, dict[str, Any] | None]:
     """(model, preprocessor config or None) from a directory transformers wrote."""
     data = read_json(directory / CONFIG_NAME)
     weights_path, tensors = read_weights(directory)
     config = _config_for(data, tensors, directory / CONFIG_NAME)
+    config = apply_overrides(config, overrides, directory / CONFIG_NAME)
     reader = hf_reader(tensors, config)
     model = build_model(config, reader, weights_path, image_size, device)
     processor = directory / PROCESSOR_NAME
@@ -249,45 +260,26 @@ def save_pretrained(
 
     transformers loads it with ``ViTForImageClassification.from_pretrained`` (models with a head)
     or ``ViTModel.from_pretrained`` (headless models). The directory is written beside the target
-    under a temporary name and renamed into place, so a crash never leaves half a checkpoint; an
-    existing checkpoint directory at ``directory`` is replaced only once the new one is complete;
-    a non-empty directory that is not a checkpoint is never replaced.
+    under a temporary name and renamed into place (``_common.save_directory``).
 
     Two vitkit models have no exact transformers equivalent; both are saved, with a warning:
     a head that reads the pre-logits/pooler output (``classifier_uses_pooler``: the in21k
     pre-training head of Google's .npz files) is written as ViTForImageClassification plus
     ``vit.pooler.*`` keys, which vitkit reloads exactly but transformers ignores; and a headless
     model without a pooler, which transformers must load with ``add_pooling_layer=False``.
+    A model with LayerScale, registers, SwiGLU, ... (``config.variant_features``) is refused:
+    ``vitkit.checkpoints.save_pretrained`` writes those as DINOv2 or timm directories.
     """
-    from safetensors.torch import save_file
-
     target = Path(directory).expanduser().absolute()
+    if model.config.variant_features:
+        raise CheckpointError(
+            f"{target}: transformers' ViT cannot express {', '.join(model.config.variant_features)}"
+            ": save with vitkit.checkpoints.save_pretrained (DINOv2 or timm layout)"
+        )
     check_replaceable(target)
     _warn_if_lossy(model.config, target)
-    tensors = hf_state_dict(model)
-
-    def write(staging: Path) -> None:
-        staging.mkdir()
-        (staging / CONFIG_NAME).write_text(model.config.to_json_string(), encoding="utf-8")
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        processor = processor_config or default_processor_config(model.config)
-        (staging / PROCESSOR_NAME).write_text(
-            json.dumps(processor, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-
-    write_directory_atomically(target, write)
-    return target
-
-
-def check_replaceable(target: Path) -> None:
-    # Never delete a directory that is not a checkpoint: `vitkit convert x.npz ~` must not wipe $HOME.
-    if target.is_file():
-        raise CheckpointError(f"{target}: exists and is a file; give a directory path to save to")
-    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_NAME).is_file():
-        raise CheckpointError(
-            f"{target}: exists, is not empty and holds no config.json, so it is not a checkpoint "
-            "directory; refusing to replace it. Choose a new or empty directory."
-        )
+    processor = processor_config or default_processor_config(model.config)
+    return save_directory(target, model.config.to_hf_dict(), hf_state_dict(model), processor)
 
 
 def _warn_if_lossy(config: ViTConfig, target: Path) -> None:

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from vitkit.checkpoints._common import KeyReader, build_model
+from vitkit.checkpoints._common import KeyReader, apply_overrides, build_model
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
 from vitkit.models.vit import ViT
@@ -82,10 +84,14 @@ def _as_tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
 
 
 def load_npz(
-    path: Path, image_size: ImageSize | None = None, device: str | torch.device = "cpu"
+    path: Path,
+    image_size: ImageSize | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> ViT:
     arrays = read_npz(path)
-    config = infer_config(arrays, path)
+    config = apply_overrides(infer_config(arrays, path), overrides, path)
     reader = npz_reader(arrays, config)
     return build_model(config, reader, path, image_size, device)
 

@@ -22,8 +22,9 @@ from torch import nn
 
 from vitkit.errors import OnnxError, UnsupportedOperationError
 from vitkit.models.config import ViTConfig
-from vitkit.models.protocol import Capabilities, check_pool, require
-from vitkit.models.vit import ViT, ViTOutput
+from vitkit.models.families import pooler_is_cls
+from vitkit.models.protocol import POOLS, Capabilities, check_pool, require
+from vitkit.models.vit import ViT, ViTOutput, pool_tokens
 
 __all__ = ["OnnxError", "OnnxModel", "export_onnx", "is_onnx_file", "quantize_onnx_int8"]
 
@@ -61,7 +62,7 @@ def output_names(config: ViTConfig, outputs: Outputs) -> list[str]:
         return ["logits"]
     names = ["logits"] if config.num_labels else []
     names.append("last_hidden_state")
-    if config.add_pooling_layer:
+    if config.add_pooling_layer or pooler_is_cls(config):  # DINOv2's pooler_output is [CLS]
         names.append("pooler_output")
     return names
 
@@ -205,12 +206,22 @@ class OnnxModel(nn.Module):
 
     @property
     def capabilities(self) -> Capabilities:
-        pools = []
+        """The pools the graph's outputs allow: a model with ``fc_norm`` keeps that LayerNorm
+        inside the graph, after pooling, so only its unpooled tokens can be had here."""
+        pools: list[str] = []
+        config = self.config
         if "last_hidden_state" in self.output_names:
-            pools += ["cls", "mean", "tokens"]
+            pools += ["tokens"]
+            if not getattr(config, "fc_norm", False):
+                pools += ["mean"]
+                if getattr(config, "class_token", True):
+                    pools += ["cls", "cls+mean"]
         if "pooler_output" in self.output_names:
             pools.append("pooler")
-        return Capabilities(pools=tuple(pools), default_pool=pools[0] if pools else "cls")
+        default = getattr(config, "default_pool", "cls")
+        return Capabilities(
+            pools=tuple(pool for pool in POOLS if pool in pools), default_pool=default
+        )
 
     def run(self, pixel_values: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         missing = [name for name in names if name not in self.output_names]
@@ -236,16 +247,17 @@ class OnnxModel(nn.Module):
     def forward_features(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return self.run(pixel_values, ["last_hidden_state"])["last_hidden_state"], None, None
 
-    def forward_embedding(self, pixel_values: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+    def forward_embedding(
+        self, pixel_values: torch.Tensor, pool: str | None = None
+    ) -> torch.Tensor:
         if not self.capabilities.pools:
             raise OnnxError(f"{self.path} has logits only: re-export with `--outputs all`")
+        pool = pool or self.capabilities.default_pool
         check_pool(self, pool)
         if pool == "pooler":
             return self.run(pixel_values, ["pooler_output"])["pooler_output"]
         tokens = self.forward_features(pixel_values)[0]
-        if pool == "tokens":
-            return tokens
-        return tokens[:, self.num_prefix_tokens :].mean(dim=1) if pool == "mean" else tokens[:, 0]
+        return pool_tokens(tokens, pool, self.num_prefix_tokens)
 
     def reset_head(self, id2label: dict[int, str]) -> None:
         raise UnsupportedOperationError(

@@ -5,7 +5,10 @@
 as transformers' Auto classes and timm's ``register_model`` map a name to a model. Registered:
 
 - ``vit``: HF ``ViTForImageClassification`` / ``ViTModel`` directories and hub ids, timm state
-  dicts (files or hub-style directories), Google ``.npz`` files, and ``.onnx`` exports;
+  dicts (files or hub-style directories: UNI, UNI2-h, Virchow, Prov-GigaPath, H-optimus-0...),
+  Google ``.npz`` files, and ``.onnx`` exports;
+- ``dinov2``: HF ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (and their image classifiers)
+  directories and hub ids (facebook/dinov2-*, owkin/phikon-v2), read into the same ViT;
 - ``deit``: the DeiT student, HF ``DeiTForImageClassificationWithTeacher`` directories (two
   heads, logits averaged);
 - ``resnet``: the CNN baseline, HF ``ResNetForImageClassification`` directories (the layout of
@@ -26,7 +29,7 @@ protocol), its config.json reader and writer in ``vitkit/checkpoints/``, and add
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +37,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.checkpoints import hf, hf_deit, hf_mae, hf_resnet
+from vitkit.checkpoints import dinov2, hf, hf_deit, hf_mae, hf_resnet
 from vitkit.checkpoints._common import WEIGHT_SUFFIXES, read_json
 from vitkit.checkpoints.hub import download, is_hub_id
 from vitkit.checkpoints.npz import load_npz
 from vitkit.checkpoints.onnx import OnnxModel, is_onnx_file
-from vitkit.checkpoints.timm import is_timm_directory, load_timm_directory, load_timm_file
+from vitkit.checkpoints.timm import (
+    is_timm_directory,
+    load_timm_directory,
+    load_timm_file,
+    save_timm_directory,
+)
 from vitkit.errors import CheckpointError, UnsupportedOperationError
 from vitkit.models.config import ImageSize, ViTConfig, to_pair
 from vitkit.models.deit import DeiTConfig, DistilledViT
@@ -196,24 +204,29 @@ def load_model(
     image_size: ImageSize | None = None,
     device: Device = "cpu",
     num_attention_heads: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Load any registered model type from any format above, in eval mode.
 
     ``image_size`` resamples a transformer's position embeddings at load time (bicubic,
     antialiased, prefix tokens kept: what timm does when it loads weights at another
-    ``img_size``); for a CNN it only sets the resolution its preprocessing resizes to.
-    ``num_attention_heads`` overrides the head count for timm state dicts, whose shapes cannot
-    tell it (see ``vitkit.checkpoints.timm``); the other formats record it.
+    ``img_size``; DINOv2 directories: transformers' rule for their class); for a CNN it only
+    sets the resolution its preprocessing resizes to. ``overrides`` set ViT settings the file
+    does not record (``--model-arg KEY=VALUE``): for timm state dicts what the shapes cannot
+    tell (``num_attention_heads``, ``global_pool``, ``hidden_act``, ``dynamic_img_size``...; see
+    ``vitkit.checkpoints.timm``). ``num_attention_heads`` is the same as that override.
     """
-    loaded = _load(source, image_size, device, num_attention_heads)
+    settings = dict(overrides or {})
+    if num_attention_heads is not None:
+        settings["num_attention_heads"] = num_attention_heads
+    loaded = _load(source, image_size, device, settings)
     loaded.resized = image_size is not None
     return loaded
 
 
 def _load(
-    source: str | Path, image_size: ImageSize | None, device: Device, heads: int | None
+    source: str | Path, image_size: ImageSize | None, device: Device, overrides: dict[str, Any]
 ) -> LoadedModel:
-    num_attention_heads = heads
     kind = detect_format(source)
     path = Path(source).expanduser()
     if kind == "hub":
@@ -224,17 +237,30 @@ def _load(
         directory_format, entry = directory_type(path)
         processor: dict[str, Any] | None
         if directory_format == "timm":
-            model, processor = load_timm_directory(path, image_size, device, num_attention_heads)
+            model, processor = load_timm_directory(path, image_size, device, overrides=overrides)
+        elif entry.name in _OVERRIDABLE:
+            model, processor = _OVERRIDABLE[entry.name](path, image_size, device, overrides)
         else:
+            _refuse_overrides(overrides, entry.name, path)
             model, processor = entry.read_directory(path, image_size, device)
         found = "hub" if kind == "hub" else directory_format
         return LoadedModel(model, processor, str(source), found, entry.name)
     if kind == "npz":
-        return LoadedModel(load_npz(path, image_size, device), None, str(source), "npz", "vit")
+        model = load_npz(path, image_size, device, overrides=overrides)
+        return LoadedModel(model, None, str(source), "npz", "vit")
     if kind == "onnx":
+        _refuse_overrides(overrides, "onnx", path)
         return _load_onnx(path, image_size, str(source))
-    model = load_timm_file(path, image_size, device, num_attention_heads)
+    model = load_timm_file(path, image_size, device, overrides=overrides)
     return LoadedModel(model, None, str(source), "timm", "vit")
+
+
+def _refuse_overrides(overrides: dict[str, Any], kind: str, path: Path) -> None:
+    if overrides:
+        raise CheckpointError(
+            f"{path}: --model-arg ({', '.join(overrides)}) applies to ViT checkpoints (HF ViT "
+            f"and DINOv2 directories, timm files, .npz), not to a {kind} model"
+        )
 
 
 def _load_onnx(path: Path, image_size: ImageSize | None, source: str) -> LoadedModel:
@@ -289,7 +315,24 @@ def _read_resnet(directory: Path, image_size: ImageSize | None, device: Device) 
 
 
 def _save_vit(model: Any, directory: Path, processor_config: dict[str, Any] | None) -> Path:
-    return hf.save_pretrained(model, directory, processor_config)
+    """A plain ViT: HF's ViT layout. A DINOv2 model transformers' Dinov2 classes express
+    exactly: their layout. Any other variant (LayerScale, registers, SwiGLU, average pooling...,
+    as UNI or Virchow): timm's Hub layout, the format those models are published in."""
+    if not model.config.variant_features:
+        return hf.save_pretrained(model, directory, processor_config)
+    if dinov2.dinov2_problem(model.config) is None:
+        return dinov2.save_dinov2(model, directory, processor_config)
+    return save_timm_directory(model, directory, processor_config)
+
+
+def _read_vit_overridable(
+    directory: Path, image_size: ImageSize | None, device: Device, overrides: dict[str, Any]
+) -> Any:
+    return hf.load_hf_directory(directory, image_size, device, overrides=overrides)
+
+
+# Directory readers that take --model-arg overrides (ViT architectures).
+_OVERRIDABLE = {"vit": _read_vit_overridable, "dinov2": dinov2.load_dinov2_directory}
 
 
 def _save_deit(model: Any, directory: Path, processor_config: dict[str, Any] | None) -> Path:
@@ -309,6 +352,19 @@ for _entry in (
         read_directory=_read_vit,
         save=_save_vit,
         default_processor=hf.default_processor_config,
+    ),
+    ModelType(
+        name="dinov2",
+        description="HF Dinov2Model / Dinov2WithRegistersModel (+ ForImageClassification)",
+        config_class=ViTConfig,
+        model_class=ViT,
+        build=ViT,
+        accepts=lambda data: (
+            isinstance(data, dict) and data.get("model_type") in dinov2.MODEL_TYPES
+        ),
+        read_directory=dinov2.load_dinov2_directory,
+        save=_save_vit,
+        default_processor=dinov2.default_processor_config,
     ),
     ModelType(
         name="deit",

@@ -35,6 +35,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="run at this resolution, resampling position embeddings (e.g. 384)",
     )
     add_precision_option(parser)
+    add_model_arg_option(parser)
     parser.add_argument(
         "--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)"
     )
@@ -102,6 +103,37 @@ def add_jpeg_draft_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_arg_option(parser: Any) -> None:
+    """``--model-arg KEY=VALUE`` (repeatable): a ViTConfig field the checkpoint does not record."""
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a model setting the checkpoint does not record, e.g. num_attention_heads=24, "
+        "global_pool=avg, dynamic_img_size=true (timm files: what the shapes cannot tell; "
+        "repeatable)",
+    )
+
+
+def parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """``["num_hidden_layers=4", "global_pool=avg"]`` -> dict, values parsed as JSON when they can be."""
+    import json
+
+    from vitkit.errors import VitkitError
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise VitkitError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. num_hidden_layers=4")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def load_classifier(args: argparse.Namespace) -> Any:
     """The Classifier for ``--model`` etc., in a process tuned for inference (an entry point's
     choice: allocator thresholds on a CPU, TF32 and cuDNN autotuning on CUDA)."""
@@ -120,6 +152,7 @@ def load_classifier(args: argparse.Namespace) -> Any:
         problem_type=getattr(args, "problem_type", None),
         threshold=parse_thresholds(threshold) if threshold is not None else None,
         tta=getattr(args, "tta", "none"),
+        overrides=parse_model_args(getattr(args, "model_arg", [])),
     )
 
 

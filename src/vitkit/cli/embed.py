@@ -24,6 +24,12 @@ examples:
   vitkit embed photos/ --out embeddings.npz
   vitkit embed --model google/vit-large-patch16-224-in21k --pool pooler slides/ --out emb.parquet
   vitkit embed --model runs/tiles/best --tta d4 tiles/ --out emb.npy   # mean over 8 flips/turns
+  vitkit embed --model facebook/dinov2-base tiles/ --out dinov2.npz          # pooler: [CLS]
+  vitkit embed --model virchow2/ --model-arg dynamic_img_size=true tiles/ --out v2.parquet
+
+Without --pool, each model gives the embedding its authors document (`vitkit info` names it):
+[CLS] for ViT, DINOv2, UNI, UNI2-h, Prov-GigaPath, H-optimus-0; [CLS] + mean patch token
+(registers left out) for Virchow and Virchow2.
 
 .npy holds the (N, dim) array; .npz and .parquet also hold the input names (and errors).
 Inputs that fail to decode are reported on stderr and left out; the exit code is then 1.
@@ -52,10 +58,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--pool",
         default=None,
-        choices=["cls", "mean", "pooler"],
-        help="cls: final-norm [CLS] token (a transformer's default); mean: mean of the patch "
-        "tokens, or of a CNN's last feature map (a ResNet's default and only pool); pooler: "
-        "dense+tanh on [CLS]",
+        choices=["cls", "mean", "cls+mean", "pooler"],
+        help="cls: final-norm [CLS] token; mean: mean of the patch tokens (a CNN's: of its last "
+        "feature map); cls+mean: both, concatenated (Virchow's); pooler: transformers' "
+        "pooler_output (dense+tanh on [CLS]; DINOv2: [CLS]) (default: the model family's "
+        "documented embedding, see `vitkit info`)",
     )
     add_tta_option(parser)
     add_engine_options(parser, add_out=False)

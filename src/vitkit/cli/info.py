@@ -7,6 +7,8 @@ import dataclasses
 import json
 from typing import Any
 
+from vitkit.cli._common import add_model_arg_option, parse_model_args
+
 EPILOG = """\
 MODEL is anything `vitkit.load` reads: a Hugging Face directory (ViT, DeiT student, ResNet), a
 Hub id, a timm state dict, a Google .npz file or an .onnx export:
@@ -14,6 +16,10 @@ Hub id, a timm state dict, a Google .npz file or an .onnx export:
   vitkit info google/vit-base-patch16-224
   vitkit info ViT-B_16.npz --image-size 384
   vitkit info ./my-finetuned-vit --json
+  vitkit info uni2-h/pytorch_model.bin --model-arg num_attention_heads=24
+
+"family" names the published model family the weights were recognised as (DINOv2, UNI,
+Virchow2, ...) and "embedding" what `vitkit embed` returns for it by default, with its size.
 
 GFLOPs count one forward pass of one image (2 x multiply-accumulates of the matmuls and the patch
 projection; softmax and norms are left out), at the model's resolution or --image-size.
@@ -39,6 +45,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--num-heads", type=int, default=None, metavar="H", help="attention heads (timm files)"
     )
+    add_model_arg_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -52,6 +59,8 @@ def describe(model: Any, source: str, checkpoint_format: str) -> dict[str, Any]:
         "source": source,
         "format": checkpoint_format,
         "model_type": config.model_type,
+        "family": getattr(config, "family", "") or config.model_type,
+        "embedding": _default_embedding(model),
         "config": {
             name: (list(value) if isinstance(value, tuple) else value)
             for name, value in dataclasses.asdict(config).items()
@@ -68,11 +77,23 @@ def describe(model: Any, source: str, checkpoint_format: str) -> dict[str, Any]:
     return facts
 
 
+def _default_embedding(model: Any) -> dict[str, Any]:
+    """What `vitkit embed` gives without --pool, and its width (when the model can say)."""
+    pool = model.capabilities.default_pool
+    size_of = getattr(model, "embedding_size", None)
+    return {"pool": pool, "size": size_of(pool) if callable(size_of) else None}
+
+
 def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
     from vitkit.checkpoints import load_model
 
-    loaded = load_model(args.model, image_size=args.image_size, num_attention_heads=args.num_heads)
+    loaded = load_model(
+        args.model,
+        image_size=args.image_size,
+        num_attention_heads=args.num_heads,
+        overrides=parse_model_args(args.model_arg),
+    )
     facts = describe(loaded.model, str(args.model), loaded.format)
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -81,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model        {facts['source']}")
     print(f"type         {facts['model_type']}")
     print(f"format       {facts['format']}")
+    print(f"family       {facts['family']}")
+    embedding = facts["embedding"]
+    size = f", size {embedding['size']}" if embedding["size"] is not None else ""
+    print(f"embedding    {embedding['pool']}{size} (what `vitkit embed` gives without --pool)")
     print(f"resolution   {facts['resolution']}{tokens}")
     print(f"parameters   {facts['parameters']:,} ({facts['parameters'] / 1e6:.1f} M)")
     print(f"GFLOPs/image {facts['gflops_per_image']:.4g}")

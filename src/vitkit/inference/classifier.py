@@ -246,6 +246,7 @@ def load(
     problem_type: str | None = None,
     threshold: Thresholds | None = None,
     tta: str = "none",
+    overrides: dict[str, Any] | None = None,
 ) -> Classifier:
     """Load any checkpoint of any registered model type (``vitkit.checkpoints.registry``): a HF
     directory or hub id (ViT, DeiT student, ResNet), a timm file, a Google .npz, an .onnx export.
@@ -257,6 +258,9 @@ def load(
     ``problem_type`` (single_label / multi_label) overrides what the checkpoint says its head is,
     ``threshold`` (one, or one per label) its saved multi-label thresholds, and ``tta`` (none,
     flip, rot90, d4) averages every answer over flips and quarter turns (vitkit.inference.tta).
+    ``overrides``: model settings the checkpoint does not record (``--model-arg KEY=VALUE``),
+    e.g. ``{"num_attention_heads": 24}`` for a timm file of an unusual width; see
+    ``vitkit.checkpoints.load_model``.
     """
     name = str(source) if source is not None else default_model_name()
     if name.endswith(".onnx") and (precision != "fp32" or jpeg_draft):
@@ -264,7 +268,9 @@ def load(
             f"{name}: an ONNX model runs as exported; for int8 use "
             "vitkit.checkpoints.onnx.quantize_onnx_int8"
         )
-    loaded = load_model(name, image_size=image_size, device=pick_device(device))
+    loaded = load_model(
+        name, image_size=image_size, device=pick_device(device), overrides=overrides
+    )
     return Classifier(
         loaded.model,
         processor_for(loaded, jpeg_draft),

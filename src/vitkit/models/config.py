@@ -18,6 +18,29 @@ written as transformers does. ``thresholds`` (one probability for every label, o
 are the multi-label decision thresholds; they live in a ``"vitkit"`` section of config.json, which
 transformers keeps as an unknown attribute and otherwise ignores. vitkit.inference.heads decides
 what a head means from both.
+The architecture variants of DINOv2 and the pathology foundation models (UNI, Virchow, ...) are
+fields too, each off by default so a plain ViT's config.json is unchanged. Each is named as
+transformers' Dinov2Config or timm's VisionTransformer names it; the other library's name is
+accepted as an alias (``ALIASES``) wherever a config is read or overridden:
+
+- ``layerscale_value`` (timm ``init_values``): LayerScale, a learned per-channel scale on each
+  residual branch (``blocks.N.ls1.gamma``); None means no LayerScale.
+- ``num_register_tokens`` (timm ``reg_tokens``): learned tokens after [CLS] that carry no
+  position embedding of their own when ``no_embed_class``; never pooled.
+- ``use_swiglu_ffn``: the MLP is SwiGLU, ``fc2(silu(a) * b)`` with ``[a; b] = fc1(x)``: timm's
+  ``SwiGLUPacked`` and DINOv2's ``weights_in``/``weights_out`` are this same packed layout.
+  ``intermediate_size`` is the width after gating (fc1 has twice as many outputs).
+- ``class_token``: the model has a [CLS] token (timm ``class_token``).
+- ``no_embed_class``: position embeddings cover the patches only, not the prefix tokens.
+- ``global_pool``: what the head reads and what ``vitkit embed`` returns by default: "token"
+  ([CLS]), "avg" (mean of the patch tokens) or "avg+token" ([CLS] concatenated with the mean
+  patch token: Virchow's embedding, transformers' Dinov2ForImageClassification head).
+- ``fc_norm``: the final LayerNorm applies to the pooled vector instead of the tokens (timm).
+- ``dynamic_img_size``: at another input size, position embeddings are resampled with timm's
+  rule (bicubic, antialiased; also transformers' Dinov2WithRegisters); off: transformers' ViT
+  and Dinov2 rule (plain bicubic).
+- ``family``: the published model family the weights were recognised as ("DINOv2", "UNI",
+  "Virchow2", ...; see ``vitkit.models.families``), for display; "" when unknown.
 """
 
 from __future__ import annotations
@@ -65,6 +88,15 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     problem_type: str | None = None  # HF's key; None: softmax unless num_labels == 1 (as HF)
     thresholds: float | list[float] | None = None  # config.json "vitkit": {"thresholds": ...}
+    layerscale_value: float | None = None
+    num_register_tokens: int = 0
+    use_swiglu_ffn: bool = False
+    class_token: bool = True
+    no_embed_class: bool = False
+    global_pool: str = "token"
+    fc_norm: bool = False
+    dynamic_img_size: bool = False
+    family: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, list):
@@ -89,6 +121,40 @@ class ViTConfig:
                 f"problem_type {self.problem_type!r} is not one of HF's {', '.join(PROBLEM_TYPES)}"
             )
         self.thresholds = check_thresholds(self.thresholds, self.num_labels)
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        if self.global_pool == "map":
+            raise ValueError(
+                "global_pool='map' (attention pooling, SigLIP-style) is not supported: "
+                f"use one of {', '.join(GLOBAL_POOLS)}"
+            )
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(
+                f"global_pool {self.global_pool!r}: use one of {', '.join(GLOBAL_POOLS)}"
+            )
+        if not self.class_token and (
+            "token" in self.global_pool or self.add_pooling_layer or self.classifier_uses_pooler
+        ):
+            raise ValueError(
+                f"class_token=False leaves no [CLS] token for global_pool={self.global_pool!r} "
+                "or a pooler: use global_pool='avg'"
+            )
+        if self.global_pool != "token" and self.classifier_uses_pooler:
+            raise ValueError(
+                "classifier_uses_pooler=True reads [CLS]: it needs global_pool='token'"
+            )
+        if self.fc_norm and self.global_pool == "avg+token":
+            raise ValueError(
+                "fc_norm normalises one pooled vector: not with global_pool='avg+token'"
+            )
+        if self.use_swiglu_ffn and self.hidden_act != "silu":
+            raise ValueError(
+                f"use_swiglu_ffn=True gates with SiLU: set hidden_act='silu' "
+                f"(not {self.hidden_act!r})"
+            )
+        if self.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, not {self.num_register_tokens}")
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -106,6 +172,36 @@ class ViTConfig:
         return rows * cols
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: [CLS] (if any), then the register tokens."""
+        return int(self.class_token) + self.num_register_tokens
+
+    @property
+    def num_pos_embed_prefix(self) -> int:
+        """Prefix tokens that have a position embedding of their own (none with no_embed_class)."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of the vector ``global_pool`` gives (the head's input, the default embedding)."""
+        return self.hidden_size * (2 if self.global_pool == "avg+token" else 1)
+
+    @property
+    def default_pool(self) -> str:
+        """The embedding every command returns unless told otherwise (``vitkit embed --pool``)."""
+        return GLOBAL_POOL_TO_EMBEDDING[self.global_pool]
+
+    @property
+    def variant_features(self) -> list[str]:
+        """The variant fields set away from their default: what transformers' ViT cannot express
+        ([] for a plain ViT; ``family`` is a label, not a feature)."""
+        return [
+            name
+            for name in _VARIANT_FIELDS
+            if name != "family" and getattr(self, name) != _DEFAULTS[name]
+        ]
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
@@ -118,12 +214,16 @@ class ViTConfig:
         return [self.id2label.get(i, f"LABEL_{i}") for i in range(self.num_labels)]
 
     def replace(self, **changes: Any) -> ViTConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (timm's names accepted too, see ``ALIASES``)."""
+        return dataclasses.replace(self, **resolve_aliases(changes))
 
     # ---- config.json ------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
         """A config.json dict that ``transformers.ViTConfig.from_pretrained`` reads as is."""
         data = dataclasses.asdict(self)
+        for name in _VARIANT_FIELDS:  # a plain ViT's config.json stays what it always was
+            if data[name] == _DEFAULTS[name]:
+                data.pop(name)
         data["image_size"] = (
             self.image_size if isinstance(self.image_size, int) else list(self.image_size)
         )
@@ -144,7 +244,7 @@ class ViTConfig:
     def from_hf_dict(cls, data: dict[str, Any]) -> ViTConfig:
         """Read a config.json dict; unknown keys (torch_dtype, architectures, ...) are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = {k: v for k, v in resolve_aliases(data).items() if k in known}
         kwargs["thresholds"] = (data.get("vitkit") or {}).get("thresholds")
         id2label = data.get("id2label") or {}
         architectures = data.get("architectures") or []
@@ -186,6 +286,38 @@ def check_thresholds(
     if any(not 0.0 <= float(v) <= 1.0 for v in values):
         raise ValueError(f"thresholds must be probabilities in [0, 1], got {values}")
     return float(thresholds) if isinstance(thresholds, int | float) else [float(v) for v in values]
+
+
+GLOBAL_POOLS = ("token", "avg", "avg+token")
+# global_pool -> the name of the same vector among the embedding pools (vitkit embed --pool).
+GLOBAL_POOL_TO_EMBEDDING = {"token": "cls", "avg": "mean", "avg+token": "cls+mean"}
+_VARIANT_FIELDS = (
+    "layerscale_value",
+    "num_register_tokens",
+    "use_swiglu_ffn",
+    "class_token",
+    "no_embed_class",
+    "global_pool",
+    "fc_norm",
+    "dynamic_img_size",
+    "family",
+)
+_DEFAULTS: dict[str, Any] = {
+    name: ViTConfig.__dataclass_fields__[name].default for name in _VARIANT_FIELDS
+}
+# timm's keyword -> the field here (transformers' name where it has one).
+ALIASES = {"init_values": "layerscale_value", "reg_tokens": "num_register_tokens"}
+
+
+def resolve_aliases(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with timm's names (``init_values``, ``reg_tokens``) renamed to the fields'."""
+    resolved = dict(values)
+    for alias, name in ALIASES.items():
+        if alias in resolved:
+            value = resolved.pop(alias)
+            if name not in resolved:
+                resolved[name] = value
+    return resolved
 
 
 # The paper's model sizes (Table 1) plus the DeiT Tiny/Small sizes timm ships.

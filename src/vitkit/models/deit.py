@@ -40,6 +40,11 @@ class DeiTConfig(ViTConfig):
                 "a DeiT student has no pooler (dense+tanh): build it with add_pooling_layer=False"
             )
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """[CLS] and the distillation token."""
+        return 2
+
     @classmethod
     def from_vit_config(cls, config: ViTConfig) -> DeiTConfig:
         """The same architecture as a student config (no pooler: DeiT has none)."""
@@ -76,6 +81,11 @@ class DistilledViT(ViT):
             raise ValueError(
                 "a DeiT student has no pooler (dense+tanh): build it with add_pooling_layer=False"
             )
+        if config.variant_features:
+            raise ValueError(
+                f"a DeiT student is a plain ViT plus a distillation token; {config.variant_features} "
+                "are not supported here"
+            )
         if not isinstance(config, DeiTConfig):
             config = DeiTConfig.from_vit_config(config)
         super().__init__(config)
@@ -102,7 +112,7 @@ class DistilledViT(ViT):
 
     def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
         """[CLS] then the distillation token, DeiT's order."""
-        return [self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1)]
+        return [*super().prefix_tokens(batch), self.dist_token.expand(batch, -1, -1)]
 
     def forward(
         self,

@@ -215,6 +215,7 @@ class MAE(nn.Module):
             weight = self.encoder.patch_embed.proj.weight
             with torch.no_grad():
                 nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+            assert self.encoder.cls_token is not None  # an MAE encoder always has [CLS]
             nn.init.normal_(self.encoder.cls_token, std=0.02)
             with torch.no_grad():
                 self.encoder.pos_embed.copy_(self._table(self.config.encoder.hidden_size))
@@ -288,6 +289,7 @@ class MAE(nn.Module):
                 f"MAE input is {tuple(pixel_values.shape[-2:])}, the model's image size is {expected}"
             )
         pos = encoder.pos_embed
+        assert encoder.cls_token is not None  # an MAE encoder always has [CLS]
         patches = encoder.patch_embed(pixel_values) + pos[:, 1:]
         kept, mask, ids_restore = self.random_masking(patches, noise)
         cls = (encoder.cls_token + pos[:, :1]).expand(kept.shape[0], -1, -1)

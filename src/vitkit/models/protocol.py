@@ -25,8 +25,9 @@ import torch
 
 from vitkit.errors import UnsupportedOperationError
 
-Pool = Literal["cls", "mean", "pooler", "tokens"]
-POOLS: tuple[str, ...] = ("cls", "mean", "pooler", "tokens")
+# cls+mean: [CLS] concatenated with the mean patch token (Virchow's embedding).
+Pool = Literal["cls", "mean", "cls+mean", "pooler", "tokens"]
+POOLS: tuple[str, ...] = ("cls", "mean", "cls+mean", "pooler", "tokens")
 
 
 @dataclass(frozen=True)

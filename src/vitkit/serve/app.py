@@ -40,11 +40,12 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from vitkit.errors import NoClassificationHeadError
+from vitkit.errors import NoClassificationHeadError, UnsupportedOperationError
 from vitkit.images.decode import DEFAULT_MAX_PIXELS, load_image
 from vitkit.images.fetch import FetchPolicy, fetch_url
 from vitkit.images.processor import ImageProcessor
 from vitkit.inference.classifier import Classifier
+from vitkit.models.protocol import check_pool
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import (
     BadInput,
@@ -256,11 +257,13 @@ class Service:
             return await self.within(deadline, work())
 
     async def embed(
-        self, get_uploads: Callable[[], Awaitable[list[Upload]]], pool: str
+        self, get_uploads: Callable[[], Awaitable[list[Upload]]], pool: str | None
     ) -> list[list[float]]:
         async with self.admitted() as (classifier, batcher, deadline):
-            if pool == "pooler" and getattr(classifier.model, "pooler", None) is None:
-                raise BadInput(f"{classifier.name} has no pooler layer: use pool=cls or pool=mean")
+            try:  # before batching: a pool the model lacks fails this request only
+                check_pool(classifier.model, pool or classifier.default_pool)
+            except UnsupportedOperationError as error:
+                raise BadInput(f"{classifier.name}: {error}") from error
 
             async def work() -> list[Any]:
                 pixels = await self.prepare(classifier, await get_uploads())
@@ -344,7 +347,7 @@ def _warm_up(classifier: Classifier, max_batch_size: int) -> None:
         if classifier.config.num_labels:
             classifier.predict_tensor(batch, 1)
         else:
-            classifier.embed_tensor(batch, "cls")
+            classifier.embed_tensor(batch)
 
 
 # ---- the app --------------------------------------------------------------------------------
@@ -537,8 +540,13 @@ def _add_prediction_routes(app: FastAPI, service: Service) -> None:
         openapi_extra={"requestBody": _FILES_BODY},
     )
     async def embed(
-        request: Request, pool: Literal["cls", "mean", "pooler"] = Query("cls")
+        request: Request,
+        pool: Literal["cls", "mean", "cls+mean", "pooler"] | None = Query(
+            None, description="default: the model family's documented embedding"
+        ),
     ) -> dict[str, Any]:
         vectors = await service.embed(partial(service.read_uploads, request), pool)
-        name = service.classifier.name if service.classifier else ""
-        return {"model": name, "pool": pool, "dim": len(vectors[0]), "embeddings": vectors}
+        classifier = service.classifier
+        name = classifier.name if classifier else ""
+        used = pool or (classifier.default_pool if classifier else None)
+        return {"model": name, "pool": used, "dim": len(vectors[0]), "embeddings": vectors}
