@@ -220,7 +220,11 @@ def load_checked(
         for name, t in model.state_dict().items()
         if name in tensors or not name.endswith(optional or ("\0",))
     }
-    problems = _name_problems(reader) or _shape_problems(expected, tensors, reader.origins)
+    # Foreign names the mapping wanted but did not find are listed as such, not again under
+    # the vitkit names they would have filled.
+    problems = _name_problems(reader) + _shape_problems(
+        expected, tensors, reader.origins, list_missing=not reader.missing
+    )
     if problems:
         raise CheckpointError(_describe(source, what, problems))
     on_meta = any(t.is_meta for t in model.state_dict().values())
@@ -304,10 +308,13 @@ def _name_problems(reader: KeyReader) -> list[str]:
 
 
 def _shape_problems(
-    expected: dict[str, tuple[int, ...]], tensors: StateDict, origins: dict[str, str]
+    expected: dict[str, tuple[int, ...]],
+    tensors: StateDict,
+    origins: dict[str, str],
+    list_missing: bool = True,
 ) -> list[str]:
     problems = []
-    missing = [name for name in expected if name not in tensors]
+    missing = [name for name in expected if name not in tensors] if list_missing else []
     extra = [origins.get(name, name) for name in tensors if name not in expected]
     if missing:
         problems.append(_listing("missing keys (vitkit names)", missing))

@@ -159,7 +159,34 @@ def load_resnet_dir(
     _load_into(model, _reader(hf_state, hf_to_torchvision_key), weights)
     processor_path = path / "preprocessor_config.json"
     processor = read_json(processor_path) if processor_path.is_file() else None
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), (plain_processor_config(processor) if processor else None)
+
+
+# transformers' ConvNextImageProcessor (what microsoft/resnet-50 ships) without a crop_pct key
+_CONVNEXT_CROP_PCT = 224 / 256
+_CONVNEXT_NO_CROP_FROM = 384  # at or above this shortest_edge it resizes to a square, no crop
+
+
+def plain_processor_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` in the resize / center-crop terms vitkit's processor reads.
+
+    A ConvNextImageProcessor (microsoft/resnet-50's) says ``size: {shortest_edge: S}`` and
+    ``crop_pct``: below S=384 it resizes the shortest edge to ``int(S / crop_pct)`` and center
+    crops S x S; from 384 on it resizes to S x S. Other configs are returned as they are.
+    """
+    size = config.get("size") or {}
+    is_convnext = str(config.get("image_processor_type", "")).startswith("ConvNextImageProcessor")
+    if not is_convnext or "shortest_edge" not in size:
+        return config
+    plain = {k: v for k, v in config.items() if k != "crop_pct"}
+    shortest = int(size["shortest_edge"])
+    if shortest >= _CONVNEXT_NO_CROP_FROM:
+        plain["size"] = {"height": shortest, "width": shortest}
+        return plain
+    crop_pct = config.get("crop_pct") or _CONVNEXT_CROP_PCT
+    plain["size"] = {"shortest_edge": int(shortest / crop_pct)}
+    plain.update(do_center_crop=True, crop_size={"height": shortest, "width": shortest})
+    return plain
 
 
 def load_torchvision_weights(
@@ -194,9 +221,11 @@ def load_resnet(
 
 
 def resnet_processor_config(image_size: int) -> dict[str, Any]:
-    """microsoft/resnet-50's preprocessing at ``image_size``, without its 224/0.875 crop."""
+    """microsoft/resnet-50's normalisation at ``image_size``, without its 224/0.875 crop: a
+    plain resize, which transformers spells as a ViTImageProcessor (its ConvNext processor only
+    knows shortest_edge + crop_pct)."""
     return {
-        "image_processor_type": "ConvNextImageProcessor",
+        "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
         "size": {"height": image_size, "width": image_size},
         "resample": 2,  # bilinear, as vitkit's other processors

@@ -228,10 +228,10 @@ def explain_files(
     classifier_or_model: Any, sources: Sequence[str], out_dir: str | Path, top_k: int = 5
 ) -> list[dict[str, Any]]:
     """Write ``<stem>.explain.png`` per source into ``out_dir``; return one record per image."""
+    classifier = _as_classifier(classifier_or_model)
+    require(classifier.model, "attention_maps", "draw attention maps")  # before any file is made
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classifier = _as_classifier(classifier_or_model)
-    require(classifier.model, "attention_maps", "draw attention maps")
     records = []
     used: set[str] = set()
     for source in sources:

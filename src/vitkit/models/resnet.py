@@ -179,7 +179,7 @@ class ResNetClassifier(nn.Module):
 @lru_cache(maxsize=32)
 def _resnet_flops(arch: str, classes: int, height: int, width: int) -> int:
     with torch.device("meta"):
-        net = getattr(torchvision.models, arch)(weights=None, num_classes=classes)
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=classes).eval()
         pixels = torch.empty(1, 3, height, width)
     with FlopCounterMode(display=False) as counter:
         net(pixels)
