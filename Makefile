@@ -21,6 +21,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports --no-logo  # the layer contract: pyproject.toml [tool.importlinter]
 
 typecheck: setup
 	$(VENV)/bin/mypy

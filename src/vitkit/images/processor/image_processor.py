@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -37,8 +37,13 @@ from vitkit.images import decode as vio
 from vitkit.images.processor import fast_mode, pil_mode
 from vitkit.images.processor.sizes import SizeSpec
 
-if TYPE_CHECKING:
-    from vitkit.models.config import ViTConfig
+
+class SizedConfig(Protocol):
+    """A model config that says its input resolution (every vitkit model config does)."""
+
+    @property
+    def image_hw(self) -> tuple[int, int]: ...
+
 
 MODES = ("fast", "pil")
 DEFAULT_MODE = "fast"
@@ -156,7 +161,7 @@ class ImageProcessor:
         return cls.from_dict(config, **overrides)
 
     @classmethod
-    def for_config(cls, config: ViTConfig, **overrides: Any) -> ImageProcessor:
+    def for_config(cls, config: SizedConfig, **overrides: Any) -> ImageProcessor:
         """HF ViT defaults (bilinear resize to the model's size, mean = std = 0.5)."""
         height, width = config.image_hw
         return cls(size_spec=SizeSpec(height=height, width=width), **overrides)
