@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import vitkit.serve.app as serve_app
+import vitkit.serve.uploads as serve_uploads
 from test_serve_support import LABELS, photo_bytes, png_bomb, save_tiny_checkpoint
 from vitkit.errors import FetchError
 from vitkit.images.fetch import FetchPolicy, _parse, resolve_checked
@@ -455,7 +455,7 @@ def test_overloaded_app_answers_503_with_retry_after(classifier: Classifier) -> 
 
 
 # ---- fuzz: never a 500 ---------------------------------------------------------------------
-def no_traffic_fetch(url: str, *, policy: FetchPolicy | None = None) -> bytes:
+async def no_traffic_fetch(url: str, sink: Any, **options: Any) -> int:
     """The real URL parsing and address checks; a URL that passes is stopped before connecting."""
     parsed = _parse(url)
     checking = FetchPolicy(resolver=lambda host, port: ["10.1.2.3"])  # names: private
@@ -540,7 +540,7 @@ def test_fuzz_post_bodies(
 def test_fuzz_query_strings(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, url: str, extra: dict[str, str]
 ) -> None:
-    monkeypatch.setattr(serve_app, "fetch_url", no_traffic_fetch)
+    monkeypatch.setattr(serve_uploads, "fetch_into", no_traffic_fetch)
     response = client.get("/predict_image_class", params={**extra, "image_url": url})
     assert_json_error_or_ok(response)
 
@@ -576,8 +576,9 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
         while not failures and time.monotonic() < end:
             time.sleep(0.05)
         response = test_client.get("/readyz")
-        assert response.status_code == 503 and "no-such-checkpoint" in response.json()["detail"]
-    assert failures
+        assert response.status_code == 503 and "failed to load" in response.json()["detail"]
+        assert str(tmp_path) not in response.text  # the server's paths stay in its log
+    assert failures and "no-such-checkpoint" in str(failures[0])
 
 
 def test_the_services_pixel_cap_applies_to_uploads_it_classifies(classifier: Classifier) -> None:

@@ -23,6 +23,10 @@ endpoints:
 
 URLs are fetched only from public addresses unless --allow-private-urls or --allow-host says
 otherwise; stop the server with Ctrl-C or SIGTERM (requests in flight are finished first).
+
+memory: peak RSS stays under the idle RSS + 22 B x --decode-pixel-budget + --decode-workers x
+--max-image-bytes + 64 MiB of in-memory uploads (README, "Serving"); with the defaults and 2
+cores about +640 MB, whatever clients send. Settings that cannot work are refused at start-up.
 """
 
 
@@ -40,6 +44,12 @@ def register(subparsers: Any) -> None:
         help="checkpoint: HF dir or hub id, timm file, .npz "
         "(default: $VITKIT_MODEL or google/vit-base-patch16-224)",
     )
+    parser.add_argument(
+        "--model-name",
+        default=None,
+        help="the name clients see in /v1/model and the web page (default: the hub id, else "
+        "the architecture; never the checkpoint's path)",
+    )
     add_jpeg_draft_option(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -56,25 +66,49 @@ def register(subparsers: Any) -> None:
         "--max-queue",
         type=int,
         default=64,
-        help="requests in flight before new ones get 503 + Retry-After (default 64)",
+        help="requests admitted (body received) and not yet answered before new ones get 503 "
+        "+ Retry-After (default 64)",
     )
     parser.add_argument(
         "--request-timeout",
         type=float,
         default=30.0,
-        help="deadline per request in seconds, fetch included; 504 after it (default 30)",
+        help="deadline per request in seconds from admission (the body or the image URL has "
+        "arrived); 504 after it (default 30)",
     )
     parser.add_argument(
         "--max-image-bytes",
         type=int,
         default=10 * 1024 * 1024,
-        help="largest image upload or download in bytes (default 10 MiB)",
+        help="largest request body (all its images together) and image download in bytes "
+        "(default 10 MiB)",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=None,
-        help="largest image in pixels, checked before decoding (default ~89.5 M, PIL's cap)",
+        help="largest image in pixels, checked before decoding (default 25 M: a 6000x4000 "
+        "photo fits)",
+    )
+    parser.add_argument(
+        "--decode-pixel-budget",
+        type=int,
+        default=None,
+        help="pixels decoding at once across all requests; bounds decode memory at ~22 bytes "
+        "per pixel (default: --max-pixels)",
+    )
+    parser.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request body may take to arrive; 408 after it (default 60)",
+    )
+    parser.add_argument(
+        "--min-transfer-rate",
+        type=float,
+        default=16 * 1024,
+        help="bytes/s an upload or image download must average after its first 5 s, else it "
+        "is cut off (408 / 504; default 16384; 0 turns the check off)",
     )
     parser.add_argument(
         "--allow-private-urls",
@@ -114,33 +148,15 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import os
 
     import uvicorn
 
-    from vitkit.images.decode import DEFAULT_MAX_PIXELS
-    from vitkit.images.fetch import FetchPolicy, hosts_from
     from vitkit.inference import runtime
     from vitkit.inference.classifier import load
-    from vitkit.serve import ServeSettings, create_app
+    from vitkit.serve import create_app
 
-    settings = ServeSettings(
-        max_batch_size=args.max_batch_size,
-        max_batch_delay_ms=args.max_batch_delay_ms,
-        max_queue=args.max_queue,
-        request_timeout=args.request_timeout,
-        max_image_bytes=args.max_image_bytes,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-        decode_workers=args.decode_workers or min(8, os.cpu_count() or 1),
-        fetch_policy=FetchPolicy(
-            max_bytes=args.max_image_bytes,
-            connect_timeout=args.fetch_timeout,
-            read_timeout=args.fetch_timeout,
-            total_timeout=min(args.request_timeout, 3 * args.fetch_timeout),
-            allow_private=args.allow_private_urls,
-            allowlist=hosts_from(args.allow_host),
-        ),
-    )
+    settings = settings_from(args)
+    check_startup(args, settings)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
     )
@@ -168,3 +184,74 @@ def run(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     server.run()
     return 1 if failed else 0
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    """The ServeSettings the options ask for (checked by ``check_startup``)."""
+    import os
+
+    from vitkit.images.fetch import FetchPolicy, hosts_from
+    from vitkit.serve.settings import DEFAULT_MAX_PIXELS, ServeSettings
+
+    return ServeSettings(
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        max_image_bytes=args.max_image_bytes,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        decode_pixel_budget=args.decode_pixel_budget,
+        decode_workers=args.decode_workers or min(8, os.cpu_count() or 1),
+        upload_timeout=args.upload_timeout,
+        min_upload_rate=args.min_transfer_rate,
+        model_name=args.model_name,
+        fetch_policy=FetchPolicy(
+            max_bytes=args.max_image_bytes,
+            connect_timeout=args.fetch_timeout,
+            read_timeout=args.fetch_timeout,
+            total_timeout=min(args.request_timeout, 3 * args.fetch_timeout),
+            min_rate=max(args.min_transfer_rate, 0.0),
+            allow_private=args.allow_private_urls,
+            allowlist=hosts_from(args.allow_host),
+        ),
+    )
+
+
+def check_startup(args: argparse.Namespace, settings: Any) -> None:
+    """Refuse, in one line each, what could only fail later: before the model loads or the
+    port is taken (a bad model path, device, precision, port or limit)."""
+    from pathlib import Path
+
+    from vitkit.inference import runtime
+    from vitkit.inference.classifier import pick_device
+    from vitkit.serve.settings import ServeSettingsError
+
+    if not 0 <= args.port <= 65535:
+        raise ServeSettingsError(f"--port {args.port}: choose a port in 0..65535")
+    if args.graceful_timeout < 0:
+        raise ServeSettingsError("--graceful-timeout cannot be negative")
+    settings.check()
+    if args.model and _looks_local(args.model) and not Path(args.model).expanduser().exists():
+        raise ServeSettingsError(f"--model {args.model}: no such file or directory")
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as error:
+        raise ServeSettingsError(f"--device {args.device}: {error}") from None
+    if device.type == "cuda" and not _cuda_available():
+        raise ServeSettingsError(
+            f"--device {args.device}: no CUDA device is visible here; use --device cpu"
+        )
+    runtime.check_precision(args.precision, device)
+
+
+def _looks_local(model: str) -> bool:
+    """A path rather than a hub id (org/name): starts like one, or has a file extension."""
+    return model.startswith(("/", "./", "../", "~")) or model.endswith(
+        (".pt", ".pth", ".bin", ".npz", ".safetensors", ".onnx")
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())

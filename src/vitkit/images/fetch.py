@@ -12,19 +12,29 @@ addresses the user should not reach. ``fetch_url`` therefore:
   allows private addresses or the host is on its allowlist;
 - connects to the address it checked, never resolving the name a second time (see ``_Pinned``);
 - follows at most ``max_redirects`` redirects itself, checking every hop the same way;
-- enforces connect and read timeouts and a total deadline, and counts bytes while streaming,
-  stopping as soon as the cap is passed (a server that sends forever costs ``max_bytes``).
+- refuses RFC 6761 ``localhost`` names (``localhost``, ``*.localhost``, with or without the
+  trailing dot) before any DNS lookup: they must never leave the host;
+- enforces connect and read timeouts, a total deadline and a minimum transfer rate (after a grace
+  period), and counts bytes while streaming, stopping as soon as the cap is passed (a server that
+  sends forever costs ``max_bytes``; one that trickles is cut off after the grace period).
+
+``fetch_url`` is the blocking client (the library's URL inputs); ``fetch_into`` is the same
+fetch for an event loop (the server): no thread per transfer, so slow upstreams cannot use up a
+pool that good URLs need, and a ``FetchLimiter`` caps transfers per upstream address and in all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import IO, NoReturn
 from urllib.parse import urljoin
 
 import httpx
@@ -64,12 +74,17 @@ class FetchPolicy:
     check, for internal image stores; ``allow_private`` exempts every host. Neither relaxes the
     scheme check, the byte cap, the timeouts or the redirect limit. Redirect targets are checked
     on their own name: an allowed host that redirects to a private one is refused.
+
+    ``min_rate``: after ``rate_grace`` seconds, a transfer that has averaged fewer bytes per
+    second since it started is cut off (``FetchTimeoutError``); 0 turns the check off.
     """
 
     max_bytes: int = 20 * 1024 * 1024
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     total_timeout: float = 30.0
+    min_rate: float = 16 * 1024
+    rate_grace: float = 5.0
     max_redirects: int = 5
     allow_private: bool = False
     allowlist: frozenset[str] = field(default_factory=frozenset)
@@ -79,9 +94,18 @@ class FetchPolicy:
     verify: ssl.SSLContext | bool = True
 
     def allows_host(self, host: str) -> bool:
-        return self.allow_private or host.lower().strip("[]") in {
-            name.lower().strip("[]") for name in self.allowlist
-        }
+        return self.allow_private or _host_key(host) in {_host_key(name) for name in self.allowlist}
+
+
+def _host_key(host: str) -> str:
+    """A host name as compared: lower case, no IPv6 brackets, no trailing root dot."""
+    return host.lower().strip("[]").rstrip(".")
+
+
+def is_localhost_name(host: str) -> bool:
+    """RFC 6761 section 6.3: ``localhost`` and every name under it mean this machine."""
+    name = _host_key(host)
+    return name == "localhost" or name.endswith(".localhost")
 
 
 # ---- the address check -----------------------------------------------------------------
@@ -145,6 +169,12 @@ def resolve_checked(host: str, port: int, policy: FetchPolicy) -> list[str]:
     name with one public and one private record.
     """
     bare = host.strip("[]")
+    if is_localhost_name(bare) and not policy.allows_host(host):
+        raise URLNotAllowedError(
+            f"refusing to fetch from {host!r}: localhost names (RFC 6761) mean this machine and "
+            "are never looked up. A server operator can allow internal hosts with --allow-host "
+            "HOST or --allow-private-urls"
+        )
     literal = _numeric_ipv4(bare) or bare
     try:
         addresses = [str(ipaddress.ip_address(literal))]
@@ -184,6 +214,50 @@ class _Deadline:
         return left
 
 
+@dataclass
+class _Meter:
+    """Counts one body's bytes: the byte cap, the total deadline and the minimum rate."""
+
+    url: str
+    policy: FetchPolicy
+    deadline: _Deadline
+    received: int = 0
+
+    def declared(self, headers: httpx.Headers) -> None:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.policy.max_bytes:
+            raise FetchTooLargeError(
+                f"{self.url} is {int(length):,} bytes, over the {self.policy.max_bytes:,}-byte limit"
+            )
+
+    def add(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.policy.max_bytes:
+            raise FetchTooLargeError(
+                f"{self.url} sent more than the {self.policy.max_bytes:,}-byte limit"
+            )
+        self.deadline.remaining(self.url)
+        if self.next_wait() <= 0:
+            self.too_slow()
+
+    def next_wait(self) -> float:
+        """Seconds the next chunk may take before the transfer breaks a limit."""
+        left = self.deadline.seconds - (time.monotonic() - self.deadline.start)
+        if self.policy.min_rate > 0:
+            # received >= min_rate * (elapsed - grace) must hold; it fails at this elapsed time:
+            fails_at = self.policy.rate_grace + self.received / self.policy.min_rate
+            left = min(left, fails_at - (time.monotonic() - self.deadline.start))
+        return left
+
+    def too_slow(self) -> NoReturn:
+        self.deadline.remaining(self.url)  # the total deadline names itself
+        elapsed = time.monotonic() - self.deadline.start
+        raise FetchTimeoutError(
+            f"{self.url} sent {self.received:,} bytes in {elapsed:.1f} s, under the minimum "
+            f"rate of {self.policy.min_rate:,.0f} bytes/s"
+        )
+
+
 def _parse(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
@@ -214,7 +288,9 @@ class _Pinned:
     against it. ``trust_env=False`` keeps HTTP(S)_PROXY variables from routing around the pin.
     """
 
-    def __init__(self, client: httpx.Client, url: httpx.URL, address: str) -> None:
+    def __init__(
+        self, client: httpx.Client | httpx.AsyncClient, url: httpx.URL, address: str
+    ) -> None:
         host_header = url.netloc.decode("ascii")
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         self.request = client.build_request(
@@ -228,20 +304,16 @@ class _Pinned:
 def _read_capped(
     response: httpx.Response, url: str, policy: FetchPolicy, deadline: _Deadline
 ) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > policy.max_bytes:
-        raise FetchTooLargeError(
-            f"{url} is {int(declared):,} bytes, over the {policy.max_bytes:,}-byte limit"
-        )
+    meter = _Meter(url, policy, deadline)
+    meter.declared(response.headers)
     body = bytearray()
     # iter_raw: the bytes as sent. We asked for identity encoding, so a gzip bomb cannot
     # expand past the cap; a server that compresses anyway gives bytes that will not decode.
     # No chunk_size: httpx would buffer up to it, hiding both the cap and the deadline.
+    # (Blocking reads see the rate only when a chunk arrives: read_timeout bounds the wait.)
     for chunk in response.iter_raw():
+        meter.add(chunk)
         body += chunk
-        if len(body) > policy.max_bytes:
-            raise FetchTooLargeError(f"{url} sent more than the {policy.max_bytes:,}-byte limit")
-        deadline.remaining(url)
     return bytes(body)
 
 
@@ -272,6 +344,15 @@ def _get_once(
     raise FetchError(f"cannot connect to {text}: {last_error}")
 
 
+def _timeout(policy: FetchPolicy) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=policy.connect_timeout,
+        read=policy.read_timeout,
+        write=policy.read_timeout,
+        pool=policy.connect_timeout,
+    )
+
+
 def fetch_url(url: str, *, policy: FetchPolicy | None = None) -> bytes:
     """The body of ``url`` as bytes, fetched under ``policy`` (defaults: see ``FetchPolicy``).
 
@@ -281,15 +362,9 @@ def fetch_url(url: str, *, policy: FetchPolicy | None = None) -> bytes:
     """
     policy = policy or FetchPolicy()
     deadline = _Deadline(policy.total_timeout)
-    timeout = httpx.Timeout(
-        connect=policy.connect_timeout,
-        read=policy.read_timeout,
-        write=policy.read_timeout,
-        pool=policy.connect_timeout,
-    )
     current = _parse(url)
     with httpx.Client(
-        timeout=timeout, follow_redirects=False, trust_env=False, verify=policy.verify
+        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=policy.verify
     ) as client:
         for _hop in range(policy.max_redirects + 1):
             try:
@@ -302,6 +377,131 @@ def fetch_url(url: str, *, policy: FetchPolicy | None = None) -> bytes:
                 return body
             current = target
     raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
+
+
+# ---- fetching on an event loop ----------------------------------------------------------
+
+
+class FetchLimiter:
+    """At most ``per_address`` transfers at once from one upstream (address and port) and
+    ``total`` in all: a slow host holds a few slots, never every one, and the server never
+    opens more than ``total`` upstream connections for its clients.
+    """
+
+    def __init__(self, per_address: int = 8, total: int = 256) -> None:
+        if per_address < 1 or total < 1:
+            raise ValueError("per_address and total must be >= 1")
+        self.per_address = per_address
+        self._total = asyncio.Semaphore(total)
+        self._hosts: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._users: dict[tuple[str, int], int] = {}  # holding or waiting, per upstream
+
+    @asynccontextmanager
+    async def slot(self, address: str, port: int) -> AsyncIterator[None]:
+        key = (address, port)
+        host = self._hosts.setdefault(key, asyncio.Semaphore(self.per_address))
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with host, self._total:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:  # nobody left: forget the upstream
+                del self._users[key], self._hosts[key]
+
+
+async def fetch_into(
+    url: str,
+    sink: IO[bytes],
+    *,
+    policy: FetchPolicy | None = None,
+    limiter: FetchLimiter | None = None,
+) -> int:
+    """Fetch ``url`` as ``fetch_url`` does, writing the body into ``sink``; the bytes written.
+
+    For an event loop: every wait is a coroutine (name resolution runs in the loop's default
+    executor), each chunk's wait is bounded by the minimum rate and the total deadline, and
+    ``limiter`` (if given) caps transfers per upstream address. Raises what ``fetch_url`` does.
+    """
+    policy = policy or FetchPolicy()
+    deadline = _Deadline(policy.total_timeout)
+    current = _parse(url)
+    async with httpx.AsyncClient(
+        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=policy.verify
+    ) as client:
+        for _hop in range(policy.max_redirects + 1):
+            try:
+                target = await asyncio.wait_for(
+                    _get_once_async(client, current, policy, deadline, sink, limiter),
+                    timeout=max(deadline.remaining(str(current)), 0.0),
+                )
+            except (asyncio.TimeoutError, httpx.TimeoutException) as error:
+                raise FetchTimeoutError(
+                    f"fetching {current} took longer than {policy.total_timeout:g} s"
+                    if isinstance(error, asyncio.TimeoutError)
+                    else f"{current} timed out ({type(error).__name__})"
+                ) from error
+            except httpx.HTTPError as error:
+                raise FetchError(f"fetching {current} failed: {error}") from error
+            if target is None:
+                return sink.tell()
+            current = target
+    raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
+
+
+async def _get_once_async(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    policy: FetchPolicy,
+    deadline: _Deadline,
+    sink: IO[bytes],
+    limiter: FetchLimiter | None,
+) -> httpx.URL | None:
+    """One hop, as ``_get_once``: the redirect target, or None once the body is in ``sink``."""
+    text = str(url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    loop = asyncio.get_running_loop()
+    addresses = await loop.run_in_executor(None, resolve_checked, url.host, port, policy)
+    last_error: Exception | None = None
+    for address in addresses:
+        async with limiter.slot(address, port) if limiter else _no_limit():
+            request = _Pinned(client, url, address).request
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.ConnectError as error:
+                last_error = error
+                continue
+            try:
+                if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
+                    return _parse(urljoin(text, response.headers["location"]))
+                if response.status_code >= 400:
+                    raise FetchError(f"{text} answered HTTP {response.status_code}")
+                await _stream_capped(response, _Meter(text, policy, deadline), sink)
+                return None
+            finally:
+                await response.aclose()
+    raise FetchError(f"cannot connect to {text}: {last_error}")
+
+
+@asynccontextmanager
+async def _no_limit() -> AsyncIterator[None]:
+    yield
+
+
+async def _stream_capped(response: httpx.Response, meter: _Meter, sink: IO[bytes]) -> None:
+    meter.declared(response.headers)
+    sink.seek(0)
+    sink.truncate()  # a redirect hop wrote nothing, but a retried address might have
+    chunks = response.aiter_raw()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout=max(meter.next_wait(), 0.0))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            meter.too_slow()
+        meter.add(chunk)
+        sink.write(chunk)
 
 
 def hosts_from(values: Iterable[str] | None) -> frozenset[str]:

@@ -8,11 +8,12 @@ URL the client gave us fails upstream); a 500 means a bug in vitkit, never in th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vitkit.errors import (
@@ -36,6 +37,7 @@ class ServiceError(VitkitError):
     status = 400
     code = "bad_request"
     retry_after: int | None = None
+    close = False  # answer with Connection: close
 
 
 class BadInput(ServiceError):
@@ -50,6 +52,13 @@ class MissingField(ServiceError):
 class RequestTooLarge(ServiceError):
     status = 413
     code = "request_too_large"
+    close = True  # the rest of the body is not read: the connection cannot carry another request
+
+
+class UploadTooSlow(ServiceError):
+    status = 408
+    code = "upload_too_slow"
+    close = True
 
 
 class Overloaded(ServiceError):
@@ -62,6 +71,14 @@ class NotReady(ServiceError):
     status = 503
     code = "not_ready"
     retry_after = 5
+
+
+class ClientDisconnected(Exception):
+    """The client hung up before its request body had arrived (not an error of ours)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"client hung up after {received:,} bytes of its request body")
+        self.received = received
 
 
 class DeadlineExceeded(ServiceError):
@@ -96,10 +113,24 @@ def status_and_code(error: Exception) -> tuple[int, str]:
 
 
 def error_response(
-    status: int, code: str, detail: str, retry_after: int | None = None
+    status: int,
+    code: str,
+    detail: str,
+    retry_after: int | None = None,
+    *,
+    close: bool = False,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    """The one error body: ``{"error": code, "detail": text}``."""
+    extra = dict(headers or {})
+    if retry_after is not None:
+        extra["Retry-After"] = str(retry_after)
+    if close:
+        extra["Connection"] = "close"
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=extra)
+
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that hung up: counted, never sent
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -108,8 +139,15 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(VitkitError)
     async def vitkit_error(request: Request, error: VitkitError) -> JSONResponse:
         status, code = status_and_code(error)
-        retry_after = error.retry_after if isinstance(error, ServiceError) else None
-        return error_response(status, code, str(error), retry_after)
+        if isinstance(error, ServiceError):
+            return error_response(status, code, str(error), error.retry_after, close=error.close)
+        return error_response(status, code, str(error))
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(request: Request, error: ClientDisconnected) -> Response:
+        # The client's choice, not a failure of ours: one line, and a 499 in /metrics.
+        log.info("%s %s: %s", request.method, request.url.path, error)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -129,7 +167,8 @@ def install_handlers(app: FastAPI) -> None:
             else "error"
         )
         code = phrase.lower().replace(" ", "_").replace("-", "_")
-        return error_response(error.status_code, code, str(error.detail))
+        # Keeps the handler's headers: Allow on a 405 says which methods the path takes.
+        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -1,8 +1,10 @@
 """Prometheus metrics for the server, and the ASGI middleware that records every request.
 
-Each app gets its own registry (so several apps can live in one process, as in tests). Routes are
-labelled by their template (``/v1/predict``), never by the raw path: a scanner probing random
-URLs must not create unbounded label values; unknown paths count as ``unmatched``.
+Each app gets its own registry (so several apps can live in one process, as in tests). Every
+label has a bounded set of values, whatever clients send: routes by their template
+(``/v1/predict``), never the raw path (unknown paths count as ``unmatched``); methods from the
+HTTP standard, anything else as ``other``; status codes are the server's own (499 = the client
+hung up before its body arrived).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -87,6 +92,8 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # if the app dies before answering, that is what the client sees
+        method = scope.get("method", "")
+        method = method if method in METHODS else "other"
 
         async def send_and_watch(message: dict[str, Any]) -> None:
             nonlocal status
@@ -99,5 +106,5 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope.get("method", ""), str(status)).inc()
+            self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)

@@ -1,0 +1,217 @@
+"""The HTTP routes: probes, model card, metrics, docs (local assets), and the predictions.
+
+Every GET route also answers HEAD (documented as its own operation). Routes take the request
+itself, not FastAPI form parameters, so bodies stream through ``vitkit.serve.uploads``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import fastapi_offline
+from fastapi import FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from vitkit.serve import schemas
+from vitkit.serve.errors import error_response
+from vitkit.serve.explain import Method, wants_png
+from vitkit.serve.service import Service
+
+STATIC = Path(__file__).resolve().parent / "static"
+# Swagger UI's files from a PyPI package (fastapi-offline): /docs works with no internet.
+DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
+TopK = Query(5, ge=1, le=1000, description="How many labels to return per image.")
+
+
+def get_and_head(app: FastAPI, path: str, **options: Any) -> Callable[[Any], Any]:
+    """``@app.get`` that also registers HEAD for the same handler (its own operation id)."""
+
+    def register(handler: Any) -> Any:
+        app.get(path, **options)(handler)
+        head = {**options, "operation_id": f"{handler.__name__}_head"}
+        head["summary"] = f"{options.get('summary') or handler.__name__} (headers only)"
+        app.head(path, **head)(handler)
+        return handler
+
+    return register
+
+
+def add_page_and_docs(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @get_and_head(app, "/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @get_and_head(app, "/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+
+def add_probe_routes(app: FastAPI, service: Service) -> None:
+    @get_and_head(
+        app, "/healthz", summary="Liveness: the process answers", response_model=schemas.Health
+    )
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get_and_head(
+        app,
+        "/readyz",
+        summary="Readiness: the model is loaded and warmed up",
+        response_model=schemas.Ready,
+        responses=schemas.responses_for(503),
+    )
+    async def readyz() -> Response:
+        if service.ready:
+            return JSONResponse({"status": "ready", "model": service.model_name})
+        detail = (
+            "the model failed to load: see the server log"
+            if service.load_error
+            else "the model is still loading"
+        )
+        return error_response(503, "not_ready", detail, retry_after=5)
+
+    @get_and_head(
+        app,
+        "/v1/model",
+        summary="The served model: name, labels, config, limits",
+        response_model=schemas.ModelInfo,
+        responses=schemas.responses_for(503),
+    )
+    async def model_info() -> dict[str, Any]:
+        classifier, _ = service.require_ready()
+        settings = service.settings
+        return {
+            "name": service.model_name,
+            "labels": list(classifier.labels),
+            "config": classifier.config.to_hf_dict(),
+            "device": str(getattr(classifier, "device", "cpu")),
+            "max_batch_size": settings.max_batch_size,
+            "max_image_bytes": settings.max_image_bytes,
+            "max_pixels": settings.max_pixels,
+            "max_files": settings.max_files,
+        }
+
+    @get_and_head(
+        app,
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: schemas.METRICS_200},
+    )
+    async def metrics() -> Response:
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
+
+
+def add_prediction_routes(app: FastAPI, service: Service) -> None:
+    def best(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "predicted_class": predictions[0]["label"],
+            "score": predictions[0]["score"],
+            "predictions": predictions,
+        }
+
+    @app.get(
+        "/predict_image_class",
+        summary="Classify the image at a URL",
+        response_model=schemas.BestPrediction,
+        responses=schemas.responses_for(*schemas.URL_ERRORS),
+    )
+    async def predict_url(
+        image_url: str = Query(
+            ..., description="http(s) URL of the image", min_length=1, max_length=8192
+        ),
+        top_k: int = TopK,
+    ) -> dict[str, Any]:
+        return best((await service.classify(service.url(image_url), top_k))[0])
+
+    @app.post(
+        "/predict_image_class",
+        summary="Classify an uploaded image (multipart field 'image')",
+        response_model=schemas.BestPrediction,
+        responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
+        openapi_extra={"requestBody": schemas.IMAGE_BODY},
+    )
+    async def predict_upload(request: Request, top_k: int = TopK) -> dict[str, Any]:
+        return best((await service.classify(service.body(request, "image"), top_k))[0])
+
+    @app.post(
+        "/v1/predict",
+        summary="Classify one or more images (multipart files or a raw image body)",
+        response_model=list[list[schemas.Prediction]],
+        responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
+        openapi_extra={"requestBody": schemas.FILES_BODY},
+    )
+    async def predict(request: Request, top_k: int = TopK) -> list[list[dict[str, Any]]]:
+        return await service.classify(service.body(request), top_k)
+
+    @app.post(
+        "/v1/explain",
+        summary="Where the model looks: an attention map and a PNG overlay for one image",
+        description=(
+            "One image (multipart field `image`, or a raw image body). `method=rollout` "
+            "(attention rollout over all layers) or `method=cls` (the last block's [CLS] "
+            "attention); each map sums to one over the patch grid. Answers a PNG overlay "
+            "of the image's aspect for `Accept: image/png` or `format=png`, otherwise JSON: "
+            "`predictions`, `method`, `grid` [rows, cols], `attention_map` (rows x cols floats) "
+            "and `overlay_png_base64`."
+        ),
+        response_model=None,
+        responses={200: schemas.EXPLAIN_200, **schemas.responses_for(*schemas.UPLOAD_ERRORS)},
+        openapi_extra={"requestBody": schemas.IMAGE_BODY},
+    )
+    async def explain(
+        request: Request,
+        top_k: int = TopK,
+        method: Literal["rollout", "cls"] = Query("rollout", description="which map"),
+        format: Literal["json", "png"] | None = Query(
+            None, description="png: the overlay only (default: by the Accept header, else json)"
+        ),
+    ) -> Response:
+        chosen: Method = method
+        explanation, png = await service.explain(service.body(request), top_k, chosen)
+        if format == "png" or (format is None and wants_png(request.headers.get("accept", ""))):
+            return Response(png, media_type="image/png")
+        attention_map = explanation.maps[method]
+        return JSONResponse(
+            {
+                "model": service.model_name,
+                "method": method,
+                "predictions": explanation.predictions,
+                "grid": list(attention_map.shape),
+                "attention_map": attention_map.round(6).tolist(),
+                "overlay_png_base64": base64.b64encode(png).decode("ascii"),
+            }
+        )
+
+    @app.post(
+        "/v1/embed",
+        summary="Pooled embeddings of one or more images",
+        response_model=schemas.Embeddings,
+        responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
+        openapi_extra={"requestBody": schemas.FILES_BODY},
+    )
+    async def embed(
+        request: Request, pool: Literal["cls", "mean", "pooler"] = Query("cls")
+    ) -> dict[str, Any]:
+        vectors = await service.embed(service.body(request), pool)
+        return {
+            "model": service.model_name,
+            "pool": pool,
+            "dim": len(vectors[0]),
+            "embeddings": vectors,
+        }

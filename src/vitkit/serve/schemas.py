@@ -1,0 +1,134 @@
+"""The service's answers as OpenAPI sees them: success bodies, the one error body, every status.
+
+Each route lists the statuses it can answer (``responses_for``), each error with the body it
+really sends, ``{"error": code, "detail": text}``; the request bodies (a multipart form or a raw
+image) are described by hand because the routes read the body as a stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers (4xx and 5xx)."""
+
+    error: str = Field(description="A stable code, e.g. `unsupported_image`, `overloaded`.")
+    detail: str = Field(description="What went wrong and what to do, for people.")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
+class BestPrediction(BaseModel):
+    predicted_class: str = Field(description="The top label (the seed API's field).")
+    score: float = Field(ge=0, le=1)
+    predictions: list[Prediction]
+
+
+class Embeddings(BaseModel):
+    model: str
+    pool: Literal["cls", "mean", "pooler"]
+    dim: int
+    embeddings: list[list[float]]
+
+
+class Explanation(BaseModel):
+    model: str
+    method: Literal["rollout", "cls"]
+    predictions: list[Prediction]
+    grid: list[int] = Field(description="[rows, cols] of the patch grid.")
+    attention_map: list[list[float]] = Field(description="rows x cols, sums to one.")
+    overlay_png_base64: str
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="The model's public name (never a path on the server).")
+    labels: list[str]
+    config: dict[str, Any]
+    device: str
+    max_batch_size: int
+    max_image_bytes: int = Field(description="Largest body of images in one request.")
+    max_pixels: int = Field(description="Largest image in pixels (width x height).")
+    max_files: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    model: str
+
+
+_MEANING = {
+    400: "Not usable input: an unreadable image, an empty body, a refused or malformed URL.",
+    405: "The path does not take this method; `Allow` lists the ones it takes.",
+    408: "The request body came too slowly (server options --min-transfer-rate, --upload-timeout).",
+    413: "Too large: the body (--max-image-bytes), the image (--max-pixels) or the download.",
+    415: "Not an image in a supported format (JPEG, PNG, GIF, BMP, TIFF, WebP).",
+    422: "A parameter or form field is missing or invalid.",
+    502: "The image URL's server failed (unreachable, HTTP error).",
+    503: "Overloaded or still loading: retry after `Retry-After` seconds.",
+    504: "No answer within the deadline (the request's, or the image URL's).",
+}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
+}
+UPLOAD_ERRORS = (400, 408, 413, 415, 422, 503, 504)
+URL_ERRORS = (400, 413, 415, 422, 502, 503, 504)
+
+
+def responses_for(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error statuses, each with the real error body."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        responses[status] = {"model": ErrorBody, "description": _MEANING[status]}
+        if status == 503:
+            responses[status]["headers"] = _RETRY_AFTER
+    return responses
+
+
+_BINARY = {"type": "string", "format": "binary"}
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": _BINARY},
+                "required": ["image"],
+            }
+        },
+        "image/*": {"schema": _BINARY},
+    },
+}
+FILES_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"files": {"type": "array", "items": _BINARY}},
+                "required": ["files"],
+            }
+        },
+        "image/*": {"schema": _BINARY},
+        "application/octet-stream": {"schema": _BINARY},
+    },
+}
+EXPLAIN_200 = {
+    "model": Explanation,
+    "description": "The map as JSON, or the overlay PNG alone (`format=png` or "
+    "`Accept: image/png`).",
+    "content": {"image/png": {"schema": _BINARY}},
+}
+METRICS_200 = {
+    "description": "Prometheus text exposition format.",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
