@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from vitkit.errors import (
     FetchError,
@@ -133,6 +134,16 @@ def error_response(
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that hung up: counted, never sent
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this request's path (a path may have several routes)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the JSON error handlers on ``app``."""
 
@@ -167,8 +178,10 @@ def install_handlers(app: FastAPI) -> None:
             else "error"
         )
         code = phrase.lower().replace(" ", "_").replace("-", "_")
-        # Keeps the handler's headers: Allow on a 405 says which methods the path takes.
-        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:  # Starlette names only the first route's methods
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(error.status_code, code, str(error.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -133,7 +133,10 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
     )
     async def predict_url(
         image_url: str = Query(
-            ..., description="http(s) URL of the image", min_length=1, max_length=8192
+            ...,
+            description="http(s) URL of the image",
+            max_length=8192,
+            pattern=r"^[hH][tT][tT][pP][sS]?://",
         ),
         top_k: int = TopK,
     ) -> dict[str, Any]:

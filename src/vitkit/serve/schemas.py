@@ -114,7 +114,7 @@ FILES_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"files": {"type": "array", "items": _BINARY}},
+                "properties": {"files": {"type": "array", "items": _BINARY, "minItems": 1}},
                 "required": ["files"],
             }
         },
