@@ -6,6 +6,8 @@ resolver that returns them, and refused before any connection is made.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import ipaddress
 import ssl
 import time
@@ -17,10 +19,13 @@ from test_serve_support import image_server, make_tls_files, photo_bytes, silent
 from vitkit.errors import FetchError, FetchTimeoutError, FetchTooLargeError, URLNotAllowedError
 from vitkit.images.fetch import (
     BadURLError,
+    FetchLimiter,
     FetchPolicy,
     address_refusal,
+    fetch_into,
     fetch_url,
     hosts_from,
+    is_localhost_name,
     resolve_checked,
 )
 
@@ -264,3 +269,83 @@ def test_hosts_from_splits_commas_and_repeats() -> None:
             resolver=fixed_resolver({"b.example": ["10.0.0.1"]}),
         ),
     ) == ["10.0.0.1"]
+
+
+# ---- RFC 6761 localhost names ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost/x.jpg",
+        "http://localhost./x.jpg",
+        "http://LOCALHOST:8080/x.jpg",
+        "http://images.localhost/x.jpg",
+        "http://images.localhost./x.jpg",
+        "https://a.b.LocalHost./x.jpg",
+    ],
+)
+def test_localhost_names_are_refused_before_any_lookup(url: str) -> None:
+    with pytest.raises(URLNotAllowedError, match="localhost names"):
+        fetch_url(url, policy=FetchPolicy(resolver=no_dns))
+    with pytest.raises(URLNotAllowedError, match="localhost names"):
+        asyncio.run(fetch_into(url, io.BytesIO(), policy=FetchPolicy(resolver=no_dns)))
+
+
+def test_localhost_names_follow_the_allowlist_and_other_names_are_not_caught() -> None:
+    assert is_localhost_name("localhost.") and is_localhost_name("x.localhost")
+    assert not is_localhost_name("localhost.example.com") and not is_localhost_name("mylocalhost")
+    resolver = fixed_resolver({"localhost": ["127.0.0.1"]})
+    allowed = FetchPolicy(allowlist=hosts_from(["localhost."]), resolver=resolver)
+    assert resolve_checked("localhost", 80, allowed) == ["127.0.0.1"]
+    assert resolver.calls == ["localhost"]  # looked up only once the operator allowed it
+
+
+# ---- fetching on an event loop ---------------------------------------------------------------
+def test_fetch_into_streams_the_body_and_checks_like_fetch_url() -> None:
+    image = photo_bytes("coffee")
+    allowed = FetchPolicy(allowlist=hosts_from(["127.0.0.1"]))
+    with image_server(image) as base:
+        sink = io.BytesIO()
+        assert asyncio.run(fetch_into(f"{base}/redirect?to=/image.jpg", sink, policy=allowed))
+        assert sink.getvalue() == image
+        with pytest.raises(URLNotAllowedError, match="loopback"):
+            asyncio.run(fetch_into(f"{base}/image.jpg", io.BytesIO()))
+        capped = FetchPolicy(allow_private=True, max_bytes=100_000)
+        with pytest.raises(FetchTooLargeError):
+            asyncio.run(fetch_into(f"{base}/forever", io.BytesIO(), policy=capped))
+        with pytest.raises(FetchError, match="HTTP 404"):
+            asyncio.run(fetch_into(f"{base}/missing", io.BytesIO(), policy=allowed))
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_trickling_server_is_cut_off_by_the_minimum_rate(asynchronous: bool) -> None:
+    """/trickle sends 10 bytes/s: under a 1,000 bytes/s minimum it ends after the 1 s grace
+    period, long before the 20 s total deadline."""
+    policy = FetchPolicy(allow_private=True, total_timeout=20, min_rate=1000, rate_grace=1.0)
+    with image_server() as base:
+        start = time.monotonic()
+        with pytest.raises(FetchTimeoutError, match="minimum rate"):
+            if asynchronous:
+                asyncio.run(fetch_into(f"{base}/trickle", io.BytesIO(), policy=policy))
+            else:
+                fetch_url(f"{base}/trickle", policy=policy)
+        assert time.monotonic() - start < 3
+
+
+def test_fetch_limiter_caps_transfers_per_upstream_and_in_all() -> None:
+    async def main() -> tuple[int, int, int]:
+        limiter = FetchLimiter(per_address=2, total=3)
+        inside: dict[str, int] = {}
+        most = {"a": 0, "b": 0, "all": 0}
+
+        async def transfer(address: str) -> None:
+            async with limiter.slot(address, 80):
+                inside[address] = inside.get(address, 0) + 1
+                most[address] = max(most[address], inside[address])
+                most["all"] = max(most["all"], sum(inside.values()))
+                await asyncio.sleep(0.02)
+                inside[address] -= 1
+
+        await asyncio.gather(*(transfer(a) for a in ["a"] * 6 + ["b"] * 6))
+        return most["a"], most["b"], most["all"]
+
+    assert asyncio.run(main()) == (2, 2, 3)

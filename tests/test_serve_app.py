@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import vitkit.serve.service as serve_service
 import vitkit.serve.uploads as serve_uploads
 from test_serve_support import LABELS, photo_bytes, png_bomb, save_tiny_checkpoint
 from vitkit.errors import FetchError
@@ -34,6 +35,8 @@ from vitkit.serve import ServeSettings, create_app
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import DeadlineExceeded, Overloaded
 from vitkit.serve.explain import overlay_png, wants_png
+from vitkit.serve.limits import PixelBudget
+from vitkit.serve.settings import ServeSettingsError
 
 PHOTOS = ["chelsea", "coffee", "astronaut"]
 
@@ -592,3 +595,138 @@ def test_the_services_pixel_cap_applies_to_uploads_it_classifies(classifier: Cla
     assert (big.status_code, big.json()["error"]) == (413, "image_too_large"), big.text
     assert small.status_code == 200, small.text
     assert classifier.processor.max_pixels != 50_000  # the served classifier was left as it was
+
+
+# ---- the HTTP surface: HEAD, Allow, local docs, the public model name -------------------------
+def test_head_allow_and_docs_from_local_assets(client: TestClient) -> None:
+    for path in ["/healthz", "/readyz", "/v1/model", "/metrics", "/", "/docs"]:
+        assert client.head(path).status_code == 200, path
+    refused = client.put("/predict_image_class")
+    assert refused.status_code == 405 and refused.json()["error"] == "method_not_allowed"
+    assert set(refused.headers["allow"].split(", ")) == {"GET", "POST"}
+    assert set(client.delete("/healthz").headers["allow"].split(", ")) == {"GET", "HEAD"}
+    page = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in page and "/openapi.json" in page
+    assert "cdn" not in page.lower() and "https://" not in page  # nothing from the internet
+    for asset in ["swagger-ui-bundle.js", "swagger-ui.css"]:
+        response = client.get(f"/docs-assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 10_000
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_openapi_documents_every_status_with_the_real_error_body(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error", "detail"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    upload_route = spec["paths"]["/v1/predict"]["post"]["responses"]
+    assert set(upload_route) == {"200", "400", "408", "413", "415", "422", "503", "504"}
+    url_route = spec["paths"]["/predict_image_class"]["get"]["responses"]
+    assert {"502", "504"} <= set(url_route)
+    for status, response in upload_route.items():
+        if status != "200":
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, status
+    assert "Retry-After" in upload_route["503"]["headers"]
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+    assert "head" in spec["paths"]["/healthz"] and "head" in spec["paths"]["/v1/model"]
+    real = client.post("/v1/predict?top_k=0", content=photo_bytes())  # FastAPI's validation
+    assert set(real.json()) == {"error", "detail"}
+
+
+def test_clients_see_a_model_name_never_a_path(classifier: Classifier, checkpoint: Path) -> None:
+    served = load(checkpoint, device="cpu")
+    assert str(checkpoint) in served.name  # what load() was given: a path on this server
+    for serve_settings, expected in [
+        (ServeSettings(warmup=False), "vit, 5 labels"),
+        (ServeSettings(warmup=False, model_name="cats-v2"), "cats-v2"),
+    ]:
+        with TestClient(create_app(served, serve_settings)) as test_client:
+            wait_ready(test_client)
+            texts = [
+                test_client.get("/v1/model").text,
+                test_client.get("/readyz").text,
+                test_client.post("/v1/embed", content=photo_bytes()).text,
+            ]
+            assert test_client.get("/v1/model").json()["name"] == expected
+        assert all(str(checkpoint) not in text and expected in text for text in texts)
+    hub = Classifier(classifier.model, classifier.processor, name="google/vit-base-patch16-224")
+    assert serve_service.public_model_name(hub) == "google/vit-base-patch16-224"
+
+
+def test_metric_labels_stay_bounded(client: TestClient) -> None:
+    for i in range(30):
+        client.request(f"INVENTED{i}", "/v1/predict")
+    text = client.get("/metrics").text
+    assert "INVENTED" not in text and 'method="other"' in text
+
+
+# ---- settings, budgets, multipart edges ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (ServeSettings(max_batch_size=0), "--max-batch-size 0"),
+        (ServeSettings(max_queue=0), "--max-queue 0"),
+        (ServeSettings(request_timeout=0), "--request-timeout 0"),
+        (ServeSettings(max_pixels=1000, decode_pixel_budget=10), "--decode-pixel-budget 10"),
+        (ServeSettings(min_upload_rate=-1), "cannot be negative"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_start(
+    classifier: Classifier, settings: ServeSettings, message: str
+) -> None:
+    with pytest.raises(ServeSettingsError, match=message):
+        create_app(classifier, settings)
+
+
+def test_pixel_budget_takes_turns_and_gives_up_at_the_deadline() -> None:
+    budget = PixelBudget(100)
+    order: list[str] = []
+    with budget.hold(80, time.monotonic() + 1):
+        big = threading.Thread(target=lambda: hold(budget, 100, "big", order))
+        big.start()
+        time.sleep(0.05)  # "big" waits first...
+        small = threading.Thread(target=lambda: hold(budget, 10, "small", order))
+        small.start()  # ...so "small" waits behind it although 20 pixels are free
+        time.sleep(0.05)
+        assert order == []
+    big.join(2)
+    small.join(2)
+    assert order == ["big", "small"]
+    with (
+        budget.hold(100, time.monotonic() + 1),
+        pytest.raises(DeadlineExceeded),
+        budget.hold(1, time.monotonic() + 0.1),
+    ):
+        pass
+    assert budget.free == 100
+
+
+def hold(budget: PixelBudget, pixels: int, name: str, order: list[str]) -> None:
+    with budget.hold(pixels, time.monotonic() + 2):
+        order.append(name)
+        time.sleep(0.02)
+
+
+def test_multipart_edges_and_uploads_spooled_to_disk(classifier: Classifier) -> None:
+    """A spool budget of one upload: of three files, two go straight to temporary files, and
+    the answers are the same as from memory."""
+    settings = ServeSettings(max_files=3, spool_memory=100_000, spool_per_upload=100_000)
+    photos = [photo_bytes(name) for name in PHOTOS]
+    files = [("files", (f"{n}.jpg", d, "image/jpeg")) for n, d in zip(PHOTOS, photos, strict=True)]
+    with TestClient(create_app(classifier, settings)) as test_client:
+        wait_ready(test_client)
+        spooled = test_client.post("/v1/predict", files=files).json()
+        one_by_one = [test_client.post("/v1/predict", content=d).json()[0] for d in photos]
+        too_many = test_client.post("/v1/predict", files=[*files, files[0]])
+        no_boundary = test_client.post(
+            "/v1/predict", content=b"x", headers={"content-type": "multipart/form-data"}
+        )
+        service = test_client.app.state.service  # type: ignore[attr-defined]
+        assert service.spools.used == 0  # every spool released with its request
+    assert [[p["label"] for p in a] for a in spooled] == [
+        [p["label"] for p in a] for a in one_by_one
+    ]
+    assert (too_many.status_code, too_many.json()["error"]) == (400, "bad_request")
+    assert "more than 3 files" in too_many.json()["detail"]
+    assert (no_boundary.status_code, no_boundary.json()["error"]) == (400, "bad_request")
