@@ -97,14 +97,15 @@ def save_model(directory: Path) -> None:
 
 
 class PageServer(Server):
-    """test_serve_process's Server, started in the model's parent directory so the model's name
-    (the --model argument) is short on screenshots, with private URLs allowed."""
+    """test_serve_process's Server, started in the model's parent directory, with private URLs
+    allowed and --model-name naming the model (clients never see the server's paths)."""
 
     def __init__(self, workdir: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, "-m", "vitkit", "serve", "--model", MODEL_NAME]
+        command += ["--model-name", MODEL_NAME]
         command += ["--port", str(self.port), "--device", "cpu", "--log-level", "warning"]
         command += ["--max-image-bytes", str(MAX_IMAGE_BYTES), "--allow-private-urls"]
         command += ["--fetch-timeout", "2"]

@@ -136,7 +136,9 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
             ...,
             description="http(s) URL of the image",
             max_length=8192,
-            pattern=r"^[hH][tT][tT][pP][sS]?://",
+            # Documented, not enforced here: the fetcher refuses other schemes itself with a
+            # 400 url_not_allowed that names the URL (a 422 would say less).
+            json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"},
         ),
         top_k: int = TopK,
     ) -> dict[str, Any]:
