@@ -26,6 +26,7 @@ pool that good URLs need, and a ``FetchLimiter`` caps transfers per upstream add
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
@@ -344,6 +345,20 @@ def _get_once(
     raise FetchError(f"cannot connect to {text}: {last_error}")
 
 
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    """httpx's own default (certifi's CAs), built once: loading the CA bundle takes ~10-100 ms
+    of CPU, which a server fetching for many clients would otherwise spend per fetch, on its
+    event loop."""
+    import certifi  # httpx's dependency; imported here since only TLS fetches need it
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _tls(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
+    return _default_tls() if verify is True else verify
+
+
 def _timeout(policy: FetchPolicy) -> httpx.Timeout:
     return httpx.Timeout(
         connect=policy.connect_timeout,
@@ -364,7 +379,7 @@ def fetch_url(url: str, *, policy: FetchPolicy | None = None) -> bytes:
     deadline = _Deadline(policy.total_timeout)
     current = _parse(url)
     with httpx.Client(
-        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=policy.verify
+        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=_tls(policy.verify)
     ) as client:
         for _hop in range(policy.max_redirects + 1):
             try:
@@ -427,7 +442,7 @@ async def fetch_into(
     deadline = _Deadline(policy.total_timeout)
     current = _parse(url)
     async with httpx.AsyncClient(
-        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=policy.verify
+        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=_tls(policy.verify)
     ) as client:
         for _hop in range(policy.max_redirects + 1):
             try:
