@@ -309,9 +309,8 @@ def trickled(
 
 def test_slow_uploads_hold_no_queue_slot(internal: Server) -> None:
     """--max-queue 2, three uploads trickling in (~3 s each): a request whose body has arrived
-    is answered at once (the queue counts only requests whose body has arrived), then the three
-    slow ones are answered too. (503 + Retry-After when admitted requests fill the queue:
-    test_serve_app.py's overload tests, with a slow model.)"""
+    is answered at once (the queue counts only requests whose body has arrived), then the slow
+    ones are answered once theirs has (503 + Retry-After for any past the queue bound)."""
     data = photo_bytes()
     results: list[httpx.Response] = []
     started = [threading.Event() for _ in range(3)]
@@ -332,7 +331,13 @@ def test_slow_uploads_hold_no_queue_slot(internal: Server) -> None:
     assert not results  # they are still arriving
     for thread in threads:
         thread.join()
-    assert [r.status_code for r in results] == [200, 200, 200]
+    # Their bodies end together: admitted then, past --max-queue 2 one may be shed (503).
+    statuses = sorted(r.status_code for r in results)
+    assert statuses[0] == 200 and set(statuses) <= {200, 503}, statuses
+    for response in results:
+        if response.status_code == 503:
+            check(response, 503, "overloaded")
+            assert response.headers["retry-after"] == "1"
     assert internal.alive()
 
 
