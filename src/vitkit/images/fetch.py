@@ -379,7 +379,10 @@ def fetch_url(url: str, *, policy: FetchPolicy | None = None) -> bytes:
     deadline = _Deadline(policy.total_timeout)
     current = _parse(url)
     with httpx.Client(
-        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=_tls(policy.verify)
+        timeout=_timeout(policy),
+        follow_redirects=False,
+        trust_env=False,
+        verify=_tls(policy.verify),
     ) as client:
         for _hop in range(policy.max_redirects + 1):
             try:
@@ -442,7 +445,10 @@ async def fetch_into(
     deadline = _Deadline(policy.total_timeout)
     current = _parse(url)
     async with httpx.AsyncClient(
-        timeout=_timeout(policy), follow_redirects=False, trust_env=False, verify=_tls(policy.verify)
+        timeout=_timeout(policy),
+        follow_redirects=False,
+        trust_env=False,
+        verify=_tls(policy.verify),
     ) as client:
         for _hop in range(policy.max_redirects + 1):
             try:
