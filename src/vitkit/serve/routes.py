@@ -211,12 +211,16 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
         openapi_extra={"requestBody": schemas.FILES_BODY},
     )
     async def embed(
-        request: Request, pool: Literal["cls", "mean", "pooler"] = Query("cls")
+        request: Request,
+        pool: Literal["cls", "mean", "cls+mean", "pooler"] | None = Query(
+            None, description="default: the model family's documented embedding"
+        ),
     ) -> dict[str, Any]:
-        vectors = await service.embed(service.body(request), pool)
+        used = service.embed_pool(pool)
+        vectors = await service.embed(service.body(request), used)
         return {
             "model": service.model_name,
-            "pool": pool,
+            "pool": used,
             "dim": len(vectors[0]),
             "embeddings": vectors,
         }

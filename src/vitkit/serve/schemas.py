@@ -32,7 +32,7 @@ class BestPrediction(BaseModel):
 
 class Embeddings(BaseModel):
     model: str
-    pool: Literal["cls", "mean", "pooler"]
+    pool: str = Field(description="The pooling used: `cls`, `mean`, `cls+mean` or `pooler`.")
     dim: int
     embeddings: list[list[float]]
 

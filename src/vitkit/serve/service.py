@@ -33,11 +33,12 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from vitkit.errors import NoClassificationHeadError
+from vitkit.errors import NoClassificationHeadError, UnsupportedOperationError
 from vitkit.images.decode import load_image, open_checked
 from vitkit.images.fetch import FetchLimiter
 from vitkit.images.processor import ImageProcessor
 from vitkit.inference.classifier import Classifier
+from vitkit.models.protocol import check_pool
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, RequestTooLarge
 from vitkit.serve.explain import (
@@ -128,6 +129,11 @@ class Service:
     @property
     def ready(self) -> bool:
         return self.batcher is not None
+
+    def embed_pool(self, pool: str | None) -> str:
+        """The pool asked for, else the model family's documented embedding."""
+        classifier, _ = self.require_ready()
+        return pool or classifier.default_pool
 
     def require_ready(self) -> tuple[Classifier, MicroBatcher]:
         if self.classifier is None or self.batcher is None:
@@ -235,9 +241,12 @@ class Service:
             return await self.within(deadline, work())
 
     async def embed(self, inputs: Inputs, pool: str) -> list[list[float]]:
+        """Embeddings pooled as ``pool`` (see ``embed_pool`` for the default)."""
         classifier, batcher = self.require_ready()
-        if pool == "pooler" and getattr(classifier.model, "pooler", None) is None:
-            raise BadInput(f"{self.model_name} has no pooler layer: use pool=cls or pool=mean")
+        try:  # before batching: a pool the model lacks fails this request only
+            check_pool(classifier.model, pool)
+        except UnsupportedOperationError as error:
+            raise BadInput(f"{self.model_name}: {error}") from error
         async with self.received(inputs) as uploads, self.admitted() as deadline:
 
             async def work() -> list[Any]:
@@ -369,4 +378,4 @@ def _warm_up(classifier: Classifier, max_batch_size: int) -> None:
         if classifier.config.num_labels:
             classifier.predict_tensor(batch, 1)
         else:
-            classifier.embed_tensor(batch, "cls")
+            classifier.embed_tensor(batch)
