@@ -6,8 +6,8 @@ Three moments, each as early as the facts are known:
   ``check_vit_settings`` those that choose a ViT (a task builder calls it; preset and image
   size of a from-scratch ViT), before the data is read or a model is built;
 - ``check_model``: the built network against the settings (a checkpoint's patch size);
-- ``check_splits``: the data's listing against the settings (classes, batch size), before any
-  image is decoded.
+- ``check_class_splits``: a class-folder listing against the settings (classes, batch size),
+  before any image is decoded (``TaskBuilder.check_splits``'s default).
 
 Each raises ``TrainingError``; the CLI prints it as one line and exits 1.
 """
@@ -15,6 +15,7 @@ Each raises ``TrainingError``; the CLI prints it as one line and exits 1.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +24,6 @@ from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
 from vitkit.training.config import LR_DEFAULTS, TrainConfig
 from vitkit.training.specs import preset_config
-from vitkit.training.tasks.base import ModelSpec
 
 
 def check_settings(cfg: TrainConfig, world_size: int = 1, *, check_data: bool = True) -> None:
@@ -37,8 +37,8 @@ def check_settings(cfg: TrainConfig, world_size: int = 1, *, check_data: bool = 
             f"--batch-size {max(per_step, cfg.batch_size // per_step * per_step)}"
         )
     check_device(cfg.device)
-    if check_data and not Path(cfg.data).is_dir():
-        raise TrainingError(f"--data {cfg.data}: no such folder (expected DATA/<class>/*.png)")
+    if check_data and not Path(cfg.data).exists():
+        raise TrainingError(f"--data {cfg.data}: no such file or folder")
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
@@ -147,14 +147,21 @@ def check_image_size(image_hw: tuple[int, int], patch_size: int, what: str) -> N
         )
 
 
-def check_model(cfg: TrainConfig, spec: ModelSpec) -> None:
+def check_image_folder(cfg: TrainConfig) -> None:
+    if Path(cfg.data).exists() and not Path(cfg.data).is_dir():
+        raise TrainingError(
+            f"--data {cfg.data}: a file; this task reads an image folder (DATA/<class>/*.png)"
+        )
+
+
+def check_model(cfg: TrainConfig, spec: Any) -> None:
     """The built network against the settings (a fine-tuned checkpoint's own patch size)."""
     if spec.patch_size is not None:
         check_image_size(spec.image_size, spec.patch_size, cfg.model or cfg.preset)
 
 
-def check_splits(cfg: TrainConfig, splits: vdata.DataSplits) -> None:
-    """The data's listing against the settings, before any image is decoded."""
+def check_class_splits(cfg: TrainConfig, splits: vdata.DataSplits) -> None:
+    """A class-folder listing against the settings, before any image is decoded."""
     if len(splits.classes) < 2:
         raise TrainingError(
             f"--data {cfg.data}: {len(splits.classes)} class folder(s) ({', '.join(splits.classes)}); "

@@ -38,7 +38,7 @@ from vitkit.training.augment import build_train_transform, check_mix
 from vitkit.training.config import BALANCE_MODES, TrainConfig
 
 if TYPE_CHECKING:
-    from vitkit.training.tasks.base import ModelSpec
+    from vitkit.training.specs import ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")

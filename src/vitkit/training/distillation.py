@@ -46,7 +46,7 @@ from vitkit.models.protocol import logits_of
 from vitkit.models.vit import ViT
 from vitkit.training import data as vdata
 from vitkit.training.callbacks import Callback
-from vitkit.training.checks import check_vit_settings
+from vitkit.training.checks import check_image_folder, check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import EvalResult, ProcessorTransform
 from vitkit.training.metrics import per_class_scores
@@ -336,6 +336,7 @@ class DistillationBuilder(TaskBuilder):
         self.student_factory = student_spec_factory(student, overrides)
 
     def check(self, cfg: TrainConfig) -> None:
+        check_image_folder(cfg)
         check_vit_settings(cfg)  # the student (distill() puts it in cfg)
 
     def build(self, cfg: TrainConfig, splits: vdata.DataSplits) -> DistillationTask:

@@ -6,15 +6,18 @@ normalisation, evaluation preprocessing, how it is saved and loaded back).
   fine-tuning recipe); saved as a Hugging Face directory.
 - ``resnet_model_spec``: the CNN baseline (``vitkit compare``), saved as an HF ResNet directory.
 
-A ``ModelFactory`` is ``(cfg, id2label) -> ModelSpec``: what ``ClassificationBuilder`` calls.
+``ModelSpec`` is what the trainer needs to know about a network; a ``ModelFactory`` is ``(cfg, id2label) -> ModelSpec``: what ``ClassificationBuilder`` calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
 from torch import nn
 
 from vitkit.checkpoints import load_model, save_pretrained
@@ -31,7 +34,22 @@ from vitkit.models.resnet import IMAGENET_MEAN, IMAGENET_STD, build_resnet
 from vitkit.models.vit import ViT
 from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import ProcessorTransform
-from vitkit.training.tasks.base import ModelSpec
+
+
+@dataclass
+class ModelSpec:
+    """What the trainer needs to know about a network besides its parameters."""
+
+    model: nn.Module
+    image_size: tuple[int, int]  # training resolution (height, width)
+    mean: tuple[float, ...]  # the normalisation the model expects (training augmentations use it)
+    std: tuple[float, ...]
+    eval_transform: Callable[[Image.Image], torch.Tensor]  # the checkpoint's own preprocessing
+    save: Callable[[nn.Module, Path], None]  # writes a directory vitkit can load again
+    load: Callable[[Path], nn.Module] | None = None  # reads what ``save`` wrote (for the test pass)
+    description: str = ""
+    patch_size: int | None = None  # for the up-front check of --image-size (ViTs only)
+
 
 ModelFactory = Callable[[TrainConfig, dict[int, str]], ModelSpec]
 

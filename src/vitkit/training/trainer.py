@@ -51,7 +51,7 @@ from vitkit.atomic_files import atomic_write_text, recover_directories
 from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
 from vitkit.training.callbacks import BestFilter, Callback, CallbackList, Veto, default_callbacks
-from vitkit.training.checks import check_model, check_settings, check_splits
+from vitkit.training.checks import check_model, check_settings
 from vitkit.training.config import (
     LR_DEFAULTS,
     WEIGHT_DECAY_DEFAULTS,
@@ -93,6 +93,7 @@ class Run:
     cfg: TrainConfig  # the recipe resolved
     out: Path
     info: DistInfo
+    builder: TaskBuilder
     task: TrainingTask
     data: vdata.RunData
     sampler: vdata.EpochSampler
@@ -157,7 +158,7 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
     out = Path(cfg.out)
     claim_run_folder(out, cfg.resume, info)
     splits = _read_splits(builder, cfg, out, info)
-    check_splits(cfg, splits)
+    builder.check_splits(cfg, splits)
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     task = builder.build(cfg, splits)
     check_model(cfg, task.spec)
@@ -174,12 +175,13 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
     if workers is None:
         workers = 0 if data.train.images is not None else min(8, os.cpu_count() or 1)
     sampler, loader = _train_loader(cfg, data, info, micro_batch, workers)
-    optimizer = build_optimizer(task.model, cfg)
+    optimizer = build_optimizer(task.model, cfg, betas=task.adam_betas)
     scheduler = _schedule(cfg, optimizer, cfg.epochs * steps_per_epoch)
     return Run(
         cfg,
         out,
         info,
+        builder,
         task,
         data,
         sampler,
@@ -254,7 +256,9 @@ def _read_splits(
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token")
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
     """SGD (momentum, no decay by default) or AdamW (decay on weight matrices only)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
@@ -275,7 +279,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": [p for _, p in trainable if id(p) not in ids], "weight_decay": decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -467,23 +471,17 @@ def finish(run: Run, fit_state: FitState) -> TrainResult:
 
 def plan(run: Run) -> str:
     """What is about to happen, in a few lines (printed before the first epoch)."""
-    cfg, data, info, model = run.cfg, run.data, run.info, run.task.model
-    classes = data.splits.classes
-    counts = vdata.class_counts([s.label for s in data.train.samples], len(classes))
+    cfg, info, model = run.cfg, run.info, run.task.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     height, width = run.task.spec.image_size
+    mix = f"; mix: {cfg.mix} (alpha {cfg.mix_alpha:g})" if cfg.mix != "none" else ""
     return "\n".join(
         [
             f"model: {run.task.description} ({total / 1e6:.2f}M parameters, "
             f"{trainable / 1e6:.2f}M trainable), input {height}x{width}, device {info.device} "
             f"x {info.world_size} process(es)",
-            f"data: {len(data.train)} train / {len(data.val)} val / "
-            f"{len(data.test) if data.test else 0} test images, {len(classes)} classes; train "
-            f"counts {dict(zip(classes, counts.tolist(), strict=True))}",
-            f"balance: {data.balance} ({len(data.train_indices)} samples per epoch); augment: "
-            f"{cfg.augment}"
-            + (f"; mix: {cfg.mix} (alpha {cfg.mix_alpha:g})" if cfg.mix != "none" else ""),
+            run.builder.describe_data(run.data) + f"; augment: {cfg.augment}{mix}",
             recipe_note(run.cfg),
             f"optimisation: {cfg.optimizer}, batch {cfg.batch_size} (= {info.world_size} x "
             f"{cfg.grad_accum} x {run.micro_batch}), {cfg.epochs} epochs x {run.steps_per_epoch} steps",

@@ -23,41 +23,26 @@ evaluator reports sigmoid metrics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 from vitkit.training import data as vdata
+from vitkit.training.checks import check_class_splits
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import Evaluator
-
-
-@dataclass
-class ModelSpec:
-    """What the trainer needs to know about a network besides its parameters."""
-
-    model: nn.Module
-    image_size: tuple[int, int]  # training resolution (height, width)
-    mean: tuple[float, ...]  # the normalisation the model expects (training augmentations use it)
-    std: tuple[float, ...]
-    eval_transform: Callable[[Image.Image], torch.Tensor]  # the checkpoint's own preprocessing
-    save: Callable[[nn.Module, Path], None]  # writes a directory vitkit can load again
-    load: Callable[[Path], nn.Module] | None = None  # reads what ``save`` wrote (for the test pass)
-    description: str = ""
-    patch_size: int | None = None  # for the up-front check of --image-size (ViTs only)
+from vitkit.training.specs import ModelSpec
 
 
 class TrainingTask:
     """Base class: a network (``spec.model``) trained by ``forward``, judged by ``evaluator``."""
 
     evaluator: Evaluator
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's (MAE pre-training uses 0.95)
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -112,6 +97,21 @@ class TaskBuilder(ABC):
 
     def check(self, cfg: TrainConfig) -> None:  # noqa: B027 - an optional hook, not abstract
         """Refuse settings this task cannot train with (before any work); TrainingError."""
+
+    def check_splits(self, cfg: TrainConfig, splits: vdata.DataSplits) -> None:
+        """Refuse data these settings cannot train on, before any image is decoded."""
+        check_class_splits(cfg, splits)
+
+    def describe_data(self, data: vdata.RunData) -> str:
+        """The plan's lines about the data (printed before the first epoch)."""
+        classes = data.splits.classes
+        counts = vdata.class_counts([s.label for s in data.train.samples], len(classes))
+        return (
+            f"data: {len(data.train)} train / {len(data.val)} val / "
+            f"{len(data.test) if data.test else 0} test images, {len(classes)} classes; train "
+            f"counts {dict(zip(classes, counts.tolist(), strict=True))}\n"
+            f"balance: {data.balance} ({len(data.train_indices)} samples per epoch)"
+        )
 
     def read_splits(self, cfg: TrainConfig, out: Path | None) -> vdata.DataSplits:
         """The images of each split; ``out``: where split.json is written (None: read only)."""

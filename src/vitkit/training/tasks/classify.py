@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vitkit.models.protocol import logits_of
 from vitkit.training import data as vdata
 from vitkit.training.augment import mix_batch
-from vitkit.training.checks import check_vit_settings
+from vitkit.training.checks import check_image_folder, check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import ClassificationEvaluator
@@ -72,6 +72,7 @@ class ClassificationBuilder(TaskBuilder):
         self.loss_fn = loss_fn
 
     def check(self, cfg: TrainConfig) -> None:
+        check_image_folder(cfg)
         if self.model_factory is vit_model_spec:  # other networks check their own settings
             check_vit_settings(cfg)
 
