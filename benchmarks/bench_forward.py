@@ -23,8 +23,8 @@ import sys
 import torch
 
 from vitkit.bench import engine as bench
+from vitkit.bench.engine import load_bench_model
 from vitkit.cli import main as vitkit_main
-from vitkit.cli.bench import load_model
 from vitkit.inference import runtime
 from vitkit.inference.core_split import CoreSplit
 
@@ -34,7 +34,7 @@ def log(message: str) -> None:
 
 
 def thread_sweep(model_name: str, rounds: int, write: bool) -> None:
-    model = load_model(model_name, None)
+    model, _ = load_bench_model(model_name, None)
     fast = runtime.optimize(model, threads=None)
     flops = bench.logits_path_flops(model)
     info = bench.machine_info("cpu")

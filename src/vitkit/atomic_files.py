@@ -49,6 +49,18 @@ def atomic_open(path: Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` for a writer that wants a name (onnx.save); it
+    replaces ``path`` when the block ends without an error, and is removed otherwise."""
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, flushed to disk, then ``os.replace``d into place."""
     import torch

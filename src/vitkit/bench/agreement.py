@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import torch.nn.functional as F
+
+from vitkit.bench.engine import real_photos
+from vitkit.checkpoints import default_processor_config
+from vitkit.images.decode import expand_inputs
+from vitkit.images.processor import ImageProcessor
+from vitkit.inference import runtime
+from vitkit.training.metrics import classification_report
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,12 +79,10 @@ def compare_logits(
 
 
 def macro_f1(true: Sequence[int], predicted: Sequence[int], num_classes: int) -> float:
-    """Macro-F1 over the classes present in ``true`` (as scikit-learn's labels=present)."""
-    from vitkit.training.metrics import confusion_matrix, per_class_scores
-
-    matrix = confusion_matrix(true, predicted, num_classes)
-    present = np.unique(np.asarray(true))
-    return float(per_class_scores(matrix)["f1"][present].mean())
+    """vitkit's one macro-F1 (``vitkit.training.metrics``): over ALL ``num_classes`` classes,
+    as scikit-learn's ``f1_score(average="macro", labels=range(num_classes))``."""
+    names = [str(index) for index in range(num_classes)]
+    return float(classification_report(true, predicted, names)["macro_f1"])
 
 
 def precision_pair(model: Any, precision: str) -> tuple[Logits, Logits]:
@@ -89,8 +94,6 @@ def precision_pair(model: Any, precision: str) -> tuple[Logits, Logits]:
     what is being checked. (Not "auto": that follows the machine's load, and the check should
     give the same answer twice.)
     """
-    from vitkit.inference import runtime
-
     threads = torch.get_num_threads()
     fp32 = runtime.optimize(copy.deepcopy(model), precision="fp32", threads=threads)
     candidate = runtime.optimize(
@@ -122,8 +125,6 @@ def folder_images(
     folder: str | Path, label_names: Sequence[str]
 ) -> tuple[list[str], list[int] | None]:
     """Image paths under ``folder``, and their labels when every sub-folder is a model label."""
-    from vitkit.images.decode import expand_inputs
-
     root = Path(folder)
     paths = expand_inputs([str(root)])
     if not paths:
@@ -146,9 +147,7 @@ def folder_agreement(
     batch_size: int = 32,
 ) -> Agreement:
     """Agreement of ``precision`` with fp32 on the images under ``folder`` (see module doc)."""
-    from vitkit.images.processor import ImageProcessor
-
-    processor = processor or ImageProcessor.for_config(model.config)
+    processor = processor or ImageProcessor.from_dict(default_processor_config(model.config))
     paths, labels = folder_images(folder, model.config.labels())
     pixel_values = torch.cat([processor(list(chunk)) for chunk in _chunks(paths, batch_size)])
     return tensor_agreement(model, pixel_values, precision, labels, batch_size)
@@ -156,10 +155,6 @@ def folder_agreement(
 
 def photo_crops(count: int, image_hw: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """``count`` random crops (scale 0.2-1, flips) of the bundled real photos, ViT-normalised."""
-    import torch.nn.functional as F
-
-    from vitkit.bench.engine import real_photos
-
     generator = torch.Generator().manual_seed(seed)
     photos = [torch.tensor(p).permute(2, 0, 1).float() for p in real_photos()]
     crops = []
@@ -175,6 +170,19 @@ def photo_crops(count: int, image_hw: tuple[int, int], seed: int = 0) -> torch.T
             crop = crop.flip(-1)
         crops.append(F.interpolate(crop, size=image_hw, mode="bilinear", antialias=True))
     return (torch.cat(crops) / 255 - 0.5) / 0.5
+
+
+def agreement_text(
+    model: Any, folder: str, precision: str, processor_config: dict[str, Any] | None = None
+) -> str:
+    """`vitkit bench --agreement`'s line: ``folder`` "photos" means the bundled photo crops."""
+    if precision == "fp32":
+        return "agreement: --precision is fp32, nothing to compare"
+    if folder == "photos":
+        pixels = photo_crops(256, model.config.image_hw)
+        return tensor_agreement(model, pixels, precision).summary() + " (bundled photo crops)"
+    processor = ImageProcessor.from_dict(processor_config) if processor_config else None
+    return folder_agreement(model, folder, precision, processor=processor).summary()
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -28,6 +28,14 @@ from typing import Any
 
 import torch
 
+from vitkit.atomic_files import atomic_write_text
+from vitkit.bench.peers import hf_twin, timm_twin, twin_problem
+from vitkit.checkpoints import load_model
+from vitkit.checkpoints.onnx import OnnxModel, export_onnx, quantize_onnx_int8
+from vitkit.inference import runtime
+from vitkit.models.config import parse_preset_name, preset
+from vitkit.models.vit import ViT
+
 Forward = Callable[[Any], Any]
 
 
@@ -304,6 +312,31 @@ def _median_time(
 
 
 # ---- FLOPs ------------------------------------------------------------------------------------
+def load_bench_model(name: str, image_size: int | None) -> tuple[Any, dict[str, Any] | None]:
+    """(model, its checkpoint's preprocessor_config or None) for ``vitkit bench --model``: a
+    checkpoint of any registered type, or a ViT preset name with seeded random weights
+    (LayerNorm eps 1e-6, 1000 classes: timm's twin of the same name)."""
+    is_checkpoint = Path(name).exists() or ("/" in name and not name.lower().startswith("vit-"))
+    if is_checkpoint:
+        loaded = load_model(name, image_size=image_size)
+        return loaded.model.eval(), loaded.processor_config
+    parse_preset_name(name)  # raises with the list of sizes when the name is neither
+    torch.manual_seed(0)
+    overrides: dict[str, Any] = {"num_labels": 1000, "layer_norm_eps": 1e-6}
+    if image_size:
+        overrides["image_size"] = image_size
+    return ViT(preset(name, **overrides)).eval(), None
+
+
+def pick_threads(setting: str, batch_size: int, model: Any, device: torch.device) -> int | None:
+    """``--threads``: a number, or "auto" (by batch size and machine load); None off the CPU."""
+    if device.type != "cpu":
+        return None
+    if setting == "auto":
+        return runtime.auto_threads(batch_size, model)
+    return int(setting)
+
+
 def logits_path_flops(model: Any, image_hw: tuple[int, int] | None = None) -> float:
     """FLOPs of ``model.forward_logits``: for a ViT, the full forward less the last block's
     non-[CLS] work; the full forward for models without that fast path."""
@@ -455,7 +488,7 @@ def write_markdown_block(path: str | Path, section: str, key: str, text: str) ->
     heading = re.search(rf"^## {re.escape(section)}(\W.*)?$", document, flags=re.MULTILINE)
     if heading is None:
         document = document.rstrip() + f"\n\n## {section}\n\n{block}"
-        path.write_text(document)
+        atomic_write_text(path, document)
         return
     following = re.search(r"^## ", document[heading.end() :], flags=re.MULTILINE)
     stop = heading.end() + following.start() if following else len(document)
@@ -466,7 +499,7 @@ def write_markdown_block(path: str | Path, section: str, key: str, text: str) ->
         body = body.replace("_not yet measured_\n", "")
         body = body.rstrip() + "\n\n" + block + "\n"
     document = document[: heading.end()] + body + document[stop:]
-    path.write_text(document)
+    atomic_write_text(path, document)
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -527,8 +560,6 @@ def forward_contenders(
     """
     import copy
 
-    from vitkit.inference import runtime
-
     say = log or (lambda message: None)
     device = torch.device(device)
     image_hw = model.config.image_hw
@@ -551,8 +582,6 @@ def forward_contenders(
     contenders = [vitkit_contender("vitkit", precision)]
     if precision != "fp32":
         contenders.append(vitkit_contender("vitkit fp32", "fp32"))
-    from vitkit.bench.peers import hf_twin, timm_twin, twin_problem
-
     problem = twin_problem(model)
     builders = {"transformers": (hf_twin, "transformers-sdpa"), "timm": (timm_twin, "timm")}
     for peer in against:
@@ -593,8 +622,6 @@ def _peer_contender(
     device: torch.device,
     flops: float,
 ) -> Contender:
-    from vitkit.inference import runtime
-
     twin = twin.eval().to(device)
     if precision == "int8":
         twin = runtime.quantize_int8(twin)
@@ -627,8 +654,6 @@ def _onnx_contenders(
     say: Callable[[str], None],
 ) -> list[Contender]:
     import tempfile
-
-    from vitkit.checkpoints.onnx import OnnxModel, export_onnx, quantize_onnx_int8
 
     directory = Path(workdir or tempfile.mkdtemp(prefix="vitkit-bench-onnx-"))
     path = directory / "model-logits.onnx"

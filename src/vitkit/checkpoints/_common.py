@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from vitkit.atomic_files import write_directory_atomically
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig, resolve_aliases, to_pair
 from vitkit.models.posembed import resample_pos_embed
@@ -374,10 +376,6 @@ def save_directory(
     leaves half a checkpoint; an existing checkpoint directory at ``target`` is replaced only once
     the new one is complete; a non-empty directory that is not a checkpoint is never replaced.
     """
-    from safetensors.torch import save_file
-
-    from vitkit.atomic_files import write_directory_atomically
-
     check_replaceable(target)
 
     def write(staging: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from vitkit.atomic_files import atomic_path
 from vitkit.errors import OnnxError, UnsupportedOperationError
 from vitkit.models.config import ViTConfig
 from vitkit.models.families import pooler_is_cls
@@ -116,28 +117,33 @@ def export_onnx(
     if processor_config is not None:
         metadata[PROCESSOR_KEY] = json.dumps(processor_config)
     program.model.metadata_props.update(metadata)
-    program.save(str(path), external_data=size_bytes > _SINGLE_FILE_LIMIT)
+    if size_bytes > _SINGLE_FILE_LIMIT:  # graph + a weights file that names it: written in place
+        program.save(str(path), external_data=True)
+        return path
+    with atomic_path(path) as staging:
+        program.save(str(staging))
     return path
 
 
 def quantize_onnx_int8(source: str | Path, target: str | Path) -> Path:
     """onnxruntime's dynamic int8 quantization of the MatMuls (weights per channel)."""
-    import onnx
+    import onnx  # optional dependencies: pip install 'vitkit[onnx]'
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(source))
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
-    quantized = onnx.load(str(target))  # keep the config metadata the quantizer drops
-    existing = {prop.key for prop in quantized.metadata_props}
-    for prop in model.metadata_props:
-        if prop.key not in existing:
-            quantized.metadata_props.add(key=prop.key, value=prop.value)
-    onnx.save(quantized, str(target))
+    with atomic_path(Path(target)) as staging:
+        quantize_dynamic(str(source), str(staging), weight_type=QuantType.QInt8, per_channel=True)
+        quantized = onnx.load(str(staging))  # keep the config metadata the quantizer drops
+        existing = {prop.key for prop in quantized.metadata_props}
+        for prop in model.metadata_props:
+            if prop.key not in existing:
+                quantized.metadata_props.add(key=prop.key, value=prop.value)
+        onnx.save(quantized, str(staging))
     return Path(target)
 
 
 def _session(path: Path, threads: int | None) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: pip install 'vitkit[onnx]'
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from vitkit.errors import VitkitError
+
 MODEL_HELP = (
     "checkpoint to use: an HF directory (ViT, DeiT student, ResNet: what `vitkit train`, "
     "`distill` and `compare` save), a hub id (google/vit-base-patch16-224), a timm "
@@ -119,8 +121,6 @@ def add_model_arg_option(parser: Any) -> None:
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
     """``["num_hidden_layers=4", "global_pool=avg"]`` -> dict, values parsed as JSON when they can be."""
     import json
-
-    from vitkit.errors import VitkitError
 
     overrides: dict[str, Any] = {}
     for pair in pairs:

@@ -99,39 +99,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def load_model(name: str, image_size: int | None) -> Any:
-    """A preset with seeded random weights (LayerNorm eps 1e-6, 1000 classes), or a checkpoint."""
-    return load_model_and_processor(name, image_size)[0]
-
-
-def load_model_and_processor(name: str, image_size: int | None) -> tuple[Any, Any]:
-    """(model, the checkpoint's preprocessor_config or None) for a preset name or a checkpoint."""
-    from pathlib import Path
-
-    import torch
-
-    from vitkit.models.config import parse_preset_name, preset
-    from vitkit.models.vit import ViT
-
-    is_checkpoint = Path(name).exists() or ("/" in name and not name.lower().startswith("vit-"))
-    if is_checkpoint:
-        from vitkit.checkpoints import load_model as load_checkpoint
-
-        loaded = load_checkpoint(name, image_size=image_size)
-        return loaded.model.eval(), loaded.processor_config
-    parse_preset_name(name)  # raises with the list of sizes when the name is neither
-    torch.manual_seed(0)
-    overrides: dict[str, Any] = {"num_labels": 1000, "layer_norm_eps": 1e-6}
-    if image_size:
-        overrides["image_size"] = image_size
-    return ViT(preset(name, **overrides)).eval(), None
-
-
 def run(args: argparse.Namespace) -> int:
+    # torch and the model code load here, not at `vitkit --help` time
     import time
 
     import torch
 
+    from vitkit.bench import agreement
     from vitkit.bench import engine as bench
     from vitkit.inference import runtime
 
@@ -142,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     against = (
         [] if args.against == "none" else [p.strip() for p in args.against.split(",") if p.strip()]
     )
-    model, processor_config = load_model_and_processor(args.model, args.image_size)
+    model, processor_config = bench.load_bench_model(args.model, args.image_size)
     device = torch.device(args.device)
     runtime.tune_process_for_inference(device)
 
@@ -161,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     command = "vitkit " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     probe_dtype = runtime.DTYPES.get(args.precision, torch.float32)
     for batch_size in batch_sizes:
-        threads = pick_threads(args.threads, batch_size, model, device)
+        threads = bench.pick_threads(args.threads, batch_size, model, device)
         with runtime.num_threads(threads):
             batch = bench.photo_batch(batch_size, model.config.image_hw).to(device)
             report = bench.run_interleaved(
@@ -189,34 +163,8 @@ def run(args: argparse.Namespace) -> int:
             )
             bench.write_markdown_block(args.write_md, section, key, text)
     if args.agreement:
-        print(agreement_text(model, args.agreement, args.precision, processor_config))
+        print(agreement.agreement_text(model, args.agreement, args.precision, processor_config))
     return 0
-
-
-def pick_threads(setting: str, batch_size: int, model: Any, device: Any) -> int | None:
-    from vitkit.inference import runtime
-
-    if device.type != "cpu":
-        return None
-    if setting == "auto":
-        return runtime.auto_threads(batch_size, model)
-    return int(setting)
-
-
-def agreement_text(model: Any, folder: str, precision: str, processor_config: Any = None) -> str:
-    from vitkit.bench import agreement
-    from vitkit.images.processor import ImageProcessor
-
-    if precision == "fp32":
-        return "agreement: --precision is fp32, nothing to compare"
-    if folder == "photos":
-        pixels = agreement.photo_crops(256, model.config.image_hw)
-        return (
-            agreement.tensor_agreement(model, pixels, precision).summary()
-            + " (bundled photo crops)"
-        )
-    processor = ImageProcessor.from_dict(processor_config) if processor_config else None
-    return agreement.folder_agreement(model, folder, precision, processor=processor).summary()
 
 
 def _load() -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.atomic_files import atomic_open
+from vitkit.errors import DatasetError
 
 EPILOG = """\
 examples:
@@ -66,8 +67,6 @@ def register(subparsers: Any) -> None:
 
 
 def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
-    from vitkit.training.data import DatasetError
-
     if split is not None:
         folder = data / split
         if not folder.is_dir():

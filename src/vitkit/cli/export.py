@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vitkit.errors import OnnxError
+
 EPILOG = """\
 examples:
   vitkit export --format onnx google/vit-base-patch16-224 vit-b16.onnx
@@ -55,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.bench.engine import photo_batch
     from vitkit.checkpoints import load_model
     from vitkit.checkpoints.onnx import export_onnx
-    from vitkit.errors import OnnxError
     from vitkit.models.protocol import require
 
     loaded = load_model(args.model, image_size=args.image_size)
