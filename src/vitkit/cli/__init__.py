@@ -22,6 +22,7 @@ _WORKFLOW = [
     "embed",
     "info",
     "convert",
+    "pretrain",
     "train",
     "eval",
     "demo",
