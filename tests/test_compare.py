@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitkit.experiments.compare import CompareConfig, CompareError, build_rotation_folder, compare
+from vitkit.experiments.compare import CompareConfig, CompareError, compare
 
 TINY_VIT = {
     "hidden_size": 16,
@@ -139,18 +139,28 @@ def test_compare_refuses_data_without_a_test_split(tmp_path: Path, pretrained_vi
         CompareConfig(data="x", out="y", rows=["baseline", "transformer-xl"])
 
 
-def test_rotation_folder_reads_only_the_training_split(digits_folder: Path, tmp_path: Path) -> None:
-    from PIL import Image
+def test_without_pretrained_the_fine_tune_rows_start_from_an_mae_on_the_training_images(
+    digits_folder: Path, tmp_path: Path
+) -> None:
+    from vitkit.checkpoints import load_model
 
-    folder = build_rotation_folder(digits_folder, tmp_path / "rot", size=16)
-    train_images = sorted((digits_folder / "train").rglob("*.png"))
-    counts = {d.name: len(list(d.iterdir())) for d in (folder / "train").iterdir()}
-    assert counts == {name: len(train_images) for name in ("rot000", "rot090", "rot180", "rot270")}
-    first = sorted((folder / "train" / "rot000").iterdir())[0]
-    upright = np.asarray(Image.open(first))
-    turned = np.asarray(Image.open(folder / "train" / "rot090" / first.name))
-    np.testing.assert_array_equal(np.rot90(upright), turned)
-    assert json.loads((folder / "done.json").read_text())["images"] == len(train_images)
+    out = tmp_path / "mae-start"
+    cfg = _config(digits_folder, out, digits_folder, rows=["finetune224"], pretrain_epochs=1)
+    cfg.pretrained = None
+    (result,) = compare(cfg)
+    pretrain_run = out / "rows" / "pretrain"
+    assert load_model(pretrain_run / "best").model_type == "vit_mae"
+    split = json.loads((pretrain_run / "split.json").read_text())
+    seen = {name for name, _ in split["train"] + split["val"]}
+    train_images = {
+        str(p.relative_to(digits_folder / "train"))
+        for p in (digits_folder / "train").rglob("*.png")
+    }
+    assert seen == train_images  # every training image, no test image
+    assert "from the MAE pre-training" in result.title
+    table = (out / "table.md").read_text()
+    assert "masked autoencoder" in table and "labels unused" in table
+    assert (pretrain_run / "reconstructions" / "epoch_001.png").is_file()
 
 
 def test_shift_augmentation_moves_a_digit_a_little_and_never_flips_it() -> None:

@@ -15,8 +15,8 @@ compare continues where it stopped (finished rows are reused, an unfinished one 
 Outputs: OUT/table.md, OUT/table.csv, OUT/metrics.png (grouped bars), OUT/confusion/<row>.png.
 
 Fine-tune rows start from --pretrained when given. Without it, a ViT of the same size is
-pre-trained in the same run on a different task (rotation prediction on the training images,
-labels unused) and the table's notes say so: no published checkpoint is downloaded.
+pre-trained in the same run as a masked autoencoder (MAE, `vitkit pretrain`) on the training
+images, labels unused, and the table says so: no published checkpoint is downloaded.
 
 examples:
   # one command on 2 CPU cores: build an unbalanced digits folder, run all five rows

@@ -13,12 +13,12 @@ Rows (``--rows``, in this order; each is a full ``vitkit.training.trainer`` run 
 The row names keep the paper's resolutions; the table shows the sizes actually used (CPU-sized
 defaults train 16x16 and 28x28 inputs: the digits are 8x8). Fine-tune rows need a pre-trained ViT. With
 ``--pretrained PATH`` that checkpoint is used. Without one (no network here, so no published
-checkpoint), compare pre-trains one itself, in the same run, on a different task built from the
-training images only: predicting which of four rotations (0/90/180/270 degrees) was applied,
-labels unused (RotNet, Gidaris et al. 2018). The table's notes say which it was.
+checkpoint), compare pre-trains one itself, in the same run, on the training images only, labels
+unused: a masked autoencoder (MAE, He et al. 2021; ``vitkit.training.tasks.mae``) of the rows'
+ViT, whose encoder the fine-tune rows start from. The table's notes and titles say which it was.
 
 Rows run in the order baseline, scratch, distilled (the baseline is its teacher), then the
-pre-training stand-in and the fine-tune rows; the table keeps the order above and is rewritten
+MAE pre-training and the fine-tune rows; the table keeps the order above and is rewritten
 after every row. Resumable: a finished row leaves ``rows/<row>/result.json`` and is reused; an unfinished one
 continues from its ``last.pt`` (the trainer's ``--resume``). Outputs in ``OUT``: ``table.md``,
 ``table.csv``, ``metrics.png`` (grouped bars), ``confusion/<row>.png``, ``compare.json``.
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from vitkit.atomic_files import atomic_write_bytes, atomic_write_text
 from vitkit.checkpoints.hub import is_hub_id
@@ -49,6 +48,8 @@ from vitkit.training.config import TrainConfig
 from vitkit.training.distillation import collapse_report, distill
 from vitkit.training.specs import preset_config, resnet_model_spec
 from vitkit.training.state import load_state
+from vitkit.training.tasks.mae import pretrain as mae_pretrain
+from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.trainer import TrainResult, train
 
 __all__ = ["ROWS", "CompareConfig", "CompareError", "check_compare", "compare", "run_row"]
@@ -61,7 +62,7 @@ METRIC_TITLES = {
     "macro_precision": "Precision",
     "macro_recall": "Recall",
 }
-ROTATIONS = (0, 90, 180, 270)
+MAE_DECODER_DEPTH = 2  # a light decoder for the CPU-sized rows (the paper's is 8 x 512)
 # CompareConfig's settings that every row's TrainConfig takes as they are (same names).
 SHARED_SETTINGS = tuple(
     f.name for f in dataclasses.fields(CompareConfig) if f.name in TrainConfig.__dataclass_fields__
@@ -122,7 +123,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     elif row in ("finetune224", "finetune384"):
         assert pretrained is not None
         size = cfg.image_size if row == "finetune224" else cfg.high_size
-        title = f"ViT fine-tuned @{size}"
+        title = f"ViT fine-tuned @{size}" + ("" if cfg.pretrained else " from the MAE pre-training")
         result = train(_train_config(cfg, row_dir, model=pretrained, image_size=size))
     elif row == "distilled":
         teacher = Path(cfg.out) / "rows" / "baseline" / "best"
@@ -206,58 +207,38 @@ def _count_parameters(last_checkpoint: Path) -> int:
     )
 
 
-# ---- the pre-training stand-in ----------------------------------------------------------
-def build_rotation_folder(data: str | Path, out: Path, size: int) -> Path:
-    """``out/train/rot{0,90,180,270}/``: every training image at the four rotations (labels unused).
-
-    Only ``DATA/train`` (or ``DATA`` itself without a train/ folder) is read: the test split is
-    never seen in pre-training.
-    """
-    from vitkit.training.data import find_classes, list_samples
-
-    root = Path(data)
-    train_root = root / "train" if (root / "train").is_dir() else root
-    samples = list_samples(train_root, find_classes(train_root))
-    done = out / "done.json"
-    if done.exists():
-        return out
-    for angle in ROTATIONS:
-        (out / "train" / f"rot{angle:03d}").mkdir(parents=True, exist_ok=True)
-    for index, sample in enumerate(samples):  # list_samples keeps image files only
-        with Image.open(sample.path) as image:
-            picture = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        for angle in ROTATIONS:
-            picture.rotate(angle).save(out / "train" / f"rot{angle:03d}" / f"{index:06d}.png")
-    atomic_write_text(done, json.dumps({"images": len(samples), "source": str(train_root)}) + "\n")
-    return out
-
-
+# ---- the pre-training: MAE on the training images ----------------------------------------
 def pretrain(cfg: CompareConfig) -> tuple[str, str]:
-    """(checkpoint path, note): ``--pretrained`` as given, or a ViT pre-trained here on rotations."""
+    """(checkpoint path, note): ``--pretrained`` as given, or the encoder of a ViT of the rows'
+    size pre-trained here as a masked autoencoder on ``DATA/train`` (labels unused; the test
+    split is never seen)."""
     if cfg.pretrained:
         return cfg.pretrained, f"fine-tune rows start from {cfg.pretrained}"
     run_dir = Path(cfg.out) / "rows" / "pretrain"
     best = run_dir / "best"
+    encoder = preset_config(cfg.vit_preset, cfg.vit_overrides, cfg.image_size)
+    settings = PretrainConfig(
+        decoder_depth=MAE_DECODER_DEPTH, decoder_width=encoder.hidden_size, pictures=4
+    )
     note = (
         "no pre-trained ViT was given (--pretrained) and none can be downloaded here, so the "
-        f"fine-tune rows start from a ViT of the same size pre-trained in this run for "
-        f"{cfg.pretrain_epochs} epochs on a different task: predicting the rotation "
-        "(0/90/180/270 degrees) of the training images, their labels unused"
+        "fine-tune rows start from the encoder of a ViT of the same size pre-trained in this run "
+        f"as a masked autoencoder (MAE: {settings.mask_ratio:.0%} of the patches hidden, a "
+        f"{MAE_DECODER_DEPTH}-block decoder reconstructs them) for {cfg.pretrain_epochs} epochs "
+        "on the training images, their labels unused"
     )
     if (run_dir / "result.json").exists() and best.is_dir():
         return str(best), note
-    _say("compare: pre-training a ViT on the rotation task (no --pretrained given)")
-    folder = build_rotation_folder(cfg.data, Path(cfg.out) / "pretrain_data", cfg.image_size)
+    _say("compare: MAE pre-training on the training images (no --pretrained given)")
     train_cfg = _train_config(
         cfg,
         run_dir,
-        data=str(folder),
-        from_scratch=True,
+        data=str(Path(cfg.data) / "train"),
         preset=cfg.vit_preset,
         model_overrides=dict(cfg.vit_overrides),
         epochs=cfg.pretrain_epochs,
     )
-    result = train(train_cfg)
+    result = mae_pretrain(train_cfg, settings)
     if result.best_epoch is None:
         raise CompareError(f"pre-training in {run_dir} kept no model")
     atomic_write_text(run_dir / "result.json", json.dumps({"best_epoch": result.best_epoch}) + "\n")
@@ -336,7 +317,7 @@ def compare(cfg: CompareConfig) -> list[RowResult]:
         marker = out / "rows" / row / "result.json"
         if row.startswith("finetune") and pretrained is None:
             if not cfg.pretrained and not (out / "rows" / "pretrain" / "result.json").exists():
-                trained.append("pretrain (rotations)")
+                trained.append("pretrain (MAE)")
             pretrained, pretrain_note = pretrain(cfg)
         if marker.exists():
             _say(

@@ -31,7 +31,7 @@ class CompareConfig:
         None,
         "ViT checkpoint for the fine-tune rows (anything vitkit loads)",
         group="rows",
-        default_help="pre-trained here on rotation prediction",
+        default_help="an MAE pre-trained here on the training images",
     )
     # the ViT rows: a preset plus overrides; CPU-sized by default
     vit_preset: str = option(
@@ -68,7 +68,9 @@ class CompareConfig:
         group="training",
         default_help="15; none: --epochs",
     )
-    pretrain_epochs: int = option(4, "rotation pre-training epochs", group="training")
+    pretrain_epochs: int = option(
+        30, "MAE pre-training epochs (without --pretrained)", group="training"
+    )
     # Batch 32 (twice the optimiser steps of 64 at the same cost): the small ViT was step-starved
     # at 64 (scratch macro-F1 0.90 -> 0.94 on the digits demo); the CNN gets the same batches.
     batch_size: int = option(32, "batch size of every row", group="training")
