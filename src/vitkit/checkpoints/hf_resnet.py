@@ -148,18 +148,30 @@ def load_resnet_dir(
     path = Path(directory)
     if not is_resnet_dir(path):
         raise CheckpointError(f"{path}: no config.json with model_type 'resnet' (HF ResNet layout)")
-    config = ResNetConfig.from_hf_dict(read_json(path / "config.json"), str(path / "config.json"))
+    data = read_json(path / "config.json")
+    config = ResNetConfig.from_hf_dict(data, str(path / "config.json"))
     weights, hf_state = read_weights(path)
     if not config.num_labels and "classifier.1.weight" in hf_state:
         classes = hf_state["classifier.1.weight"].shape[0]
         config.id2label = {i: f"LABEL_{i}" for i in range(classes)}
-    if image_size is not None:
-        config.image_size = image_size
-    model = ResNetClassifier(config)
-    _load_into(model, _reader(hf_state, hf_to_torchvision_key), weights)
     processor_path = path / "preprocessor_config.json"
     processor = read_json(processor_path) if processor_path.is_file() else None
-    return model.to(device).eval(), (plain_processor_config(processor) if processor else None)
+    processor = plain_processor_config(processor) if processor else None
+    if image_size is not None:
+        config.image_size = image_size
+    elif "image_size" not in data and processor is not None:  # transformers' own ResNet dirs
+        config.image_size = _input_side(processor) or config.image_size
+    model = ResNetClassifier(config)
+    _load_into(model, _reader(hf_state, hf_to_torchvision_key), weights)
+    return model.to(device).eval(), processor
+
+
+def _input_side(processor: dict[str, Any]) -> int | None:
+    """The square side a processor config feeds the network (its crop, else its fixed size)."""
+    size = processor.get("crop_size") if processor.get("do_center_crop") else processor.get("size")
+    if isinstance(size, dict) and size.get("height") == size.get("width"):
+        return int(size["height"]) if size.get("height") else None
+    return None
 
 
 # transformers' ConvNextImageProcessor (what microsoft/resnet-50 ships) without a crop_pct key
