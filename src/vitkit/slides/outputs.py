@@ -265,9 +265,14 @@ def _grid_on_thumbnail(plan: SlidePlan, grid: np.ndarray) -> np.ndarray:
     """(h, w) of the thumbnail: each pixel takes the value of the grid cell it falls in."""
     height, width = plan.thumbnail.pixels.shape[:2]
     scale_x, scale_y = plan.thumbnail.level0_per_pixel
-    step = plan.geometry.read_stride * plan.geometry.downsample  # level-0 pixels per grid cell
-    column = np.floor((np.arange(width) + 0.5) * scale_x / step).astype(np.int64)
-    row = np.floor((np.arange(height) + 0.5) * scale_y / step).astype(np.int64)
+    geometry = plan.geometry
+    step = geometry.read_stride * geometry.downsample  # level-0 pixels per grid cell
+    # Overlapping tiles: a pixel shows the tile whose centre is nearest, so the map is not
+    # shifted up and left by the overlap.
+    shift = (geometry.read_size - geometry.read_stride) * geometry.downsample / 2
+    column = np.floor(((np.arange(width) + 0.5) * scale_x - shift) / step).astype(np.int64)
+    row = np.floor(((np.arange(height) + 0.5) * scale_y - shift) / step).astype(np.int64)
+    column, row = np.maximum(column, 0), np.maximum(row, 0)
     inside = (row[:, None] < grid.shape[0]) & (column[None, :] < grid.shape[1])
     values = grid[np.minimum(row, grid.shape[0] - 1)][:, np.minimum(column, grid.shape[1] - 1)]
     return np.where(inside, values, np.nan)
