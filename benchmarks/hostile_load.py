@@ -400,9 +400,11 @@ def run(scenario: str, model: Path, scratch: Path, args: argparse.Namespace) -> 
         with Server(model, log, "--log-level", "warning") as server:
             return asyncio.run(slow_uploaders(server, args.slow, args.duration, photo))
     if scenario == "upload-memory":
-        png = white_png(serving_pixel_cap(), scratch)
-        with Server(model, log, "--log-level", "warning") as server:
-            side = math.isqrt(serving_pixel_cap())
+        pixels = args.max_pixels or serving_pixel_cap()
+        png = white_png(pixels, scratch)
+        cap = ["--max-pixels", str(args.max_pixels)] if args.max_pixels else []
+        with Server(model, log, "--log-level", "warning", *cap) as server:
+            side = math.isqrt(pixels)
             return asyncio.run(upload_memory(server, png, side, args.uploads))
     if scenario == "slow-upstreams":
         with (  # two hosts (loopback, two ports): the slow one and a good one
@@ -429,6 +431,11 @@ def main() -> int:
     parser.add_argument("--slow", type=int, default=70, help="slow uploading connections")
     parser.add_argument("--duration", type=float, default=15.0, help="normal-client seconds")
     parser.add_argument("--uploads", type=int, default=8, help="concurrent max-size uploads")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        help="upload-memory: this --max-pixels and image (default: the cap)",
+    )
     parser.add_argument("--slow-fetches", type=int, default=16)
     parser.add_argument("--probes", type=int, default=5, help="good-URL requests, one by one")
     parser.add_argument("--disconnects", type=int, default=20)

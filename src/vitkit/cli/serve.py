@@ -24,9 +24,9 @@ endpoints:
 URLs are fetched only from public addresses unless --allow-private-urls or --allow-host says
 otherwise; stop the server with Ctrl-C or SIGTERM (requests in flight are finished first).
 
-memory: peak RSS stays under the idle RSS + 22 B x --decode-pixel-budget + --decode-workers x
---max-image-bytes + 64 MiB of in-memory uploads (README, "Serving"); with the defaults and 2
-cores about +640 MB, whatever clients send. Settings that cannot work are refused at start-up.
+memory: peak RSS stays under the idle RSS + 2 x 22 B x --decode-pixel-budget + --decode-workers
+x --max-image-bytes + 64 MiB of in-memory uploads (README, "Serving"); with the defaults and 2
+cores about +1.2 GB, whatever clients send. Settings that cannot work are refused at start-up.
 """
 
 
@@ -245,7 +245,7 @@ def check_startup(args: argparse.Namespace, settings: Any) -> None:
     runtime.check_precision(args.precision, device)
 
 
-def share_malloc_arenas(arenas: int = 2) -> None:
+def share_malloc_arenas() -> None:
     """Let the decode threads reuse each other's freed memory (glibc; elsewhere a no-op).
 
     glibc gives threads their own heaps ("arenas") and keeps what a thread frees for that
@@ -258,10 +258,12 @@ def share_malloc_arenas(arenas: int = 2) -> None:
     import ctypes
     import ctypes.util
 
+    from vitkit.serve.settings import MALLOC_ARENAS  # the memory bound counts on it
+
     m_arena_max = -8  # <malloc.h>
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(m_arena_max, arenas)
+        libc.mallopt(m_arena_max, MALLOC_ARENAS)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 

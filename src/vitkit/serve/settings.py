@@ -17,6 +17,7 @@ from vitkit.images.fetch import FetchPolicy
 # 25e6 x 22 B = 550 MB. PIL's own cap (89.5 MP) let one 107 KB PNG take 1.2 GB.
 DEFAULT_MAX_PIXELS = 25_000_000
 WORST_BYTES_PER_PIXEL = 22
+MALLOC_ARENAS = 2  # glibc arenas `vitkit serve` lets its threads share (cli/serve.py)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the image bytes
 MiB = 1024 * 1024
 
@@ -62,12 +63,14 @@ class ServeSettings:
     def memory_bound(self) -> int:
         """Bytes the service may add to its idle RSS under any load (README, "Serving").
 
-        Decoding (budget x worst bytes per pixel), the encoded bytes the decode threads hold,
-        and the uploads kept in memory. Per-connection buffers (uvicorn reads at most 64 KiB
-        ahead per connection) and the model's batch come on top.
+        Decoding holds at most the pixel budget at once, at ``WORST_BYTES_PER_PIXEL``; glibc may
+        keep one decode's worth of freed memory per malloc arena, and ``vitkit serve`` runs its
+        threads on ``MALLOC_ARENAS`` shared arenas. On top: the encoded bytes the decode threads
+        hold and the uploads kept in memory. Per-connection buffers (uvicorn reads at most
+        64 KiB ahead per connection) and the model's batch are not counted.
         """
         return (
-            WORST_BYTES_PER_PIXEL * self.pixel_budget
+            MALLOC_ARENAS * WORST_BYTES_PER_PIXEL * self.pixel_budget
             + self.decode_workers * self.max_body_bytes
             + self.spool_memory
         )
