@@ -123,3 +123,7 @@ class CompareError(VitkitError):
 
 class PoolError(UnsupportedOperationError):
     """The model cannot give the embedding asked for (a pooler it lacks, [CLS] it has not, ...)."""
+
+
+class ServeSettingsError(VitkitError):
+    """A ``vitkit serve`` setting that cannot work; the message names the option and the fix."""

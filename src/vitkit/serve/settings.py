@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vitkit.errors import VitkitError
+from vitkit.errors import ServeSettingsError
 from vitkit.images.fetch import FetchPolicy
 
 # 25 megapixels: a 6000x4000 (24 MP) camera photo fits, and one image decodes in at most
@@ -20,10 +20,6 @@ WORST_BYTES_PER_PIXEL = 22
 MALLOC_ARENAS = 2  # glibc arenas `vitkit serve` lets its threads share (cli/serve.py)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the image bytes
 MiB = 1024 * 1024
-
-
-class ServeSettingsError(VitkitError):
-    """A ``vitkit serve`` setting that cannot work; the message names the option and the fix."""
 
 
 @dataclass
