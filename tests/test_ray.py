@@ -164,6 +164,7 @@ def test_parquet_of_image_bytes(
             id_column="sku",
             workers=1,
             batch_size=4,
+            decode_stage=True,  # as for GPU workers: CPU tasks decode, the workers get pixels
         )
     )
     assert (report.written, report.failed) == (12, 0)

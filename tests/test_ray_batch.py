@@ -17,6 +17,7 @@ import pytest
 import vitkit
 from vitkit.engines import ids as ids_module
 from vitkit.engines.batch import VitkitEmbedder, VitkitPredictor
+from vitkit.engines.decode import can_split, decode_images
 from vitkit.engines.ids import IdSet
 from vitkit.engines.shards import ShardWriter
 from vitkit.engines.sources import open_source
@@ -48,6 +49,21 @@ def test_predictor_on_a_numpy_batch_of_bytes(
         )
     assert rows[-1]["sku"] == "broken.jpg" and rows[-1]["predictions"] is None
     assert "JPEG" in rows[-1]["error"] or "image" in rows[-1]["error"]
+
+
+def test_a_decode_stage_changes_no_number(
+    tiny_hf_classifier: Path, photo_bytes: dict[str, bytes]
+) -> None:
+    """Decoding in a stage of its own (CPU tasks before GPU workers) gives the same answers."""
+    predictor = VitkitPredictor(str(tiny_hf_classifier))
+    assert can_split(predictor.classifier.processor, predictor.classifier.processor_mode)
+    batch = {
+        "id": np.array([*photo_bytes, "broken"], dtype=object),
+        "image": np.array([*photo_bytes.values(), b"GIF89a broken"], dtype=object),
+    }
+    decoded = decode_images(batch, processor=predictor.classifier.processor, image_column="image")
+    assert decoded["pixels"].dtype == np.uint8 and "image" not in decoded
+    assert predictor(decoded).to_pylist() == predictor(batch).to_pylist()
 
 
 def test_embedder_on_a_pandas_batch_of_arrays(tiny_hf_feature_extractor: Path) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from vitkit.engines.decode import PIXELS, decoded_batch
 from vitkit.engines.sources import IMAGE_COLUMNS
 from vitkit.errors import EngineError
 from vitkit.images.fetch import FetchPolicy, hosts_from
@@ -101,16 +102,27 @@ class BatchModel:
 
     def __call__(self, batch: Any) -> pa.Table:
         columns = as_columns(batch)
-        name = self.image_column or find_image_column(columns)
-        images = [image_value(value) for value in columns[name]]
-        prepared = self.classifier.processor.load_batch(
-            images, workers=self.decode_threads, mode=self.classifier.processor_mode
-        )
-        results = self.results(prepared.pixel_values, prepared.indices, len(images))
-        errors: list[str | None] = [None] * len(images)
-        for index, error in prepared.errors.items():
-            errors[index] = str(error)
-        kept = {key: values for key, values in columns.items() if keeps_column(key, name, values)}
+        if PIXELS in columns:  # decoded by a stage of its own (vitkit.engines.decode)
+            name = PIXELS
+            pixel_values, indices, failed = decoded_batch(
+                columns, self.classifier.processor, self.classifier.device
+            )
+        else:
+            name = self.image_column or find_image_column(columns)
+            images = [image_value(value) for value in columns[name]]
+            prepared = self.classifier.processor.load_batch(
+                images, workers=self.decode_threads, mode=self.classifier.processor_mode
+            )
+            pixel_values, indices = prepared.pixel_values, prepared.indices
+            failed = {index: str(error) for index, error in prepared.errors.items()}
+        rows = len(columns[name])
+        errors = [failed.get(index) for index in range(rows)]
+        kept = {
+            key: values
+            for key, values in columns.items()
+            if key != "error" and keeps_column(key, name, values)
+        }
+        results = self.results(pixel_values, indices, rows)
         return pa.table({**passthrough(kept), **results, "error": pa.array(errors, pa.string())})
 
     def results(self, pixel_values: Any, indices: list[int], rows: int) -> dict[str, pa.Array]:

@@ -6,7 +6,8 @@
 
 The pipeline: the source's rows (``{id, image}``: paths, URLs or encoded bytes, never pixels, so
 the object store holds kilobytes per image) stream through an actor pool of ``VitkitPredictor`` /
-``VitkitEmbedder`` (the model loaded once per actor; decoding happens in the actor), and the
+``VitkitEmbedder`` (the model loaded once per actor; decoding happens in the actor, or, for GPU
+workers, in CPU tasks of its own just before: ``vitkit.engines.decode``), and the
 driver writes the results as Parquet shards (``ShardWriter``: each shard whole, each input once,
 resumable). A killed worker is replaced and its batches retried by Ray Data; the writer drops any
 row it already holds.
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vitkit.engines.batch import VitkitEmbedder, VitkitPredictor
+from vitkit.engines.batch import VitkitEmbedder, VitkitPredictor, load_for_worker
+from vitkit.engines.decode import can_split, decode_images
 from vitkit.engines.ids import IdSet
 from vitkit.engines.shards import ShardWriter
 from vitkit.engines.sources import ImageItems, ParquetImages, Source, open_source, read_pieces
@@ -67,6 +69,9 @@ class BatchJob:
     id_column: str | None = None
     ray_address: str | None = None
     shard_rows: int = 10_000
+    # Decode in CPU tasks of their own (vitkit.engines.decode) rather than in the model workers;
+    # None: when the workers have GPUs (and the checkpoint's processor makes one fixed size).
+    decode_stage: bool | None = None
 
     def identity(self) -> dict[str, Any]:
         """What the outputs depend on (_vitkit_job.json): a resumed job must not change it."""
@@ -134,6 +139,8 @@ def build_dataset(job: BatchJob, source: Source, done: IdSet) -> Any:
         rows = parquet_dataset(ray, source, done, job)
     else:
         rows = items_dataset(ray, source, done, job)
+    if job.decode_stage or (job.decode_stage is None and job.gpus_per_worker > 0):
+        rows = with_decode_stage(ray, rows, job)
     model_class = VitkitPredictor if job.task == "predict" else VitkitEmbedder
     options = {"decode_threads": max(1, math.floor(job.cpus_per_worker)), **job.model_options}
     gpus = {"num_gpus": job.gpus_per_worker} if job.gpus_per_worker else {}
@@ -145,6 +152,23 @@ def build_dataset(job: BatchJob, source: Source, done: IdSet) -> Any:
         batch_format="numpy",
         num_cpus=job.cpus_per_worker,
         **gpus,
+    )
+
+
+def with_decode_stage(ray: Any, rows: Any, job: BatchJob) -> Any:
+    """Rows -> rows with ``pixels``, decoded in one-CPU tasks all over the cluster, when the
+    checkpoint's preprocessing allows it (else the workers decode, as without a stage)."""
+    # The driver loads the checkpoint once (on its CPU) for its preprocessing settings.
+    options = {**job.model_options, "device": "cpu", "precision": "fp32", "tune_process": False}
+    probe = load_for_worker(job.model, **options)
+    if not can_split(probe.processor, probe.processor_mode):
+        return rows
+    return rows.map_batches(
+        decode_images,
+        fn_kwargs={"processor": probe.processor, "image_column": "image"},
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
     )
 
 

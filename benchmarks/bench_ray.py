@@ -1,0 +1,214 @@
+"""What Ray costs: `vitkit predict` in one process vs `--engine ray` with 1 and 2 workers.
+
+The same JPEG files (crops of the real photos bundled with scikit-image and scikit-learn, 256 to
+512 pixels a side) and the same checkpoint (ViT-Ti/16-224 by default, seeded random weights, 1000
+labels) go through:
+
+- one-process: the loop of `vitkit predict` (``prepared_batches`` + ``predict_tensor``) in a
+  fresh process with 1 torch thread and 1 decoding thread (one core), and with 2 of each;
+- ray-1, ray-2: ``run_job`` (what `vitkit predict --engine ray` runs) with 1 or 2 workers of one
+  CPU each, on one local Ray session started once (its start-up is timed on its own), writing
+  Parquet shards.
+
+Each contender runs twice, on N and on 2N images; its rate is N / (wall(2N) - wall(N)): the
+images/s of a long job, with the fixed costs (process or worker start, imports, model load,
+warm-up) cancelled out, measured the same way for every contender. (Batch completion times seen
+by the Ray driver come in bursts, so a per-batch rate would flatter Ray.) The fixed cost is
+wall(N) - N / rate. Contenders alternate, each round in a rotated order; medians over rounds. The
+Ray overhead at 1 worker is ray-1's rate against one-process's at one core.
+
+    .venv/bin/python benchmarks/bench_ray.py --images 160 --batch-sizes 16 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_images(folder: Path, count: int) -> Path:
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.immunohistochemistry()]
+    photos += list(load_sample_images().images)
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        pixels = photos[index % len(photos)]
+        side = int(rng.integers(256, 513))
+        side = min(side, *pixels.shape[:2])
+        top = int(rng.integers(0, pixels.shape[0] - side + 1))
+        left = int(rng.integers(0, pixels.shape[1] - side + 1))
+        crop = pixels[top : top + side, left : left + side]
+        Image.fromarray(crop).save(folder / f"{index:05d}.jpg", quality=90)
+    return folder
+
+
+def make_checkpoint(folder: Path, preset_name: str) -> Path:
+    import torch
+
+    from vitkit.checkpoints import imagenet_labels, save_pretrained
+    from vitkit.models.config import preset
+    from vitkit.models.vit import ViT
+
+    torch.manual_seed(0)
+    labels = dict(enumerate(imagenet_labels()))
+    model = ViT(preset(preset_name, id2label=labels, layer_norm_eps=1e-6)).eval()
+    save_pretrained(model, folder)
+    return folder
+
+
+# ---- one process: the loop of `vitkit predict`, in a fresh process ----------------------------
+def one_process(images: Path, model: Path, batch_size: int, threads: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, __file__, "--child", str(images), str(model), str(batch_size)]
+    command.append(str(threads))
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def child(images: str, model: str, batch_size: int, threads: int) -> None:
+    """The one-process contender: what `vitkit predict` runs, minus printing."""
+    import torch
+
+    from vitkit.cli._common import prepared_batches
+    from vitkit.images.decode import expand_inputs
+    from vitkit.inference import runtime
+    from vitkit.inference.classifier import load
+
+    torch.set_num_threads(threads)
+    runtime.tune_process_for_inference("cpu")  # as `vitkit predict` does
+    classifier = load(model, device="cpu")
+    sources = expand_inputs([images])
+    args = argparse.Namespace(batch_size=batch_size, workers=threads)
+    for _chunk, batch in prepared_batches(classifier, sources, args):
+        classifier.predict_tensor(batch.pixel_values, 5)
+
+
+# ---- Ray: what `vitkit predict --engine ray` runs, on one Ray session --------------------------
+def on_ray(images: Path, model: Path, batch_size: int, workers: int) -> float:
+    from vitkit.engines.ray import BatchJob, run_job
+
+    out = Path(tempfile.mkdtemp(prefix="bench-ray-out-"))
+    job = BatchJob(
+        "predict",
+        [str(images)],
+        out,
+        model=str(model),
+        model_options={"top_k": 5, "tune_process": True, "device": "cpu"},
+        workers=workers,
+        batch_size=batch_size,
+    )
+    start = time.perf_counter()
+    report = run_job(job)
+    wall = time.perf_counter() - start
+    assert report.written == len(list(images.iterdir())) and report.failed == 0
+    shutil.rmtree(out)
+    return wall
+
+
+# Each contender is compared with one process on as many cores.
+SAME_CORES = {
+    "one-process, 1 thread": "one-process, 1 thread",
+    "ray, 1 worker": "one-process, 1 thread",
+    "one-process, 2 threads": "one-process, 2 threads",
+    "ray, 2 workers": "one-process, 2 threads",
+}
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=160, help="N (the second run has 2N)")
+    parser.add_argument("--batch-sizes", default="16")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--preset", default="vit-tiny-patch16-224")
+    parser.add_argument("--child", nargs=4, metavar=("IMAGES", "MODEL", "BATCH", "THREADS"))
+    args = parser.parse_args()
+    if args.child:
+        images, model, batch, threads = args.child
+        child(images, model, int(batch), int(threads))
+        return
+
+    import ray
+
+    root = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    large = make_images(root / "large", 2 * args.images)
+    small = root / "small"
+    small.mkdir()
+    for path in sorted(large.iterdir())[: args.images]:
+        os.link(path, small / path.name)
+    model = make_checkpoint(root / "model", args.preset)
+    started = time.perf_counter()
+    ray.init(
+        num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, logging_level="ERROR"
+    )
+    ray_start = time.perf_counter() - started
+    contenders = {
+        "one-process, 1 thread": lambda folder, b: one_process(folder, model, b, 1),
+        "ray, 1 worker": lambda folder, b: on_ray(folder, model, b, 1),
+        "one-process, 2 threads": lambda folder, b: one_process(folder, model, b, 2),
+        "ray, 2 workers": lambda folder, b: on_ray(folder, model, b, 2),
+    }
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    loads = [os.getloadavg()[0]]
+    try:
+        for round_index in range(args.rounds):
+            names = list(contenders)
+            names = names[round_index % len(names) :] + names[: round_index % len(names)]
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                for name in names:
+                    walls = [contenders[name](folder, batch_size) for folder in (small, large)]
+                    rate = args.images / (walls[1] - walls[0])
+                    result = {"rate": rate, "fixed": walls[0] - args.images / rate}
+                    results.setdefault((name, batch_size), []).append(result)
+                    log(f"round {round_index} batch {batch_size} {name}: {walls} {result}")
+            loads.append(os.getloadavg()[0])
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    report(args, results, ray_start, loads)
+
+
+def report(
+    args: argparse.Namespace,
+    results: dict[tuple[str, int], list[dict[str, float]]],
+    ray_start: float,
+    loads: list[float],
+) -> None:
+    import ray
+    import torch
+
+    print(f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}")
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"local ray.init: {ray_start:.1f} s; 1-min load average per round {loads}")
+    print()
+    print("| batch | contender | images/s | vs one process on as many cores | fixed cost s |")
+    print("|---|---|---|---|---|")
+    for (name, batch_size), runs in results.items():
+        rate = statistics.median(r["rate"] for r in runs)
+        base = statistics.median(r["rate"] for r in results[(SAME_CORES[name], batch_size)])
+        fixed = statistics.median(r["fixed"] for r in runs)
+        print(f"| {batch_size} | {name} | {rate:.1f} | {rate / base:.2f}x | {fixed:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
