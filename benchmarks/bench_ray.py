@@ -147,7 +147,7 @@ def main() -> None:
         child(images, model, int(batch), int(threads))
         return
 
-    import ray
+    from vitkit.engines.ray import ray_session
 
     root = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     large = make_images(root / "large", 2 * args.images)
@@ -156,11 +156,6 @@ def main() -> None:
     for path in sorted(large.iterdir())[: args.images]:
         os.link(path, small / path.name)
     model = make_checkpoint(root / "model", args.preset)
-    started = time.perf_counter()
-    ray.init(
-        num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, logging_level="ERROR"
-    )
-    ray_start = time.perf_counter() - started
     contenders = {
         "one-process, 1 thread": lambda folder, b: one_process(folder, model, b, 1),
         "ray, 1 worker": lambda folder, b: on_ray(folder, model, b, 1),
@@ -169,20 +164,22 @@ def main() -> None:
     }
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     loads = [os.getloadavg()[0]]
+    started = time.perf_counter()
     try:
-        for round_index in range(args.rounds):
-            names = list(contenders)
-            names = names[round_index % len(names) :] + names[: round_index % len(names)]
-            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-                for name in names:
-                    walls = [contenders[name](folder, batch_size) for folder in (small, large)]
-                    rate = args.images / (walls[1] - walls[0])
-                    result = {"rate": rate, "fixed": walls[0] - args.images / rate}
-                    results.setdefault((name, batch_size), []).append(result)
-                    log(f"round {round_index} batch {batch_size} {name}: {walls} {result}")
-            loads.append(os.getloadavg()[0])
+        with ray_session(workers=2):  # the local Ray `--engine ray` starts, with its settings
+            ray_start = time.perf_counter() - started
+            for round_index in range(args.rounds):
+                names = list(contenders)
+                names = names[round_index % len(names) :] + names[: round_index % len(names)]
+                for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                    for name in names:
+                        walls = [contenders[name](folder, batch_size) for folder in (small, large)]
+                        rate = args.images / (walls[1] - walls[0])
+                        result = {"rate": rate, "fixed": walls[0] - args.images / rate}
+                        results.setdefault((name, batch_size), []).append(result)
+                        log(f"round {round_index} batch {batch_size} {name}: {walls} {result}")
+                loads.append(os.getloadavg()[0])
     finally:
-        ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     report(args, results, ray_start, loads)
 

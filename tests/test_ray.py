@@ -36,6 +36,7 @@ def ray_session() -> Iterator[None]:
         object_store_memory=80 * 2**20,
         include_dashboard=False,
         logging_level="WARNING",
+        _system_config={"worker_niceness": 0},  # as vitkit's own local Ray (engines.ray)
     )
     try:
         yield

@@ -40,12 +40,12 @@ def can_split(processor: ImageProcessor, mode: str | None) -> bool:
 def decode_images(
     batch: dict[str, Any], *, processor: ImageProcessor, image_column: str, threads: int = 1
 ) -> dict[str, Any]:
-    """Ray task: the image column -> ``pixels`` (zeros where an image failed) and ``error``;
-    the other columns pass through (the bytes column does not: its job is done)."""
+    """Ray task: the image column -> ``pixels`` (zeros where an image failed) and ``error``
+    ("" where it did not); the other columns pass through (not bytes: their job is done)."""
     images = list(batch[image_column])
     height, width = processor.size
     pixels = np.zeros((len(images), 3, height, width), dtype=np.uint8)
-    errors: list[str | None] = [None] * len(images)
+    errors = [""] * len(images)  # "" rather than None: Ray keeps an all-"" column as strings
 
     def decode(index: int) -> None:
         try:
@@ -63,7 +63,7 @@ def decoded_batch(
     columns: dict[str, Any], processor: ImageProcessor, device: torch.device
 ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
     """A decoded batch -> (normalised float pixels on ``device``, rows that decoded, errors)."""
-    errors = {i: str(e) for i, e in enumerate(columns[ERROR]) if e is not None}
+    errors = {i: e for i, e in enumerate(columns[ERROR]) if isinstance(e, str) and e}
     indices = [i for i in range(len(columns[ERROR])) if i not in errors]
     uint8 = torch.from_numpy(np.asarray(columns[PIXELS])[indices])  # a copy: fancy indexing
     return processor.normalize(uint8.to(device)), indices, errors

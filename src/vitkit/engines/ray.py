@@ -159,7 +159,8 @@ def with_decode_stage(ray: Any, rows: Any, job: BatchJob) -> Any:
     """Rows -> rows with ``pixels``, decoded in one-CPU tasks all over the cluster, when the
     checkpoint's preprocessing allows it (else the workers decode, as without a stage)."""
     # The driver loads the checkpoint once (on its CPU) for its preprocessing settings.
-    options = {**job.model_options, "device": "cpu", "precision": "fp32", "tune_process": False}
+    loading = {k: v for k, v in job.model_options.items() if k not in ("top_k", "pool")}
+    options = {**loading, "device": "cpu", "precision": "fp32", "tune_process": False}
     probe = load_for_worker(job.model, **options)
     if not can_split(probe.processor, probe.processor_mode):
         return rows
@@ -245,6 +246,10 @@ def ray_session(
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            # Ray runs workers at nice 15 (for its own daemons' sake); here the workers ARE the
+            # job, and at 15 they got a third of the CPU the one-process command got on a busy
+            # machine. `ray job submit` likewise runs its drivers at 0.
+            _system_config={"worker_niceness": 0},
         )
     try:
         yield ray
