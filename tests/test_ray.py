@@ -224,7 +224,7 @@ def test_slides_on_ray_equal_one_process(
 ) -> None:
     """Two slides (TIFF read by tifffile, SVS by OpenSlide) and a broken one over two workers:
     the same tile tables as `vitkit slide` in this process; the broken slide is a line, not a
-    failed job; a re-run finds every slide complete."""
+    failed job. (Resuming is run_slide's own, tested in test_slides.py.)"""
     pytest.importorskip("openslide")
     import slide_samples as samples
 
@@ -255,8 +255,6 @@ def test_slides_on_ray_equal_one_process(
             np.testing.assert_allclose(
                 [got[k] for k in probabilities], [want[k] for k in probabilities], atol=1e-5
             )
-    code, _, err = cli(capsys, "slide", *map(str, slides[:2]), *common, *ray_args)
-    assert code == 0 and "(0 run now)" in err
 
 
 def test_engine_ray_without_ray_says_how_to_install(
