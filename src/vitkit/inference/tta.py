@@ -84,3 +84,36 @@ def averaged(
 ) -> torch.Tensor:
     """``function`` (one batched call) over every view of every image, averaged per image."""
     return mean_over_views(function(views(pixel_values, mode)), mode)
+
+
+class AveragedModel(torch.nn.Module):
+    """``model`` under TTA, for code that reads logits (an evaluation loop, a loss).
+
+    Its output is the logit of the averaged probabilities: ``log(mean softmax)`` for a softmax
+    head (softmax of it gives the mean back exactly: the means sum to 1), ``logit(mean sigmoid)``
+    for a sigmoid head. A loss on it is the loss of the averaged answer.
+    """
+
+    def __init__(self, model: torch.nn.Module, mode: str, multi_label: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.mode = check_mode(mode)
+        self.multi_label = multi_label
+
+    @property
+    def config(self) -> object:
+        return self.model.config
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        def probabilities(batch: torch.Tensor) -> torch.Tensor:
+            output = self.model(batch)
+            logits = (output.logits if hasattr(output, "logits") else output).float()
+            return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+
+        mean = averaged(probabilities, pixel_values, self.mode)
+        tiny = torch.finfo(mean.dtype).tiny
+        if self.multi_label:
+            # float32 sigmoid saturates at 1.0: keep the logit finite
+            mean = mean.clamp(tiny, 1.0 - torch.finfo(mean.dtype).eps / 2)
+            return mean.log() - (-mean).log1p()
+        return mean.clamp_min(tiny).log()
