@@ -76,7 +76,7 @@ def test_scores_equal_transformers_pipeline_sigmoid(multilabel_dir: Path, photo_
 
 
 def test_problem_type_and_thresholds_round_trip_through_transformers(
-    multilabel_dir: Path, tmp_path: Path, photo_dir: Path
+    multilabel_dir: Path, tmp_path: Path, photo_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     loaded = vitkit.load(multilabel_dir)
     assert loaded.config.problem_type == MULTI_LABEL
@@ -89,6 +89,9 @@ def test_problem_type_and_thresholds_round_trip_through_transformers(
 
     again = vitkit.load(tmp_path / "saved")
     assert again.head is not None and again.head.thresholds == tuple(thresholds)
+    assert main(["info", str(tmp_path / "saved"), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)["head"]
+    assert card["problem_type"] == MULTI_LABEL and card["thresholds"]["person"] == 0.3
     theirs = transformers.ViTForImageClassification.from_pretrained(tmp_path / "saved").eval()
     assert theirs.config.problem_type == MULTI_LABEL  # and the vitkit section is left alone
     pixels = again.prepare([str(photo_dir / "chelsea.jpg"), str(photo_dir / "coffee.jpg")])

@@ -72,6 +72,10 @@ def describe(model: Any, source: str, checkpoint_format: str) -> dict[str, Any]:
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
         "embeddings": list(model.capabilities.pools),
     }
+    if config.num_labels:  # softmax, or sigmoid + thresholds (vitkit.inference.heads)
+        from vitkit.inference.heads import head_for
+
+        facts["head"] = head_for(config, labels).describe()
     if hasattr(config, "num_patches"):  # a transformer: its sequence length
         facts["tokens"] = config.num_patches + model.num_prefix_tokens
     return facts
@@ -112,9 +116,19 @@ def run(args: argparse.Namespace) -> int:
     head = "none (feature extractor: use `vitkit embed`)"
     if loaded.model.config.num_labels:
         head = f"{loaded.model.config.num_labels} classes: {', '.join(facts['labels'])}"
+        head += "; " + _head_kind(facts["head"])
     print(f"head         {head}")
     print(f"embeddings   {', '.join(facts['embeddings'])}")
     print("config")
     for name, value in facts["config"].items():
         print(f"  {name:<24} {value}")
     return 0
+
+
+def _head_kind(card: dict[str, Any]) -> str:
+    if card["activation"] == "softmax":
+        return "single-label (softmax)"
+    thresholds = list(card["thresholds"].values())
+    low, high = min(thresholds), max(thresholds)
+    span = f"{low:g}" if low == high else f"{low:g}..{high:g}"
+    return f"multi-label (sigmoid), thresholds {span}"
