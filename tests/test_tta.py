@@ -149,3 +149,24 @@ def test_cli_predict_and_embed_take_tta(
     )
     reference = vitkit.load(tiny_hf_classifier, tta="rot90").embed(paths)
     assert np.allclose(np.load(out), reference, atol=1e-5)
+
+
+def test_eval_with_tta_scores_the_averaged_probabilities(
+    tiny_hf_classifier: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    labels = vitkit.load(tiny_hf_classifier).labels
+    images = square_photos(photo_dir)
+    for index, image in enumerate(images):
+        folder = tmp_path / "data" / labels[index % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index}.png")
+    out = tmp_path / "eval"
+    args = ["eval", "-m", str(tiny_hf_classifier), "--data", str(tmp_path / "data")]
+    assert main([*args, "--tta", "d4", "--out", str(out)]) == 0
+    loss = json.loads((out / "metrics.json").read_text())["loss"]
+    classifier = vitkit.load(tiny_hf_classifier, tta="d4")
+    paths = sorted((tmp_path / "data").rglob("*.png"))
+    probabilities = classifier.probabilities(classifier.prepare([str(p) for p in paths]))
+    targets = torch.tensor([labels.index(p.parent.name) for p in paths])
+    expected = -probabilities[torch.arange(len(paths)), targets].log().mean().item()
+    assert loss == pytest.approx(expected, rel=1e-5)  # cross-entropy of the mean over 8 views

@@ -7,18 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.atomic_files import atomic_open
-from vitkit.errors import DatasetError
+from vitkit.cli._common import add_head_options
+from vitkit.errors import DatasetError, VitkitError
 
 EPILOG = """\
 examples:
   vitkit eval --model runs/vit384/best --data slides/            # slides/test/ if it exists
   vitkit eval --model runs/vit384/best --data slides/ --split val
   vitkit eval --model google/vit-base-patch16-224 --data imagenet-sample/ --out eval-base
+  vitkit eval --model runs/tiles/best --data tiles/ --tta d4      # mean over flips and turns
+  vitkit eval --model runs/tags/best --data tags/                 # tags/test.csv: multi-label
 
 DATA is an image folder (one sub-folder per class, named as the model's labels). When it has
 train/ val/ test/ sub-folders, --split picks one (default: test). Images are preprocessed as the
 checkpoint's own preprocessor_config.json says. Written to --out: metrics.json,
 confusion_matrix.json, confusion_matrix.png and predictions.csv.
+
+A multi-label model is evaluated on a label table (a .csv / .jsonl file, or DATA/test.csv; --split
+picks DATA/<split>.csv): mAP, ROC-AUC, macro and micro F1 at the thresholds saved with the model
+(or --threshold) and at 0.5, per-label AP / F1 / support. Written: metrics.json, report.txt,
+scores.csv.
 """
 
 
@@ -37,7 +45,11 @@ def register(subparsers: Any) -> None:
         help="checkpoint: a training run's best/ directory (ViT, DeiT student or ResNet), HF "
         "directory, hub id, timm file, .npz or .onnx",
     )
-    parser.add_argument("--data", required=True, help="image folder (one sub-folder per class)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="image folder (one sub-folder per class), or a label table for a multi-label model",
+    )
     parser.add_argument(
         "--split",
         default=None,
@@ -61,8 +73,9 @@ def register(subparsers: Any) -> None:
         "--on-bad-image",
         default="skip",
         choices=["skip", "fail"],
-        help="unreadable images: skip with a report, or stop",
+        help="unreadable images (and bad label-table rows): skip with a report, or stop",
     )
+    add_head_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -81,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
     import csv
 
+    from vitkit.cli._eval_multilabel import load_for_eval, run_multilabel_eval
     from vitkit.inference import runtime
-    from vitkit.inference.classifier import load
+    from vitkit.inference.tta import AveragedModel
     from vitkit.training import data as vdata
     from vitkit.training.evaluate import (
         ClassificationEvaluator,
@@ -90,11 +104,19 @@ def run(args: argparse.Namespace) -> int:
         evaluate,
         save_eval_outputs,
     )
+    from vitkit.training.labels import is_label_table
     from vitkit.training.metrics import format_report
 
-    folder, split = pick_folder(Path(args.data), args.split)
     runtime.tune_process_for_inference(args.device)
-    classifier = load(args.model, device=args.device, image_size=args.image_size)
+    if is_label_table(args.data):  # several labels per image
+        return run_multilabel_eval(args, _default_out)
+    folder, split = pick_folder(Path(args.data), args.split)
+    classifier = load_for_eval(args)
+    if classifier.require_head().multi_label:
+        raise VitkitError(
+            f"{args.model} is a multi-label (sigmoid) model: evaluate it on a label table "
+            "(CSV path,labels or JSONL; see vitkit train --help), not on class folders"
+        )
     labels = list(classifier.labels)
     classes = vdata.find_classes(folder)
     unknown = [name for name in classes if name not in labels]
@@ -117,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
             raise vdata.DatasetError(scan.report())
         print(f"warning: skipping {scan.report()}")
     dataset = vdata.ImageDataset(scan.good, ProcessorTransform(classifier.processor))
+    model = classifier.model
+    if classifier.tta != "none":  # logits of the mean probabilities over the views
+        model = AveragedModel(model, classifier.tta, multi_label=False)
     result = evaluate(
-        classifier.model,
+        model,
         dataset,
         ClassificationEvaluator(labels),
         device=classifier.device,

@@ -13,6 +13,9 @@ data layout:
   DATA/<class>/*.jpg                       a validation split (--val-fraction) is drawn and
                                            written to OUT/split.json
   DATA/train/<class>/*, DATA/val/..., DATA/test/...   used as given (test: evaluated at the end)
+  labels.csv (path,labels with labels a;b) or labels.jsonl, or DATA/{train,val,test}.csv:
+                                           several labels per image (multi-label: BCE, rare
+                                           labels oversampled, thresholds tuned on val)
 
 examples:
   # the ViT paper's recipe: SGD momentum 0.9, warm-up + cosine, fine-tuned at 384 from a 224 model
@@ -23,6 +26,8 @@ examples:
   # a small ViT from scratch (the from-scratch recipe: AdamW, warm-up, label smoothing, shift)
   vitkit train --data digits/ --out runs/tiny --from-scratch --preset vit-tiny-patch4-32 \\
       --model-arg num_hidden_layers=4 --epochs 30
+  # several labels per image, from a label table
+  vitkit train --data tiles/labels.csv --out runs/tags --model ./vit-b16 --augment seed
   # continue a run that was killed
   vitkit train --data slides/ --out runs/vit384 --model google/vit-base-patch16-224 --resume
   # 4 GPUs (or CPU processes with gloo); 2 machines: add --nnodes 2 --rdzv-backend c10d
@@ -56,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from vitkit.training.distributed import cleanup_distributed
-    from vitkit.training.metrics import format_report
+    from vitkit.training.labels import is_label_table
+    from vitkit.training.metrics import format_multilabel_report, format_report
+    from vitkit.training.tasks.multilabel import MultiLabelBuilder
     from vitkit.training.trainer import train
 
+    config = config_from_args(TrainConfig, args)
+    multi_label = is_label_table(config.data)  # a label table: several labels per image
     try:
-        result = train(config_from_args(TrainConfig, args))
+        result = train(config, MultiLabelBuilder() if multi_label else None)
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -70,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.test is not None:
         print(f"\ntest split ({result.test.report['num_samples']} images):")
-        print(format_report(result.test.report))
+        report = result.test.report
+        print(format_multilabel_report(report) if multi_label else format_report(report))
         print(f"\nwritten to {result.out / 'test'}")
     return 0

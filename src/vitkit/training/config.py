@@ -98,7 +98,10 @@ def option(
 @dataclass
 class TrainConfig:
     data: str = option(
-        help="image folder: DATA/<class>/*, or DATA/{train,val,test}/<class>/*", group="data"
+        help="image folder: DATA/<class>/*, or DATA/{train,val,test}/<class>/*; or, for "
+        "several labels per image, a label table (CSV path,labels / JSONL) or a folder of "
+        "train/val/test tables",
+        group="data",
     )
     out: str = option(help="run folder for checkpoints, logs and plots", group="data")
     # ---- model
