@@ -91,6 +91,7 @@ def run_seed(out: Path, seed: int, epochs: int) -> dict:
         seed=seed,
         device="cpu",
         progress=False,
+        resume=True,  # a re-run reuses (or finishes) the seed's training
         **settings,
     )
     started = time.perf_counter()
