@@ -260,40 +260,49 @@ def run_interleaved(
         shift = round_index % len(contenders)
         for contender in [*contenders[shift:], *contenders[:shift]]:
             times[contender.name].append(_median_time(contender, batch, repeats, device, clock))
-        say(
-            f"round {round_index + 1}/{rounds}: "
-            + ", ".join(f"{name} {len(batch) / t[-1]:.2f} img/s" for name, t in times.items())
-            + (f", GEMM {gemm[-1].sustained:.0f} GFLOP/s" if gemm else "")
-        )
-    results = []
-    for contender in contenders:
-        mine = times[contender.name]
-        ratios = {
-            # > 1: the reference ran faster than this contender in the typical round
-            reference: statistics.median(m / r for m, r in zip(mine, times[reference], strict=True))
-        }
-        results.append(
-            Result(
-                contender.name,
-                len(batch),
-                mine,
-                contender.flops_per_image,
-                peaks[contender.name],
-                contender.weight_bytes,
-                contender.note,
-                ratios,
-            )
-        )
+        say(_round_line(round_index, rounds, len(batch), times, gemm))
     return Report(
         len(batch),
         torch.get_num_threads(),
-        results,
+        [_result(c, len(batch), times, reference, peaks[c.name]) for c in contenders],
         [rate.sustained for rate in gemm],
         str(torch.device(device)),
         title,
         cpu_time=clock in (time.process_time, time.thread_time),
         gemm_burst_gflops=[rate.burst for rate in gemm],
         gemm_seconds=probe_seconds,
+    )
+
+
+def _round_line(
+    index: int, rounds: int, images: int, times: dict[str, list[float]], gemm: list[GemmRate]
+) -> str:
+    """The progress line of one finished round: each contender's rate, and the GEMM probe's."""
+    rates = ", ".join(f"{name} {images / t[-1]:.2f} img/s" for name, t in times.items())
+    probe = f", GEMM {gemm[-1].sustained:.0f} GFLOP/s" if gemm else ""
+    return f"round {index + 1}/{rounds}: {rates}{probe}"
+
+
+def _result(
+    contender: Contender,
+    images: int,
+    times: dict[str, list[float]],
+    reference: str,
+    peak: int | None,
+) -> Result:
+    """One contender's row; its ratio to the reference is the median over rounds of (its time /
+    the reference's time in the same round): > 1 means the reference ran faster."""
+    mine = times[contender.name]
+    ratio = statistics.median(m / r for m, r in zip(mine, times[reference], strict=True))
+    return Result(
+        contender.name,
+        images,
+        mine,
+        contender.flops_per_image,
+        peak,
+        contender.weight_bytes,
+        contender.note,
+        {reference: ratio},
     )
 
 

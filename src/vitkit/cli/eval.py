@@ -92,8 +92,6 @@ def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
-    import csv
-
     from vitkit.cli._eval_multilabel import load_for_eval, run_multilabel_eval
     from vitkit.inference import runtime
     from vitkit.inference.tta import AveragedModel
@@ -118,27 +116,8 @@ def run(args: argparse.Namespace) -> int:
             "(CSV path,labels or JSONL; see vitkit train --help), not on class folders"
         )
     labels = list(classifier.labels)
-    classes = vdata.find_classes(folder)
-    unknown = [name for name in classes if name not in labels]
-    if unknown:
-        raise vdata.DatasetError(
-            f"{folder}: class folder(s) {unknown} are not labels of {args.model} "
-            f"(its labels: {labels[:20]}{' ...' if len(labels) > 20 else ''}); "
-            "folder names must equal the model's id2label names"
-        )
-    # Folder order -> the model's label index, so the report is in the model's label order.
-    samples = [
-        vdata.Sample(s.path, labels.index(classes[s.label]))
-        for s in vdata.list_samples(folder, classes)
-    ]
-    if not samples:
-        raise vdata.DatasetError(f"{folder}: no images")
-    scan = vdata.scan_images(samples)
-    if scan.bad:
-        if args.on_bad_image == "fail":
-            raise vdata.DatasetError(scan.report())
-        print(f"warning: skipping {scan.report()}")
-    dataset = vdata.ImageDataset(scan.good, ProcessorTransform(classifier.processor))
+    images = readable_samples(folder, labels, args.model, args.on_bad_image)
+    dataset = vdata.ImageDataset(images, ProcessorTransform(classifier.processor))
     model = classifier.model
     if classifier.tta != "none":  # logits of the mean probabilities over the views
         model = AveragedModel(model, classifier.tta, multi_label=False)
@@ -152,25 +131,60 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else _default_out(args.model, split)
     save_eval_outputs(result, labels, out, f"{Path(str(args.model)).name} on {folder}")
-    with atomic_open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "true", "predicted", "score"])
-        for row, index in enumerate(result.indices):
-            predicted = int(result.predictions[row])
-            writer.writerow(
-                [
-                    scan.good[index].path,
-                    labels[int(result.targets[row])],
-                    labels[predicted],
-                    f"{result.probabilities[row, predicted]:.6f}",
-                ]
-            )
+    write_predictions(out / "predictions.csv", result, [s.path for s in images], labels)
     print(
         f"{args.model} on {folder} ({result.report['num_samples']} images), loss {result.loss:.4f}"
     )
     print(format_report(result.report))
     print(f"\nwritten to {out}/ (metrics.json, confusion_matrix.json/.png, predictions.csv)")
     return 0
+
+
+def readable_samples(folder: Path, labels: list[str], model: str, on_bad_image: str) -> Any:
+    """The folder's images labelled by the model's label index (class folders must be labels);
+    unreadable images skipped with a warning, or refused (``on_bad_image="fail"``)."""
+    from vitkit.training import data as vdata  # torch: not at `vitkit --help` time
+
+    classes = vdata.find_classes(folder)
+    unknown = [name for name in classes if name not in labels]
+    if unknown:
+        raise DatasetError(
+            f"{folder}: class folder(s) {unknown} are not labels of {model} "
+            f"(its labels: {labels[:20]}{' ...' if len(labels) > 20 else ''}); "
+            "folder names must equal the model's id2label names"
+        )
+    # Folder order -> the model's label index, so the report is in the model's label order.
+    samples = [
+        vdata.Sample(s.path, labels.index(classes[s.label]))
+        for s in vdata.list_samples(folder, classes)
+    ]
+    if not samples:
+        raise DatasetError(f"{folder}: no images")
+    scan = vdata.scan_images(samples)
+    if scan.bad:
+        if on_bad_image == "fail":
+            raise DatasetError(scan.report())
+        print(f"warning: skipping {scan.report()}")
+    return scan.good
+
+
+def write_predictions(path: Path, result: Any, paths: list[str], labels: list[str]) -> None:
+    """predictions.csv: path, true label, predicted label, its probability; one row per image."""
+    import csv
+
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "score"])
+        for row, index in enumerate(result.indices):
+            predicted = int(result.predictions[row])
+            writer.writerow(
+                [
+                    paths[index],
+                    labels[int(result.targets[row])],
+                    labels[predicted],
+                    f"{result.probabilities[row, predicted]:.6f}",
+                ]
+            )
 
 
 def _default_out(model: str, split: str) -> Path:
