@@ -2,6 +2,8 @@
 
 Every error names the thing that failed (a file, a URL, a checkpoint key) and, where there is
 one, the fix. The server maps these classes to HTTP statuses; the CLI prints ``str(error)``.
+Only the server's own HTTP answers (overloaded, upload too slow, ...) live elsewhere, in
+``vitkit.serve.errors``: nothing below the server raises them.
 """
 
 from __future__ import annotations
@@ -32,10 +34,20 @@ class UnsupportedImageError(ImageDecodeError):
     """The bytes are not an image in one of the allowed raster formats."""
 
 
+class ProcessorConfigError(CheckpointError):
+    """A preprocessor_config.json that cannot be used (missing, unreadable, bad values)."""
+
+
 class FetchError(VitkitError):
     """Fetching an image URL failed. ``http_status`` is what a server should answer."""
 
     http_status = 502
+
+
+class BadURLError(FetchError):
+    """The URL cannot be parsed (no host, bad port, ...): the caller's input is wrong."""
+
+    http_status = 400
 
 
 class URLNotAllowedError(FetchError):

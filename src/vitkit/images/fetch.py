@@ -40,7 +40,13 @@ from urllib.parse import urljoin
 
 import httpx
 
-from vitkit.errors import FetchError, FetchTimeoutError, FetchTooLargeError, URLNotAllowedError
+from vitkit.errors import (
+    BadURLError,
+    FetchError,
+    FetchTimeoutError,
+    FetchTooLargeError,
+    URLNotAllowedError,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -49,12 +55,6 @@ Resolver = Callable[[str, int], list[str]]
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 # Host names after IDNA encoding (httpx does that), or IPv6 literals (hex digits and colons).
 _HOST_CHARACTERS = re.compile(r"[A-Za-z0-9._-]{1,253}|[0-9A-Fa-f:.]+(%[A-Za-z0-9]+)?")
-
-
-class BadURLError(FetchError):
-    """The URL cannot be parsed (no host, bad port, ...): the caller's input is wrong."""
-
-    http_status = 400
 
 
 def system_resolver(host: str, port: int) -> list[str]:

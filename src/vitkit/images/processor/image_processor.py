@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from vitkit.errors import CheckpointError, VitkitError
+from vitkit.errors import ProcessorConfigError, VitkitError
 from vitkit.images import decode as vio
 from vitkit.images.processor import fast_mode, pil_mode
 from vitkit.images.processor.sizes import SizeSpec
@@ -52,10 +52,6 @@ IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _T = TypeVar("_T")
-
-
-class ProcessorConfigError(CheckpointError):
-    """A preprocessor_config.json that cannot be used (missing, unreadable, bad values)."""
 
 
 @dataclass
