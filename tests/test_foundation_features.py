@@ -210,6 +210,11 @@ def test_cls_only_logits_only_where_exact() -> None:
         for model in (token, averaged, deit):
             full = model(pixels).logits
             assert float((model.forward_logits(pixels) - full).abs().max()) <= 1e-5
+        # embeddings of [CLS] take the same shortcut; those reading every token do not need to
+        for pool in ("cls", "cls+mean", "mean"):
+            tokens = token(pixels).last_hidden_state
+            fast = token.forward_embedding(pixels, pool)
+            assert float((fast - token.pool(tokens, pool)).abs().max()) <= 1e-5
 
 
 def test_int8_and_sub_batches_run_the_variants() -> None:

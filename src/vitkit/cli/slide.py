@@ -75,9 +75,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--pool",
         default=None,
-        choices=["cls", "mean", "pooler"],
-        help="embedding of a tile: cls (a transformer's default), mean (of the patch tokens, or "
-        "of a CNN's feature map: a ResNet's default), pooler (dense+tanh on [CLS])",
+        choices=["cls", "mean", "cls+mean", "pooler"],
+        help="embedding of a tile (default: the model family's, see `vitkit info`): cls, mean "
+        "(of the patch tokens, or of a CNN's feature map: a ResNet's default), cls+mean (both: "
+        "Virchow's), pooler (transformers' pooler_output)",
     )
     parser.add_argument("--reader", default="auto", choices=READER_CHOICES, help="slide reader")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")

@@ -456,14 +456,19 @@ class ViT(nn.Module):
             logits = self(pixel_values).logits
             assert logits is not None
             return logits
+        logits, _ = self.forward_head(self.norm(self._cls_after_last_block(pixel_values)))
+        assert logits is not None
+        return logits
+
+    def _cls_after_last_block(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1, dim): [CLS] after the last block, which runs its projection and MLP for
+        [CLS] alone (the other tokens are only its keys and values there)."""
         x = self.embed(pixel_values)
         for block in self.blocks[:-1]:
             x, _ = block(x)
         last = self.blocks[-1]
         assert isinstance(last, Block)
-        logits, _ = self.forward_head(self.norm(last.forward_cls(x)))
-        assert logits is not None
-        return logits
+        return last.forward_cls(x)
 
     def forward_embedding(
         self, pixel_values: torch.Tensor, pool: str | None = None
@@ -471,6 +476,9 @@ class ViT(nn.Module):
         """One embedding per image (``pool``, see ``pool``; None: the family's documented one),
         or every token, (B, tokens, dim), for "tokens"."""
         pool = self.check_pool(pool)  # before any work
+        reads_cls_only = pool == "cls" or (pool == "pooler" and self.cls_token is not None)
+        if reads_cls_only:  # exact: the other tokens' last-block outputs would be thrown away
+            return self.pool(self.norm(self._cls_after_last_block(pixel_values)), pool)
         tokens, _, _ = self.forward_features(pixel_values)
         return self.pool(tokens, pool)
 
