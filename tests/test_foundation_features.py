@@ -5,6 +5,7 @@ inferred, saving, the commands (embed, info, train) and the fast paths (int8, su
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,32 @@ def test_train_from_dinov2_at_another_resolution(tiny_dinov2: Path, tmp_path: Pa
     assert trained.config.num_register_tokens == 4 and trained.config.family
     with torch.no_grad():
         assert trained(photo_pixels(42)).logits.shape == (4, 2)
+
+
+def test_serve_embed_gives_the_family_default(tiny_dinov2: Path, photo_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from vitkit import load
+    from vitkit.serve import ServeSettings, create_app
+
+    classifier = load(tiny_dinov2, device="cpu")
+    app = create_app(classifier, ServeSettings(max_batch_size=2))
+    data = (photo_dir / "histology.jpg").read_bytes()
+    processor = transformers.AutoImageProcessor.from_pretrained(tiny_dinov2)
+    reference = transformers.Dinov2WithRegistersModel.from_pretrained(tiny_dinov2).eval()
+    with torch.no_grad():
+        inputs = processor(
+            images=[Image.open(photo_dir / "histology.jpg").convert("RGB")], return_tensors="pt"
+        )
+        expected = reference(**inputs).pooler_output.numpy()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(600):  # the model warms up in the background
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = client.post("/v1/embed", files={"f": ("h.jpg", data, "image/jpeg")}).json()
+        assert body["pool"] == "cls" and body["dim"] == 64
+        assert float(np.abs(np.array(body["embeddings"]) - expected).max()) <= TOLERANCE
+        both = client.post("/v1/embed?pool=cls%2Bmean", files={"f": ("h.jpg", data, "image/jpeg")})
+        assert both.json()["dim"] == 128  # [CLS] + mean patch token (registers left out)
