@@ -329,6 +329,7 @@ def main() -> None:
     parser.add_argument("--augment", default="shift")
     parser.add_argument("--epochs-10", type=int, default=100, help="fine-tune epochs, 10%% labels")
     parser.add_argument("--epochs-100", type=int, default=10, help="fine-tune epochs, all labels")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument(
         "--threads",
         type=int,

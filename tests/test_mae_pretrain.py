@@ -215,6 +215,11 @@ def test_starting_from_a_vit_checkpoint_keeps_its_encoder(tmp_path: Path) -> Non
     assert not encoder.pos_embed.requires_grad  # MAE's positions are fixed
     continued = spec.model
     save_model(continued, tmp_path / "mae")
+    again = TrainConfig(data=str(tmp_path), out=str(tmp_path / "r1"), model=str(tmp_path / "mae"))
+    resumed = mae_model_spec(again, PretrainConfig(mask_ratio=0.5)).model
+    assert resumed.config.mask_ratio == 0.5  # masking from the settings, decoder as saved
+    saved = continued.state_dict()
+    assert all(torch.equal(t, saved[name]) for name, t in resumed.state_dict().items())
     with pytest.raises(TrainingError, match="--decoder-width 64"):
         clash = TrainConfig(
             data=str(tmp_path), out=str(tmp_path / "r2"), model=str(tmp_path / "mae")
