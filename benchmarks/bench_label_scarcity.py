@@ -310,8 +310,8 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--patch", type=int, default=4)
-    parser.add_argument("--mae-epochs", type=int, default=20)
+    parser.add_argument("--patch", type=int, default=7)
+    parser.add_argument("--mae-epochs", type=int, default=30)
     parser.add_argument("--mae-batch-size", type=int, default=128)
     parser.add_argument(
         "--mae-base-lr",

@@ -29,13 +29,9 @@ from vitkit.errors import DatasetError, TrainingError
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import ViT
 from vitkit.training.config import TrainConfig
-from vitkit.training.tasks.mae import (
-    MaskedImages,
-    list_images,
-    mae_model_spec,
-    unlabeled_splits,
-)
 from vitkit.training.tasks.mae_config import PretrainConfig, pretrain_recipe
+from vitkit.training.tasks.mae_data import MaskedImages, list_images, unlabeled_splits
+from vitkit.training.tasks.mae_spec import mae_model_spec
 
 EPOCHS = 3
 TINY = [

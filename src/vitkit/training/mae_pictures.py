@@ -1,4 +1,5 @@
-"""Reconstruction pictures for MAE pre-training: one PNG per epoch, so a user sees that it learns.
+"""Reconstruction pictures for MAE pre-training: one PNG per epoch, so a user sees that it learns
+(``ReconstructionPictures``, a trainer callback).
 
 Each row is one validation image (always the same images and the same mask, so epochs compare):
 
@@ -13,12 +14,17 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from vitkit.atomic_files import atomic_write_bytes
+from vitkit.models.mae import MAE
+from vitkit.training.callbacks import Callback
+from vitkit.training.evaluate import EvalResult
+from vitkit.training.state import FitState
 
 COLUMNS = ("original", "masked", "reconstruction")
 _MIN_TILE = 96  # pixels: below this a 4-pixel patch is hard to see
@@ -86,3 +92,34 @@ def save_png(picture: Image.Image, path: Path) -> None:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class ReconstructionPictures(Callback):
+    """After every epoch, ``OUT/reconstructions/epoch_NNN.png`` of the first ``count``
+    validation images (always the same images and masks), on rank 0."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def on_epoch_end(
+        self, run: Any, fit: FitState, record: dict[str, Any], val: EvalResult
+    ) -> None:
+        if self.count <= 0 or not run.info.is_main:
+            return
+        model, dataset, spec = run.task.model, run.data.val, run.task.spec
+        assert isinstance(model, MAE)
+        items = [dataset[index] for index in range(min(self.count, len(dataset)))]
+        pixels = torch.stack([pixels for pixels, _ in items]).to(run.info.device)
+        noise = torch.stack([noise for _, noise in items]).to(run.info.device)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            output = model(pixels, noise=noise)
+            reconstructed = model.reconstruct(pixels, output.logits.float())
+        model.train(was_training)
+        picture = reconstruction_grid(
+            pixels, reconstructed, output.mask, model.config.encoder.patch_size, spec.mean, spec.std
+        )
+        folder = run.out / "reconstructions"
+        folder.mkdir(exist_ok=True)
+        save_png(picture, folder / f"epoch_{record['epoch']:03d}.png")
