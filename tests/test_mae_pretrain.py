@@ -230,3 +230,14 @@ def test_recipe_is_maes() -> None:
     assert cfg.warmup_fraction == 0.05
     mine = pretrain_recipe(TrainConfig(data="d", out="o", lr=1e-3), PretrainConfig())
     assert mine.lr == 1e-3
+
+
+def test_cli_help_speaks_of_unlabeled_images_and_mistakes_answer_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    assert "folder names are ignored" in capsys.readouterr().out
+    code = main(["pretrain", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and "nothing" in error and len(error.splitlines()) == 1

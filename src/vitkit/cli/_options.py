@@ -31,11 +31,17 @@ def add_options(
     only: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     defaults: dict[str, Any] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
-    """Add one option per field of ``config_class`` (grouped as the fields say)."""
+    """Add one option per field of ``config_class`` (grouped as the fields say).
+
+    ``helps``: this command's own help text for some fields, where the field's would mislead
+    (``vitkit pretrain``'s --data has no classes); the default value is still shown.
+    """
     wanted = set(only) if only is not None else None
     skipped = set(exclude)
     defaults = defaults or {}
+    helps = helps or {}
     groups: dict[str, Any] = {}
     hints = typing.get_type_hints(config_class)
     for item in dataclasses.fields(config_class):
@@ -48,7 +54,7 @@ def add_options(
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_name)
         default = defaults.get(item.name, _default_of(item))
-        _add_field(groups[group_name], item, hints[item.name], default)
+        _add_field(groups[group_name], item, hints[item.name], default, helps.get(item.name))
 
 
 def config_from_args(config_class: type, args: argparse.Namespace, **extra: Any) -> Any:
@@ -107,12 +113,18 @@ def _flags(item: dataclasses.Field[Any]) -> tuple[str, ...]:
     return tuple(item.metadata["flags"]) or ("--" + item.name.replace("_", "-"),)
 
 
-def _add_field(group: Any, item: dataclasses.Field[Any], annotation: Any, default: Any) -> None:
+def _add_field(
+    group: Any,
+    item: dataclasses.Field[Any],
+    annotation: Any,
+    default: Any,
+    own_help: str | None = None,
+) -> None:
     meta = item.metadata
     kind = _base_type(annotation)
     origin = typing.get_origin(kind)
-    help_text = meta["help"]
-    shown = meta["default_help"] if meta["default_help"] is not None else default
+    help_text = own_help or meta["help"]
+    shown = meta["default_help"] if meta["default_help"] is not None and not own_help else default
     kwargs: dict[str, Any] = {"dest": item.name}
     if kind is bool:
         kwargs["action"] = "store_false" if default else "store_true"

@@ -37,6 +37,16 @@ TRAIN_OPTIONS = (
     "progress",
 )
 
+# Where TrainConfig's help speaks of classes and fine-tuning, pre-training says what it does.
+OWN_HELP = {
+    "data": "folder of images, nested or not; folder names are ignored (no labels needed)",
+    "model": "start the encoder from this checkpoint (anything vitkit loads; an MAE directory "
+    "with its decoder is continued) instead of random weights",
+    "preset": "encoder architecture when starting from random weights (no --model)",
+    "model_overrides": "override a ViTConfig field of --preset (repeatable), e.g. hidden_size=64",
+    "val_fraction": "share of the images held out for the validation reconstruction loss",
+}
+
 EPILOG = """\
 data: every image under --data, in nested folders or not (folder names are ignored); a seeded
 share (--val-fraction, at most --max-val-images) is held out to measure the reconstruction.
@@ -74,7 +84,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_options(parser, TrainConfig, only=TRAIN_OPTIONS)
+    add_options(parser, TrainConfig, only=TRAIN_OPTIONS, helps=OWN_HELP)
     add_options(parser, PretrainConfig)
     parser.set_defaults(func=run)
 
