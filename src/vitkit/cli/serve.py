@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitkit.cli._common import add_jpeg_draft_option, add_precision_option
+from vitkit.cli._common import add_head_options, add_jpeg_draft_option, add_precision_option
 
 EPILOG = """\
 examples:
   vitkit serve --model google/vit-base-patch16-224
   vitkit serve --model ./my-finetuned --port 9000 --max-batch-size 16 --max-batch-delay-ms 10
   vitkit serve --model ./ckpt --allow-host images.internal.example   # fetch from one internal host
+  vitkit serve --model runs/tags/best --tta d4 --threshold 0.4      # a multi-label model, TTA
 
 endpoints:
   GET  /predict_image_class?image_url=URL   {"predicted_class", "score", "predictions"}
@@ -55,6 +56,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_precision_option(parser)
+    add_head_options(parser)
     parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument(
         "--max-batch-delay-ms",
@@ -153,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
 
     from vitkit.inference import runtime
     from vitkit.inference.classifier import load
+    from vitkit.inference.heads import parse_thresholds
     from vitkit.serve import create_app
 
     settings = settings_from(args)
+    threshold = parse_thresholds(args.threshold) if args.threshold is not None else None
     check_startup(args, settings)
     share_malloc_arenas()
     logging.basicConfig(
@@ -171,7 +175,13 @@ def run(args: argparse.Namespace) -> int:
 
     def load_model() -> Any:
         return load(
-            args.model, device=args.device, precision=args.precision, jpeg_draft=args.jpeg_draft
+            args.model,
+            device=args.device,
+            precision=args.precision,
+            jpeg_draft=args.jpeg_draft,
+            problem_type=args.problem_type,
+            threshold=threshold,
+            tta=args.tta,
         )
 
     app = create_app(load_model, settings, on_load_error=give_up)

@@ -226,6 +226,11 @@ def head_for(
     return Head(tuple(labels), "sigmoid", tuple(vector))
 
 
+def trim_answer(answer: list[Prediction], top_k: int) -> list[Prediction]:
+    """The first ``top_k`` of an answer, and every later label that passes its threshold."""
+    return [p for rank, p in enumerate(answer) if rank < top_k or p.get("positive")]
+
+
 def top_k_predictions(
     probabilities: torch.Tensor, labels: Sequence[str], top_k: int
 ) -> list[list[Prediction]]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from vitkit.inference.heads import trim_answer
 from vitkit.serve.errors import DeadlineExceeded, Overloaded
 
 log = logging.getLogger("vitkit.serve")
@@ -198,5 +199,6 @@ class MicroBatcher:
             mine = results[offset : offset + job.size]
             offset += job.size
             if operation == ("predict",):
-                mine = [top[: job.top_k] for top in mine]
+                # the batch ran at its largest k; labels that pass a threshold always stay
+                mine = [trim_answer(top, job.top_k) for top in mine]
             job.resolve(mine)

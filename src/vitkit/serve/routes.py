@@ -97,6 +97,8 @@ def add_probe_routes(app: FastAPI, service: Service) -> None:
         return {
             "name": service.model_name,
             "labels": list(classifier.labels),
+            "head": classifier.head.describe() if classifier.head is not None else None,
+            "tta": classifier.tta,
             "config": classifier.config.to_hf_dict(),
             "device": str(getattr(classifier, "device", "cpu")),
             "max_batch_size": settings.max_batch_size,
@@ -119,16 +121,20 @@ def add_probe_routes(app: FastAPI, service: Service) -> None:
 
 def add_prediction_routes(app: FastAPI, service: Service) -> None:
     def best(predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        answer = {
             "predicted_class": predictions[0]["label"],
             "score": predictions[0]["score"],
             "predictions": predictions,
         }
+        if "positive" in predictions[0]:  # a multi-label model: the labels that pass
+            answer["present"] = [p["label"] for p in predictions if p["positive"]]
+        return answer
 
     @app.get(
         "/predict_image_class",
         summary="Classify the image at a URL",
         response_model=schemas.BestPrediction,
+        response_model_exclude_none=True,  # single-label answers stay {label, score}
         responses=schemas.responses_for(*schemas.URL_ERRORS),
     )
     async def predict_url(
@@ -148,6 +154,7 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
         "/predict_image_class",
         summary="Classify an uploaded image (multipart field 'image')",
         response_model=schemas.BestPrediction,
+        response_model_exclude_none=True,
         responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
         openapi_extra={"requestBody": schemas.IMAGE_BODY},
     )
@@ -158,6 +165,7 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
         "/v1/predict",
         summary="Classify one or more images (multipart files or a raw image body)",
         response_model=list[list[schemas.Prediction]],
+        response_model_exclude_none=True,
         responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
         openapi_extra={"requestBody": schemas.FILES_BODY},
     )

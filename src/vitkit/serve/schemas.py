@@ -21,13 +21,22 @@ class ErrorBody(BaseModel):
 
 class Prediction(BaseModel):
     label: str
-    score: float = Field(ge=0, le=1)
+    score: float = Field(ge=0, le=1, description="softmax probability, or sigmoid (multi-label)")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Multi-label models only: the label's decision threshold."
+    )
+    positive: bool | None = Field(
+        None, description="Multi-label models only: the score reached the threshold."
+    )
 
 
 class BestPrediction(BaseModel):
     predicted_class: str = Field(description="The top label (the seed API's field).")
     score: float = Field(ge=0, le=1)
     predictions: list[Prediction]
+    present: list[str] | None = Field(
+        None, description="Multi-label models only: every label that passes its threshold."
+    )
 
 
 class Embeddings(BaseModel):
@@ -46,9 +55,21 @@ class Explanation(BaseModel):
     overlay_png_base64: str
 
 
+class Head(BaseModel):
+    problem_type: Literal["single_label_classification", "multi_label_classification"]
+    activation: Literal["softmax", "sigmoid"]
+    thresholds: dict[str, float] | None = Field(
+        None, description="Multi-label models: each label's decision threshold."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str = Field(description="The model's public name (never a path on the server).")
     labels: list[str]
+    head: Head | None = Field(None, description="What the scores mean; none for an embedder.")
+    tta: Literal["none", "flip", "rot90", "d4"] = Field(
+        description="Test-time augmentation: answers are the mean over these views."
+    )
     config: dict[str, Any]
     device: str
     max_batch_size: int

@@ -38,6 +38,7 @@ from vitkit.images.decode import load_image, open_checked
 from vitkit.images.fetch import FetchLimiter
 from vitkit.images.processor import ImageProcessor
 from vitkit.inference.classifier import Classifier
+from vitkit.inference.heads import trim_answer
 from vitkit.models.protocol import check_pool
 from vitkit.serve.batcher import MicroBatcher
 from vitkit.serve.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, RequestTooLarge
@@ -280,7 +281,8 @@ class Service:
                 [explanation] = await batcher.submit(
                     EXPLAIN, pixels, top_k=top_k, deadline=deadline
                 )
-                explanation.predictions = explanation.predictions[:top_k]  # the batch's max k
+                # the batch's max k; labels that pass a threshold always stay
+                explanation.predictions = trim_answer(explanation.predictions, top_k)
                 png = await self.in_thread(partial(overlay_png, picture, explanation.maps[method]))
                 return explanation, png
 

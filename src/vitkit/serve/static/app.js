@@ -1,9 +1,11 @@
 // The vitkit web page, and a worked example of the service's public API:
-//   GET  /v1/model                              the model's name and labels (header)
+//   GET  /v1/model                              the model's name, labels and head (header)
 //   POST /v1/predict?top_k=K  (multipart files) the top-K bars of an uploaded image
 //   GET  /predict_image_class?image_url=U       the top-K bars of an image at a URL
 //   POST /v1/explain?method=M (multipart image) the attention overlay ("show where the model looked")
 // Every answer that is not a success is shown as a readable message in the image's card.
+// A multi-label model's answer carries each label's threshold and whether it passed: the bars
+// then mark the threshold and the labels that pass, and a line above them names those labels.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const METHOD_NAMES = { rollout: "attention rollout", cls: "last-layer [CLS] attention" };
@@ -124,24 +126,45 @@ function showPredictions(item, answer) {
     result.append(errorBox(answer));
     return;
   }
-  const list = element("ol", "bars");
-  list.setAttribute("aria-label", `top ${answer.predictions.length} labels`);
-  for (const { label, score } of answer.predictions) {
-    const percent = `${(100 * score).toFixed(1)}%`;
-    const row = element("li", "row");
-    row.dataset.label = label;
-    row.dataset.score = String(score);  // the API's number, unrounded (tests compare it)
-    const name = element("span", "label", label);
-    name.title = label;
-    const track = element("span", "track");
-    track.setAttribute("aria-hidden", "true");  // the percentage beside it says the same
-    const bar = element("span", "bar");
-    bar.style.width = percent;
-    track.append(bar);
-    row.append(name, track, element("span", "score", percent));
-    list.append(row);
+  const multiLabel = answer.predictions.some((p) => p.threshold !== undefined);
+  const list = element("ol", multiLabel ? "bars multi" : "bars");
+  if (multiLabel) {
+    const present = answer.predictions.filter((p) => p.positive).map((p) => p.label);
+    const line = present.length ? `present: ${present.join(", ")}` : "no label reaches its threshold";
+    result.append(element("p", "present", line));
+    list.setAttribute("aria-label", `${answer.predictions.length} labels, each with its threshold`);
+  } else {
+    list.setAttribute("aria-label", `top ${answer.predictions.length} labels`);
   }
+  for (const prediction of answer.predictions) list.append(predictionRow(prediction));
   result.append(list);
+}
+
+function predictionRow({ label, score, threshold, positive }) {
+  const percent = `${(100 * score).toFixed(1)}%`;
+  const row = element("li", "row");
+  row.dataset.label = label;
+  row.dataset.score = String(score);  // the API's number, unrounded (tests compare it)
+  const name = element("span", "label", label);
+  name.title = label;
+  const track = element("span", "track");
+  track.setAttribute("aria-hidden", "true");  // the percentage beside it says the same
+  const bar = element("span", "bar");
+  bar.style.width = percent;
+  track.append(bar);
+  if (threshold !== undefined) {
+    const cut = `${(100 * threshold).toFixed(1)}%`;
+    row.classList.add(positive ? "pass" : "fail");
+    row.dataset.threshold = String(threshold);
+    row.dataset.positive = String(positive);
+    const tick = element("span", "tick");
+    tick.style.left = cut;
+    track.append(tick);
+    row.title = `${label}: ${percent}, threshold ${cut}: ${positive ? "present" : "absent"}`;
+    name.append(element("span", "visually-hidden", positive ? " (present)" : " (absent)"));
+  }
+  row.append(name, track, element("span", "score", percent));
+  return row;
 }
 
 function errorBox(answer) {
@@ -293,7 +316,9 @@ async function showModel() {
     if (info.error === "not_ready") setTimeout(showModel, 2000);
     return;
   }
-  $("model").textContent = `model: ${info.name}`;
+  const kind = info.head && info.head.activation === "sigmoid" ? " · multi-label: labels pass their own thresholds (marked on each bar)" : "";
+  const tta = info.tta && info.tta !== "none" ? ` · test-time augmentation: ${info.tta}` : "";
+  $("model").textContent = `model: ${info.name}${kind}${tta}`;
   $("labels-summary").textContent = `${info.labels.length} labels`;
   $("labels").replaceChildren(...info.labels.map((label) => element("li", "", label)));
   $("labels-box").hidden = false;
