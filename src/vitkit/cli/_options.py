@@ -54,7 +54,10 @@ def add_options(
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_name)
         default = defaults.get(item.name, _default_of(item))
-        _add_field(groups[group_name], item, hints[item.name], default, helps.get(item.name))
+        overridden = item.name in defaults
+        _add_field(
+            groups[group_name], item, hints[item.name], default, helps.get(item.name), overridden
+        )
 
 
 def config_from_args(config_class: type, args: argparse.Namespace, **extra: Any) -> Any:
@@ -119,15 +122,19 @@ def _add_field(
     annotation: Any,
     default: Any,
     own_help: str | None = None,
+    overridden: bool = False,
 ) -> None:
     meta = item.metadata
     kind = _base_type(annotation)
     origin = typing.get_origin(kind)
     help_text = own_help or meta["help"]
-    shown = meta["default_help"] if meta["default_help"] is not None and not own_help else default
+    # A command's own help or default is shown as it is; the field's words describe the field's.
+    own = own_help is not None or overridden
+    shown = meta["default_help"] if meta["default_help"] is not None and not own else default
     kwargs: dict[str, Any] = {"dest": item.name}
     if kind is bool:
         kwargs["action"] = "store_false" if default else "store_true"
+        help_text = f"no {help_text}" if default else help_text
     elif origin is dict:
         kwargs.update(action="append", default=None, metavar=meta["metavar"] or "KEY=VALUE")
         shown = " ".join(f"{k}={json.dumps(v)}" for k, v in default.items()) if default else None
