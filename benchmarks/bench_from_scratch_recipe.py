@@ -43,6 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "new-cutmix": {"mix": "cutmix"},
     "new-lr2e-3": {"lr": 2e-3},
     "new-lr5e-4": {"lr": 5e-4},
+    "new-noaug-lr2e-3": {"augment": "none", "lr": 2e-3},
     "adamw-natural": {"augment": "natural"},  # AdamW etc., but flips and crops
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
@@ -51,8 +52,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.experiments.compare import check_compare, compare
 
     root = Path(args.out) / "data"

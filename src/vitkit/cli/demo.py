@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 from vitkit.cli._options import add_options
+from vitkit.errors import VitkitError
 from vitkit.training.config import TrainConfig
 
 EPILOG = """\
@@ -74,18 +78,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-    import time
-    from pathlib import Path
-
-    from vitkit.errors import VitkitError
+    # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.experiments.demo_data import (
         FASHION_MNIST_DIR,
         build_demo_folder,
         fashion_mnist_available,
     )
     from vitkit.training.metrics import format_report, macro_table
-    from vitkit.training.trainer import TrainConfig, train
+    from vitkit.training.trainer import train
 
     fashion_dir = Path(args.fashion_mnist_dir) if args.fashion_mnist_dir else FASHION_MNIST_DIR
     dataset = args.dataset

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
+from vitkit.errors import VitkitError
 from vitkit.training.config import DistillConfig, TrainConfig
 
 EPILOG = """\
@@ -53,7 +54,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.errors import VitkitError
+    # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.training.distillation import distill
     from vitkit.training.metrics import format_report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
@@ -58,8 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.training.distributed import cleanup_distributed
     from vitkit.training.labels import is_label_table
     from vitkit.training.metrics import format_multilabel_report, format_report

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitkit.errors import CompareError
+from vitkit.models.config import preset
 from vitkit.training.config import AUGMENT_PRESETS, DISTILL_KINDS, MIX_MODES, OPTIMIZERS, option
 
 ROWS = ("baseline", "scratch", "finetune224", "finetune384", "distilled")
@@ -126,8 +127,6 @@ class CompareConfig:
 
     @property
     def patch_size(self) -> int:
-        from vitkit.models.config import preset  # torch-free, but only needed once a run starts
-
         return preset(self.vit_preset, **self.vit_overrides).patch_size
 
     @property
