@@ -210,10 +210,17 @@ def test_from_scratch_gets_its_recipe_and_the_plan_says_so(
     )
     assert scratch.lr == 5e-4  # what the user sets wins
     assert (fine.optimizer, fine.augment, fine.mix) == ("sgd", "natural", "none")
-    assert "flip" not in recipe.augment and recipe.augment in ("shift", "none")
+    assert recipe.augment in ("shift", "none")  # no flips: they change what digits mean
+    assert (
+        scratch.mix == recipe.mix
+        and fine.lr == 0.01
+        and resolve_recipe(TrainConfig(data="d", out="o", from_scratch=True, optimizer="sgd")).lr
+        == 0.01
+    )  # another optimiser than the recipe's: its own default learning rate
     argv = ["train", "--data", str(digits), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1"]
     assert main([*argv, "--lr", "5e-4"]) == 0
     err = capsys.readouterr().err
-    assert "recipe: from-scratch: adamw" in err and "augment shift" in err
+    assert "recipe: from-scratch: adamw" in err and f"augment {recipe.augment}" in err
+    assert "yours: lr 0.0005" in err
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["optimizer"] == "adamw" and saved["augment"] == recipe.augment
