@@ -211,3 +211,21 @@ def test_config_json_round_trip_through_transformers() -> None:
     assert hf.qkv_bias is False and hf.layer_norm_eps == 1e-6
     back = ViTConfig.from_hf_dict({**hf.to_dict(), "architectures": ["ViTForImageClassification"]})
     assert back.image_hw == (32, 48) and back.num_labels == 2 and back.labels() == ["a", "b"]
+
+
+def test_drop_path_draws_as_torchvision_stochastic_depth() -> None:
+    """vitkit's DropPath (kept off torchvision's import for start-up time) makes the same random
+    draws and arithmetic as ``torchvision.ops.StochasticDepth(p, "row")``: training runs and their
+    resumes stay what they were."""
+    from torchvision.ops import StochasticDepth
+
+    from vitkit.models.vit import DropPath
+
+    tokens = torch.randn(16, 5, 8)
+    for p in (0.0, 0.3, 1.0):
+        ours, theirs = DropPath(p).train(), StochasticDepth(p, mode="row").train()
+        torch.manual_seed(3)
+        expected = theirs(tokens)
+        torch.manual_seed(3)
+        assert torch.equal(ours(tokens), expected), p
+        assert torch.equal(ours.eval()(tokens), tokens)

@@ -266,3 +266,35 @@ def test_aspect_preserving_size_without_crop(photos: list[Image.Image]) -> None:
     assert max_diff(one, expected) <= TOLERANCE
     with pytest.raises(VitkitError, match="different sizes"):
         processor(photos)  # square and landscape photos cannot share a batch
+
+
+@pytest.mark.parametrize("resample", [0, 1, 2, 3])
+def test_resize_and_crop_equal_torchvision_without_importing_it(resample: int) -> None:
+    """fast_mode restates torchvision's resize / pad / crop (importing torchvision costs every
+    command ~2 s of start-up); the pixels must stay torchvision's, layouts and batches included."""
+    from torchvision.transforms.v2 import functional as tvF
+
+    from vitkit.images.processor import fast_mode
+    from vitkit.images.processor.sizes import SizeSpec
+
+    coffee = torch.from_numpy(real_photos()["coffee"]).permute(2, 0, 1)  # channels-last view
+    mode = tvF.InterpolationMode(fast_mode._INTERPOLATION[resample])
+    inputs = {
+        "channels-last": coffee,
+        "contiguous": coffee.contiguous(),
+        "batch": torch.stack([coffee, coffee.flip(-1)]),
+        "float": coffee.float(),
+    }
+    for name, image in inputs.items():
+        for height, width in ((224, 224), (100, 333), (600, 700)):
+            ours = fast_mode.resize(image, SizeSpec(height=height, width=width), resample)
+            theirs = tvF.resize(image, [height, width], interpolation=mode, antialias=True)
+            assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), (name, height)
+    height, width = coffee.shape[-2:]  # 400 x 600
+    for crop_h, crop_w in ((224, 224), (500, 700), (401, 603)):  # inside, padded, odd padding
+        # transformers' TorchvisionBackend.center_crop, in torchvision calls
+        pad_w, pad_h = max(crop_w - width, 0), max(crop_h - height, 0)
+        padded = tvF.pad(coffee, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2])
+        top, left = int((padded.shape[-2] - crop_h) / 2.0), int((padded.shape[-1] - crop_w) / 2.0)
+        theirs = tvF.crop(padded, top, left, crop_h, crop_w)
+        assert torch.equal(fast_mode.center_crop(coffee, crop_h, crop_w), theirs), crop_h

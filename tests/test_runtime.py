@@ -102,8 +102,9 @@ def test_int8_quantizes_block_linears_of_a_copy() -> None:
     quantized = fast.model
     assert type(model.blocks[0].mlp.fc1) is nn.Linear  # the caller's model is untouched
     assert type(quantized.blocks[0].mlp.fc1) is not nn.Linear
-    assert "quantized.dynamic" in type(quantized.blocks[0].attn.qkv).__module__
     assert type(quantized.head) is nn.Linear  # the head decides the ranking: kept fp32
+    # the fp32 parts are shared with the caller's model, not copied
+    assert quantized.head.weight.data_ptr() == model.head.weight.data_ptr()
     pixels = photo_batch(8, (32, 32))
     with torch.inference_mode():
         reference = model.forward_logits(pixels)
@@ -111,6 +112,28 @@ def test_int8_quantizes_block_linears_of_a_copy() -> None:
     relative = (logits - reference).norm() / reference.norm()
     assert relative < 0.05, relative
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75
+
+
+def test_int8_equals_torch_quantize_dynamic_bit_for_bit() -> None:
+    """vitkit's one-pass int8 copy gives the logits of torch's quantize_dynamic (per-channel
+    weights, the same prepacked kernels), on a real photo batch."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    model = small_vit()
+    ours = runtime.quantize_int8(model)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = runtime.int8_engine()
+    try:
+        with pytest.warns(Warning):  # torch's deprecation notices for quantize_dynamic
+            reference = quantize_dynamic(
+                model, {"blocks": per_channel_dynamic_qconfig}, dtype=torch.qint8
+            )
+    finally:
+        torch.backends.quantized.engine = previous
+    pixels = photo_batch(6, (32, 32))
+    with torch.inference_mode():
+        assert torch.equal(ours.forward_logits(pixels), reference.forward_logits(pixels))
+        assert not torch.equal(ours.forward_logits(pixels), model.forward_logits(pixels))
 
 
 def test_int8_batch_runs_as_one_sub_batch_per_thread() -> None:
@@ -202,3 +225,19 @@ def test_the_cli_offers_exactly_the_runtimes_precisions() -> None:
     for command in (["predict", "x.jpg"], ["serve"], ["bench"]):
         for precision in runtime.PRECISIONS:
             assert parser.parse_args([*command, "--precision", precision]).precision == precision
+
+
+def test_embeddings_run_on_the_int8_model_in_sub_batches() -> None:
+    """`vitkit embed --precision int8` embeds with the int8 model (it used to quantize, then
+    embed in fp32), split per core like the logits."""
+    model = small_vit()
+    one = runtime.optimize(model, precision="int8", threads=1)
+    split = runtime.optimize(model, precision="int8", threads=2)
+    pixels = photo_batch(8, (32, 32))
+    with torch.inference_mode():
+        int8_whole = one.model.forward_embedding(pixels, "cls")
+        fp32 = model.forward_embedding(pixels, "cls")
+    assert torch.equal(one.embed(pixels, "cls"), int8_whole)
+    assert not torch.equal(int8_whole, fp32)
+    halves = torch.cat([one.embed(half, "cls") for half in pixels.tensor_split(2)])
+    assert torch.equal(split.embed(pixels, "cls"), halves)

@@ -1,6 +1,8 @@
 """Cheap guards for what users feel at start-up (issue 19); the timings live in benchmarks/.
 
 - `vitkit --help` and `vitkit CMD --help` must not import torch (it costs seconds and ~1 GB).
+- `vitkit predict` / `embed` must not import torchvision: its import pulls in torch._dynamo
+  (~2 s of CPU on a 2-core EPYC, as much again as `import torch`), and they need neither.
 - The thread choice must not count vitkit's own busy threads (image decoders, core-split
   workers) as competition: on a machine where nothing else runs, a big enough forward gets
   every core.
@@ -12,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +58,34 @@ def test_help_imports_no_heavy_library() -> None:
 @pytest.mark.parametrize("command", _commands())
 def test_command_help_imports_no_heavy_library(command: str) -> None:
     assert _heavy_modules_after([command, "--help"]) == [], command
+
+
+_COMMANDS_PROBE = """
+import json, sys
+from vitkit.cli import main
+for argv in {runs!r}:
+    assert main(argv) == 0, argv
+heavy = ("torch", "torch._dynamo", "torchvision", "sympy", "transformers", "timm")
+print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)
+"""
+
+
+def test_predict_and_embed_run_without_torchvision_or_dynamo(
+    tiny_hf_classifier: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    model, image = ["--model", str(tiny_hf_classifier)], str(photo_dir / "coffee.jpg")
+    runs = [
+        ["predict", *model, "--format", "json", image],
+        ["embed", *model, "--out", str(tmp_path / "x.npy"), image],
+    ]
+    completed = subprocess.run(
+        [sys.executable, "-c", _COMMANDS_PROBE.format(runs=runs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(completed.stderr.strip().splitlines()[-1]) == ["torch"]
 
 
 def _busy_worker(stop: threading.Event) -> None:

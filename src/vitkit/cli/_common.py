@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -179,14 +180,24 @@ def progress_bar(total: int, description: str) -> Iterator[Any]:
 def prepared_batches(
     classifier: Any, sources: list[str], args: argparse.Namespace
 ) -> Iterator[tuple[list[str], Any]]:
-    """(chunk of sources, PreparedBatch) pairs: decode + preprocess in worker threads.
+    """(chunk of sources, PreparedBatch) pairs: decode + preprocess in worker threads, one batch
+    ahead, so the next batch is decoded while the caller runs the model on this one.
 
     A bad input lands in the batch's ``errors`` (by position in the chunk) and never stops the
     rest, which is what a folder of mixed quality needs.
     """
-    for start in range(0, len(sources), args.batch_size):
-        chunk = sources[start : start + args.batch_size]
-        batch = classifier.processor.load_batch(
+    chunks = [sources[i : i + args.batch_size] for i in range(0, len(sources), args.batch_size)]
+
+    def prepare(chunk: list[str]) -> Any:
+        return classifier.processor.load_batch(
             chunk, workers=args.workers, mode=classifier.processor_mode
         )
-        yield chunk, batch
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitkit-prefetch") as ahead:
+        pending = ahead.submit(prepare, chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
+            assert pending is not None
+            batch = pending.result()
+            if index + 1 < len(chunks):
+                pending = ahead.submit(prepare, chunks[index + 1])
+            yield chunk, batch

@@ -182,10 +182,9 @@ class Classifier:
                 "pool='tokens' with TTA: the views' token grids are turned and mirrored, so their "
                 "mean means nothing; use pool cls / mean / pooler, or tta none"
             )
+        # through the runtime: its threads and sub-batches, and the int8 / bf16 model if chosen
         return tta_views.averaged(
-            lambda views: self.model.forward_embedding(views.to(self.device), chosen).float(),
-            pixel_values,
-            self.tta,
+            lambda views: self._forward.embed(views, chosen).float(), pixel_values, self.tta
         )
 
     # ---- images in ------------------------------------------------------------------------

@@ -30,7 +30,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -39,6 +38,7 @@ from torch import nn
 
 from vitkit.errors import UnsupportedPrecisionError
 from vitkit.inference.core_split import CoreSplit, worth_splitting
+from vitkit.inference.int8 import int8_engine, quantize_int8
 from vitkit.models.protocol import require
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -48,7 +48,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIN_FLOPS_PER_THREAD = 4e9
 
 
-__all__ = ["PRECISIONS", "FastForward", "UnsupportedPrecisionError", "optimize"]
+__all__ = [
+    "PRECISIONS",
+    "FastForward",
+    "UnsupportedPrecisionError",
+    "int8_engine",
+    "optimize",
+    "quantize_int8",
+]
 
 
 # ---- CPU capabilities -------------------------------------------------------------------------
@@ -204,39 +211,6 @@ def tune_cpu_allocator() -> bool:
     return _allocator_tuned
 
 
-# ---- int8 -------------------------------------------------------------------------------------
-def int8_engine() -> str:
-    """The quantized backend: oneDNN where present (10% faster than fbgemm for ViT-B's
-    Linear layers on an AVX2 EPYC, same outputs), else PyTorch's default."""
-    engines = torch.backends.quantized.supported_engines
-    return "onednn" if "onednn" in engines else torch.backends.quantized.engine
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose transformer-block Linear layers are dynamically quantized to int8.
-
-    Weights: int8 per output channel; activations: quantized per call from their range. The
-    patch embedding (a conv) and the head stay fp32: they are ~1% of the work and the head
-    decides the ranking. Uses ``torch.ao.quantization.quantize_dynamic``, deprecated since
-    torch 2.9 in favour of torchao, whose int8 path needs torch.compile to be fast on a CPU;
-    the fbgemm/oneDNN kernels used here are still PyTorch's fastest eager int8 Linear.
-    """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = int8_engine()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-            # vitkit and timm name the transformer blocks "blocks"; other models: every Linear
-            target: Any = "blocks" if hasattr(model, "blocks") else nn.Linear
-            spec: dict[Any, Any] = {target: per_channel_dynamic_qconfig}
-            return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=False)
-    finally:
-        torch.backends.quantized.engine = previous
-
-
 # ---- CUDA -------------------------------------------------------------------------------------
 def configure_cuda() -> None:
     """TF32 for fp32 matmuls and cuDNN autotuning for the patch-embedding conv."""
@@ -314,13 +288,27 @@ class FastForward:
         return int(self.threads)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.apply(self.logits_fn, pixel_values)
+
+    def embed(self, pixel_values: torch.Tensor, pool: str | None) -> torch.Tensor:
+        """The model's ``forward_embedding(pixel_values, pool)``, run like the logits (threads,
+        sub-batches, the int8 / bf16 copy of the model)."""
+        embedding = cast(Callable[..., torch.Tensor], self.model.forward_embedding)
+        return self.apply(lambda pixels: embedding(pixels, pool), pixel_values)
+
+    def apply(
+        self, function: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """``function(pixel_values)`` (a forward of ``self.model``, batch first in and out) with
+        this device, dtype and thread choice: one sub-batch per core when the batch is big
+        enough (``vitkit.inference.core_split``), else the chosen intra-op threads."""
         pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
         threads = self.thread_count(pixel_values.shape[0])
         if self.device.type == "cpu" and worth_splitting(pixel_values.shape[0], threads):
             assert threads is not None
-            return self._split(threads)(self.logits_fn, pixel_values)
+            return self._split(threads)(function, pixel_values)
         with torch.inference_mode(), num_threads(threads), attention_backends(self.device):
-            return self.logits_fn(pixel_values)
+            return function(pixel_values)
 
     def _split(self, workers: int) -> CoreSplit:
         """The sub-batch runner for ``workers`` cores (kept: its threads are reused)."""

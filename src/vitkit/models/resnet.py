@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torchvision
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.errors import CheckpointError
 from vitkit.models.protocol import Capabilities, check_pool
+
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
 
 # torchvision constructor name -> (block type, blocks per stage); widths are torchvision's.
 ARCHITECTURES: dict[str, tuple[str, list[int]]] = {
@@ -143,8 +144,7 @@ class ResNetClassifier(nn.Module):
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
         self.config = config
-        constructor = getattr(torchvision.models, config.arch)
-        self.net = constructor(weights=None, num_classes=max(config.num_labels, 1))
+        self.net = _torchvision_resnet(config.arch, max(config.num_labels, 1))
 
     def forward(self, pixel_values: torch.Tensor) -> ResNetOutput:
         return ResNetOutput(self.net(pixel_values))
@@ -178,12 +178,22 @@ class ResNetClassifier(nn.Module):
 
 @lru_cache(maxsize=32)
 def _resnet_flops(arch: str, classes: int, height: int, width: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode  # 0.1 s of import: only when counted
+
     with torch.device("meta"):
-        net = getattr(torchvision.models, arch)(weights=None, num_classes=classes).eval()
+        net = _torchvision_resnet(arch, classes).eval()
         pixels = torch.empty(1, 3, height, width)
     with FlopCounterMode(display=False) as counter:
         net(pixels)
     return int(counter.get_total_flops())
+
+
+def _torchvision_resnet(arch: str, classes: int) -> ResNet:
+    # Imported here: importing torchvision pulls in torch._dynamo (~2 s of CPU), which every
+    # ViT command would pay at start-up because the checkpoint registry imports this module.
+    import torchvision
+
+    return getattr(torchvision.models, arch)(weights=None, num_classes=classes)
 
 
 def build_resnet(arch: str, id2label: dict[int, str], image_size: int = 224) -> ResNetClassifier:

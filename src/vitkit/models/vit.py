@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from vitkit.errors import PoolError
 from vitkit.models.config import ViTConfig
@@ -164,6 +163,31 @@ def _layer_scale(config: ViTConfig) -> nn.Module:
     return LayerScale(config.hidden_size, config.layerscale_value)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth per sample: ``torchvision.ops.StochasticDepth(p, mode="row")``, the
+    same random draws and arithmetic, without importing torchvision (whose import pulls in
+    torch._dynamo: ~2 s of CPU at every start-up of a command that never trains)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival_rate = 1.0 - self.p
+        noise = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        noise = noise.bernoulli_(survival_rate)
+        if survival_rate > 0.0:
+            noise.div_(survival_rate)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + ls1(attn(norm(x))), then x + ls2(mlp(norm(x))).
 
@@ -178,7 +202,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = Mlp(config)
         self.ls2 = _layer_scale(config)
-        self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
         self, x: torch.Tensor, need_weights: bool = False
