@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_multilabel.py [--out runs/bench-multilabel] [--se
        [--epochs 20] [--sizes 1500,300,600] [--source digits|fashion-mnist] [--balance auto|none|oversample|weighted-loss]
 
 For each seed: the mosaics of ``vitkit.experiments.mosaics`` (train / val / test label tables,
-seeded, unbalanced: the commonest digit is in ~65% of the training mosaics, the rarest in ~5%),
+seeded, unbalanced: the commonest digit is in ~62% of the training mosaics, the rarest in ~4%),
 a small ViT trained from scratch on them with the multi-label task (BCE; rare labels oversampled
 by default; best epoch by validation BCE; per-label thresholds tuned on the validation split),
 then ``best/`` scored on the test split: mAP, ROC-AUC, macro / micro F1 at the thresholds saved
