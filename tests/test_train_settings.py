@@ -82,7 +82,6 @@ def test_impossible_settings_are_refused_in_one_line_before_any_work(
         ([*train, *TINY, "--model-arg", "hidden_size=15"], "not divisible"),
         ([*train, *TINY, "--model-arg", "colour=blue"], "--model-arg takes ViTConfig fields"),
         ([*train, *TINY, "--model-arg", "hidden_size"], "expected KEY=VALUE"),
-        ([*train, "--model", "some/ckpt", "--model-arg", "hidden_size=64"], "only applies with --from-scratch"),
         ([*train, *TINY, "--model", "some/ckpt"], "exclude each other"),
         (train, "name a checkpoint to fine-tune with --model"),
         ([*train, *TINY, "--lr", "0"], "--lr 0.0"),
@@ -224,3 +223,29 @@ def test_from_scratch_gets_its_recipe_and_the_plan_says_so(
     assert "yours: lr 0.0005" in err
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["optimizer"] == "adamw" and saved["augment"] == recipe.augment
+
+
+def test_fine_tune_a_timm_file_whose_head_count_needs_model_arg(
+    digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model-arg with --model gives what the file does not record (timm state dicts carry no
+    head count); without it the run stops up front, naming the option."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    odd_width = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, embed_dim=40, num_heads=5, depth=1,
+        img_size=16, patch_size=4, num_classes=3,
+    )  # fmt: skip
+    weights = tmp_path / "width40.safetensors"
+    save_file({k: v.contiguous() for k, v in odd_width.state_dict().items()}, str(weights))
+    train = ["train", "--data", str(digits), "--model", str(weights), "--image-size", "8"]
+    train += ["--epochs", "1", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    message = _refused([*train, "--out", str(tmp_path / "refused")], capsys)
+    assert "--model-arg num_attention_heads=N" in message
+    out = tmp_path / "run"
+    assert main([*train, "--out", str(out), "--model-arg", "num_attention_heads=5"]) == 0
+    saved = json.loads((out / "best" / "config.json").read_text())
+    assert saved["num_attention_heads"] == 5 and saved["image_size"] == 8
+    assert len(saved["id2label"]) == len(list((digits / "train").iterdir()))

@@ -100,11 +100,6 @@ def check_vit_settings(cfg: TrainConfig) -> None:
             f"--model {cfg.model} and --from-scratch exclude each other: drop --from-scratch to "
             "fine-tune the checkpoint, or drop --model to train --preset from random weights"
         )
-    if cfg.model_overrides and not cfg.from_scratch:
-        raise TrainingError(
-            f"--model-arg {cfg.model_overrides} changes a preset's architecture: it only applies "
-            "with --from-scratch (a checkpoint's architecture is its own)"
-        )
     if cfg.model is not None and not Path(cfg.model).exists() and not is_hub_id(cfg.model):
         raise TrainingError(
             f"--model {cfg.model}: no such file or directory (and not a Hugging Face Hub id "

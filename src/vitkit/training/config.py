@@ -125,7 +125,11 @@ class TrainConfig:
         group="model",
     )
     model_overrides: dict[str, Any] = option(
-        help="override a ViTConfig field for --from-scratch (repeatable), e.g. hidden_size=64",
+        help=(
+            "a ViTConfig field (repeatable): the architecture of --from-scratch, e.g. "
+            "hidden_size=64; with --model, what the file does not record, e.g. "
+            "num_attention_heads=6 for a timm state dict"
+        ),
         group="model",
         flags=("--model-arg",),
         metavar="KEY=VALUE",

@@ -79,7 +79,9 @@ def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
             raise TrainingError(
                 "name a checkpoint with --model, or pass --from-scratch --preset NAME"
             )
-        loaded = load_model(cfg.model, image_size=cfg.image_size)
+        # --model-arg with a checkpoint: what its file does not record (a timm state dict's
+        # head count, say); load_model refuses it, naming the fix, for formats that record all.
+        loaded = load_model(cfg.model, image_size=cfg.image_size, overrides=cfg.model_overrides)
         model = loaded.model
         processor = ImageProcessor.from_dict(loaded.preprocessing())
         description = f"{cfg.model} fine-tuned"
@@ -99,7 +101,7 @@ def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
         std=tuple(processor_config.get("image_std", (0.5, 0.5, 0.5))),
         eval_transform=ProcessorTransform(processor),
         save=save,
-        load=lambda directory: load_model(directory).model,
+        load=lambda directory: load_model(directory).model,  # best/ records its whole config
         description=description,
         patch_size=getattr(model.config, "patch_size", None),  # a ViT or DeiT checkpoint
     )
