@@ -136,6 +136,20 @@ def test_info_prints_config_parameters_and_gflops(
     assert "6 classes" in text
 
 
+def test_info_timings_measure_load_prepare_and_first_forward(
+    tiny_hf_classifier: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["info", str(tiny_hf_classifier), "--timings", "--precision", "int8", "--json"]
+    assert main([*argv, "--batch-size", "2"]) == 0
+    timings = json.loads(capsys.readouterr().out)["timings"]
+    assert timings["precision"] == "int8" and timings["batch_size"] == 2
+    for key in ("import_torch_s", "load_s", "prepare_s", "first_forward_s", "steady_forward_s"):
+        assert 0 < timings[key] < 60, key
+    assert main(["info", str(tiny_hf_classifier), "--timings"]) == 0
+    text = capsys.readouterr().out
+    assert "timings (fp32, 1 image" in text and "first forward" in text
+
+
 def test_errors_exit_non_zero_and_name_the_problem(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

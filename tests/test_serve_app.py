@@ -396,6 +396,28 @@ def test_batcher_gathers_concurrent_jobs_and_splits_results() -> None:
     assert sum(seen) == 9 and max(seen) <= 4 and len(seen) < 6  # batched, never over the cap
 
 
+def test_batcher_waits_for_the_delay_only_while_jobs_are_on_their_way() -> None:
+    """A lone request runs at once (it used to sit out max_delay_s: pure latency at one client);
+    while the service says requests are still decoding, the batcher waits to batch them."""
+    coming = [0]
+    started: list[float] = []
+
+    def run(operation: Any, pixels: torch.Tensor, top_k: int) -> list[Any]:
+        started.append(time.monotonic())
+        return [[{"label": "x", "score": 1.0}]] * pixels.shape[0]
+
+    batcher = MicroBatcher(run, max_delay_s=1.0, expecting=lambda: coming[0])
+    batcher.start()
+    began = time.monotonic()
+    run_jobs(batcher, [1])
+    assert started[-1] - began < 0.5  # not the 1 s delay
+    coming[0] = 1  # one more request is decoding: worth waiting for
+    began = time.monotonic()
+    run_jobs(batcher, [1])
+    assert started[-1] - began >= 0.9
+    batcher.stop()
+
+
 def test_batcher_bounded_queue_deadline_and_failures() -> None:
     release = threading.Event()
 

@@ -144,17 +144,18 @@ def load_classifier(args: argparse.Namespace) -> Any:
 
     runtime.tune_process_for_inference(args.device)
     threshold = getattr(args, "threshold", None)
-    return classifier.load(
-        args.model,
-        device=args.device,
-        image_size=args.image_size,
-        precision=args.precision,
-        jpeg_draft=getattr(args, "jpeg_draft", False),
-        problem_type=getattr(args, "problem_type", None),
-        threshold=parse_thresholds(threshold) if threshold is not None else None,
-        tta=getattr(args, "tta", "none"),
-        overrides=parse_model_args(getattr(args, "model_arg", [])),
-    )
+    with runtime.loading_threads():
+        return classifier.load(
+            args.model,
+            device=args.device,
+            image_size=args.image_size,
+            precision=args.precision,
+            jpeg_draft=getattr(args, "jpeg_draft", False),
+            problem_type=getattr(args, "problem_type", None),
+            threshold=parse_thresholds(threshold) if threshold is not None else None,
+            tta=getattr(args, "tta", "none"),
+            overrides=parse_model_args(getattr(args, "model_arg", [])),
+        )
 
 
 @contextmanager

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from typing import Any
 
-from vitkit.cli._common import add_model_arg_option, parse_model_args
+from vitkit.cli._common import add_model_arg_option, add_precision_option, parse_model_args
 
 EPILOG = """\
 MODEL is anything `vitkit.load` reads: a Hugging Face directory (ViT, DeiT student, ResNet), a
@@ -23,6 +24,12 @@ Virchow2, ...) and "embedding" what `vitkit embed` returns for it by default, wi
 
 GFLOPs count one forward pass of one image (2 x multiply-accumulates of the matmuls and the patch
 projection; softmax and norms are left out), at the model's resolution or --image-size.
+
+--timings measures what a command pays before its first answer, in this process: importing
+torch, loading the checkpoint, preparing it for --precision (int8: quantizing), the first
+forward of --batch-size images and a steady one after it:
+
+  vitkit info ./my-finetuned-vit --timings --precision int8
 """
 
 
@@ -46,6 +53,17 @@ def register(subparsers: Any) -> None:
         "--num-heads", type=int, default=None, metavar="H", help="attention heads (timm files)"
     )
     add_model_arg_option(parser)
+    parser.add_argument(
+        "--timings",
+        action="store_true",
+        help="also measure start-up: import torch, model load, preparing for --precision, "
+        "first and steady forward of --batch-size images",
+    )
+    add_precision_option(parser)
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images per timed forward (default 1)"
+    )
+    parser.add_argument("--device", default="cpu", help="where --timings runs (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -89,16 +107,22 @@ def _default_embedding(model: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     # torch loads here, not at `vitkit --help` time
     from vitkit.checkpoints import load_model
+    from vitkit.inference.runtime import loading_threads
 
-    loaded = load_model(
-        args.model,
-        image_size=args.image_size,
-        num_attention_heads=args.num_heads,
-        overrides=parse_model_args(args.model_arg),
-    )
+    imported = time.perf_counter()
+    with loading_threads():  # as predict / embed / serve load
+        loaded = load_model(
+            args.model,
+            image_size=args.image_size,
+            num_attention_heads=args.num_heads,
+            overrides=parse_model_args(args.model_arg),
+        )
     facts = describe(loaded.model, str(args.model), loaded.format)
+    if args.timings:
+        facts["timings"] = start_up(args, loaded.model, imported - started, imported)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -122,7 +146,39 @@ def run(args: argparse.Namespace) -> int:
     print("config")
     for name, value in facts["config"].items():
         print(f"  {name:<24} {value}")
+    if args.timings:
+        print_timings(facts["timings"])
     return 0
+
+
+def start_up(
+    args: argparse.Namespace, model: Any, import_s: float, loading: float
+) -> dict[str, Any]:
+    """The --timings facts: this process's own start-up, measured as it happened."""
+    from vitkit.inference import runtime
+
+    runtime.tune_process_for_inference(args.device)  # as predict / embed / serve run
+    load_s = time.perf_counter() - loading
+    measured = runtime.start_up_timings(
+        model, precision=args.precision, device=args.device, batch_size=args.batch_size
+    )
+    return {
+        "import_torch_s": import_s,
+        "load_s": load_s,
+        **measured,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+    }
+
+
+def print_timings(timings: dict[str, Any]) -> None:
+    batch = f"{timings['batch_size']} image" + ("s" if timings["batch_size"] > 1 else "")
+    print(f"timings ({timings['precision']}, {batch}, {timings['threads']:.0f} threads)")
+    print(f"  {'import torch + vitkit':<24} {timings['import_torch_s']:.2f} s")
+    print(f"  {'load checkpoint':<24} {timings['load_s']:.2f} s")
+    print(f"  {'prepare ' + timings['precision']:<24} {timings['prepare_s']:.2f} s")
+    print(f"  {'first forward':<24} {timings['first_forward_s']:.3f} s")
+    print(f"  {'steady forward':<24} {timings['steady_forward_s']:.3f} s (median of 3)")
 
 
 def _head_kind(card: dict[str, Any]) -> str:

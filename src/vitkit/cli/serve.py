@@ -174,15 +174,16 @@ def run(args: argparse.Namespace) -> int:
     runtime.tune_process_for_inference(args.device)  # the server's process: opt in here
 
     def load_model() -> Any:
-        return load(
-            args.model,
-            device=args.device,
-            precision=args.precision,
-            jpeg_draft=args.jpeg_draft,
-            problem_type=args.problem_type,
-            threshold=threshold,
-            tta=args.tta,
-        )
+        with runtime.loading_threads():
+            return load(
+                args.model,
+                device=args.device,
+                precision=args.precision,
+                jpeg_draft=args.jpeg_draft,
+                problem_type=args.problem_type,
+                threshold=threshold,
+                tta=args.tta,
+            )
 
     app = create_app(load_model, settings, on_load_error=give_up)
     config = uvicorn.Config(

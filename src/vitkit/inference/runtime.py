@@ -178,6 +178,15 @@ def num_threads(count: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+def loading_threads() -> contextlib.AbstractContextManager[None]:
+    """Intra-op threads for loading a checkpoint (copying tensors, fusing q/k/v): one.
+
+    Loading is memory copies, which a second OpenMP thread barely speeds up and, when the other
+    core is busy, slows down: ViT-B/16 loaded in 0.45 s on one thread and 0.9 s on two on
+    this 2-core EPYC under load. The entry points wrap their model load in it."""
+    return num_threads(1)
+
+
 # ---- allocator --------------------------------------------------------------------------------
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _allocator_tuned = False
@@ -347,3 +356,43 @@ def optimize(
     elif precision in ("bf16", "fp16"):
         model = copy.deepcopy(model).to(DTYPES[precision])  # the caller's fp32 model stays
     return FastForward(model, precision=precision, device=device, compile=compile, threads=threads)
+
+
+def start_up_timings(
+    model: nn.Module,
+    *,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Seconds a process spends getting ``model`` from loaded to answering: preparing it for
+    ``precision`` (``optimize``: the int8 quantization, the bf16 copy), the first forward of
+    ``batch_size`` images, and a steady forward after it (the median of ``repeats``).
+
+    What `vitkit info --timings` shows; the inputs are noise (a forward's cost does not depend
+    on the pixel values). Runs with the thread choice `vitkit predict` makes.
+    """
+    import time
+
+    config: Any = model.config  # every registered model's config says its size
+    height, width = config.image_hw
+    pixels = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+
+    def timed(function: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        function()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    fast: list[FastForward] = []
+    prepare = timed(lambda: fast.append(optimize(model, precision=precision, device=device)))
+    first = timed(lambda: fast[0](pixels))
+    steady = sorted(timed(lambda: fast[0](pixels)) for _ in range(max(1, repeats)))
+    return {
+        "prepare_s": prepare,
+        "first_forward_s": first,
+        "steady_forward_s": steady[len(steady) // 2],
+        "threads": float(fast[0].thread_count(batch_size) or torch.get_num_threads()),
+    }

@@ -4,6 +4,8 @@ Request handlers (on the event loop) ``await batcher.submit(...)`` with already-
 pixels. One worker thread owns the model: it takes the oldest job, then keeps taking jobs until
 ``max_batch_size`` images are gathered or ``max_delay_s`` has passed since that first job, runs
 them as one batch, and hands each job its slice of the result through its asyncio future.
+It waits only while more jobs are on their way (``expecting``: the service's requests being
+decoded): a lone request runs at once instead of sitting out the delay.
 
 Why one thread: a model on one device runs one forward pass at a time anyway; a single owner
 means no locks around it and batches as large as the load allows. Why a bounded queue: under
@@ -78,6 +80,7 @@ class MicroBatcher:
         max_delay_s: float = 0.005,
         max_queue: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
+        expecting: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s >= 0")
@@ -85,6 +88,8 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.on_batch = on_batch  # (images in batch, seconds) for metrics
+        # jobs on their way to submit (None: unknown, always wait up to max_delay_s)
+        self.expecting = expecting
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._carry: _Job | None = None  # a job that did not fit in the previous batch
         self._thread = threading.Thread(target=self._work, name="vitkit-model", daemon=True)
@@ -155,8 +160,10 @@ class MicroBatcher:
         batch, images = [first], first.size
         closes_at = time.monotonic() + self.max_delay_s
         while images < self.max_batch_size:
+            # nothing on its way: take what is queued, wait for nothing
+            wait = closes_at - time.monotonic() if self._more_coming() else 0.0
             try:
-                job = self._next(closes_at - time.monotonic())
+                job = self._next(wait)
             except queue.Empty:
                 break
             if job is _STOP:
@@ -167,6 +174,9 @@ class MicroBatcher:
             batch.append(job)
             images += job.size
         return batch, False
+
+    def _more_coming(self) -> bool:
+        return self.expecting is None or self.expecting() > 0
 
     def _run(self, batch: list[_Job]) -> None:
         now = time.monotonic()

@@ -81,6 +81,7 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self.in_flight = 0
+        self.decoding = 0  # admitted requests not yet handed to the batcher (it waits for them)
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers, "vitkit-decode")
         self.pixels = PixelBudget(settings.pixel_budget)
         self.spools = SpoolBudget(settings.spool_memory, settings.spool_per_upload)
@@ -107,6 +108,7 @@ class Service:
                 max_delay_s=self.settings.max_batch_delay_ms / 1000,
                 max_queue=self.settings.max_queue,
                 on_batch=self.metrics.observe_batch,
+                expecting=lambda: self.decoding,
             )
             self.metrics.track_queue(batcher.qsize)
             batcher.start()
@@ -213,7 +215,7 @@ class Service:
     async def in_thread(self, function: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, function)
 
-    def prepare(self, uploads: list[Upload], deadline: float) -> Awaitable[torch.Tensor]:
+    async def prepare(self, uploads: list[Upload], deadline: float) -> torch.Tensor:
         classifier, _ = self.require_ready()
         assert self.upload_processor is not None  # set with the classifier
         decode = partial(
@@ -224,7 +226,16 @@ class Service:
             self.pixels,
             deadline,
         )
-        return self.in_thread(decode)
+        return await self.on_the_way(self.in_thread(decode))
+
+    async def on_the_way(self, work: Awaitable[T]) -> T:
+        """``work`` (a decode whose result goes to the batcher next), counted in ``decoding``
+        so that the batcher waits for it; its submit follows without an await in between."""
+        self.decoding += 1
+        try:
+            return await work
+        finally:
+            self.decoding -= 1
 
     # ---- the three operations ---------------------------------------------------------------
     async def classify(self, inputs: Inputs, top_k: int) -> list[list[dict[str, Any]]]:
@@ -268,14 +279,16 @@ class Service:
                 )
 
             async def work() -> tuple[Explanation, bytes]:
-                picture, pixels = await self.in_thread(
-                    partial(
-                        _decode_for_display,
-                        classifier,
-                        uploads[0],
-                        self.settings.max_pixels,
-                        self.pixels,
-                        deadline,
+                picture, pixels = await self.on_the_way(
+                    self.in_thread(
+                        partial(
+                            _decode_for_display,
+                            classifier,
+                            uploads[0],
+                            self.settings.max_pixels,
+                            self.pixels,
+                            deadline,
+                        )
                     )
                 )
                 [explanation] = await batcher.submit(
