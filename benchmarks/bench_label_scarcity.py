@@ -43,7 +43,7 @@ from vitkit.experiments.demo_data import (
     read_idx,
 )
 from vitkit.training.config import TrainConfig
-from vitkit.training.tasks.mae import pretrain
+from vitkit.training.pretrain import pretrain
 from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.trainer import train
 

@@ -48,3 +48,37 @@ def test_a_wrong_arrow_breaks_it(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "vitkit.models is not allowed to import vitkit.inference" in result.stdout
     assert "vitkit.models.config -> vitkit.inference.classifier" in result.stdout
+
+
+def test_a_type_hint_circle_inside_training_breaks_it(tmp_path: Path) -> None:
+    """training's modules are checked too: the callbacks naming the trainer's Run (the circle
+    that once had training skipped) is refused again."""
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    callbacks = tmp_path / "src" / "vitkit" / "training" / "callbacks.py"
+    callbacks.write_text(
+        callbacks.read_text()
+        + "\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+        + "    from vitkit.training.trainer import train\n"
+    )
+    result = _lint(tmp_path)
+    assert result.returncode == 1
+    assert "No cycles are allowed in vitkit.training" in result.stdout
+    assert ".trainer -> .callbacks" in result.stdout  # one arrow of the circle to remove
+
+
+def test_images_may_import_no_other_vitkit_package() -> None:
+    """The forbidden contract names every package and module of vitkit but images, errors and
+    atomic_files, so one added later cannot slip past it."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (images,) = [c for c in contracts["contracts"] if c.get("source_modules") == ["vitkit.images"]]
+    package = ROOT / "src" / "vitkit"
+    everything = {
+        f"vitkit.{path.stem}"
+        for path in package.iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").is_file()
+    }
+    allowed = {"vitkit.images", "vitkit.errors", "vitkit.atomic_files"}
+    assert set(images["forbidden_modules"]) == everything - allowed

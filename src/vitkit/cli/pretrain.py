@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from vitkit.training.distributed import cleanup_distributed
-    from vitkit.training.tasks.mae import pretrain
+    from vitkit.training.pretrain import pretrain
 
     cfg = config_from_args(TrainConfig, args)
     settings = config_from_args(PretrainConfig, args)

@@ -47,9 +47,9 @@ from vitkit.experiments.compare_config import ROWS, CompareConfig
 from vitkit.training.checks import check_image_size, check_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.distillation import collapse_report, distill
+from vitkit.training.pretrain import pretrain as mae_pretrain
 from vitkit.training.specs import preset_config, resnet_model_spec
 from vitkit.training.state import load_state
-from vitkit.training.tasks.mae import pretrain as mae_pretrain
 from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.trainer import TrainResult, train
 

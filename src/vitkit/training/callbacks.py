@@ -25,15 +25,13 @@ import io
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vitkit.atomic_files import atomic_write_text, write_directory_atomically
 from vitkit.training.evaluate import EvalResult
 from vitkit.training.plots import plot_curves
+from vitkit.training.run import Run
 from vitkit.training.state import FitState
-
-if TYPE_CHECKING:
-    from vitkit.training.trainer import Run
 
 BestFilter = Callable[[dict[str, Any]], str | None]  # val report -> reason it may not be best
 

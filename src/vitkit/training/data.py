@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +36,7 @@ from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import DatasetError, TrainingError
 from vitkit.training.augment import build_train_transform, check_mix
 from vitkit.training.config import BALANCE_MODES, TrainConfig
-
-if TYPE_CHECKING:
-    from vitkit.training.specs import ModelSpec
+from vitkit.training.model_spec import ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")

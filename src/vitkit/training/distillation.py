@@ -50,11 +50,12 @@ from vitkit.training.checks import check_image_folder, check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import EvalResult, ProcessorTransform
 from vitkit.training.metrics import per_class_scores
+from vitkit.training.run import Run
 from vitkit.training.specs import ModelFactory, preset_config
 from vitkit.training.state import FitState
 from vitkit.training.tasks.base import ModelSpec, TaskBuilder
 from vitkit.training.tasks.classify import ClassificationTask
-from vitkit.training.trainer import Run, TrainResult, train
+from vitkit.training.trainer import TrainResult, train
 
 DistillKind = Literal["hard", "soft", "none"]
 

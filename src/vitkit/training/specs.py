@@ -6,18 +6,15 @@ normalisation, evaluation preprocessing, how it is saved and loaded back).
   fine-tuning recipe); saved as a Hugging Face directory.
 - ``resnet_model_spec``: the CNN baseline (``vitkit compare``), saved as an HF ResNet directory.
 
-``ModelSpec`` is what the trainer needs to know about a network; a ``ModelFactory`` is ``(cfg, id2label) -> ModelSpec``: what ``ClassificationBuilder`` calls.
+``ModelSpec`` (what the trainer needs to know about a network) and ``ModelFactory`` (``(cfg, id2label)
+-> ModelSpec``: what a task builder calls) live in ``vitkit.training.model_spec``; importable here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
 from torch import nn
 
 from vitkit.checkpoints import load_model, save_pretrained
@@ -34,24 +31,15 @@ from vitkit.models.resnet import IMAGENET_MEAN, IMAGENET_STD, build_resnet
 from vitkit.models.vit import ViT
 from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import ProcessorTransform
+from vitkit.training.model_spec import ModelFactory, ModelSpec
 
-
-@dataclass
-class ModelSpec:
-    """What the trainer needs to know about a network besides its parameters."""
-
-    model: nn.Module
-    image_size: tuple[int, int]  # training resolution (height, width)
-    mean: tuple[float, ...]  # the normalisation the model expects (training augmentations use it)
-    std: tuple[float, ...]
-    eval_transform: Callable[[Image.Image], torch.Tensor]  # the checkpoint's own preprocessing
-    save: Callable[[nn.Module, Path], None]  # writes a directory vitkit can load again
-    load: Callable[[Path], nn.Module] | None = None  # reads what ``save`` wrote (for the test pass)
-    description: str = ""
-    patch_size: int | None = None  # for the up-front check of --image-size (ViTs only)
-
-
-ModelFactory = Callable[[TrainConfig, dict[int, str]], ModelSpec]
+__all__ = [
+    "ModelFactory",
+    "ModelSpec",
+    "preset_config",
+    "resnet_model_spec",
+    "vit_model_spec",
+]
 
 
 def preset_config(name: str, overrides: dict[str, Any], image_size: int | None) -> Any:

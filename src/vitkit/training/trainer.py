@@ -61,6 +61,7 @@ from vitkit.training.config import (
 )
 from vitkit.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from vitkit.training.evaluate import EvalResult, autocast, evaluate
+from vitkit.training.run import Run
 from vitkit.training.specs import ModelFactory, vit_model_spec
 from vitkit.training.state import (
     FitState,
@@ -70,7 +71,7 @@ from vitkit.training.state import (
     seed_everything,
     set_rng_state,
 )
-from vitkit.training.tasks.base import ModelSpec, TaskBuilder, TrainingTask
+from vitkit.training.tasks.base import ModelSpec, TaskBuilder
 from vitkit.training.tasks.classify import ClassificationBuilder, LossFn
 
 __all__ = [
@@ -84,29 +85,6 @@ __all__ = [
     "vit_model_spec",
     "warmup_cosine",
 ]
-
-
-@dataclass
-class Run:
-    """What the phases share, made once by ``prepare_run``."""
-
-    cfg: TrainConfig  # the recipe resolved
-    out: Path
-    info: DistInfo
-    builder: TaskBuilder
-    task: TrainingTask
-    data: vdata.RunData
-    sampler: vdata.EpochSampler
-    loader: DataLoader[Any]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    steps_per_epoch: int
-    micro_batch: int
-    workers: int
-
-    @property
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
 
 
 @dataclass

@@ -35,7 +35,7 @@ from vitkit.training.checks import check_class_splits
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import Evaluator
-from vitkit.training.specs import ModelSpec
+from vitkit.training.model_spec import ModelSpec
 
 
 class TrainingTask:

@@ -10,7 +10,9 @@ validation loss); what differs from classification lives in four small modules:
   an MAE directory, saved as a ViTMAEForPreTraining directory (best/);
 - ``mae_config``: the settings (mask ratio, decoder, ``--norm-pix-loss``, base lr) and MAE's
   optimisation recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr = base x batch / 256);
-- ``vitkit.training.mae_pictures``: ``reconstructions/epoch_NNN.png`` after every epoch.
+- ``vitkit.training.mae_pictures``: ``reconstructions/epoch_NNN.png`` after every epoch;
+- ``vitkit.training.pretrain``: ``pretrain(cfg, settings)`` runs all of it (the tasks never
+  import the trainer).
 
 Here: the task (``MAE(images, noise)`` -> ``{"loss"}``, the squared error on the hidden
 patches), its evaluator (the same loss on fixed validation masks) and the builder.
@@ -19,7 +21,6 @@ patches), its evaluator (the same loss on fixed validation masks) and the builde
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +31,16 @@ from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import TrainingError
 from vitkit.models.mae import MAE
 from vitkit.training import data as vdata
-from vitkit.training.callbacks import Callback
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import EvalResult
-from vitkit.training.mae_pictures import ReconstructionPictures
 from vitkit.training.specs import ModelSpec
 from vitkit.training.tasks.base import TaskBuilder, TrainingTask
-from vitkit.training.tasks.mae_config import MAE_BETAS, PretrainConfig, pretrain_recipe
+from vitkit.training.tasks.mae_config import MAE_BETAS, PretrainConfig
 from vitkit.training.tasks.mae_data import MaskedImages, mae_train_transform, unlabeled_splits
 from vitkit.training.tasks.mae_spec import mae_model_spec
-from vitkit.training.trainer import TrainResult, train
 
-__all__ = ["MAEBuilder", "MAETask", "ReconstructionEvaluator", "pretrain"]
-
-
-def pretrain(
-    cfg: TrainConfig, settings: PretrainConfig, callbacks: Sequence[Callback] = ()
-) -> TrainResult:
-    """Pre-train an MAE on every image under ``cfg.data`` (see the module docstring); the
-    trainer's loop, with MAE's optimisation filled into ``cfg`` where it left values unset."""
-    pictures = ReconstructionPictures(settings.pictures)
-    return train(
-        pretrain_recipe(cfg, settings), MAEBuilder(settings), callbacks=[*callbacks, pictures]
-    )
+__all__ = ["MAEBuilder", "MAETask", "ReconstructionEvaluator"]
 
 
 # ---- the task -----------------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""``Run``: what the trainer's phases and its callbacks share about one training run.
+
+Its own module so that the callbacks (``vitkit.training.callbacks``) can name it without
+importing the trainer, which imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from vitkit.training import data as vdata
+from vitkit.training.config import TrainConfig
+from vitkit.training.distributed import DistInfo
+from vitkit.training.tasks.base import TaskBuilder, TrainingTask
+
+
+@dataclass
+class Run:
+    """What the phases share, made once by ``vitkit.training.trainer.prepare_run``."""
+
+    cfg: TrainConfig  # the recipe resolved
+    out: Path
+    info: DistInfo
+    builder: TaskBuilder
+    task: TrainingTask
+    data: vdata.RunData
+    sampler: vdata.EpochSampler
+    loader: DataLoader[Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    micro_batch: int
+    workers: int
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
