@@ -1,4 +1,5 @@
-"""DeiT distillation: losses against hand computation, the two heads, HF DeiT parity, collapse."""
+"""DeiT distillation: losses against hand computation (softmax and per-label sigmoid), the two
+heads, HF DeiT parity, collapse."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vitkit.training.distillation import (
     collapse_report,
     distillation_loss,
     hard_distillation_loss,
+    multilabel_distillation_loss,
     soft_distillation_loss,
 )
 
@@ -279,3 +281,52 @@ def test_a_class_too_rare_on_validation_is_reported_not_vetoed(
     assert veto({"confusion_matrix": one_class.tolist()}) == (
         "COLLAPSED on the validation split: never predicts other"
     )
+
+
+def _bce(logit: float, target: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def _hand_mean(rows: list[list[float]], targets: list[list[float]]) -> float:
+    pairs = [
+        (v, t)
+        for row, trow in zip(rows, targets, strict=True)
+        for v, t in zip(row, trow, strict=True)
+    ]
+    return sum(_bce(v, t) for v, t in pairs) / len(pairs)
+
+
+def test_multilabel_losses_match_hand_computation() -> None:
+    """One sigmoid per label: BCE on the labels, the teacher's decisions at its own thresholds
+    (hard) or its sigmoid at T (soft, T^2-scaled); the soft term differs from the per-label
+    Bernoulli KL by the teacher's entropy only."""
+    targets = [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    thresholds = [0.6, 0.5, 0.7]
+    args = [torch.tensor(CLS), torch.tensor(DIST), torch.tensor(targets), torch.tensor(TEACHER)]
+    base = _hand_mean(CLS, targets)
+    decisions = [
+        [float(1 / (1 + math.exp(-v)) >= t) for v, t in zip(row, thresholds, strict=True)]
+        for row in TEACHER
+    ]
+    hard = multilabel_distillation_loss(
+        *args, kind="hard", alpha=0.4, teacher_thresholds=torch.tensor(thresholds)
+    )
+    # sigmoid: [0.62, 0.95, 0.5] and [0.5, 0.5, 0.82]; at 0.5 everywhere row one would be all 1
+    assert decisions == [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]
+    assert hard.item() == pytest.approx(0.6 * base + 0.4 * _hand_mean(DIST, decisions), rel=1e-6)
+    temperature = 2.0
+    soft_teacher = [[1 / (1 + math.exp(-v / temperature)) for v in row] for row in TEACHER]
+    scaled = [[v / temperature for v in row] for row in DIST]
+    soft = multilabel_distillation_loss(*args, kind="soft", alpha=0.7, temperature=temperature)
+    expected = 0.3 * base + 0.7 * temperature**2 * _hand_mean(scaled, soft_teacher)
+    assert soft.item() == pytest.approx(expected, rel=1e-6)
+    # the soft term is minimal (the teacher's entropy) when the student's logits are the teacher's
+    same = [torch.tensor(CLS), torch.tensor(TEACHER), torch.tensor(targets), torch.tensor(TEACHER)]
+    entropy = _hand_mean([[v / temperature for v in r] for r in TEACHER], soft_teacher)
+    at_teacher = multilabel_distillation_loss(
+        *same, kind="soft", alpha=1.0, temperature=temperature
+    )
+    assert at_teacher.item() == pytest.approx(temperature**2 * entropy, rel=1e-6)
+    none = multilabel_distillation_loss(*args, kind="none")
+    assert none.item() == pytest.approx((base + _hand_mean(DIST, targets)) / 2, rel=1e-6)

@@ -15,6 +15,11 @@ Each row is a full training run in OUT/rows/<row>/ on the same data and test spl
 compare continues where it stopped (finished rows are reused, an unfinished one resumes).
 Outputs: OUT/table.md, OUT/table.csv, OUT/metrics.png (grouped bars), OUT/confusion/<row>.png.
 
+Label tables (--data a folder with train.csv and test.csv: path,labels rows, labels separated
+by ;, as `vitkit train` reads them): every row trains multi-label (BCE, thresholds tuned on the
+validation split; the distilled row with per-label sigmoid teacher terms), the columns are mAP,
+macro-F1, micro-F1 and ROC-AUC, and the MAE pre-training reads the images train.csv lists.
+
 Fine-tune rows start from --pretrained when given. Without it, a ViT of the same size is
 pre-trained in the same run as a masked autoencoder (MAE, `vitkit pretrain`) on the training
 images, labels unused, and the table says so: no published checkpoint is downloaded.
@@ -24,6 +29,8 @@ examples:
   vitkit compare --demo-data digits --out runs/compare
   # your own folder (train/ and test/ class folders), two rows only
   vitkit compare --data slides/ --out runs/cmp --rows baseline,scratch --image-size 64
+  # multi-label: a folder with train.csv / val.csv / test.csv label tables
+  vitkit compare --data mosaics/ --out runs/cmp-ml --image-size 32
   # GPU-sized: ResNet-50 from torchvision weights, ViT-B/16 fine-tuned at 224 and 384
   vitkit compare --data slides/ --out runs/cmp --baseline-arch resnet50 \\
       --baseline-weights resnet50.pth --pretrained google/vit-base-patch16-224 \\
@@ -41,7 +48,11 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data", help="image folder with train/ and test/ class sub-folders")
+    data.add_argument(
+        "--data",
+        help="image folder with train/ and test/ class sub-folders, or a folder of label tables "
+        "(train.csv and test.csv, val.csv optional: every row trains multi-label)",
+    )
     data.add_argument(
         "--demo-data",
         choices=["digits", "fashion-mnist"],

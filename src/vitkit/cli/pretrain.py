@@ -39,7 +39,8 @@ TRAIN_OPTIONS = (
 
 # Where TrainConfig's help speaks of classes and fine-tuning, pre-training says what it does.
 OWN_HELP = {
-    "data": "folder of images, nested or not; folder names are ignored (no labels needed)",
+    "data": "folder of images, nested or not (folder names are ignored), or a label table "
+    "(.csv / .jsonl: its images, labels unused)",
     "model": "start the encoder from this checkpoint (anything vitkit loads; an MAE directory "
     "with its decoder is continued) instead of random weights",
     "preset": "encoder architecture when starting from random weights (no --model)",
@@ -48,8 +49,9 @@ OWN_HELP = {
 }
 
 EPILOG = """\
-data: every image under --data, in nested folders or not (folder names are ignored); a seeded
-share (--val-fraction, at most --max-val-images) is held out to measure the reconstruction.
+data: every image under --data, in nested folders or not (folder names are ignored), or every
+image a label table lists (train.csv of a multi-label set; labels unused); a seeded share
+(--val-fraction, at most --max-val-images) is held out to measure the reconstruction.
 
 examples:
   # MAE from scratch on unlabeled slides: ViT-S/16, the paper's decoder, 400 epochs

@@ -10,6 +10,14 @@ Rows (``--rows``, in this order; each is a full ``vitkit.training.trainer`` run 
                    resampled), 384/224 of the base resolution by default;
 - ``distilled``    a DeiT student of the scratch ViT's size, trained with the baseline as teacher.
 
+Data: class folders (``train/`` and ``test/``, one sub-folder per class: single-label rows, the
+table's columns accuracy / macro F1 / precision / recall) or label tables (a folder with
+``train.csv`` and ``test.csv``, ``val.csv`` optional: ``vitkit.training.labels``; every row trains
+multi-label, ``vitkit.training.tasks.multilabel``, and the columns become mAP / macro-F1 /
+micro-F1 / ROC-AUC at the thresholds each model tuned on validation). Every row works on both:
+the ResNet's config carries ``problem_type`` and thresholds as the ViT's does, and the distilled
+row's teacher terms become per-label sigmoid ones (``vitkit.training.distillation``).
+
 The row names keep the paper's resolutions; the table shows the sizes actually used (CPU-sized
 defaults train 16x16 and 28x28 inputs: the digits are 8x8). Fine-tune rows need a pre-trained ViT. With
 ``--pretrained PATH`` that checkpoint is used. Without one (no network here, so no published
@@ -21,7 +29,8 @@ Rows run in the order baseline, scratch, distilled (the baseline is its teacher)
 MAE pre-training and the fine-tune rows; the table keeps the order above and is rewritten
 after every row. Resumable: a finished row leaves ``rows/<row>/result.json`` and is reused; an unfinished one
 continues from its ``last.pt`` (the trainer's ``--resume``). Outputs in ``OUT``: ``table.md``,
-``table.csv``, ``metrics.png`` (grouped bars), ``confusion/<row>.png``, ``compare.json``.
+``table.csv``, ``metrics.png`` (grouped bars), ``confusion/<row>.png`` (single-label data),
+``compare.json``.
 """
 
 from __future__ import annotations
@@ -46,23 +55,47 @@ from vitkit.errors import CompareError
 from vitkit.experiments.compare_config import ROWS, CompareConfig
 from vitkit.training.checks import check_image_size, check_settings
 from vitkit.training.config import TrainConfig
-from vitkit.training.distillation import collapse_report, distill
+from vitkit.training.distillation import MIN_COLLAPSE_SUPPORT, collapse_report, distill
+from vitkit.training.labels import find_table, is_label_table
+from vitkit.training.model_spec import ModelFactory
 from vitkit.training.pretrain import pretrain as mae_pretrain
-from vitkit.training.specs import preset_config, resnet_model_spec
+from vitkit.training.specs import preset_config, resnet_model_spec, vit_model_spec
 from vitkit.training.state import load_state
+from vitkit.training.tasks.base import TaskBuilder
+from vitkit.training.tasks.classify import ClassificationBuilder
 from vitkit.training.tasks.mae_config import PretrainConfig
+from vitkit.training.tasks.multilabel import MultiLabelBuilder
 from vitkit.training.trainer import TrainResult, train
 
 __all__ = ["ROWS", "CompareConfig", "CompareError", "check_compare", "compare", "run_row"]
 
 RUN_ORDER = ("baseline", "scratch", "distilled", "finetune224", "finetune384")
-METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
-METRIC_TITLES = {
-    "accuracy": "Accuracy",
-    "macro_f1": "F1",
-    "macro_precision": "Precision",
-    "macro_recall": "Recall",
-}
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The table's metric columns (report keys and titles) for one kind of data."""
+
+    task: str
+    metrics: tuple[str, ...]
+    titles: tuple[str, ...]
+    about: str  # what the numbers are, for the table's notes
+
+
+SINGLE_LABEL = Scores(
+    "single-label",
+    ("accuracy", "macro_f1", "macro_precision", "macro_recall"),
+    ("Accuracy", "F1", "Precision", "Recall"),
+    "metrics are macro averages over classes on the test split",
+)
+MULTI_LABEL = Scores(
+    "multi-label",
+    ("mAP", "macro_f1", "micro_f1", "roc_auc"),
+    ("mAP", "macro-F1", "micro-F1", "ROC-AUC"),
+    "multi-label metrics on the test split: mAP (average precision, macro over labels), macro- "
+    "and micro-F1 at each model's own per-label thresholds (tuned on validation for max F1 and "
+    "saved with it), macro ROC-AUC",
+)
 MAE_DECODER_DEPTH = 2  # a light decoder for the CPU-sized rows (the paper's is 8 x 512)
 # CompareConfig's settings that every row's TrainConfig takes as they are (same names).
 SHARED_SETTINGS = tuple(
@@ -93,6 +126,23 @@ def _say(message: str) -> None:
 
 
 # ---- one row = one training run ---------------------------------------------------------
+def is_multilabel(cfg: CompareConfig) -> bool:
+    """Label tables (multi-label rows), not class folders."""
+    return is_label_table(cfg.data)
+
+
+def scores_for(cfg: CompareConfig) -> Scores:
+    return MULTI_LABEL if is_multilabel(cfg) else SINGLE_LABEL
+
+
+def task_for(cfg: CompareConfig, factory: ModelFactory = vit_model_spec) -> TaskBuilder:
+    """What a row learns with the network ``factory`` makes: single-label classification of
+    class folders, or multi-label classification of label tables."""
+    if is_multilabel(cfg):
+        return MultiLabelBuilder(factory)
+    return ClassificationBuilder(factory)
+
+
 def _train_config(cfg: CompareConfig, row_dir: Path, **changes: Any) -> TrainConfig:
     shared = {name: getattr(cfg, name) for name in SHARED_SETTINGS if name not in ("data", "out")}
     # resume: a killed compare continues each row where it stopped; only the distilled row mixes
@@ -112,7 +162,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     if row == "baseline":
         title = f"{cfg.baseline_arch} (CNN baseline)"
         factory = resnet_model_spec(cfg.baseline_arch, cfg.baseline_weights)
-        result = train(_train_config(cfg, row_dir, epochs=cfg.cnn_epochs), model_factory=factory)
+        result = train(_train_config(cfg, row_dir, epochs=cfg.cnn_epochs), task_for(cfg, factory))
         if cfg.baseline_weights:
             notes.append(f"initialised from {cfg.baseline_weights}")
     elif row == "scratch":
@@ -120,12 +170,14 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
         train_cfg = _train_config(
             cfg, row_dir, from_scratch=True, preset=cfg.vit_preset, model_overrides=overrides
         )
-        result = train(train_cfg)
+        result = train(train_cfg, task_for(cfg))
     elif row in ("finetune224", "finetune384"):
         assert pretrained is not None
         size = cfg.image_size if row == "finetune224" else cfg.high_size
         title = f"ViT fine-tuned @{size}" + ("" if cfg.pretrained else " from the MAE pre-training")
-        result = train(_train_config(cfg, row_dir, model=pretrained, image_size=size))
+        result = train(
+            _train_config(cfg, row_dir, model=pretrained, image_size=size), task_for(cfg)
+        )
     elif row == "distilled":
         teacher = Path(cfg.out) / "rows" / "baseline" / "best"
         if not teacher.is_dir():
@@ -174,10 +226,10 @@ def _row_result(
         if not notes:
             notes.append("no epoch was kept as best: no test result")
     else:
-        collapse = collapse_report(report["confusion_matrix"], report["labels"])
-        if collapse.collapsed:
-            notes.append(collapse.message("test"))
-            _say(f"WARNING: row {row}: {collapse.message('test')}")
+        warning = _test_warning(report)
+        if warning is not None:
+            notes.append(warning)
+            _say(f"WARNING: row {row}: {warning}")
     parameters = _count_parameters(row_dir / "last.pt")
     # Training time from the epoch records: correct across a kill and resume as well.
     epoch_seconds = [r["seconds"] for r in result.history if r.get("type") == "epoch"]
@@ -195,6 +247,22 @@ def _row_result(
         round(seconds, 1),
         notes,
     )
+
+
+def _test_warning(report: dict[str, Any]) -> str | None:
+    """A collapse on the test split (single-label: a class never predicted), or labels a
+    multi-label model never finds there (each with enough test images to tell)."""
+    if "confusion_matrix" in report:
+        collapse = collapse_report(report["confusion_matrix"], report["labels"])
+        return collapse.message("test") if collapse.collapsed else None
+    missed = [
+        label
+        for label, scores in report["per_class"].items()
+        if scores["recall"] == 0 and scores["support"] >= MIN_COLLAPSE_SUPPORT
+    ]
+    if not missed:
+        return None
+    return f"never finds {', '.join(missed)} on the test split (no image passes the threshold)"
 
 
 def _count_parameters(last_checkpoint: Path) -> int:
@@ -234,7 +302,7 @@ def pretrain(cfg: CompareConfig) -> tuple[str, str]:
     train_cfg = _train_config(
         cfg,
         run_dir,
-        data=str(Path(cfg.data) / "train"),
+        data=str(_training_images(cfg)),
         preset=cfg.vit_preset,
         model_overrides=dict(cfg.vit_overrides),
         epochs=cfg.pretrain_epochs,
@@ -244,6 +312,15 @@ def pretrain(cfg: CompareConfig) -> tuple[str, str]:
         raise CompareError(f"pre-training in {run_dir} kept no model")
     atomic_write_text(run_dir / "result.json", json.dumps({"best_epoch": result.best_epoch}) + "\n")
     return str(best), note
+
+
+def _training_images(cfg: CompareConfig) -> Path:
+    """What the MAE reads: DATA/train (class folders) or the training table (its images)."""
+    if is_multilabel(cfg):
+        table = find_table(Path(cfg.data), "train")
+        assert table is not None, "_check_data first"
+        return table
+    return Path(cfg.data) / "train"
 
 
 # ---- the whole comparison ---------------------------------------------------------------
@@ -266,10 +343,19 @@ def _check_settings(cfg: CompareConfig, out: Path) -> None:
 
 def _check_data(cfg: CompareConfig) -> None:
     root = Path(cfg.data)
+    if is_label_table(root):
+        if root.is_dir() and find_table(root, "test") is not None:
+            return
+        raise CompareError(
+            f"{root}: compare on label tables needs a folder with train.csv and test.csv (or "
+            ".jsonl; val.csv optional) so every row is tested on the same images "
+            "(vitkit.experiments.mosaics.build_mosaics writes one)"
+        )
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise CompareError(
-            f"{root}: compare needs train/ and test/ class folders so every row is tested on the "
-            "same images (e.g. `vitkit compare --demo-data digits` builds one)"
+            f"{root}: compare needs train/ and test/ class folders (or a folder of label tables: "
+            "train.csv and test.csv) so every row is tested on the same images (e.g. "
+            "`vitkit compare --demo-data digits` builds one)"
         )
 
 
@@ -351,7 +437,7 @@ def _invocation_note(trained: list[str], wall: float, cpu_started: float) -> str
 
 
 # ---- outputs ----------------------------------------------------------------------------
-def table_rows(results: list[RowResult]) -> list[dict[str, Any]]:
+def table_rows(results: list[RowResult], scores: Scores = SINGLE_LABEL) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         report = result.report or {}
@@ -363,7 +449,7 @@ def table_rows(results: list[RowResult]) -> list[dict[str, Any]]:
                 "parameters": result.parameters,
                 "best_epoch": result.best_epoch,
                 "epochs": result.epochs,
-                **{metric: report.get(metric) for metric in METRICS},
+                **{metric: report.get(metric) for metric in scores.metrics},
                 "train_seconds": result.seconds,
                 "cpu_seconds": result.cpu_seconds,
                 "notes": "; ".join(result.notes),
@@ -381,15 +467,15 @@ def _fmt_time(row: dict[str, Any]) -> str:
     return f"{row['train_seconds']:.0f}s / " + ("n/a" if cpu is None else f"{cpu:.0f}s")
 
 
-def markdown_table(results: list[RowResult], notes: list[str]) -> str:
-    lines = [
-        "| Model | Input | Params | Accuracy | F1 | Precision | Recall | Best epoch | Train time (wall / CPU) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in table_rows(results):
+def markdown_table(
+    results: list[RowResult], notes: list[str], scores: Scores = SINGLE_LABEL
+) -> str:
+    columns = ["Model", "Input", "Params", *scores.titles, "Best epoch", "Train time (wall / CPU)"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in table_rows(results, scores):
         lines.append(
             f"| {row['model']} | {row['image_size']}x{row['image_size']} | {row['parameters'] / 1e6:.2f}M | "
-            + " | ".join(_fmt(row[m]) for m in METRICS)
+            + " | ".join(_fmt(row[m]) for m in scores.metrics)
             + f" | {row['best_epoch']}/{row['epochs']} | {_fmt_time(row)} |"
         )
     row_notes = [f"{r.title}: {'; '.join(r.notes)}" for r in results if r.notes]
@@ -404,15 +490,17 @@ def write_outputs(
     cfg: CompareConfig, results: list[RowResult], pretrain_note: str, timing: str = ""
 ) -> None:
     out = Path(cfg.out)
+    scores = scores_for(cfg)
     notes = [
-        f"Data: {cfg.data} (the same train/validation/test split for every row); metrics are macro "
-        "averages over classes on the test split, from the epoch with the lowest validation loss",
+        f"Data: {cfg.data} (the same train/validation/test split for every row); {scores.about}, "
+        "from the epoch with the lowest validation loss",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; {cfg.epochs} epochs per ViT row, "
         f"{cfg.cnn_epochs} for the CNN, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr}, augment {cfg.augment} (every row)",
         f"Distilled row: {cfg.distill_kind} distillation"
         + (f" at T={cfg.distill_temperature:g}" if cfg.distill_kind == "soft" else "")
+        + (" (one sigmoid per label: BCE terms)" if scores is MULTI_LABEL else "")
         + f", alpha {cfg.distill_alpha:g} (weight of the teacher term), teacher = the CNN row"
         + (
             f"; every batch mixed ({cfg.distill_mix}, alpha {cfg.distill_mix_alpha:g}) and the "
@@ -425,8 +513,8 @@ def write_outputs(
         notes.append(pretrain_note)
     if timing:
         notes.append(timing)
-    rows = table_rows(results)
-    atomic_write_text(out / "table.md", markdown_table(results, notes))
+    rows = table_rows(results, scores)
+    atomic_write_text(out / "table.md", markdown_table(results, notes, scores))
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["row"])
     writer.writeheader()
@@ -435,12 +523,18 @@ def write_outputs(
     atomic_write_text(
         out / "compare.json",
         json.dumps(
-            {"settings": cfg.settings(), "notes": notes, "rows": [r.to_dict() for r in results]},
+            {
+                "settings": cfg.settings(),
+                "task": scores.task,
+                "metrics": list(scores.metrics),
+                "notes": notes,
+                "rows": [r.to_dict() for r in results],
+            },
             indent=2,
         )
         + "\n",
     )
-    plot_metrics(results, out / "metrics.png")
+    plot_metrics(results, out / "metrics.png", scores)
     confusion_dir = out / "confusion"
     confusion_dir.mkdir(exist_ok=True)
     for result in results:
@@ -449,8 +543,8 @@ def write_outputs(
             atomic_write_bytes(confusion_dir / f"{result.row}.png", source.read_bytes())
 
 
-def plot_metrics(results: list[RowResult], path: Path) -> Path:
-    """Grouped bars: one group per row, one bar per macro metric."""
+def plot_metrics(results: list[RowResult], path: Path, scores: Scores = SINGLE_LABEL) -> Path:
+    """Grouped bars: one group per row, one bar per metric of the table."""
     # matplotlib (~0.3 s to import) only when a chart is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -458,17 +552,16 @@ def plot_metrics(results: list[RowResult], path: Path) -> Path:
     figure = Figure(figsize=(max(6.0, 1.6 * len(results) + 2), 4.2), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / len(METRICS)
+    width = 0.8 / len(scores.metrics)
     positions = np.arange(len(results))
-    for index, metric in enumerate(METRICS):
+    middle = (len(scores.metrics) - 1) / 2
+    for index, (metric, title) in enumerate(zip(scores.metrics, scores.titles, strict=True)):
         values = [(r.report or {}).get(metric) or 0.0 for r in results]
-        bars = axes.bar(
-            positions + (index - 1.5) * width, values, width, label=METRIC_TITLES[metric]
-        )
+        bars = axes.bar(positions + (index - middle) * width, values, width, label=title)
         axes.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     axes.set_xticks(positions, [r.title.replace(" (", "\n(") for r in results], fontsize=7)
     axes.set_ylim(0, 1.08)
-    axes.set_ylabel("macro score on the test split")
+    axes.set_ylabel(f"{scores.task} score on the test split")
     axes.legend(ncols=4, fontsize=8, loc="lower center")
     figure.tight_layout()
     buffer = io.BytesIO()

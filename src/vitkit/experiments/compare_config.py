@@ -22,7 +22,10 @@ RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 @dataclass
 class CompareConfig:
     data: str = option(
-        help="image folder with train/ and test/ class sub-folders", group="data", cli=False
+        help="image folder with train/ and test/ class sub-folders, or a folder of label tables "
+        "(train.csv and test.csv: multi-label)",
+        group="data",
+        cli=False,
     )
     out: str = option(help="output folder (rows, table, charts)", group="data")
     rows: list[str] = option(

@@ -8,6 +8,7 @@ Face's ``ResNetForImageClassification`` layout (what ``microsoft/resnet-50`` shi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from vitkit.errors import CheckpointError
+from vitkit.models.config import PROBLEM_TYPES, check_thresholds
 from vitkit.models.protocol import Capabilities, check_pool
 
 if TYPE_CHECKING:
@@ -42,18 +44,33 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 @dataclass
 class ResNetConfig:
-    """What a ResNet baseline needs to be rebuilt; written as an HF ResNet config.json."""
+    """What a ResNet baseline needs to be rebuilt; written as an HF ResNet config.json.
+
+    ``problem_type`` and ``thresholds`` mean what they mean for a ViT (``vitkit.models.config``):
+    HF's key (a multi-label head gets sigmoid scores) and the multi-label decision thresholds,
+    kept in config.json's ``"vitkit"`` section.
+    """
 
     model_type: ClassVar[str] = "resnet"
 
     arch: str = "resnet50"
     id2label: dict[int, str] = field(default_factory=dict)
     image_size: int = 224
+    problem_type: str | None = None
+    thresholds: float | list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown ResNet {self.arch!r}: use one of {', '.join(ARCHITECTURES)}")
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"problem_type {self.problem_type!r} is not one of HF's {', '.join(PROBLEM_TYPES)}"
+            )
+        self.thresholds = check_thresholds(self.thresholds, self.num_labels)
+
+    def replace(self, **changes: Any) -> ResNetConfig:
+        return dataclasses.replace(self, **changes)
 
     @property
     def num_labels(self) -> int:
@@ -92,6 +109,8 @@ class ResNetConfig:
             "label2id": {label: i for i, label in enumerate(labels)},
             "image_size": self.image_size,  # vitkit-only: the resolution it was trained at
             "vitkit_arch": self.arch,
+            **({"problem_type": self.problem_type} if self.problem_type is not None else {}),
+            **({"vitkit": {"thresholds": self.thresholds}} if self.thresholds is not None else {}),
         }
 
     @classmethod
@@ -124,7 +143,13 @@ class ResNetConfig:
                 f"supported: {', '.join(ARCHITECTURES)} with HF's default layout"
             )
         id2label = data.get("id2label") or {}
-        return cls(arch=arch, id2label=id2label, image_size=int(data.get("image_size", 224)))
+        return cls(
+            arch=arch,
+            id2label=id2label,
+            image_size=int(data.get("image_size", 224)),
+            problem_type=data.get("problem_type"),
+            thresholds=(data.get("vitkit") or {}).get("thresholds"),
+        )
 
 
 @dataclass
@@ -162,7 +187,8 @@ class ResNetClassifier(nn.Module):
 
     def reset_head(self, id2label: dict[int, str]) -> None:
         """A new linear layer for new classes (the backbone is kept)."""
-        self.config = ResNetConfig(self.config.arch, dict(id2label), self.config.image_size)
+        # The old head's decision thresholds mean nothing for the new one.
+        self.config = self.config.replace(id2label=dict(id2label), thresholds=None)
         fc = self.net.fc
         self.net.fc = nn.Linear(fc.in_features, len(id2label), device=fc.weight.device)
 

@@ -9,6 +9,18 @@ The KL term is summed over classes and averaged over the batch (``batchmean``); 
 gradient scale independent of T (Hinton et al., 2015). DeiT's reference code divides the summed
 KL by batch x classes instead, i.e. it is ours divided by the number of classes.
 
+Multi-label data (a label table, ``vitkit.training.tasks.multilabel``): every label is its own
+yes/no question, so each softmax becomes one sigmoid per label and each cross-entropy a BCE
+(averaged over labels and images, as the multi-label task's own loss):
+
+    hard:  (1 - alpha) * BCE(cls_logits, y) + alpha * BCE(dist_logits, teacher's decisions)
+    soft:  (1 - alpha) * BCE(cls_logits, y) + alpha * T^2 * BCE(dist/T, sigmoid(teacher/T))
+
+The teacher decides at its own saved thresholds (0.5 where it has none). The soft term is each
+label's Bernoulli KL(teacher_T || student_T) plus the teacher's entropy, a constant: the same
+gradients. The teacher must be a multi-label model itself (a sigmoid head: a softmax teacher's
+scores compete across labels, so they are no per-label probabilities).
+
 With ``--mix cutmix`` (or ``mixup``) the trainer blends the images of each batch before the
 student's forward pass, ``y`` becomes the same blend of the two labels, and the teacher is run on
 the blended images themselves: teacher and student see the very same input ("function matching",
@@ -49,12 +61,19 @@ from vitkit.training.callbacks import Callback
 from vitkit.training.checks import check_image_folder, check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import EvalResult, ProcessorTransform
+from vitkit.training.labels import is_label_table
 from vitkit.training.metrics import per_class_scores
 from vitkit.training.run import Run
 from vitkit.training.specs import ModelFactory, preset_config
 from vitkit.training.state import FitState
 from vitkit.training.tasks.base import ModelSpec, TaskBuilder
 from vitkit.training.tasks.classify import ClassificationTask
+from vitkit.training.tasks.multilabel import (
+    MULTI_LABEL,
+    MultiLabelBuilder,
+    MultiLabelTask,
+    saved_thresholds,
+)
 from vitkit.training.trainer import TrainResult, train
 
 DistillKind = Literal["hard", "soft", "none"]
@@ -99,6 +118,37 @@ def distillation_loss(
         teacher_term = hard_distillation_loss(dist_logits, teacher_logits)
     elif kind == "soft":
         teacher_term = soft_distillation_loss(dist_logits, teacher_logits, temperature)
+    else:
+        raise ValueError(f"unknown distillation kind {kind!r}: use hard, soft or none")
+    return (1 - alpha) * base + alpha * teacher_term
+
+
+def multilabel_distillation_loss(
+    cls_logits: torch.Tensor,
+    dist_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: DistillKind = "soft",
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    teacher_thresholds: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DeiT's objective with one sigmoid per label (see the module docstring); ``targets`` are
+    (possibly mixed or smoothed) multi-hot rows, ``pos_weight`` weighs the labels' positives."""
+    base = F.binary_cross_entropy_with_logits(cls_logits, targets, pos_weight=pos_weight)
+    if kind == "none":
+        dist = F.binary_cross_entropy_with_logits(dist_logits, targets, pos_weight=pos_weight)
+        return (base + dist) / 2
+    if kind == "hard":
+        probabilities = teacher_logits.sigmoid()
+        cut = teacher_thresholds if teacher_thresholds is not None else 0.5
+        decisions = (probabilities >= cut).float()
+        teacher_term = F.binary_cross_entropy_with_logits(dist_logits, decisions)
+    elif kind == "soft":
+        soft_targets = (teacher_logits / temperature).sigmoid()
+        teacher_term = F.binary_cross_entropy_with_logits(dist_logits / temperature, soft_targets)
+        teacher_term = teacher_term * temperature**2
     else:
         raise ValueError(f"unknown distillation kind {kind!r}: use hard, soft or none")
     return (1 - alpha) * base + alpha * teacher_term
@@ -329,10 +379,7 @@ class DistillationBuilder(TaskBuilder):
         temperature: float = 1.0,
         overrides: dict[str, Any] | None = None,
     ) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise TrainingError(f"--alpha {alpha}: the teacher's weight must be in [0, 1]")
-        if temperature <= 0:
-            raise TrainingError(f"--temperature {temperature}: use a temperature > 0")
+        check_distillation_weights(alpha, temperature)
         self.teacher, self.kind, self.alpha, self.temperature = teacher, kind, alpha, temperature
         self.student_factory = student_spec_factory(student, overrides)
 
@@ -348,6 +395,111 @@ class DistillationBuilder(TaskBuilder):
             spec,
             splits.classes,
             NormalizedTeacher(self.teacher, spec.mean, spec.std),
+            kind=self.kind,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            label_smoothing=cfg.label_smoothing,
+            mix=cfg.mix,
+            mix_alpha=cfg.mix_alpha,
+        )
+
+
+def check_distillation_weights(alpha: float, temperature: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise TrainingError(f"--alpha {alpha}: the teacher's weight must be in [0, 1]")
+    if temperature <= 0:
+        raise TrainingError(f"--temperature {temperature}: use a temperature > 0")
+
+
+# ---- the multi-label task ------------------------------------------------------------------
+class MultiLabelDistillationTask(MultiLabelTask):
+    """A DeiT student with one sigmoid per label and its frozen multi-label teacher, run on the
+    very (mixed) images the student sees; ``{"loss", "logits"}`` (module docstring's BCE terms)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        labels: list[str],
+        teacher: nn.Module,
+        teacher_thresholds: np.ndarray,
+        *,
+        kind: DistillKind = "soft",
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        label_smoothing: float = 0.0,
+        mix: str = "none",
+        mix_alpha: float = 1.0,
+    ) -> None:
+        super().__init__(
+            spec, labels, mix=mix, mix_alpha=mix_alpha, label_smoothing=label_smoothing
+        )
+        self.teacher = DistillationLoss(teacher, kind, alpha, temperature)  # frozen, in eval mode
+        self.teacher_thresholds = torch.as_tensor(teacher_thresholds, dtype=torch.float32)
+
+    def loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(outputs, DistilledViTOutput) or outputs.cls_logits is None:
+            raise TypeError("distillation needs a DistilledViT student's output (two heads)")
+        assert outputs.dist_logits is not None
+        criterion = self.teacher
+        teacher = criterion.teacher_logits(images) if criterion.kind != "none" else targets
+        weight = self.pos_weight.to(images.device) if self.pos_weight is not None else None
+        return multilabel_distillation_loss(
+            outputs.cls_logits.float(),
+            outputs.dist_logits.float(),
+            targets,
+            teacher,
+            criterion.kind,
+            criterion.alpha,
+            criterion.temperature,
+            self.teacher_thresholds.to(images.device),
+            weight,
+        )
+
+    def to(self, device: torch.device) -> MultiLabelDistillationTask:
+        super().to(device)
+        self.teacher.teacher.to(device)
+        return self
+
+
+class MultiLabelDistillationBuilder(MultiLabelBuilder):
+    """A label table -> a ``MultiLabelDistillationTask`` for ``student`` taught by ``teacher``
+    (a multi-label model trained on the same labels)."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        student: str,
+        *,
+        kind: DistillKind = "soft",
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        check_distillation_weights(alpha, temperature)
+        super().__init__(student_spec_factory(student, overrides))
+        self.teacher, self.kind, self.alpha, self.temperature = teacher, kind, alpha, temperature
+
+    def check(self, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        check_vit_settings(cfg)  # the student (distill() puts it in cfg)
+        config = self.teacher.model.config
+        if getattr(config, "problem_type", None) != MULTI_LABEL:
+            raise TrainingError(
+                f"teacher {self.teacher.source} has a softmax head (its config.json has no "
+                f"problem_type {MULTI_LABEL}): a multi-label student needs a multi-label "
+                "teacher, trained on the same label table (vitkit train --data TABLE)"
+            )
+
+    def build(self, cfg: TrainConfig, splits: vdata.DataSplits) -> MultiLabelDistillationTask:
+        check_teacher_labels(self.teacher.labels, splits.classes)
+        assert cfg.label_smoothing is not None and cfg.mix is not None, "resolve_recipe(cfg) first"
+        spec = self.model_factory(cfg, splits.id2label)
+        thresholds = saved_thresholds(self.teacher.model, len(splits.classes))
+        return MultiLabelDistillationTask(
+            spec,
+            splits.classes,
+            NormalizedTeacher(self.teacher, spec.mean, spec.std),
+            thresholds if thresholds is not None else np.full(len(splits.classes), 0.5),
             kind=self.kind,
             alpha=self.alpha,
             temperature=self.temperature,
@@ -478,10 +630,15 @@ def distill(
     """
     teacher_obj = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
     cfg = student_settings(cfg, student, overrides or {})
-    builder = DistillationBuilder(
+    multi_label = is_label_table(cfg.data)
+    builder_class = MultiLabelDistillationBuilder if multi_label else DistillationBuilder
+    builder = builder_class(
         teacher_obj, student, kind=kind, alpha=alpha, temperature=temperature, overrides=overrides
     )
-    result = train(cfg, builder, callbacks=[*callbacks, CollapseVeto()])
+    # Collapse (a class never predicted) is a softmax failure read off a confusion matrix; a
+    # multi-label run has neither, and its thresholds are tuned on validation every epoch.
+    vetoes = [] if multi_label else [CollapseVeto()]
+    result = train(cfg, builder, callbacks=[*callbacks, *vetoes])
     if result.best_epoch is None and raise_on_collapse:
         raise TrainingError(
             f"distillation into {cfg.out} collapsed in every epoch (see metrics.jsonl: "

@@ -30,6 +30,7 @@ from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
 from vitkit.training import labels as vlabels
 from vitkit.training.augment import build_train_transform, check_mix, mix_batch
+from vitkit.training.checks import check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import EvalResult, logits_of
@@ -156,15 +157,26 @@ class MultiLabelTask(TrainingTask):
         self.evaluator = self.judge
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        images, targets = self.blend(images, targets)
+        outputs = self.network(images)
+        return {"loss": self.loss(outputs, targets, images), "logits": logits_of(outputs).float()}
+
+    def blend(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as the loss sees it: mixed (images and multi-hot rows alike), smoothed."""
         targets = targets.float()
         if self.mix != "none":
             images, targets = mix_batch(images, targets, len(self.labels), self.mix, self.mix_alpha)
         if self.label_smoothing:
             targets = targets * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-        logits = logits_of(self.network(images)).float()
+        return images, targets
+
+    def loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """BCE-with-logits, rare labels' positives weighted under ``--balance weighted-loss``."""
+        logits = logits_of(outputs).float()
         weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
-        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
-        return {"loss": loss, "logits": logits}
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
 
     def save(self, directory: Path) -> None:
         """best/ with problem_type and the thresholds tuned on this epoch's validation pass."""
@@ -190,6 +202,8 @@ class MultiLabelBuilder(TaskBuilder):
                 f"--data {cfg.data}: multi-label training reads a label table (a .csv / .jsonl "
                 "file, or a folder with train.csv), see vitkit.training.labels"
             )
+        if self.model_factory is vit_model_spec:  # other networks check their own settings
+            check_vit_settings(cfg)
 
     def read_splits(self, cfg: TrainConfig, out: Path | None) -> vdata.DataSplits:
         splits = vlabels.prepare_table_splits(cfg.data, out, cfg.val_fraction, cfg.seed)
