@@ -116,6 +116,17 @@ def test_compare_on_label_tables_trains_every_row_multi_label(
     student, _ = load_student(out / "rows" / "distilled" / "best")
     assert student.head_dist.weight.abs().sum() > 0  # the teacher's head learned too
 
+    # `vitkit distill` on the tables: the multi-label baseline row teaches a new student
+    capsys.readouterr()
+    student = ["--student", "vit-tiny-patch4-16", "--data", str(mosaics), "--epochs", "1"]
+    student += ["--out", str(tmp_path / "deit"), "--batch-size", "32", "--no-progress"]
+    for field in TINY_VIT:
+        student += ["--model-arg", field]
+    assert main(["distill", "--teacher", str(out / "rows" / "baseline" / "best"), *student]) == 0
+    printed = capsys.readouterr().out
+    assert "test split (48 images), heads averaged" in printed and "ROC-AUC" in printed
+    assert vitkit.load(tmp_path / "deit" / "best").head.kind == "sigmoid"
+
     # a single table has no test split shared by the rows: one line, no traceback
     capsys.readouterr()
     assert _compare(mosaics / "train.csv", tmp_path / "one") == 1

@@ -23,6 +23,11 @@ has few images. A preset student trains with the from-scratch recipe (see vitkit
 a student started from a checkpoint with the fine-tuning one; --model, --from-scratch and
 --preset do not apply (--student says it all).
 
+Label tables (--data labels.csv, or a folder with train.csv): the student learns several labels
+per image, one sigmoid per label, from a multi-label teacher (e.g. `vitkit train --data TABLE`,
+or compare's baseline row on tables): hard = BCE on the teacher's decisions at its own
+thresholds, soft = BCE on its sigmoid at temperature T (scaled by T^2); no collapse veto.
+
 examples:
   # teacher: a ResNet baseline trained by `vitkit compare` (or any HF ResNet / vitkit ViT dir)
   vitkit distill --teacher runs/compare/rows/baseline/best --student vit-tiny-patch4-32 \\
@@ -56,7 +61,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.training.distillation import distill
-    from vitkit.training.metrics import format_report
+    from vitkit.training.metrics import format_multilabel_report, format_report
 
     if args.model is not None or args.from_scratch:
         raise VitkitError(
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}): {result.out / 'best'}"
     )
     if result.test is not None:
-        print(f"\ntest split ({result.test.report['num_samples']} images), heads averaged:")
-        print(format_report(result.test.report))
+        report = result.test.report
+        print(f"\ntest split ({report['num_samples']} images), heads averaged:")
+        print(format_multilabel_report(report) if "mAP" in report else format_report(report))
     return 0
