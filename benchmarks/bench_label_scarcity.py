@@ -239,9 +239,11 @@ def run_seed(job: tuple[Any, ...]) -> list[dict[str, Any]]:
         )
         epochs = args.epochs_10 if fraction < 1 else args.epochs_100
         for start, init in (("mae", encoder), ("scratch", None)):
-            out = root / f"seed{seed}" / f"{start}-{fraction:.0%}"
+            out = root / f"seed{seed}" / f"{start}-{fraction:.0%}-{epochs}ep"
             record = run_fine_tune(args, folder, out, seed, size, args.patch, init, epochs)
-            records.append({"seed": seed, "fraction": fraction, "start": start, **record})
+            records.append(
+                {"seed": seed, "fraction": fraction, "start": start, "epochs": epochs, **record}
+            )
             print(
                 f"seed {seed} {fraction:.0%} {start}: macro-F1 {record['macro_f1']:.4f}",
                 flush=True,
@@ -328,7 +330,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--augment", default="shift")
     parser.add_argument("--epochs-10", type=int, default=100, help="fine-tune epochs, 10%% labels")
-    parser.add_argument("--epochs-100", type=int, default=10, help="fine-tune epochs, all labels")
+    parser.add_argument("--epochs-100", type=int, default=30, help="fine-tune epochs, all labels")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument(
         "--threads",
