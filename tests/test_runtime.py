@@ -241,3 +241,25 @@ def test_embeddings_run_on_the_int8_model_in_sub_batches() -> None:
     assert not torch.equal(int8_whole, fp32)
     halves = torch.cat([one.embed(half, "cls") for half in pixels.tensor_split(2)])
     assert torch.equal(split.embed(pixels, "cls"), halves)
+
+
+def test_a_given_thread_count_always_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A machine that looks fully busy would make "auto" pick one thread; the user's number wins.
+    monkeypatch.setattr(runtime, "other_running_tasks", lambda: 64)
+    model = small_vit()
+    seen: list[int] = []
+
+    def record(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return model(pixels).logits
+
+    pixels = photo_batch(1, (32, 32))
+    runtime.optimize(model, threads="auto").apply(record, pixels)
+    runtime.optimize(model, threads=3).apply(record, pixels)
+    assert seen == [1, 3]
+
+
+@pytest.mark.parametrize("bad", [0, -2, "two", "1.5"])
+def test_impossible_thread_counts_are_refused(bad: object) -> None:
+    with pytest.raises(runtime.VitkitError, match="expected 'auto' or a whole number"):
+        runtime.optimize(small_vit(), threads=bad)  # type: ignore[arg-type]

@@ -124,3 +124,37 @@ def test_own_decode_threads_do_not_steal_the_forward_cores() -> None:
     # One quiet sample is enough to show our own runnable workers are not counted (before the
     # fix, with them counted, never).
     assert max(seen) == expected, seen
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "serve", "slide"])
+def test_every_model_command_takes_threads(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    rest = ["--out", "o"] if command in ("embed", "slide") else []
+    inputs = [] if command == "serve" else ["x.svs" if command == "slide" else "x.jpg"]
+    args = parser.parse_args([command, *inputs, *rest, "--threads", "3"])
+    assert args.threads == 3
+    assert parser.parse_args([command, *inputs, *rest]).threads == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, *inputs, *rest, "--threads", "0"])
+    assert "expected 'auto' or a whole number" in capsys.readouterr().err
+
+
+def test_threads_reach_the_forward(tiny_hf_classifier: Path) -> None:
+    from vitkit.cli._common import load_classifier
+
+    args = build_parser().parse_args(
+        [
+            "predict",
+            "x.jpg",
+            "--model",
+            str(tiny_hf_classifier),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
+    classifier = load_classifier(args)
+    assert classifier._forward.thread_count(64) == 1  # a big batch, yet the user's one thread

@@ -38,6 +38,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="run at this resolution, resampling position embeddings (e.g. 384)",
     )
     add_precision_option(parser)
+    add_threads_option(parser)
     add_model_arg_option(parser)
     parser.add_argument(
         "--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)"
@@ -65,6 +66,26 @@ def add_precision_option(parser: Any) -> None:
         choices=PRECISION_CHOICES,
         help="numeric precision (default fp32; int8: dynamic quantization on CPU, ~1.7x faster "
         "on a 2-core AVX2 CPU; bf16/fp16: GPU only)",
+    )
+
+
+def threads_value(text: str) -> int | str:
+    """argparse type of ``--threads``: "auto" or a whole number >= 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or a whole number >= 1")
+    return int(text)
+
+
+def add_threads_option(parser: Any) -> None:
+    parser.add_argument(
+        "--threads",
+        type=threads_value,
+        default="auto",
+        help="CPU threads per forward pass: a number, which always wins, or 'auto' (default: "
+        "by batch size and by the cores other processes keep busy; vitkit's own decoding "
+        "threads do not count)",
     )
 
 
@@ -155,6 +176,7 @@ def load_classifier(args: argparse.Namespace) -> Any:
             threshold=parse_thresholds(threshold) if threshold is not None else None,
             tta=getattr(args, "tta", "none"),
             overrides=parse_model_args(getattr(args, "model_arg", [])),
+            threads=getattr(args, "threads", "auto"),
         )
 
 

@@ -171,6 +171,7 @@ def worker_model_options(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": args.image_size,
         "jpeg_draft": getattr(args, "jpeg_draft", False),
         "device": args.device,
+        "threads": getattr(args, "threads", "auto"),
         "tune_process": True,  # what load_classifier does for the one-process command
     }
     if hasattr(args, "allow_host"):

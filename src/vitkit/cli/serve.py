@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitkit.cli._common import add_head_options, add_jpeg_draft_option, add_precision_option
+from vitkit.cli._common import (
+    add_head_options,
+    add_jpeg_draft_option,
+    add_precision_option,
+    add_threads_option,
+)
 
 EPILOG = """\
 examples:
@@ -56,6 +61,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_precision_option(parser)
+    add_threads_option(parser)
     add_head_options(parser)
     parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument(
@@ -183,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 problem_type=args.problem_type,
                 threshold=threshold,
                 tta=args.tta,
+                threads=args.threads,
             )
 
     app = create_app(load_model, settings, on_load_error=give_up)

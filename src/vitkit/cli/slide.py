@@ -12,6 +12,7 @@ from vitkit.cli._common import (
     MODEL_HELP,
     add_head_options,
     add_precision_option,
+    add_threads_option,
     load_classifier,
 )
 from vitkit.cli._engine import add_engine_options, run_slides_on_ray
@@ -84,6 +85,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--image-size", type=int, default=None, help="run the model at this size")
     add_precision_option(parser)
+    add_threads_option(parser)
     add_head_options(parser)
     parser.add_argument(
         "--batch-size", "-b", type=int, default=32, help="tiles per forward (default 32)"

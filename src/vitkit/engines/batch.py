@@ -56,6 +56,7 @@ def load_for_worker(
     allow_private_urls: bool = False,
     allow_hosts: Iterable[str] = (),
     tune_process: bool = False,
+    threads: int | str | None = "auto",
 ) -> Classifier:
     """The classifier a worker holds: ``vitkit.load`` with these options, URLs fetched from
     public addresses only unless ``allow_private_urls`` or ``allow_hosts`` (host names) say
@@ -73,6 +74,7 @@ def load_for_worker(
         problem_type=problem_type,
         threshold=threshold,
         tta=tta,
+        threads=threads,
     )
     policy = FetchPolicy(allow_private=allow_private_urls, allowlist=hosts_from(allow_hosts))
     classifier.processor = dataclasses.replace(classifier.processor, fetch=policy)

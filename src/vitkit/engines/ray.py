@@ -81,7 +81,7 @@ class BatchJob:
 
 # Options that change how a job runs, not what it writes.
 RUN_ONLY_OPTIONS = frozenset(
-    {"device", "decode_threads", "allow_private_urls", "allow_hosts", "tune_process"}
+    {"device", "threads", "decode_threads", "allow_private_urls", "allow_hosts", "tune_process"}
 )
 
 

@@ -98,9 +98,11 @@ class Classifier:
         problem_type: str | None = None,
         threshold: Thresholds | None = None,
         tta: str = "none",
+        threads: int | str | None = "auto",
     ) -> None:
         self.device = pick_device(device)
         self.precision = precision
+        self.threads = threads  # CPU intra-op threads: "auto" (runtime.auto_threads) or a number
         self.model: Any = model.eval().to(self.device)
         self.processor = (
             processor
@@ -134,7 +136,9 @@ class Classifier:
     def _build_forward(self, precision: str) -> Any:
         """The callable that runs the network, from vitkit.inference.runtime: threads by batch
         size, the [CLS]-only logits path, int8 / bf16 copies of the model."""
-        return runtime.optimize(self.model, precision=precision, device=self.device)
+        return runtime.optimize(
+            self.model, precision=precision, device=self.device, threads=self.threads
+        )
 
     # ---- tensors in -----------------------------------------------------------------------
     def prepare(self, images: Sequence[Any] | Any) -> torch.Tensor:
@@ -246,6 +250,7 @@ def load(
     threshold: Thresholds | None = None,
     tta: str = "none",
     overrides: dict[str, Any] | None = None,
+    threads: int | str | None = "auto",
 ) -> Classifier:
     """Load any checkpoint of any registered model type (``vitkit.checkpoints.registry``): a HF
     directory or hub id (ViT, DeiT student, ResNet), a timm file, a Google .npz, an .onnx export.
@@ -259,7 +264,9 @@ def load(
     flip, rot90, d4) averages every answer over flips and quarter turns (vitkit.inference.tta).
     ``overrides``: model settings the checkpoint does not record (``--model-arg KEY=VALUE``),
     e.g. ``{"num_attention_heads": 24}`` for a timm file of an unusual width; see
-    ``vitkit.checkpoints.load_model``.
+    ``vitkit.checkpoints.load_model``. ``threads`` (CPU): intra-op threads per forward, "auto"
+    (by batch size and what else runs: ``vitkit.inference.runtime.auto_threads``) or a number,
+    which always wins.
     """
     name = str(source) if source is not None else default_model_name()
     if name.endswith(".onnx") and (precision != "fp32" or jpeg_draft):
@@ -280,6 +287,7 @@ def load(
         problem_type=problem_type,
         threshold=threshold,
         tta=tta,
+        threads=threads,
     )
 
 

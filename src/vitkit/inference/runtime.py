@@ -36,7 +36,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from vitkit.errors import UnsupportedPrecisionError
+from vitkit.errors import UnsupportedPrecisionError, VitkitError
 from vitkit.inference.core_split import CoreSplit, worth_splitting
 from vitkit.inference.int8 import int8_engine, quantize_int8
 from vitkit.models.protocol import require
@@ -156,6 +156,19 @@ def choose_threads(batch_size: int, flops_per_image: float, *, cores: int, busy:
     by_work = int(batch_size * flops_per_image // MIN_FLOPS_PER_THREAD)
     free = cores - busy
     return max(1, min(cores, by_work, free))
+
+
+def check_threads(threads: int | str | None) -> int | str | None:
+    """``threads`` as ``optimize`` takes it ("auto", None or a count >= 1), or a one-line error."""
+    if threads is None or threads == "auto":
+        return threads
+    try:
+        count = int(threads)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(count) != str(threads).strip():
+        raise VitkitError(f"threads {threads!r}: expected 'auto' or a whole number >= 1, e.g. 2")
+    return count
 
 
 def auto_threads(batch_size: int, model: Any, image_hw: tuple[int, int] | None = None) -> int:
@@ -349,6 +362,7 @@ def optimize(
     """
     device = torch.device(device)
     check_precision(precision, device, force=force)
+    threads = check_threads(threads)
     model = model.eval().to(device)
     if precision == "int8":
         require(model, "int8", "run in int8")
