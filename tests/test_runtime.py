@@ -244,7 +244,8 @@ def test_embeddings_run_on_the_int8_model_in_sub_batches() -> None:
 
 
 def test_a_given_thread_count_always_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A machine that looks fully busy would make "auto" pick one thread; the user's number wins.
+    # A machine that looks fully busy (and this little work) make "auto" pick one thread; the
+    # user's number wins.
     monkeypatch.setattr(runtime, "other_running_tasks", lambda: 64)
     model = small_vit()
     seen: list[int] = []

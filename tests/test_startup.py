@@ -14,6 +14,8 @@ import json
 import subprocess
 import sys
 import threading
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,20 @@ def test_own_decode_threads_do_not_steal_the_forward_cores() -> None:
     # One quiet sample is enough to show our own runnable workers are not counted (before the
     # fix, with them counted, never).
     assert max(seen) == expected, seen
+
+
+def test_a_process_that_really_competes_is_seen() -> None:
+    """The looks that drop passing blips still see a process that keeps a core busy, and the
+    forward then leaves that core to it."""
+    heavy = types.SimpleNamespace(flops_per_image=lambda hw: 35e9)  # ViT-B/16: work for 2+
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert all(runtime.other_running_tasks() >= 1 for _ in range(10))
+        assert runtime.auto_threads(8, heavy) <= max(1, runtime.usable_cores() - 1)
+    finally:
+        competitor.kill()
+        competitor.wait()
 
 
 @pytest.mark.parametrize("command", ["predict", "embed", "serve", "slide"])

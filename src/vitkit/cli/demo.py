@@ -79,24 +79,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and the trainer load when the command runs, not for `vitkit --help`
-    from vitkit.experiments.demo_data import (
-        FASHION_MNIST_DIR,
-        build_demo_folder,
-        fashion_mnist_available,
-    )
-    from vitkit.training.metrics import format_report, macro_table
+    from vitkit.experiments.demo_data import build_demo_folder
     from vitkit.training.trainer import train
 
-    fashion_dir = Path(args.fashion_mnist_dir) if args.fashion_mnist_dir else FASHION_MNIST_DIR
-    dataset = args.dataset
-    if dataset == "auto":
-        dataset = "fashion-mnist" if fashion_mnist_available(fashion_dir) else "digits"
-    if dataset == "fashion-mnist" and not fashion_mnist_available(fashion_dir):
-        raise VitkitError(
-            f"Fashion-MNIST is not in {fashion_dir}: install Debian's package "
-            "(sudo apt-get install dataset-fashion-mnist), pass --fashion-mnist-dir, "
-            "or run the demo on the bundled digits (the default)"
-        )
+    dataset, fashion_dir = chosen_dataset(args)
     out = Path(args.out)
     started = time.perf_counter()
     print(f"[1/3] building an unbalanced image folder from {dataset} in {out / 'data'}")
@@ -109,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     preset_name = DEMO_PRESET if dataset == "digits" else "vit-tiny-patch4-16"
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a demo always starts afresh
-    settings = {**DEMO_TRAINING, "epochs": args.epochs}
     config = TrainConfig(
         data=str(info.root),
         out=str(run_dir),
@@ -122,19 +107,51 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=args.progress,
         log_every=5,
-        **settings,
+        **{**DEMO_TRAINING, "epochs": args.epochs},
     )
     print(f"[2/3] training a small ViT from scratch ({preset_name}, {DEMO_MODEL}) in {run_dir}")
     result = train(config)
+    print_results(result, args.balance, info.minority)
+    print(f"\nmodel saved to {run_dir / 'best'} (HF format); metrics, curves.png and the confusion")
+    print(
+        f"matrix are in {run_dir}. Evaluate again with: vitkit eval --model {run_dir / 'best'} --data {info.root}"
+    )
+    print(f"demo finished in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def chosen_dataset(args: argparse.Namespace) -> tuple[str, Path]:
+    """``--dataset`` resolved ("auto": Fashion-MNIST where Debian's package is installed, else
+    the bundled digits) and the Fashion-MNIST folder; a clear error where it is asked for and
+    missing."""
+    from vitkit.experiments.demo_data import FASHION_MNIST_DIR, fashion_mnist_available
+
+    fashion_dir = Path(args.fashion_mnist_dir) if args.fashion_mnist_dir else FASHION_MNIST_DIR
+    dataset = args.dataset
+    if dataset == "auto":
+        dataset = "fashion-mnist" if fashion_mnist_available(fashion_dir) else "digits"
+    if dataset == "fashion-mnist" and not fashion_mnist_available(fashion_dir):
+        raise VitkitError(
+            f"Fashion-MNIST is not in {fashion_dir}: install Debian's package "
+            "(sudo apt-get install dataset-fashion-mnist), pass --fashion-mnist-dir, "
+            "or run the demo on the bundled digits (the default)"
+        )
+    return dataset, fashion_dir
+
+
+def print_results(result: Any, balance: str, minority: str | None) -> None:
+    """The test report, the macro table, the minority's recall and a few test predictions."""
+    from vitkit.training.metrics import format_report, macro_table
+
     assert result.test is not None, "the demo folder always has a test split"
     report = result.test.report
     print(f"\n[3/3] test split, best epoch {result.best_epoch} (lowest validation loss)")
     print(format_report(report))
     print()
-    print(macro_table({f"ViT from scratch ({args.balance})": report}))
-    if info.minority is not None:
+    print(macro_table({f"ViT from scratch ({balance})": report}))
+    if minority is not None:
         print(
-            f"\nminority class {info.minority!r}: recall {report['per_class'][info.minority]['recall']:.3f}"
+            f"\nminority class {minority!r}: recall {report['per_class'][minority]['recall']:.3f}"
         )
     print("\na few test predictions:")
     labels, test = result.labels, result.test
@@ -143,9 +160,3 @@ def run(args: argparse.Namespace) -> int:
         score = float(test.probabilities[row].max())
         mark = "ok  " if truth == predicted else "MISS"
         print(f"  {mark} {test.paths[row]}: true {truth}, predicted {predicted} ({score:.2f})")
-    print(f"\nmodel saved to {run_dir / 'best'} (HF format); metrics, curves.png and the confusion")
-    print(
-        f"matrix are in {run_dir}. Evaluate again with: vitkit eval --model {run_dir / 'best'} --data {info.root}"
-    )
-    print(f"demo finished in {time.perf_counter() - started:.0f}s")
-    return 0

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from vitkit.cli._common import (
+    MODEL_HELP,
     add_head_options,
     add_jpeg_draft_option,
     add_precision_option,
@@ -44,114 +45,127 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="checkpoint: HF dir or hub id, timm file, .npz "
-        "(default: $VITKIT_MODEL or google/vit-base-patch16-224)",
-    )
-    parser.add_argument(
+    add_model_group(parser.add_argument_group("model"))
+    add_network_group(parser.add_argument_group("network"))
+    add_batching_group(parser.add_argument_group("batching"))
+    add_limits_group(parser.add_argument_group("limits (what one client may cost)"))
+    add_url_group(parser.add_argument_group("image URLs"))
+    parser.set_defaults(func=run)
+
+
+def add_model_group(group: Any) -> None:
+    group.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    group.add_argument(
         "--model-name",
         default=None,
         help="the name clients see in /v1/model and the web page (default: the hub id, else "
         "the architecture; never the checkpoint's path)",
     )
-    add_jpeg_draft_option(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    add_precision_option(parser)
-    add_threads_option(parser)
-    add_head_options(parser)
-    parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
-    parser.add_argument(
+    add_jpeg_draft_option(group)
+    group.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_precision_option(group)
+    add_threads_option(group)
+    add_head_options(group)
+
+
+def add_network_group(group: Any) -> None:
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    group.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight requests finish after SIGTERM (default 30)",
+    )
+    group.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def add_batching_group(group: Any) -> None:
+    group.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
+    group.add_argument(
         "--max-batch-delay-ms",
         type=float,
         default=5.0,
         help="how long the first request of a batch waits for company (default 5 ms)",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="threads that decode and preprocess images (default: min(8, CPU cores))",
+    )
+
+
+def add_limits_group(group: Any) -> None:
+    group.add_argument(
         "--max-queue",
         type=int,
         default=64,
         help="requests admitted (body received) and not yet answered before new ones get 503 "
         "+ Retry-After (default 64)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--request-timeout",
         type=float,
         default=30.0,
         help="deadline per request in seconds from admission (the body or the image URL has "
         "arrived); 504 after it (default 30)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-image-bytes",
         type=int,
         default=10 * 1024 * 1024,
         help="largest request body (all its images together) and image download in bytes "
         "(default 10 MiB)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-pixels",
         type=int,
         default=None,
         help="largest image in pixels, checked before decoding (default 25 M: a 6000x4000 "
         "photo fits)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--decode-pixel-budget",
         type=int,
         default=None,
         help="pixels decoding at once across all requests; bounds decode memory at ~22 bytes "
         "per pixel (default: --max-pixels)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--upload-timeout",
         type=float,
         default=60.0,
         help="seconds a request body may take to arrive; 408 after it (default 60)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--min-transfer-rate",
         type=float,
         default=16 * 1024,
         help="bytes/s an upload or image download must average after its first 5 s, else it "
         "is cut off (408 / 504; default 16384; 0 turns the check off)",
     )
-    parser.add_argument(
+
+
+def add_url_group(group: Any) -> None:
+    group.add_argument(
         "--allow-private-urls",
         action="store_true",
         help="let image_url reach private/loopback/link-local addresses (trusted networks only)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--allow-host",
         action="append",
         default=[],
         metavar="HOST",
         help="host name (as written in URLs) exempt from the address check; repeatable",
     )
-    parser.add_argument(
+    group.add_argument(
         "--fetch-timeout",
         type=float,
         default=10.0,
         help="connect/read timeout for image_url fetches in seconds (default 10)",
     )
-    parser.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to let in-flight requests finish after SIGTERM (default 30)",
-    )
-    parser.add_argument(
-        "--decode-workers",
-        type=int,
-        default=None,
-        help="threads that decode and preprocess images (default: min(8, CPU cores))",
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -110,15 +111,28 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def other_running_tasks() -> int:
-    """Runnable tasks of OTHER processes right now (the kernel's instantaneous count).
+def other_running_tasks(samples: int = 5, gap_s: float = 0.0005) -> int:
+    """Runnable tasks of OTHER processes right now: the least of ``samples`` looks ``gap_s`` apart.
 
     ``/proc/loadavg``'s 4th field is the machine's count of runnable tasks this instant (not the
     1-minute average, so it does not lag). This process's own runnable threads are subtracted:
     its image-decoding workers, core-split threads and the server's event loop are vitkit's own
     work, not competition for the cores (counting them made a lone `vitkit predict` run its
-    forward on one of two cores; issue 19).
+    forward on one of two cores; issue 19). One look is a race (a decode thread that falls
+    asleep between the two reads counts as someone else's) and catches passing blips (a
+    shell, a kernel worker); a process that really competes for a core is runnable in every
+    look, so the minimum of a few looks over ~2 ms keeps it and drops the rest (one look in
+    four wrongly halved a lone `vitkit predict`'s threads on this 2-core VM).
     """
+    looks = []
+    for look in range(samples):
+        if look:
+            time.sleep(gap_s)
+        looks.append(_other_running_once())
+    return min(looks)
+
+
+def _other_running_once() -> int:
     try:
         with open("/proc/loadavg") as loadavg:
             running = int(loadavg.read().split()[3].split("/")[0])
@@ -175,7 +189,10 @@ def auto_threads(batch_size: int, model: Any, image_hw: tuple[int, int] | None =
     """``choose_threads`` for this machine now and ``model`` (a vitkit ViT)."""
     flops_of = getattr(model, "flops_per_image", None)
     flops = float(flops_of(image_hw)) if callable(flops_of) else 1e10
-    return choose_threads(batch_size, flops, cores=usable_cores(), busy=other_running_tasks())
+    cores = usable_cores()
+    if choose_threads(batch_size, flops, cores=cores) == 1:
+        return 1  # too little work for two threads: no need to look at the machine
+    return choose_threads(batch_size, flops, cores=cores, busy=other_running_tasks())
 
 
 @contextlib.contextmanager

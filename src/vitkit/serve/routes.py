@@ -120,16 +120,24 @@ def add_probe_routes(app: FastAPI, service: Service) -> None:
 
 
 def add_prediction_routes(app: FastAPI, service: Service) -> None:
-    def best(predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        answer = {
-            "predicted_class": predictions[0]["label"],
-            "score": predictions[0]["score"],
-            "predictions": predictions,
-        }
-        if "positive" in predictions[0]:  # a multi-label model: the labels that pass
-            answer["present"] = [p["label"] for p in predictions if p["positive"]]
-        return answer
+    add_classify_routes(app, service)
+    add_explain_route(app, service)
+    add_embed_route(app, service)
 
+
+def best(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer of /predict_image_class: the best label first, every prediction after it."""
+    answer = {
+        "predicted_class": predictions[0]["label"],
+        "score": predictions[0]["score"],
+        "predictions": predictions,
+    }
+    if "positive" in predictions[0]:  # a multi-label model: the labels that pass
+        answer["present"] = [p["label"] for p in predictions if p["positive"]]
+    return answer
+
+
+def add_classify_routes(app: FastAPI, service: Service) -> None:
     @app.get(
         "/predict_image_class",
         summary="Classify the image at a URL",
@@ -172,6 +180,8 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
     async def predict(request: Request, top_k: int = TopK) -> list[list[dict[str, Any]]]:
         return await service.classify(service.body(request), top_k)
 
+
+def add_explain_route(app: FastAPI, service: Service) -> None:
     @app.post(
         "/v1/explain",
         summary="Where the model looks: an attention map and a PNG overlay for one image",
@@ -211,6 +221,8 @@ def add_prediction_routes(app: FastAPI, service: Service) -> None:
             }
         )
 
+
+def add_embed_route(app: FastAPI, service: Service) -> None:
     @app.post(
         "/v1/embed",
         summary="Pooled embeddings of one or more images",
