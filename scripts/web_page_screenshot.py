@@ -1,6 +1,6 @@
 """A screenshot of the web page serving a given model, for the README.
 
-Usage: python scripts/web_page_screenshot.py --model RUN/best --out docs/images/web-page.png \
+Usage: python scripts/web_page_screenshot.py --model RUN/best --out docs/images/web-page-digits.png \
            [--model-name NAME] [--tta d4] [--top-k 5] IMAGE [IMAGE ...]
 
 Starts `vitkit serve` on a free loopback port, opens the page in Debian's chromium (Playwright,

@@ -3,8 +3,8 @@
 
 Every test compares what the page shows with what the public API answers for the same input,
 and saves a screenshot of the state it checked under ``$VITKIT_TEST_ARTIFACTS/web-page``
-(default ``test-artifacts/web-page`` in the repository). With ``VITKIT_UPDATE_SCREENSHOT=1``
-the grid test also writes the README's ``docs/images/web-page.png``.
+(default ``test-artifacts/web-page`` in the repository). The README's screenshots show models
+vitkit trained and are made by ``scripts/web_page_screenshot.py``, not by these tests.
 
 The browser is found at ``$VITKIT_CHROMIUM``, ``/usr/bin/chromium`` or on the PATH
 (``scripts/install_browser.sh`` installs it; ``make test`` runs that). Without it these tests
@@ -404,9 +404,7 @@ def test_several_images_make_a_grid_with_attention_overlays(
         expected = decode_png(response.json()["overlay_png_base64"])
         assert shown.shape == expected.shape
         assert np.abs(shown.astype(int) - expected).max() <= 2  # same overlay as the API's
-    path = screenshot(page, artifacts, "grid-explain")
-    if os.environ.get("VITKIT_UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(path, REPO / "docs" / "images" / "web-page.png")
+    screenshot(page, artifacts, "grid-explain")
 
     page.select_option("#method", "cls")
     page.wait_for_function(
