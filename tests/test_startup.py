@@ -142,6 +142,29 @@ def test_a_process_that_really_competes_is_seen() -> None:
         competitor.wait()
 
 
+def test_the_meter_sees_a_competitor_over_its_window_and_not_its_own_work() -> None:
+    meter = runtime.CompetitionMeter()
+    assert meter.busy_cores() is None  # no window yet: the caller looks at the run queue
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.6)
+        seen = meter.busy_cores()
+    finally:
+        competitor.kill()
+        competitor.wait()
+    assert seen is not None and seen >= 1  # a whole core, all window long
+    time.sleep(0.05)
+    assert meter.busy_cores() is None  # too short a window to say anything
+    quiet_before = min(_quiet_samples(10))
+    spin_until = time.monotonic() + 0.6
+    while time.monotonic() < spin_until:  # this process's own work is not competition
+        pass
+    own = meter.busy_cores()
+    if quiet_before > 0 or min(_quiet_samples(10)) > 0:
+        pytest.skip("other processes are running: not a quiet machine")
+    assert own == 0
+
+
 @pytest.mark.parametrize("command", ["predict", "embed", "serve", "slide"])
 def test_every_model_command_takes_threads(
     command: str, capsys: pytest.CaptureFixture[str]
