@@ -244,8 +244,10 @@ def test_embeddings_run_on_the_int8_model_in_sub_batches() -> None:
 
 
 def test_a_given_thread_count_always_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A machine that looks fully busy (and this little work) make "auto" pick one thread; the
-    # user's number wins.
+    # Work enough for every core, and a machine that looks fully busy: "auto" takes one thread;
+    # the user's number wins all the same.
+    monkeypatch.setattr(runtime, "MIN_FLOPS_PER_THREAD", 1.0)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
     monkeypatch.setattr(runtime, "other_running_tasks", lambda: 64)
     model = small_vit()
     seen: list[int] = []
@@ -257,7 +259,9 @@ def test_a_given_thread_count_always_wins(monkeypatch: pytest.MonkeyPatch) -> No
     pixels = photo_batch(1, (32, 32))
     runtime.optimize(model, threads="auto").apply(record, pixels)
     runtime.optimize(model, threads=3).apply(record, pixels)
-    assert seen == [1, 3]
+    monkeypatch.setattr(runtime, "other_running_tasks", lambda: 0)
+    runtime.optimize(model, threads="auto").apply(record, pixels)  # idle: every core
+    assert seen == [1, 3, 4]
 
 
 @pytest.mark.parametrize("bad", [0, -2, "two", "1.5"])

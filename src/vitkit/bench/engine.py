@@ -337,7 +337,9 @@ def load_bench_model(name: str, image_size: int | None) -> tuple[Any, dict[str, 
     return ViT(preset(name, **overrides)).eval(), None
 
 
-def pick_threads(setting: str, batch_size: int, model: Any, device: torch.device) -> int | None:
+def pick_threads(
+    setting: int | str, batch_size: int, model: Any, device: torch.device
+) -> int | None:
     """``--threads``: a number, or "auto" (by batch size and machine load); None off the CPU."""
     if device.type != "cpu":
         return None

@@ -70,7 +70,10 @@ def add_precision_option(parser: Any) -> None:
 
 
 def threads_value(text: str) -> int | str:
-    """argparse type of ``--threads``: "auto" or a whole number >= 1."""
+    """argparse type of ``--threads``: "auto" or a whole number >= 1.
+
+    The same rule as ``vitkit.inference.runtime.check_threads`` (which library callers meet),
+    written here because the CLI parses before torch is imported (``vitkit --help``)."""
     if text == "auto":
         return text
     if not text.isdigit() or int(text) < 1:

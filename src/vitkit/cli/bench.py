@@ -158,7 +158,7 @@ def _timed_rounds(
     from vitkit.bench import engine as bench
     from vitkit.inference import runtime
 
-    threads = bench.pick_threads(str(args.threads), batch_size, model, device)
+    threads = bench.pick_threads(args.threads, batch_size, model, device)
     with runtime.num_threads(threads):
         batch = bench.photo_batch(batch_size, model.config.image_hw).to(device)
         return bench.run_interleaved(

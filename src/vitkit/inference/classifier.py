@@ -102,7 +102,6 @@ class Classifier:
     ) -> None:
         self.device = pick_device(device)
         self.precision = precision
-        self.threads = threads  # CPU intra-op threads: "auto" (runtime.auto_threads) or a number
         self.model: Any = model.eval().to(self.device)
         self.processor = (
             processor
@@ -119,7 +118,7 @@ class Classifier:
             else None
         )
         self.tta = tta_views.check_mode(tta)  # views averaged by probabilities / embed_tensor
-        self._forward = self._build_forward(precision)
+        self._forward = self._build_forward(precision, threads)
 
     @property
     def config(self) -> Any:
@@ -133,11 +132,11 @@ class Classifier:
     def model_type(self) -> str:
         return str(self.config.model_type)
 
-    def _build_forward(self, precision: str) -> Any:
+    def _build_forward(self, precision: str, threads: int | str | None = "auto") -> Any:
         """The callable that runs the network, from vitkit.inference.runtime: threads by batch
         size, the [CLS]-only logits path, int8 / bf16 copies of the model."""
         return runtime.optimize(
-            self.model, precision=precision, device=self.device, threads=self.threads
+            self.model, precision=precision, device=self.device, threads=threads
         )
 
     # ---- tensors in -----------------------------------------------------------------------

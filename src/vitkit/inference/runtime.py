@@ -240,12 +240,24 @@ class CompetitionMeter:
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds all processes have run since boot (user, nice, system, irq, softirq from
-    /proc/stat; steal and idle left out); -1 where /proc/stat cannot be read."""
+    """CPU seconds all processes have run since boot on the CPUs this process may use (user,
+    nice, system, irq, softirq of their /proc/stat lines; steal and idle left out): work on
+    cores outside the affinity mask (a job pinned to 2 of 16 cores) is no competition. -1 where
+    /proc/stat cannot be read."""
+    allowed = (
+        {f"cpu{index}" for index in os.sched_getaffinity(0)}
+        if hasattr(os, "sched_getaffinity")
+        else None
+    )
+    ticks = 0
     try:
         with open("/proc/stat") as stat:
-            fields = stat.readline().split()
-        ticks = sum(int(fields[index]) for index in (1, 2, 3, 6, 7))
+            for line in stat:
+                fields = line.split()
+                if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+                    continue
+                if allowed is None or fields[0] in allowed:
+                    ticks += sum(int(fields[index]) for index in (1, 2, 3, 6, 7))
     except (OSError, ValueError, IndexError):
         return -1.0
     return ticks / os.sysconf("SC_CLK_TCK")
