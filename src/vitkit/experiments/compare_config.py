@@ -13,7 +13,8 @@ from typing import Any
 
 from vitkit.errors import CompareError
 from vitkit.models.config import preset
-from vitkit.training.config import AUGMENT_PRESETS, DISTILL_KINDS, MIX_MODES, OPTIMIZERS, option
+from vitkit.options import option
+from vitkit.training.config import AUGMENT_PRESETS, DISTILL_KINDS, MIX_MODES, OPTIMIZERS
 
 ROWS = ("baseline", "scratch", "finetune224", "finetune384", "distilled")
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")

@@ -23,8 +23,10 @@ are filled in by ``resolve_recipe`` from one of two recipes, chosen by ``from_sc
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from vitkit.options import option
 
 AUGMENT_PRESETS = ("none", "seed", "natural", "shift")  # see vitkit.training.augment
 MIX_MODES = ("none", "mixup", "cutmix")
@@ -63,38 +65,6 @@ RECIPES = {
     "from-scratch": Recipe("from-scratch", "adamw", 2e-3, 0.1, 0.1, "none", "none"),
 }
 RECIPE_FIELDS = ("optimizer", "warmup_fraction", "label_smoothing", "augment", "mix")  # + lr
-
-
-def option(
-    default: Any = MISSING,
-    help: str = "",
-    *,
-    group: str,
-    flags: tuple[str, ...] = (),
-    choices: tuple[str, ...] | None = None,
-    metavar: str | None = None,
-    default_factory: Any = MISSING,
-    default_help: str | None = None,
-    cli: bool = True,
-) -> Any:
-    """A dataclass field that also describes its command-line option.
-
-    ``flags``: the option strings (default ``--field-name``; a ``True`` bool gets ``--no-...``);
-    ``default_help``: what to say instead of the default value (for ``None`` defaults that mean
-    "chosen for you"); ``cli=False``: a library-only field.
-    """
-    metadata = {
-        "help": help,
-        "group": group,
-        "flags": flags,
-        "choices": choices,
-        "metavar": metavar,
-        "default_help": default_help,
-        "cli": cli,
-    }
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vitkit.training.config import TrainConfig, option
+from vitkit.options import option
+from vitkit.training.config import TrainConfig
 
 MAE_BETAS = (0.9, 0.95)
 MAE_WEIGHT_DECAY = 0.05
