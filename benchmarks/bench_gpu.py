@@ -7,8 +7,8 @@ end-to-end rate from JPEG files: file bytes read by a prefetch thread, decoded i
 the GPU by nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``), resized and normalised on
 the GPU (``ImageProcessor.from_uint8``), classified, top-5 back on the host.
 
-    python benchmarks/bench_gpu.py --out results.json           # on the GPU machine
-    python benchmarks/bench_gpu.py --render results.json --write # here: BENCHMARKS.md "GPU"
+    python benchmarks/bench_gpu.py --name gpu_h100     # on the GPU machine
+    python scripts/render_benchmarks.py                # then: BENCHMARKS.md from the results
 
 Also runs on a CPU with --device cpu --quick (a smoke test of the script, not a benchmark).
 """
@@ -252,65 +252,86 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-# ---- markdown -----------------------------------------------------------------------------------
-def render(results: dict[str, Any]) -> str:
-    env = results["environment"]
-    lines = [f"#### ViT-B/16-224 {results['args']['precision']} on {env.get('gpu', 'cpu')}", ""]
-    forward = results.get("forward")
-    if forward:
-        report = bench.Report(
-            forward["batch_size"],
-            0,
+# ---- results file -------------------------------------------------------------------------------
+def forward_table(forward: dict[str, Any]) -> dict[str, Any]:
+    """images/s per contender and its time over eager vitkit's, per round (median, min-max)."""
+    from results_io import median_spread
+
+    batch = forward["batch_size"]
+    base = next(r for r in forward["results"] if r["name"] == "vitkit")["round_seconds"]
+    rows = []
+    for result in forward["results"]:
+        seconds = result["round_seconds"]
+        slowdown = [mine / theirs for mine, theirs in zip(seconds, base, strict=True)]
+        label = result["name"] + (f" ({result['note']})" if result["note"] else "")
+        rows.append(
             [
-                bench.Result(
-                    r["name"],
-                    forward["batch_size"],
-                    r["round_seconds"],
-                    r["flops_per_image"],
-                    r["peak_bytes"],
-                    r["weight_bytes"],
-                    r["note"],
-                    r["ratios"],
-                )
-                for r in forward["results"]
-            ],
-            forward["gemm_gflops"],
-            "cuda",
+                label,
+                median_spread([batch / s for s in seconds], digits=0),
+                f"{result['peak_bytes'] / 2**20:.0f}",
+                "—" if result["name"] == "vitkit" else median_spread(slowdown) + "x",
+            ]
         )
-        lines += [
-            f"Forward, batch {report.batch_size}, {len(report.gemm_gflops)} interleaved rounds "
-            f"(median). bf16 matmul probe (8192^3, random data): {report.gemm_rate / 1e3:.0f} "
-            "TFLOP/s in the same rounds; '% of GEMM' is MFU against it (executed FLOPs). "
-            "Speed-up column: the contender's time over eager vitkit's, median over rounds.",
-            "",
-            bench.report_table(report),
-            "",
-        ]
+    columns = ["contender", "images/s (median, min-max)", "peak MB", "time over eager vitkit"]
+    return {"columns": columns, "rows": rows}
+
+
+def end_to_end_text(results: dict[str, Any]) -> str:
+    e2e = results.get("end_to_end")
+    if not e2e:
+        return ""
+    lines = [
+        f"End-to-end JPEG files -> top-5, batch {results['args']['batch_size']}, "
+        f"torch.compile {e2e['compile']} (read thread + nvJPEG batch decode and GPU resize on a "
+        "side stream, overlapped with the model), one pass:",
+        "",
+        "| photos | files | end-to-end images/s | decode+resize alone | model alone |",
+        "|---|---|---|---|---|",
+    ]
+    for size, row in e2e["by_size"].items():
+        lines.append(
+            f"| {size} JPEG | {row['images']} | **{row['end_to_end_images_per_s']:.0f}** "
+            f"| {row['decode_resize_images_per_s']:.0f} | {row['model_images_per_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def publish(results: dict[str, Any], name: str, command: str) -> Path:
+    """Write benchmarks/results/<name>.json from the measured stages."""
+    from results_io import spread, write_results
+
+    forward = results["forward"]
+    batch = forward["batch_size"]
+    gemm = spread(forward["gemm_gflops"])
+    notes = [
+        f"Forward, batch {batch}, {len(forward['gemm_gflops'])} interleaved rounds; "
+        f"{results['args']['precision']} weights. The bf16 matmul probe (8192^3, random data) "
+        f"ran at {gemm['min'] / 1e3:.0f}-{gemm['max'] / 1e3:.0f} TFLOP/s in the same rounds."
+    ]
     if results.get("sdpa"):
         rates = ", ".join(f"{k} {v:.0f}" for k, v in results["sdpa"].items())
-        lines += [f"vitkit eager by SDPA backend (images/s): {rates}.", ""]
-    e2e = results.get("end_to_end")
-    if e2e:
-        lines += [
-            f"End-to-end JPEG files -> top-5, batch {results['args']['batch_size']}, "
-            f"compile={e2e['compile']} (read thread + nvJPEG batch decode and GPU resize on a "
-            "side stream, overlapped with the model):",
-            "",
-            "| photos | files | end-to-end images/s | decode+resize alone | model alone |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for size, row in e2e["by_size"].items():
-            lines.append(
-                f"| {size} JPEG | {row['images']} | **{row['end_to_end_images_per_s']:.0f}** "
-                f"| {row['decode_resize_images_per_s']:.0f} | {row['model_images_per_s']:.0f} |"
-            )
-        lines.append("")
-    for key in ("forward_error", "sdpa_error", "e2e_error"):
-        if key in results:
-            lines += [f"{key}: {results[key]}", ""]
-    lines.append("Machine: " + "; ".join(f"{k} {v}" for k, v in env.items()) + ".")
-    lines += ["", "Command: `python benchmarks/bench_gpu.py` (see its docstring)"]
-    return "\n".join(lines) + "\n"
+        notes.append(f"vitkit eager by SDPA backend alone (images/s, median of 7): {rates}.")
+    notes.append(end_to_end_text(results))
+    notes += [
+        f"{key}: {results[key]}"
+        for key in ("forward_error", "sdpa_error", "e2e_error")
+        if key in results
+    ]
+    summary = {
+        result["name"]: spread([batch / s for s in result["round_seconds"]])
+        for result in forward["results"]
+    }
+    return write_results(
+        name,
+        title=f"GPU: ViT-B/16-224 {results['args']['precision']} inference, "
+        f"{results['environment'].get('gpu', 'cpu')} ({name})",
+        command=command,
+        summary=summary,
+        rounds=forward["results"],
+        table=forward_table(forward),
+        notes="\n\n".join(part for part in notes if part),
+        extra={k: v for k, v in results.items() if k != "forward"},
+    )
 
 
 def main() -> int:
@@ -327,22 +348,16 @@ def main() -> int:
     parser.add_argument("--e2e-batches", type=int, default=4)
     parser.add_argument("--e2e-compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--out", default="gpu_results.json")
-    parser.add_argument("--render", metavar="JSON", help="print (and --write) markdown from JSON")
-    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md 'GPU'")
+    parser.add_argument("--out", default="gpu_results.json", help="stage-by-stage raw JSON")
+    parser.add_argument("--name", default="gpu", help="benchmarks/results/NAME.json")
     args = parser.parse_args()
-    if args.render:
-        text = render(json.loads(Path(args.render).read_text()))
-        print(text)
-        if args.write:
-            bench.write_markdown_block("BENCHMARKS.md", "GPU", "gpu-vit-b16-bf16", text)
-        return 0
     args.compile_modes = [m for m in args.compile_modes.split(",") if m]
     args.stages = [s for s in args.stages.split(",") if s]
     if args.device == "cpu":
         args.precision = "fp32"
     results = measure(args)
-    print(render(results))
+    if "forward" in results:
+        print(f"wrote {publish(results, args.name, ' '.join(['python', *sys.argv]))}")
     return 0
 
 
