@@ -226,7 +226,7 @@ def table(
     decode = rates[RGBX_DECODE_ONLY][0]
     lines += [
         "",
-        "Issue 5 target (one core, decode included): >= 1.8x transformers' default processor and "
+        "Target (one core, decode included): >= 1.8x transformers' default processor and "
         f">= 3x its PIL backend. Exact fast path: {exact / paths_default:.2f}x (default given "
         f"paths) / {exact / pipeline_default:.2f}x (default after load_image) and "
         f"{exact / pil_backend:.2f}x (PIL backend). Approximate jpeg_draft: "

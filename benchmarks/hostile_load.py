@@ -1,4 +1,4 @@
-"""Hostile load against `vitkit serve` on loopback: the five attacks of issue 18, each measured.
+"""Hostile load against `vitkit serve` on loopback: five attacks, each measured.
 
 Starts ``vitkit serve`` as a subprocess on 127.0.0.1 with a tiny random model (2-layer ViT-Ti at
 224, 1000 labels) and runs one scenario against it; every scenario is bounded in time and stops
@@ -192,7 +192,7 @@ async def slow_uploaders(server: Server, slow: int, duration: float, photo: byte
 
 # ---- 2. upload memory ------------------------------------------------------------------------------
 def serving_pixel_cap() -> int:
-    try:  # the serving default, where it exists (issue 18 chose it by measured memory)
+    try:  # the serving default, where it exists (chosen by measured memory)
         from vitkit.serve.settings import DEFAULT_MAX_PIXELS as cap
     except ImportError:
         from vitkit.images.decode import DEFAULT_MAX_PIXELS as cap

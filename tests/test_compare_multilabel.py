@@ -1,4 +1,4 @@
-"""`vitkit compare --data TABLES` (issue 16): on a folder of label tables (2x2 mosaics of real
+"""`vitkit compare --data TABLES`: on a folder of label tables (2x2 mosaics of real
 digits) every row trains multi-label, the ResNet baseline and the DeiT student included; the table's
 columns are mAP / macro-F1 / micro-F1 / ROC-AUC; the MAE reads the training table's images; and
 each row's saved model loads in `vitkit.load` as a sigmoid head whose answers reproduce the table.

@@ -1,4 +1,4 @@
-"""Every model `vitkit compare` trains works in every command (issue 12's acceptance).
+"""Every model `vitkit compare` trains works in every command.
 
 The baseline (ResNet), scratch (ViT) and distilled (DeiT student) rows are trained briefly on real
 digits; then each row's saved best/ goes through `vitkit predict`, `eval`, `embed`, `explain`

@@ -45,7 +45,7 @@ def ray_session() -> Iterator[None]:
 
 
 def end_ray_and_its_processes() -> None:
-    """ray.shutdown(), then wait for every process this session started (GCS, raylet, workers:
+    """ray.shutdown(), then wait for every process this Ray session started (GCS, raylet, workers:
     all descendants of this process) to exit; a worker still importing torch when Ray stops can
     linger for a minute, so what is left after 10 s is killed (by PID: only our own processes)."""
     started = psutil.Process().children(recursive=True)
@@ -191,7 +191,7 @@ def test_a_killed_worker_loses_no_input_and_writes_none_twice(
         written.append(rows)
         if killed:
             return
-        ours = psutil.Process().children(recursive=True)  # this session's Ray processes only
+        ours = psutil.Process().children(recursive=True)  # this Ray session's processes only
         workers = [p for p in ours if is_model_worker(p)]
         assert workers, "no Ray model worker found"
         os.kill(workers[0].pid, signal.SIGKILL)

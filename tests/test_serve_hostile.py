@@ -1,4 +1,4 @@
-"""`vitkit serve` under hostile clients (issue 18), each attack bounded and on loopback only.
+"""`vitkit serve` under hostile clients, each attack bounded and on loopback only.
 
 Real uvicorn processes, raw sockets for clients that misbehave on purpose:
 

@@ -106,4 +106,4 @@ def test_schemathesis_all_checks_pass(service_url: str, tmp_path: Path) -> None:
     assert re.search(r"Tested: 13\b", report), report[-3000:]  # every operation, GET/HEAD/POST
     cases = re.search(r"(\d+) generated, (\d+) passed", report)
     assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 200, report[-3000:]
-    assert time.monotonic() - start < 90, "keep this run bounded (issue 18: <= 60 s in CI)"
+    assert time.monotonic() - start < 90, "keep this run bounded (<= 60 s in CI)"

@@ -1,4 +1,4 @@
-"""Cheap guards for what users feel at start-up (issue 19); the timings live in benchmarks/.
+"""Cheap guards for what users feel at start-up; the timings live in benchmarks/.
 
 - `vitkit --help` and `vitkit CMD --help` must not import torch (it costs seconds and ~1 GB).
 - `vitkit predict` / `embed` must not import torchvision: its import pulls in torch._dynamo

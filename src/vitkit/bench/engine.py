@@ -141,7 +141,7 @@ def sustained_gemm_rate(
     """This machine's matmul rate now: square products back to back for ``seconds`` (and at
     least ``repeats`` of them). 1536 on a CPU (~7 GFLOP, tens of ms each); 8192 on a GPU.
 
-    Why both figures: on a shared VM one ~40 ms product often lands in a quiet moment, so the
+    Why both figures: on a shared machine one ~40 ms product often lands in a quiet moment, so the
     median of a few short ones reads the machine's best speed (``burst``), while a contender's
     forward runs for seconds through its neighbours' busy moments too. Comparing a model with
     the GEMM rate sustained over a similar time (``sustained``) compares like with like.

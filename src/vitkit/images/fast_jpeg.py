@@ -100,7 +100,7 @@ def decode_rgbx(
 
 
 # Why a scratch buffer: a fresh 1.2 MB array per 640x480 photo is fresh memory, and its page
-# faults cost ~0.5 ms per image on the VM this was measured on (48 faults per image; the decode
+# faults cost ~0.5 ms per image on the machine this was measured on (48 faults per image; the decode
 # itself takes ~1.3 ms). Images above the cap get their own array, so the buffer stays small.
 _SCRATCH_CAP_BYTES = 64 << 20
 _scratch = threading.local()

@@ -118,11 +118,11 @@ def other_running_tasks(samples: int = 5, gap_s: float = 0.0005) -> int:
     1-minute average, so it does not lag). This process's own runnable threads are subtracted:
     its image-decoding workers, core-split threads and the server's event loop are vitkit's own
     work, not competition for the cores (counting them made a lone `vitkit predict` run its
-    forward on one of two cores; issue 19). One look is a race (a decode thread that falls
+    forward on one of two cores). One look is a race (a decode thread that falls
     asleep between the two reads counts as someone else's) and catches passing blips (a
     shell, a kernel worker); a process that really competes for a core is runnable in every
     look, so the minimum of a few looks over ~2 ms keeps it and drops the rest (one look in
-    four wrongly halved a lone `vitkit predict`'s threads on this 2-core VM).
+    four wrongly halved a lone `vitkit predict`'s threads on a 2-core machine).
     """
     looks = []
     for look in range(samples):
