@@ -203,7 +203,7 @@ def table(
     pil_backend = rates["transformers ViTImageProcessorPil (paths)"][0]
     lines = [
         f"`benchmarks/bench_preprocess.py --rounds {args.rounds} --batch-size {args.batch_size}` "
-        f"on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}, "
+        f"on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}, "
         f"torch.set_num_threads(1), one process; torch {torch.__version__}, torchvision "
         f"{torchvision.__version__}, transformers {transformers.__version__}, Pillow "
         f"{PIL.__version__}, Python {platform.python_version()}.",

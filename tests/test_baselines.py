@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from vitkit.checkpoints.hf_resnet import (
     hf_to_torchvision_key,
@@ -17,8 +18,6 @@ from vitkit.checkpoints.hf_resnet import (
 )
 from vitkit.errors import CheckpointError
 from vitkit.models.resnet import build_resnet
-
-transformers = pytest.importorskip("transformers")
 
 LABELS = {0: "cat", 1: "coffee", 2: "rocket"}
 

@@ -113,8 +113,6 @@ def test_gemm_probe_and_peak_memory_measure_something() -> None:
 def test_vitkit_bench_cli_writes_a_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("timm")
-    pytest.importorskip("transformers")
     out = tmp_path / "BENCHMARKS.md"
     code = main([
         "bench", "--model", "vit-tiny-patch16-224", "--image-size", "32", "--batch-sizes", "2",

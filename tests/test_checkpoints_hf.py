@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints import (
@@ -26,7 +27,6 @@ from vitkit.checkpoints import (
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import ViT
 
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
 from vitkit.checkpoints import CheckpointError, detect_format, load_model
 
-timm = pytest.importorskip("timm")
 TOLERANCE = 1e-4
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints import CheckpointError, load_model
 
-timm = pytest.importorskip("timm")
 TOLERANCE = 1e-4
 
 

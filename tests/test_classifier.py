@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import vitkit
 from vitkit.errors import NoClassificationHeadError
-
-transformers = pytest.importorskip("transformers")
 
 
 def photo_paths(photo_dir: Path) -> list[str]:

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+import transformers
 from safetensors.torch import save_file
 
 from vitkit.checkpoints import load_model
 from vitkit.cli import main
 
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from transformers import AutoConfig
 
 import vitkit
 from vitkit.checkpoints.hf_deit import load_student
 from vitkit.cli import main
 from vitkit.experiments.mosaics import build_mosaics
 from vitkit.training.labels import read_label_table
-
-AutoConfig = pytest.importorskip("transformers").AutoConfig
 
 ROWS = ["baseline", "scratch", "finetune224", "finetune384", "distilled"]
 TINY_VIT = [

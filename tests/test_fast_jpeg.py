@@ -17,8 +17,6 @@ from vitkit.errors import ImageDecodeError
 from vitkit.images import decode as vio
 from vitkit.images import fast_jpeg
 
-pytestmark = pytest.mark.skipif(fast_jpeg.decoder() is None, reason="simplejpeg not installed")
-
 
 def jpeg(pixels: np.ndarray, **options: object) -> bytes:
     buffer = io.BytesIO()

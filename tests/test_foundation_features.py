@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import timm
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from vitkit.checkpoints import CheckpointError, load_model, save_pretrained
@@ -20,8 +22,6 @@ from vitkit.models.config import ViTConfig
 from vitkit.models.families import identify, with_family
 from vitkit.models.vit import ViT
 
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 
 
@@ -234,7 +234,6 @@ def test_int8_and_sub_batches_run_the_variants() -> None:
 
 
 def test_onnx_export_of_registers_swiglu_and_refused_pools(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     from vitkit.checkpoints.onnx import OnnxModel, export_onnx
     from vitkit.errors import UnsupportedOperationError
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+import transformers
 from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints import load_model
 
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+import transformers
 
 import vitkit
 from vitkit.checkpoints import load_model, save_model
@@ -18,8 +20,6 @@ from vitkit.cli import main
 from vitkit.models.mae import MAE, MAEConfig, build_mae
 from vitkit.models.vit import ViT
 
-transformers = pytest.importorskip("transformers")
-timm = pytest.importorskip("timm")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints.hf_mae import load_mae, load_mae_encoder, mae_state_dict, save_mae
@@ -21,7 +22,6 @@ from vitkit.errors import CheckpointError
 from vitkit.models.mae import MAE, MAEConfig, build_mae
 from vitkit.models.posembed import sincos_2d_pos_embed
 
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 IMAGE, PATCH = 32, 8
 PATCHES = (IMAGE // PATCH) ** 2

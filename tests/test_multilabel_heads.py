@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import vitkit
 from vitkit.cli import main
@@ -19,7 +20,6 @@ from vitkit.errors import HeadError
 from vitkit.inference.heads import MULTI_LABEL, SINGLE_LABEL, head_for, parse_thresholds
 from vitkit.models.config import ViTConfig
 
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 LABELS = ["cat", "coffee", "person", "flower", "building", "tissue"]
 

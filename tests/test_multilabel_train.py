@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import vitkit
 from vitkit.cli import main
@@ -22,7 +23,6 @@ from vitkit.training.specs import vit_model_spec
 from vitkit.training.tasks.multilabel import MultiLabelBuilder, MultiLabelTask
 from vitkit.training.trainer import TrainConfig, TrainResult, train
 
-transformers = pytest.importorskip("transformers")
 TINY = {
     "hidden_size": 32,
     "num_hidden_layers": 1,

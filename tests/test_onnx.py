@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnxruntime  # noqa: F401  (a .[dev] package: missing must fail)
+import onnxscript  # noqa: F401  (a .[dev] package: missing must fail)
 import pytest
 import torch
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
 
 from vitkit.checkpoints.onnx import OnnxError, OnnxModel, export_onnx
 from vitkit.cli import main
@@ -25,7 +24,8 @@ def exported(tiny_hf_classifier: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_export_matches_transformers_logits_at_any_batch_size(
     exported: Path, tiny_hf_classifier: Path, photo_dir: Path
 ) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     import vitkit
 
     classifier = vitkit.load(tiny_hf_classifier, device="cpu")

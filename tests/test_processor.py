@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from conftest import real_photos
@@ -20,7 +21,6 @@ from vitkit.errors import ImageDecodeError, VitkitError
 from vitkit.images.processor import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageProcessor
 from vitkit.models.config import ViTConfig
 
-transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 TOLERANCE = 1e-5
 

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 from PIL import Image
 
 from conftest import real_photos
 from vitkit.cli import main
 from vitkit.engines.ray import BatchJob, run_job
-
-ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +224,6 @@ def test_slides_on_ray_equal_one_process(
     """Two slides (TIFF read by tifffile, SVS by OpenSlide) and a broken one over two workers:
     the same tile tables as `vitkit slide` in this process; the broken slide is a line, not a
     failed job. (Resuming is run_slide's own, tested in test_slides.py.)"""
-    pytest.importorskip("openslide")
     import slide_samples as samples
 
     levels = samples.pyramid(samples.mosaic()[0])

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import vitkit
 from vitkit.checkpoints import MODEL_TYPES, load_model, save_model
 from vitkit.cli import main
 from vitkit.errors import CheckpointError
 from vitkit.models.protocol import VisionModel
-
-transformers = pytest.importorskip("transformers")
 
 LABELS = ["cat", "coffee", "rocket", "person"]
 ID2LABEL = dict(enumerate(LABELS))

@@ -75,7 +75,6 @@ def test_num_threads_restores_the_setting() -> None:
 
 
 def test_forward_logits_equals_timm_on_the_same_weights() -> None:
-    pytest.importorskip("timm")
     from vitkit.bench.peers import timm_twin
 
     model = small_vit()

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import openslide  # noqa: F401  (a .[dev] package: missing must fail)
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -23,9 +25,6 @@ import slide_samples as samples
 import vitkit
 from vitkit.cli import main
 from vitkit.slides import SlideSettings, run_slide
-
-pq = pytest.importorskip("pyarrow.parquet")
-pytest.importorskip("openslide")
 
 TILE = 64  # the tiny test model's input size
 FAST = {"thumbnail_side": 512, "batch_size": 8}

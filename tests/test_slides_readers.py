@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import openslide  # noqa: F401  (a .[dev] package: missing must fail)
 import pytest
 import tifffile
 from PIL import Image
@@ -24,8 +25,6 @@ from vitkit.errors import (
 )
 from vitkit.slides import SlideSettings, choose_geometry, open_slide, plan_slide
 from vitkit.slides.readers.pillow_reader import PillowReader
-
-pytest.importorskip("openslide")
 
 # Regions that start outside, straddle the slide's edge, or lie inside (level-0 coordinates).
 REGIONS = [(0, 0), (1250, 950), (600, 400), (-30, 500), (1290, 20)]

@@ -54,7 +54,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_transformers_loads_the_trained_model_with_same_logits(trained: tuple[Path, Path]) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     data, run = trained
     best = run / "best"
     theirs = transformers.ViTForImageClassification.from_pretrained(best).eval()
@@ -112,7 +113,8 @@ def test_fine_tune_a_transformers_checkpoint_at_a_new_resolution(
 ) -> None:
     """`vitkit train --model DIR --image-size 96 --freeze-backbone`: a 64px checkpoint with
     ImageNet labels becomes a 96px digits classifier; only the new head learns."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     data = build_demo_folder(tmp_path / "data", size=32, minority=None).root
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--out", str(out), "--model", str(tiny_hf_classifier)]

@@ -230,7 +230,7 @@ def test_fine_tune_a_timm_file_whose_head_count_needs_model_arg(
 ) -> None:
     """--model-arg with --model gives what the file does not record (timm state dicts carry no
     head count); without it the run stops up front, naming the option."""
-    timm = pytest.importorskip("timm")
+    import timm
     from safetensors.torch import save_file
 
     torch.manual_seed(0)

@@ -381,7 +381,7 @@ def weight_bytes(module: Any) -> int:
 def machine_info(device: str | torch.device = "cpu") -> dict[str, str]:
     """What a reader needs to judge the numbers: hardware, load, library versions, date."""
     info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_name(),
         "cores": str(
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -456,7 +456,7 @@ async def fetch_into(
                     _get_once_async(client, current, policy, deadline, sink, limiter),
                     timeout=max(deadline.remaining(str(current)), 0.0),
                 )
-            except (asyncio.TimeoutError, httpx.TimeoutException) as error:
+            except (TimeoutError, httpx.TimeoutException) as error:
                 raise FetchTimeoutError(
                     f"fetching {current} took longer than {policy.total_timeout:g} s"
                     if isinstance(error, asyncio.TimeoutError)
@@ -519,7 +519,7 @@ async def _stream_capped(response: httpx.Response, meter: _Meter, sink: IO[bytes
             chunk = await asyncio.wait_for(anext(chunks), timeout=max(meter.next_wait(), 0.0))
         except StopAsyncIteration:
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             meter.too_slow()
         meter.add(chunk)
         sink.write(chunk)

@@ -116,7 +116,7 @@ class MicroBatcher:
         remaining = deadline - time.monotonic()
         try:
             return await asyncio.wait_for(job.future, timeout=max(remaining, 0.0))
-        except asyncio.TimeoutError:  # = TimeoutError from 3.11; distinct on 3.10
+        except TimeoutError:  # = TimeoutError from 3.11; distinct on 3.10
             raise DeadlineExceeded("the model did not answer before the request deadline") from None
 
     def stop(self, timeout: float = 10.0) -> None:

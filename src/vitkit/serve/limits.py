@@ -77,7 +77,7 @@ async def body_chunks(receive: Receive, limits: UploadLimits) -> AsyncIterator[b
             message = await asyncio.wait_for(
                 receive(), timeout=max(limits.wait_allowed(received, elapsed), 0.0)
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UploadTooSlow(_too_slow(received, time.monotonic() - start, limits)) from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected(received)

@@ -206,7 +206,7 @@ class Service:
     async def within(self, deadline: float, work: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(work, timeout=max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded(
                 f"no answer within {self.settings.request_timeout:g} s "
                 "(server option --request-timeout)"

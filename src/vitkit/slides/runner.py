@@ -290,7 +290,7 @@ def _write_outputs(
         "tiles_run": ran,
         "tiles_resumed": len(plan) - ran,
         "tiles_per_second": round(ran / seconds, 2) if seconds > 0 else None,
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     atomic_write_text(job.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
