@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.checkpoints import dinov2, hf, hf_deit, hf_mae, hf_resnet
+from vitkit.checkpoints import dinov2, hf, hf_deit, hf_dpt, hf_mae, hf_resnet
 from vitkit.checkpoints._common import WEIGHT_SUFFIXES, read_json
 from vitkit.checkpoints.hub import download, is_hub_id
 from vitkit.checkpoints.npz import load_npz
@@ -54,6 +54,7 @@ from vitkit.models.deit import DeiTConfig, DistilledViT
 from vitkit.models.mae import MAE, MAEConfig, build_mae
 from vitkit.models.protocol import VisionModel
 from vitkit.models.resnet import ResNetClassifier, ResNetConfig
+from vitkit.models.segmentation import Segmenter, SegmenterConfig
 from vitkit.models.vit import ViT
 
 FORMATS = ("hf", "timm", "npz", "hub", "onnx")
@@ -398,6 +399,28 @@ for _entry in (
         read_directory=hf_mae.load_mae_encoder,
         save=hf_mae.save_mae,
         default_processor=lambda config: hf.default_processor_config(config.encoder),
+    ),
+    ModelType(
+        name="dpt",
+        description=f"HF {hf_dpt.ARCHITECTURE} (a ViT encoder)",
+        config_class=SegmenterConfig,
+        model_class=Segmenter,
+        build=Segmenter,
+        accepts=hf_dpt.is_dpt_config,
+        read_directory=hf_dpt.load_dpt_directory,
+        save=hf_dpt.save_segmenter,
+        default_processor=hf_dpt.default_processor_config,
+    ),
+    ModelType(
+        name="vitkit_segmenter",
+        description="vitkit segmentation head (linear or DPT) on any ViT backbone",
+        config_class=SegmenterConfig,
+        model_class=Segmenter,
+        build=Segmenter,
+        accepts=hf_dpt.is_own_config,
+        read_directory=hf_dpt.load_own_directory,
+        save=hf_dpt.save_segmenter,
+        default_processor=hf_dpt.default_processor_config,
     ),
 ):
     register(_entry)

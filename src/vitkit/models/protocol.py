@@ -18,6 +18,7 @@ protocol, never against one architecture, so a model type registered in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -40,12 +41,11 @@ class Capabilities:
     int8: bool = False  # runtime's dynamic int8 quantization makes it faster
     onnx_export: bool = False  # vitkit.checkpoints.onnx.export_onnx writes it
     cls_fast_path: bool = False  # forward_logits skips work that forward() does
+    dense: bool = False  # forward_logits gives per-pixel (B, classes, h, w) logits (segmentation)
 
     def with_pools(self, pools: tuple[str, ...]) -> Capabilities:
         default = self.default_pool if self.default_pool in pools else pools[0]
-        return Capabilities(
-            pools, default, self.attention_maps, self.int8, self.onnx_export, self.cls_fast_path
-        )
+        return dataclasses.replace(self, pools=pools, default_pool=default)
 
 
 @runtime_checkable

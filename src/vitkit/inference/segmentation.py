@@ -1,0 +1,103 @@
+"""Segment images with a segmentation model: pixels in, one class per pixel out.
+
+``SegmentationRunner`` holds a model that gives per-pixel logits (``capabilities.dense``: a
+``Segmenter`` with a DPT or linear head, a transformers DPT directory) and its preprocessing
+(``DenseProcessor``: transformers' ``DPTImageProcessor``). ``segment`` follows transformers'
+``post_process_semantic_segmentation`` exactly: the logits of each image are resized bilinearly
+to the image's own size, then the arg-max class is taken per pixel. ``probabilities`` gives the
+softmax at a chosen size instead, which is what overlapping slide tiles are blended with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitkit.checkpoints import LoadedModel, load_model
+from vitkit.errors import UnsupportedOperationError
+from vitkit.images.masks import class_areas
+from vitkit.images.processor.dense import DenseProcessor
+from vitkit.models.protocol import model_type_of
+from vitkit.models.segmentation import upsample_logits
+
+
+@dataclass
+class SegmentationResult:
+    """One image's mask at its own size, and how much of it each class covers."""
+
+    source: str
+    mask: np.ndarray  # (H, W) uint8 class indices
+    labels: list[str]
+
+    def areas(self, pixel_area_um2: float | None = None) -> list[dict[str, Any]]:
+        return class_areas(self.mask, self.labels, pixel_area_um2)
+
+
+class SegmentationRunner:
+    """A segmentation model, its preprocessing and device (see the module docstring)."""
+
+    def __init__(
+        self, model: Any, processor: DenseProcessor, *, device: str | torch.device = "cpu"
+    ) -> None:
+        if not getattr(getattr(model, "capabilities", None), "dense", False):
+            raise UnsupportedOperationError(
+                f"this {model_type_of(model)} model gives one answer per image, not per pixel: "
+                "segment with a segmentation model (a DPT directory, or one `vitkit train` made "
+                "from images/ + masks/)"
+            )
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.labels: list[str] = model.config.labels()
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: LoadedModel, *, device: str | torch.device = "cpu", **processor_overrides: Any
+    ) -> SegmentationRunner:
+        processor = DenseProcessor.from_dict(loaded.preprocessing(), **processor_overrides)
+        return cls(loaded.model, processor, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str, *, device: str | torch.device = "cpu", image_size: int | None = None
+    ) -> SegmentationRunner:
+        return cls.from_loaded(load_model(source, image_size=image_size), device=device)
+
+    # ---- forward ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, classes, h, w) float32 logits at the model's own output size."""
+        return self.model.forward_logits(pixel_values.to(self.device)).float()
+
+    @torch.inference_mode()
+    def probabilities(self, pixel_values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, classes, *size) softmax probabilities, logits resized to ``size`` first."""
+        return upsample_logits(self.logits(pixel_values), size).softmax(dim=1)
+
+    @torch.inference_mode()
+    def masks(
+        self, pixel_values: torch.Tensor, original_sizes: list[tuple[int, int]]
+    ) -> list[np.ndarray]:
+        """One (H, W) uint8 mask per image at its original size (transformers' post-processing:
+        each image's logits resized bilinearly to its size, then the arg-max)."""
+        logits = self.logits(pixel_values)
+        masks = []
+        for row, size in zip(logits, original_sizes, strict=True):
+            resized = upsample_logits(row.unsqueeze(0), size)[0]
+            masks.append(resized.argmax(dim=0).to(torch.uint8).cpu().numpy())
+        return masks
+
+    def segment(self, images: Any) -> list[SegmentationResult]:
+        """Masks for one image or a list (paths, bytes, PIL images, arrays), each at its size."""
+        from vitkit.images.decode import describe
+
+        sources = list(images) if isinstance(images, list | tuple) else [images]
+        results = []
+        for source in sources:  # one at a time: images of different sizes do not stack
+            batch = self.processor([source])
+            mask = self.masks(batch.pixel_values, batch.original_sizes)[0]
+            results.append(SegmentationResult(describe(source), mask, self.labels))
+        return results
