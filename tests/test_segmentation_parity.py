@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from conftest import real_photos
@@ -20,7 +21,6 @@ from vitkit.models.config import ViTConfig
 from vitkit.models.dpt import DPTHeadConfig
 from vitkit.models.segmentation import Segmenter, SegmenterConfig
 
-transformers = pytest.importorskip("transformers")
 LABELS = {0: "background", 1: "stroma", 2: "tumour"}
 
 
