@@ -88,31 +88,33 @@ def child(images: str, model: str, batch_size: int, threads: int) -> None:
     """The one-process contender: what `vitkit predict` runs, minus printing."""
     import torch
 
-    from vitkit.cli._common import prepared_batches
-    from vitkit.images.decode import expand_inputs
+    from vitkit.images.sources import expand_inputs
     from vitkit.inference import runtime
     from vitkit.inference.classifier import load
+    from vitkit.inference.files import prepared_batches
 
     torch.set_num_threads(threads)
     runtime.tune_process_for_inference("cpu")  # as `vitkit predict` does
-    classifier = load(model, device="cpu")
+    classifier = load(model, device="cpu", threads="auto")  # as `vitkit predict` runs
     sources = expand_inputs([images])
-    args = argparse.Namespace(batch_size=batch_size, workers=threads)
-    for _chunk, batch in prepared_batches(classifier, sources, args):
+    batches = prepared_batches(classifier, sources, batch_size=batch_size, workers=threads)
+    for _chunk, batch in batches:
         classifier.predict_tensor(batch.pixel_values, 5)
 
 
 # ---- Ray: what `vitkit predict --engine ray` runs, on one Ray session --------------------------
 def on_ray(images: Path, model: Path, batch_size: int, workers: int) -> float:
     from vitkit.engines.ray import BatchJob, run_job
+    from vitkit.inference.settings import LoadSettings
 
     out = Path(tempfile.mkdtemp(prefix="bench-ray-out-"))
     job = BatchJob(
         "predict",
         [str(images)],
         out,
-        model=str(model),
-        model_options={"top_k": 5, "tune_process": True, "device": "cpu"},
+        load=LoadSettings(model=str(model), device="cpu", threads="auto"),
+        top_k=5,
+        tune_process=True,
         workers=workers,
         batch_size=batch_size,
     )

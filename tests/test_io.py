@@ -18,6 +18,7 @@ from PIL import Image, ImageFile
 from conftest import real_photos
 from vitkit.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from vitkit.images import decode as vio
+from vitkit.images.sources import expand_inputs
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
@@ -340,11 +341,11 @@ def test_expand_inputs(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     url = "https://example.com/cat.jpg"
     given = [str(tmp_path / "b"), url, str(tmp_path / "missing.jpg"), tmp_path / "empty"]
-    assert vio.expand_inputs(given) == [
+    assert expand_inputs(given) == [
         str(tmp_path / "b" / "a.png"),
         str(tmp_path / "b" / "deeper" / "z.JPG"),
         url,
         str(tmp_path / "missing.jpg"),  # kept: the caller reports it for that input
         str(tmp_path / "empty"),  # kept: "a directory with no image files"
     ]
-    assert vio.expand_inputs([tmp_path])[-1] == str(tmp_path / "c.webp")
+    assert expand_inputs([tmp_path])[-1] == str(tmp_path / "c.webp")

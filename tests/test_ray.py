@@ -26,6 +26,7 @@ from PIL import Image
 from conftest import real_photos
 from vitkit.cli import main
 from vitkit.engines.ray import BatchJob, run_job
+from vitkit.inference.settings import LoadSettings
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +160,8 @@ def test_parquet_of_image_bytes(
             "predict",
             [str(tmp_path / "catalogue.parquet")],
             tmp_path / "out",
-            model=str(tiny_hf_classifier),
-            model_options={"top_k": 2},
+            load=LoadSettings(model=str(tiny_hf_classifier)),
+            top_k=2,
             id_column="sku",
             workers=1,
             batch_size=4,
@@ -200,7 +201,7 @@ def test_a_killed_worker_loses_no_input_and_writes_none_twice(
         "predict",
         [str(crops)],
         tmp_path,
-        model=str(tiny_hf_classifier),
+        load=LoadSettings(model=str(tiny_hf_classifier)),
         workers=2,
         batch_size=1,
     )

@@ -186,7 +186,9 @@ def test_every_model_command_takes_threads(
 
 
 def test_threads_reach_the_forward(tiny_hf_classifier: Path) -> None:
-    from vitkit.cli._common import load_classifier
+    from vitkit.cli._loading import load_classifier
+    from vitkit.cli._options import config_from_args
+    from vitkit.inference.settings import LoadSettings
 
     args = build_parser().parse_args(
         [
@@ -200,5 +202,5 @@ def test_threads_reach_the_forward(tiny_hf_classifier: Path) -> None:
             "1",
         ]
     )
-    classifier = load_classifier(args)
+    classifier = load_classifier(config_from_args(LoadSettings, args))
     assert classifier._forward.thread_count(64) == 1  # a big batch, yet the user's one thread

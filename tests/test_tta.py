@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 import vitkit
-from vitkit.cli import main
-from vitkit.cli._common import TTA_CHOICES
+from vitkit.cli import build_parser, main
 from vitkit.errors import TTAError, VitkitError
 from vitkit.inference import tta
 from vitkit.models.config import ViTConfig
@@ -94,7 +93,9 @@ def test_every_mode_is_one_forward_over_all_views(tiny_hf_classifier: Path) -> N
             for i in range(len(views) // 3)
         }
         assert len(distinct) == tta.num_views(mode)
-    assert TTA_CHOICES == tta.TTA_MODES
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]  # type: ignore[union-attr]
+    tta_option = next(a for a in predict._actions if "--tta" in a.option_strings)
+    assert tuple(tta_option.choices or ()) == tta.TTA_MODES  # the CLI offers every mode, no other
 
 
 def test_embeddings_average_the_views(tiny_hf_feature_extractor: Path) -> None:

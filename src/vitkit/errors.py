@@ -139,3 +139,8 @@ class PoolError(UnsupportedOperationError):
 
 class ServeSettingsError(VitkitError):
     """A ``vitkit serve`` setting that cannot work; the message names the option and the fix."""
+
+
+class UsageError(VitkitError):
+    """Settings that cannot go together (an option the chosen engine or mode cannot honour):
+    refused before any work; the command line exits 2 with the message, one line."""

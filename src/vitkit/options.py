@@ -12,7 +12,8 @@ layers (like ``vitkit.errors``): any package may import it.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field
+from collections.abc import Callable
+from dataclasses import MISSING, Field, field
 from typing import Any
 
 
@@ -27,12 +28,23 @@ def option(
     default_factory: Any = MISSING,
     default_help: str | None = None,
     cli: bool = True,
+    parse: Callable[[str], Any] | None = None,
+    repeat: bool = False,
+    const: Any = MISSING,
+    engines: tuple[str, ...] | None = None,
+    engine_note: str = "",
 ) -> Any:
     """A dataclass field that also describes its command-line option.
 
-    ``flags``: the option strings (default ``--field-name``; a ``True`` bool gets ``--no-...``);
-    ``default_help``: what to say instead of the default value (for ``None`` defaults that mean
-    "chosen for you"); ``cli=False``: a library-only field.
+    ``flags``: the option strings (default ``--field-name``; a ``True`` bool gets ``--no-...``;
+    a name without dashes makes a positional argument); ``default_help``: what to say instead of
+    the default value (for ``None`` defaults that mean "chosen for you"); ``cli=False``: a
+    library-only field. ``parse``: turns the option's text into the field's value (its errors
+    become argparse's exit 2); ``repeat``: a list option given once per value (``--allow-host A
+    --allow-host B``) rather than comma-separated; ``const``: the value of the bare flag for an
+    option whose value is optional (``--agreement`` / ``--agreement FOLDER``). ``engines``: the
+    engines that honour the field (e.g. ``("ray",)`` for ``--ray-address``); under another, a
+    value other than the default is refused before any work, with ``engine_note`` saying why.
     """
     metadata = {
         "help": help,
@@ -42,7 +54,19 @@ def option(
         "metavar": metavar,
         "default_help": default_help,
         "cli": cli,
+        "parse": parse,
+        "repeat": repeat,
+        "const": const,
+        "engines": engines,
+        "engine_note": engine_note,
     }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def field_default(item: Field[Any]) -> Any:
+    """A field's default value (a fresh one for a factory); ``MISSING`` for a required field."""
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return item.default

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from vitkit.bench.engine import real_photos
 from vitkit.checkpoints import default_processor_config
-from vitkit.images.decode import expand_inputs
 from vitkit.images.processor import ImageProcessor
+from vitkit.images.sources import expand_inputs
 from vitkit.inference import runtime
 from vitkit.training.metrics import classification_report
 

@@ -14,7 +14,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from vitkit.errors import VitkitError
+from vitkit.errors import UsageError, VitkitError
 
 # The order `vitkit --help` lists commands in: the user's journey, not the alphabet.
 _WORKFLOW = [
@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except UsageError as error:  # options that cannot go together: as argparse's own errors
+        print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except VitkitError as error:
         print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
         return 1

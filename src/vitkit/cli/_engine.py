@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
-from vitkit.errors import EngineError
+from vitkit.cli._progress import progress_bar
+from vitkit.engines.settings import EngineSettings, ImageBatches
+from vitkit.errors import UsageError
+from vitkit.inference.settings import LoadSettings
+from vitkit.slides.settings import SlideBatch, SlideSettings
 
 ENGINE_EPILOG = """\
 on Ray (pip install 'vitkit[ray]'): SOURCE is image files, folders, list files (.txt: one path or
@@ -21,97 +23,56 @@ Run it again to resume: inputs already in DIR are skipped.
 """
 
 
-def add_engine_options(
-    parser: argparse.ArgumentParser, *, add_out: bool = False, images: bool = True
-) -> None:
-    """The Ray options; ``add_out``: the command has no --out of its own (predict); ``images``:
-    the options about image sources (Parquet columns, URLs), not for slides."""
-    group = parser.add_argument_group("batch jobs on Ray Data (--engine ray)")
-    group.add_argument(
-        "--engine",
-        default="local",
-        choices=["local", "ray"],
-        help="local: this process (default); ray: a Ray Data job over Ray workers",
-    )
-    if add_out:
-        group.add_argument(
-            "--out", "-o", type=Path, default=None, help="output folder (with --engine ray)"
-        )
-    group.add_argument(
-        "--ray-address",
-        default=None,
-        help="auto or ray://HOST:10001: run on that Ray cluster (default: start a local Ray "
-        "for the job and stop it at the end)",
-    )
-    group.add_argument(
-        "--cpus-per-worker",
-        type=float,
-        default=1.0,
-        help="CPUs per Ray worker: its decoding threads and torch threads (default 1)",
-    )
-    group.add_argument(
-        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)"
-    )
-    if images:
-        add_image_source_options(group)
+def batch_job(
+    task: str,
+    load: LoadSettings,
+    batches: ImageBatches,
+    engine: EngineSettings,
+    *,
+    top_k: int | None = None,
+    pool: str | None = None,
+) -> Any:
+    """The ``vitkit.engines.ray.BatchJob`` for ``vitkit predict|embed --engine ray``: the load
+    settings whole (so every worker loads the model the one-process command would)."""
+    from vitkit.engines.ray import BatchJob
 
-
-def add_image_source_options(group: Any) -> None:
-    group.add_argument(
-        "--image-column", default=None, help="Parquet column of image bytes, URLs or paths"
-    )
-    group.add_argument(
-        "--id-column",
-        default=None,
-        help="Parquet column naming each row (default: id, else the URL/path, else a hash of the bytes)",
-    )
-    group.add_argument(
-        "--allow-private-urls",
-        action="store_true",
-        help="fetch image URLs from private and loopback addresses too (internal stores)",
-    )
-    group.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="fetch URLs from this host even if it resolves to a private address (repeatable)",
-    )
-
-
-def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any]) -> int:
-    """``vitkit predict|embed --engine ray``: the job, a progress bar, one summary line."""
-    from vitkit.cli._common import progress_bar
-    from vitkit.engines.ray import BatchJob, import_ray, run_job
-
-    if args.out is None:
-        raise EngineError("--engine ray writes Parquet shards: give an output folder with --out")
-    if args.out.suffix.lower() in (".npy", ".npz", ".parquet"):
-        raise EngineError(f"--out {args.out}: with --engine ray, give a folder for the shards")
-    quiet_ray_data(import_ray())
-    job = BatchJob(
+    out = getattr(batches, "out", None)
+    if out is None:
+        raise UsageError("--engine ray writes Parquet shards: give an output folder with --out")
+    if out.suffix.lower() in (".npy", ".npz", ".parquet"):
+        raise UsageError(f"--out {out}: with --engine ray, give a folder for the shards")
+    return BatchJob(
         task,  # type: ignore[arg-type]
-        list(args.inputs),
-        args.out,
-        model=model_name(args.model),
-        model_options={**model_options, **worker_model_options(args)},
-        workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker,
-        batch_size=args.batch_size,
-        image_column=args.image_column,
-        id_column=args.id_column,
-        ray_address=args.ray_address,
+        list(batches.inputs),
+        out,
+        load=load,
+        top_k=top_k,
+        pool=pool,
+        workers=batches.workers,
+        cpus_per_worker=engine.cpus_per_worker,
+        gpus_per_worker=engine.gpus_per_worker,
+        batch_size=batches.batch_size,
+        image_column=engine.image_column,
+        id_column=engine.id_column,
+        ray_address=engine.ray_address,
+        tune_process=True,  # the workers are the job's processes, as the command's own is
     )
+
+
+def run_on_ray(job: Any) -> int:
+    """``vitkit predict|embed --engine ray``: the job, a progress bar, one summary line."""
+    from vitkit.engines.ray import import_ray, run_job
+
+    quiet_ray_data(import_ray())
     with ExitStack() as bars:
         advance: list[Any] = []  # the bar's advance function, once the job knows its size
 
         def start(total: int) -> None:
-            advance.append(bars.enter_context(progress_bar(total, task)))
+            advance.append(bars.enter_context(progress_bar(total, job.task)))
 
         report = run_job(job, on_start=start, on_rows=lambda n: advance[0](n))
     print(
-        f"wrote {report.written} rows ({report.failed} with an error) to {args.out} in "
+        f"wrote {report.written} rows ({report.failed} with an error) to {job.out} in "
         f"{report.seconds:.1f} s ({report.images_per_second:.1f} images/s); "
         f"{report.skipped} already there were skipped",
         file=sys.stderr,
@@ -119,27 +80,34 @@ def run_on_ray(args: argparse.Namespace, task: str, model_options: dict[str, Any
     return 1 if report.failed else 0
 
 
-def run_slides_on_ray(args: argparse.Namespace, settings: Any) -> int:
+def slides_job(
+    load: LoadSettings, tiling: SlideSettings, batch: SlideBatch, engine: EngineSettings
+) -> Any:
+    """The ``vitkit.engines.slides.SlidesJob`` for ``vitkit slide --engine ray``."""
+    from vitkit.engines.slides import SlidesJob
+
+    # --workers counts Ray workers here; each reads its slide's tiles in threads of its own.
+    reading = dataclasses.replace(tiling, workers=max(2, int(engine.cpus_per_worker)))
+    return SlidesJob(
+        batch.paths,
+        batch.out,
+        reading,
+        load=load,
+        tune_process=True,
+        workers=tiling.workers,
+        cpus_per_worker=engine.cpus_per_worker,
+        gpus_per_worker=engine.gpus_per_worker,
+        ray_address=engine.ray_address,
+    )
+
+
+def run_slides_on_ray(job: Any, *, progress: bool = True) -> int:
     """``vitkit slide --engine ray``: whole slides spread over the workers, a line per slide."""
-    from vitkit.cli._common import progress_bar
     from vitkit.engines.ray import import_ray
-    from vitkit.engines.slides import SlidesJob, run_slides
+    from vitkit.engines.slides import run_slides
 
     quiet_ray_data(import_ray())
-    # --workers counts Ray workers here; each reads its slide's tiles in threads of its own.
-    reading = dataclasses.replace(settings, workers=max(2, int(args.cpus_per_worker)))
-    job = SlidesJob(
-        list(args.slides),
-        args.out,
-        reading,
-        model=model_name(args.model),
-        model_options=worker_model_options(args),
-        workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker,
-        ray_address=args.ray_address,
-    )
-    with progress_bar(len(job.slides), "slides on Ray") as advance:
+    with progress_bar(len(job.slides), "slides on Ray", enabled=progress) as advance:
 
         def report(row: dict[str, Any]) -> None:
             if row["error"]:
@@ -154,36 +122,8 @@ def run_slides_on_ray(args: argparse.Namespace, settings: Any) -> int:
 
         rows = run_slides(job, on_slide=report)
     failures = sum(1 for row in rows if row["error"])
-    print(f"{len(rows) - failures} of {len(rows)} slides done -> {args.out}", file=sys.stderr)
+    print(f"{len(rows) - failures} of {len(rows)} slides done -> {job.out}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def worker_model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The model options of the one-process command, for ``vitkit.engines.batch.load_for_worker``."""
-    from vitkit.inference.heads import parse_thresholds
-
-    threshold = getattr(args, "threshold", None)
-    options = {
-        "problem_type": getattr(args, "problem_type", None),
-        "threshold": parse_thresholds(threshold) if threshold is not None else None,
-        "tta": getattr(args, "tta", "none"),
-        "precision": args.precision,
-        "image_size": args.image_size,
-        "jpeg_draft": getattr(args, "jpeg_draft", False),
-        "device": args.device,
-        "threads": getattr(args, "threads", "auto"),
-        "tune_process": True,  # what load_classifier does for the one-process command
-    }
-    if hasattr(args, "allow_host"):
-        options["allow_private_urls"] = args.allow_private_urls
-        options["allow_hosts"] = list(args.allow_host)
-    return options
-
-
-def model_name(model: str | None) -> str:
-    from vitkit.inference.classifier import default_model_name
-
-    return model or default_model_name()
 
 
 def quiet_ray_data(ray: Any) -> None:

@@ -22,26 +22,14 @@ def pick_table(data: Path, split: str | None) -> tuple[Path, str]:
     return table, split or "test"
 
 
-def load_for_eval(args: argparse.Namespace) -> Any:
-    """The classifier as `vitkit eval` reads it: head options and TTA from the command line."""
-    from vitkit.inference.classifier import load
-    from vitkit.inference.heads import parse_thresholds
-
-    return load(
-        args.model,
-        device=args.device,
-        image_size=args.image_size,
-        problem_type=args.problem_type,
-        threshold=parse_thresholds(args.threshold) if args.threshold is not None else None,
-        tta=args.tta,
-    )
-
-
 def run_multilabel_eval(args: argparse.Namespace, out_for: Any) -> int:
     """Evaluate ``args.model`` on the label table of ``args.data``; ``out_for(model, split)`` is
     the default output folder."""
     import numpy as np
 
+    from vitkit.cli._options import config_from_args
+    from vitkit.inference.classifier import load_settings
+    from vitkit.inference.settings import LoadSettings
     from vitkit.inference.tta import AveragedModel
     from vitkit.training import data as vdata
     from vitkit.training.evaluate import ProcessorTransform, evaluate
@@ -50,11 +38,11 @@ def run_multilabel_eval(args: argparse.Namespace, out_for: Any) -> int:
     from vitkit.training.tasks.multilabel import MultiLabelEvaluator
 
     table, split = pick_table(Path(args.data), args.split)
-    classifier = load_for_eval(args)
+    classifier = load_settings(config_from_args(LoadSettings, args))
     head = classifier.require_head()
     if not head.multi_label:
         raise VitkitError(
-            f"{args.model} is a single-label (softmax) classifier and {table} is a multi-label "
+            f"{classifier.name} is a single-label (softmax) classifier and {table} is a multi-label "
             "label table: evaluate it on an image folder, or pass --problem-type multi_label if "
             "its head was trained with a sigmoid (BCE) loss"
         )
@@ -83,10 +71,12 @@ def run_multilabel_eval(args: argparse.Namespace, out_for: Any) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
     )
-    out = Path(args.out) if args.out else out_for(args.model, split)
-    title = f"{Path(str(args.model)).name} on {table}"
+    out = Path(args.out) if args.out else out_for(classifier.name, split)
+    title = f"{Path(str(classifier.name)).name} on {table}"
     MultiLabelEvaluator(labels).write(result, out, title)
-    print(f"{args.model} on {table} ({result.report['num_samples']} images), BCE {result.loss:.4f}")
+    print(
+        f"{classifier.name} on {table} ({result.report['num_samples']} images), BCE {result.loss:.4f}"
+    )
     print(f"thresholds: {result.report['thresholds_from']}; tta: {classifier.tta}")
     print(format_multilabel_report(result.report))
     print(f"\nwritten to {out}/ (metrics.json, report.txt, scores.csv)")

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from vitkit.errors import VitkitError
+from vitkit.options import field_default
 
 
 def add_options(
@@ -53,7 +54,7 @@ def add_options(
         group_name = meta["group"]
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_name)
-        default = defaults.get(item.name, _default_of(item))
+        default = defaults.get(item.name, field_default(item))
         overridden = item.name in defaults
         _add_field(
             groups[group_name], item, hints[item.name], default, helps.get(item.name), overridden
@@ -91,14 +92,6 @@ def parse_key_values(pairs: list[str], flag: str = "--model-arg") -> dict[str, A
 
 
 # ---- one field ------------------------------------------------------------------------------
-def _default_of(item: dataclasses.Field[Any]) -> Any:
-    if item.default is not dataclasses.MISSING:
-        return item.default
-    if item.default_factory is not dataclasses.MISSING:
-        return item.default_factory()
-    return dataclasses.MISSING
-
-
 def _base_type(annotation: Any) -> Any:
     """``int | None`` -> int; anything else unchanged."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -131,20 +124,31 @@ def _add_field(
     # A command's own help or default is shown as it is; the field's words describe the field's.
     own = own_help is not None or overridden
     shown = meta["default_help"] if meta["default_help"] is not None and not own else default
+    flags = _flags(item)
+    if not flags[0].startswith("-"):  # positional: argparse names it by its flag
+        _add_positional(group, item, origin is list, help_text, meta["metavar"])
+        return
     kwargs: dict[str, Any] = {"dest": item.name}
     if kind is bool:
         kwargs["action"] = "store_false" if default else "store_true"
         help_text = f"no {help_text}" if default else help_text
-    elif origin is dict:
-        kwargs.update(action="append", default=None, metavar=meta["metavar"] or "KEY=VALUE")
-        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in default.items()) if default else None
+    elif origin is dict or (origin is list and meta["repeat"]):
+        kwargs.update(action="append", default=None, metavar=meta["metavar"])
+        if origin is dict:
+            kwargs["metavar"] = meta["metavar"] or "KEY=VALUE"
+            shown = " ".join(f"{k}={json.dumps(v)}" for k, v in default.items()) or None
+        else:
+            shown = ",".join(default) or None
     elif origin is list:
-        kwargs.update(default=",".join(default) if default is not dataclasses.MISSING else None)
-        shown = ",".join(default)
+        joined = ",".join(default) if default is not dataclasses.MISSING else None
+        kwargs.update(default=joined, metavar=meta["metavar"])
+        shown = joined
     else:
-        kwargs.update(type=kind, metavar=meta["metavar"])
+        kwargs.update(type=_parser_of(item, kind), metavar=meta["metavar"])
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
+        if meta["const"] is not dataclasses.MISSING:
+            kwargs.update(nargs="?", const=meta["const"])
         if default is dataclasses.MISSING:
             kwargs["required"] = True
             shown = None
@@ -152,7 +156,36 @@ def _add_field(
             kwargs["default"] = default
     if kind is not bool and shown not in (None, ""):
         help_text = f"{help_text} (default: {shown})"
-    group.add_argument(*_flags(item), help=help_text.replace("%", "%%"), **kwargs)
+    group.add_argument(*flags, help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _add_positional(
+    group: Any, item: dataclasses.Field[Any], many: bool, help_text: str, metavar: str | None
+) -> None:
+    """A field given without a flag: one value, or one or more for a list (``inputs``)."""
+    kwargs: dict[str, Any] = {"metavar": metavar}
+    if many:
+        kwargs["nargs"] = "+"
+    else:
+        kwargs["type"] = _parser_of(item, str)
+    group.add_argument(_flags(item)[0], help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _parser_of(item: dataclasses.Field[Any], kind: Any) -> Any:
+    """The argparse ``type`` of a field: its own ``parse`` (its errors: exit 2, its message) or
+    the annotation's type."""
+    parse = item.metadata.get("parse")
+    if parse is None:
+        return kind
+
+    def parsed(text: str) -> Any:
+        try:
+            return parse(text)
+        except (VitkitError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parsed.__name__ = item.name  # argparse names the type in its messages
+    return parsed
 
 
 def _convert(name: str, annotation: Any, value: Any) -> Any:

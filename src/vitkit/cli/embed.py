@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from vitkit.atomic_files import atomic_open
-from vitkit.cli._common import (
-    add_inputs_argument,
-    add_model_options,
-    add_tta_option,
-    load_classifier,
-    prepared_batches,
-    progress_bar,
-)
-from vitkit.cli._engine import ENGINE_EPILOG, add_engine_options, run_on_ray
-from vitkit.errors import VitkitError
+from vitkit.cli._engine import ENGINE_EPILOG, batch_job, run_on_ray
+from vitkit.cli._loading import ENTRY_POINT_DEFAULTS, load_classifier
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.cli._progress import progress_bar
+from vitkit.engines.settings import EmbedSettings, EngineSettings, refuse_unhonoured
+from vitkit.inference.settings import LoadSettings
 
 EPILOG = """\
 examples:
@@ -46,95 +40,49 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_inputs_argument(parser)
-    add_model_options(parser)
-    parser.add_argument(
-        "--out",
-        "-o",
-        required=True,
-        type=Path,
-        help="output file: .npy, .npz or .parquet (--engine ray: a folder of Parquet shards)",
-    )
-    parser.add_argument(
-        "--pool",
-        default=None,
-        choices=["cls", "mean", "cls+mean", "pooler"],
-        help="cls: final-norm [CLS] token; mean: mean of the patch tokens (a CNN's: of its last "
-        "feature map); cls+mean: both, concatenated (Virchow's); pooler: transformers' "
-        "pooler_output (dense+tanh on [CLS]; DINOv2: [CLS]) (default: the model family's "
-        "documented embedding, see `vitkit info`)",
-    )
-    add_tta_option(parser)
-    add_engine_options(parser, add_out=False)
-    parser.set_defaults(func=run)
+    add_options(parser, EmbedSettings)
+    add_options(parser, LoadSettings, defaults=ENTRY_POINT_DEFAULTS)
+    add_options(parser, EngineSettings)
+    parser.set_defaults(func=run, settings=settings)
+
+
+def settings(args: argparse.Namespace) -> Any:
+    """What the command hands the library: (LoadSettings, EmbedSettings) in this process, the
+    BatchJob on Ray; an option the chosen engine cannot honour is refused here."""
+    from vitkit.inference.files import check_embeddings_path
+
+    load = config_from_args(LoadSettings, args)
+    embed = config_from_args(EmbedSettings, args)
+    engine = config_from_args(EngineSettings, args)
+    refuse_unhonoured(engine.engine, embed, load, engine)
+    if engine.on_ray:
+        return batch_job("embed", load, embed, engine, pool=embed.pool)
+    check_embeddings_path(embed.out)
+    return load, embed
 
 
 def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
-    import numpy as np
-
-    from vitkit.images.decode import expand_inputs
-    from vitkit.models.protocol import check_pool
+    from vitkit.images.sources import expand_inputs
+    from vitkit.inference.files import embed_sources, write_embeddings
 
     if args.engine == "ray":
-        return run_on_ray(args, "embed", {"pool": args.pool})
-    suffix = args.out.suffix.lower()
-    if suffix not in (".npy", ".npz", ".parquet"):
-        raise VitkitError(f"--out {args.out}: use a .npy, .npz or .parquet file name")
-    sources = expand_inputs(args.inputs)
-    classifier = load_classifier(args)
-    pool = args.pool or classifier.default_pool
-    check_pool(classifier.model, pool)  # once, before any image is decoded
-    names: list[str] = []
-    vectors: list[Any] = []
-    errors: dict[str, str] = {}
+        return run_on_ray(settings(args))
+    load, embed = settings(args)
+    sources = expand_inputs(embed.inputs)
+    classifier = load_classifier(load)
     with progress_bar(len(sources), "embedding") as advance:
-        for chunk, batch in prepared_batches(classifier, sources, args):
-            errors.update({chunk[index]: str(error) for index, error in batch.errors.items()})
-            if batch.indices:
-                embedding = classifier.embed_tensor(batch.pixel_values, pool)
-                vectors.append(embedding.cpu().numpy())
-                names.extend(chunk[index] for index in batch.indices)
-            advance(len(chunk))
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
-    write_embeddings(args.out, names, matrix, errors)
-    for message in errors.values():
+        embeddings = embed_sources(
+            classifier,
+            sources,
+            pool=embed.pool,
+            batch_size=embed.batch_size,
+            workers=embed.workers,
+            progress=advance,
+        )
+    write_embeddings(embed.out, embeddings)
+    for message in embeddings.errors.values():
         print(f"vitkit embed: {message}", file=sys.stderr)
-    print(
-        f"wrote {matrix.shape[0]} embeddings of size {matrix.shape[1]} to {args.out}",
-        file=sys.stderr,
-    )
-    return 1 if errors else 0
-
-
-def write_embeddings(path: Path, names: list[str], matrix: Any, errors: dict[str, str]) -> None:
-    """Write the file whole or not at all (a temporary file renamed into place)."""
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        with atomic_open(path) as handle:
-            if suffix == ".npy":
-                np.save(handle, matrix)
-            else:
-                np.savez(
-                    handle,
-                    embeddings=matrix,
-                    inputs=np.array(names, dtype=str),
-                    failed_inputs=np.array(list(errors), dtype=str),
-                )
-    else:
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as error:
-            raise VitkitError(
-                "writing .parquet needs pyarrow: pip install 'vitkit[parquet]'"
-            ) from error
-        # A fixed-size list column straight from the float32 buffer: no per-row Python lists.
-        dim = matrix.shape[1]
-        column = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
-        table = pa.table({"input": names, "embedding": column})
-        with atomic_open(path) as handle:
-            pq.write_table(table, handle)
+    rows, size = embeddings.matrix.shape
+    print(f"wrote {rows} embeddings of size {size} to {embed.out}", file=sys.stderr)
+    return 1 if embeddings.errors else 0

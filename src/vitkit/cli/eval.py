@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.atomic_files import atomic_open
-from vitkit.cli._common import add_head_options
+from vitkit.cli._options import add_options, config_from_args
 from vitkit.errors import DatasetError, VitkitError
+from vitkit.inference.settings import LoadSettings
 
 EPILOG = """\
 examples:
@@ -39,13 +40,6 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--model",
-        "-m",
-        required=True,
-        help="checkpoint: a training run's best/ directory (ViT, DeiT student or ResNet), HF "
-        "directory, hub id, timm file, .npz or .onnx",
-    )
-    parser.add_argument(
         "--data",
         required=True,
         help="image folder (one sub-folder per class), or a label table for a multi-label model",
@@ -62,21 +56,26 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--batch-size", "-b", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="evaluate at this resolution (position embeddings resampled)",
-    )
     parser.add_argument(
         "--on-bad-image",
         default="skip",
         choices=["skip", "fail"],
         help="unreadable images (and bad label-table rows): skip with a report, or stop",
     )
-    add_head_options(parser)
+    add_options(parser, LoadSettings, only=EVAL_LOAD_FIELDS)
     parser.set_defaults(func=run)
+
+
+# The LoadSettings fields evaluation honours (it runs the model's own forward on the data set).
+EVAL_LOAD_FIELDS = (
+    "model",
+    "device",
+    "image_size",
+    "overrides",
+    "problem_type",
+    "threshold",
+    "tta",
+)
 
 
 def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
@@ -92,8 +91,9 @@ def pick_folder(data: Path, split: str | None) -> tuple[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
-    from vitkit.cli._eval_multilabel import load_for_eval, run_multilabel_eval
+    from vitkit.cli._eval_multilabel import run_multilabel_eval
     from vitkit.inference import runtime
+    from vitkit.inference.classifier import load_settings as load
     from vitkit.inference.tta import AveragedModel
     from vitkit.training import data as vdata
     from vitkit.training.evaluate import (
@@ -109,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
     if is_label_table(args.data):  # several labels per image
         return run_multilabel_eval(args, _default_out)
     folder, split = pick_folder(Path(args.data), args.split)
-    classifier = load_for_eval(args)
+    classifier = load(config_from_args(LoadSettings, args))
     if classifier.require_head().multi_label:
         raise VitkitError(
-            f"{args.model} is a multi-label (sigmoid) model: evaluate it on a label table "
+            f"{classifier.name} is a multi-label (sigmoid) model: evaluate it on a label table "
             "(CSV path,labels or JSONL; see vitkit train --help), not on class folders"
         )
     labels = list(classifier.labels)
-    images = readable_samples(folder, labels, args.model, args.on_bad_image)
+    images = readable_samples(folder, labels, classifier.name, args.on_bad_image)
     dataset = vdata.ImageDataset(images, ProcessorTransform(classifier.processor))
     model = classifier.model
     if classifier.tta != "none":  # logits of the mean probabilities over the views
@@ -129,11 +129,11 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
     )
-    out = Path(args.out) if args.out else _default_out(args.model, split)
-    save_eval_outputs(result, labels, out, f"{Path(str(args.model)).name} on {folder}")
+    out = Path(args.out) if args.out else _default_out(classifier.name, split)
+    save_eval_outputs(result, labels, out, f"{Path(str(classifier.name)).name} on {folder}")
     write_predictions(out / "predictions.csv", result, [s.path for s in images], labels)
     print(
-        f"{args.model} on {folder} ({result.report['num_samples']} images), loss {result.loss:.4f}"
+        f"{classifier.name} on {folder} ({result.report['num_samples']} images), loss {result.loss:.4f}"
     )
     print(format_report(result.report))
     print(f"\nwritten to {out}/ (metrics.json, confusion_matrix.json/.png, predictions.csv)")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vitkit.cli._common import MODEL_HELP
+from vitkit.inference.settings import MODEL_HELP
 
 EPILOG = """\
 For each image, OUT/<name>.explain.png shows the image, the attention rollout over it (heads
@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and the model code load here, not at `vitkit --help` time
-    from vitkit.images.decode import expand_inputs
+    from vitkit.images.sources import expand_inputs
     from vitkit.inference.classifier import load
     from vitkit.inference.explain import explain_files
 

@@ -8,7 +8,9 @@ import json
 import time
 from typing import Any
 
-from vitkit.cli._common import add_model_arg_option, add_precision_option, parse_model_args
+from vitkit.cli._common import add_precision_option
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.inference.settings import LoadSettings
 
 EPILOG = """\
 MODEL is anything `vitkit.load` reads: a Hugging Face directory (ViT, DeiT student, ResNet), a
@@ -52,7 +54,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--num-heads", type=int, default=None, metavar="H", help="attention heads (timm files)"
     )
-    add_model_arg_option(parser)
+    add_options(parser, LoadSettings, only=("overrides",))
     parser.add_argument(
         "--timings",
         action="store_true",
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             image_size=args.image_size,
             num_attention_heads=args.num_heads,
-            overrides=parse_model_args(args.model_arg),
+            overrides=config_from_args(LoadSettings, args).overrides,
         )
     facts = describe(loaded.model, str(args.model), loaded.format)
     if args.timings:

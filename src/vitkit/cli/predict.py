@@ -6,17 +6,15 @@ import argparse
 import csv
 import json
 import sys
-from typing import Any
+from typing import IO, Any
 
-from vitkit.cli._common import (
-    add_head_options,
-    add_inputs_argument,
-    add_model_options,
-    load_classifier,
-    prepared_batches,
-    progress_bar,
-)
-from vitkit.cli._engine import ENGINE_EPILOG, add_engine_options, run_on_ray
+from vitkit.atomic_files import atomic_open
+from vitkit.cli._engine import ENGINE_EPILOG, batch_job, run_on_ray
+from vitkit.cli._loading import ENTRY_POINT_DEFAULTS, load_classifier
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.cli._progress import progress_bar
+from vitkit.engines.settings import EngineSettings, PredictSettings, refuse_unhonoured
+from vitkit.inference.settings import LoadSettings
 
 EPILOG = """\
 examples:
@@ -44,78 +42,79 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_inputs_argument(parser)
-    add_model_options(parser)
-    parser.add_argument(
-        "--top-k",
-        "-k",
-        type=int,
-        default=None,
-        help="labels per image (default 5; multi-label models: every label, and the labels "
-        "that pass their threshold are always listed)",
-    )
-    add_head_options(parser)
-    parser.add_argument(
-        "--format",
-        "-f",
-        default="table",
-        choices=["table", "json", "jsonl", "csv"],
-        help="output format (default table)",
-    )
-    add_engine_options(parser, add_out=True)
-    parser.set_defaults(func=run)
+    add_options(parser, PredictSettings)
+    add_options(parser, LoadSettings, defaults=ENTRY_POINT_DEFAULTS)
+    add_options(parser, EngineSettings)
+    parser.set_defaults(func=run, settings=settings)
 
 
-def classify_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One record per input, in input order: {"input", "predictions"} or {"input", "error"}."""
-    from vitkit.images.decode import expand_inputs
-
-    sources = expand_inputs(args.inputs)
-    classifier = load_classifier(args)
-    classifier.require_head()  # fail once, with the pointer to `embed`, not once per input
-    records: dict[str, dict[str, Any]] = {}
-    with progress_bar(len(sources), "classifying") as advance:
-        for chunk, batch in prepared_batches(classifier, sources, args):
-            for index, error in batch.errors.items():
-                records[chunk[index]] = {"input": chunk[index], "error": str(error)}
-            if batch.indices:
-                predictions = classifier.predict_tensor(batch.pixel_values, args.top_k)
-                for index, top in zip(batch.indices, predictions, strict=True):
-                    records[chunk[index]] = {"input": chunk[index], "predictions": top}
-            advance(len(chunk))
-    return [records[source] for source in sources]
+def settings(args: argparse.Namespace) -> Any:
+    """What the command hands the library: (LoadSettings, PredictSettings) in this process, the
+    BatchJob on Ray; an option the chosen engine cannot honour is refused here."""
+    load = config_from_args(LoadSettings, args)
+    predict = config_from_args(PredictSettings, args)
+    engine = config_from_args(EngineSettings, args)
+    refuse_unhonoured(engine.engine, predict, load, engine)
+    if engine.on_ray:
+        return batch_job("predict", load, predict, engine, top_k=predict.top_k)
+    return load, predict
 
 
 def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
-        return run_on_ray(args, "predict", {"top_k": args.top_k})
-    records = classify_all(args)
-    write_records(records, args.format)
+        return run_on_ray(settings(args))
+    load, predict = settings(args)
+    records = classify_all(load, predict)
+    if predict.out is None:
+        write_records(records, predict.format, sys.stdout)
+    else:
+        predict.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(predict.out, "w", newline="") as handle:
+            write_records(records, predict.format, handle)
+        print(f"wrote {len(records)} records to {predict.out}", file=sys.stderr)
     failed = [r for r in records if "error" in r]
     for record in failed:
         print(f"vitkit predict: {record['error']}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def write_records(records: list[dict[str, Any]], output_format: str) -> None:
+def classify_all(load: LoadSettings, predict: PredictSettings) -> list[dict[str, Any]]:
+    """One record per input, in input order: {"input", "predictions"} or {"input", "error"}."""
+    from vitkit.images.sources import expand_inputs
+    from vitkit.inference.files import predict_sources
+
+    sources = expand_inputs(predict.inputs)
+    classifier = load_classifier(load)
+    with progress_bar(len(sources), "classifying") as advance:
+        return predict_sources(
+            classifier,
+            sources,
+            top_k=predict.top_k,
+            batch_size=predict.batch_size,
+            workers=predict.workers,
+            progress=advance,
+        )
+
+
+def write_records(records: list[dict[str, Any]], output_format: str, stream: IO[str]) -> None:
     if output_format == "json":
-        json.dump(records, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        json.dump(records, stream, indent=2)
+        stream.write("\n")
     elif output_format == "jsonl":
         for record in records:
-            sys.stdout.write(json.dumps(record) + "\n")
+            stream.write(json.dumps(record) + "\n")
     elif output_format == "csv":
-        write_csv(records)
+        write_csv(records, stream)
     else:
-        write_table(records)
+        write_table(records, stream)
 
 
 def _multi_label(records: list[dict[str, Any]]) -> bool:
     return any("positive" in p for r in records for p in r.get("predictions", []))
 
 
-def write_csv(records: list[dict[str, Any]]) -> None:
-    writer = csv.writer(sys.stdout)
+def write_csv(records: list[dict[str, Any]], stream: IO[str]) -> None:
+    writer = csv.writer(stream)
     extra = ["threshold", "positive"] if _multi_label(records) else []
     writer.writerow(["input", "rank", "label", "score", *extra, "error"])
     for record in records:
@@ -138,7 +137,7 @@ def write_csv(records: list[dict[str, Any]]) -> None:
             )
 
 
-def write_table(records: list[dict[str, Any]]) -> None:
+def write_table(records: list[dict[str, Any]], stream: IO[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -157,5 +156,5 @@ def write_table(records: list[dict[str, Any]]) -> None:
                 row += [f"{prediction['threshold']:.3f}", present]
             table.add_row(*row)
     # Piped output has no terminal width: do not squeeze file paths into 80 columns.
-    width = None if sys.stdout.isatty() else 400
-    Console(width=width).print(table)
+    width = None if stream.isatty() else 400
+    Console(file=stream, width=width).print(table)

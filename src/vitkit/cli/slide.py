@@ -8,18 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._common import (
-    MODEL_HELP,
-    add_head_options,
-    add_precision_option,
-    add_threads_option,
-    load_classifier,
-)
-from vitkit.cli._engine import add_engine_options, run_slides_on_ray
+from vitkit.cli._engine import run_slides_on_ray, slides_job
+from vitkit.cli._loading import ENTRY_POINT_DEFAULTS, load_classifier
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.engines.settings import EngineSettings, refuse_unhonoured
 from vitkit.errors import VitkitError
+from vitkit.inference.settings import LoadSettings
+from vitkit.slides.settings import SlideBatch, SlideSettings
 
-# = vitkit.slides.readers.READERS, written out so `vitkit --help` imports nothing heavy.
-READER_CHOICES = ("auto", "openslide", "tifffile", "pillow")
+# LoadSettings fields a slide has no use for: its tiles are pixels read from the slide, not
+# image files or URLs.
+NOT_FOR_SLIDES = ("jpeg_draft", "allow_private_urls", "allow_hosts")
+# EngineSettings fields about Parquet inputs (Ray jobs over image files), not slides.
+PARQUET_ONLY = ("image_column", "id_column")
 
 EPILOG = """\
 examples:
@@ -52,70 +53,26 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("slides", nargs="+", type=Path, help="slide files")
-    parser.add_argument("--out", "-o", required=True, type=Path, help="output folder")
-    parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--level", type=int, default=None, help="pyramid level to read (0: full)")
-    where.add_argument(
-        "--mpp", type=float, default=None, help="microns per pixel to run at, e.g. 0.5 (20x)"
-    )
-    parser.add_argument(
-        "--tile-size", type=int, default=None, help="tile side in pixels (default: model input)"
-    )
-    parser.add_argument(
-        "--stride", type=int, default=None, help="step between tiles (default: tile size)"
-    )
-    parser.add_argument(
-        "--min-tissue",
-        type=float,
-        default=0.5,
-        help="fraction of a tile that must be tissue for it to run (default 0.5; 0: all)",
-    )
-    parser.add_argument("--embed", action="store_true", help="also write tile embeddings")
-    parser.add_argument(
-        "--pool",
-        default=None,
-        choices=["cls", "mean", "cls+mean", "pooler"],
-        help="embedding of a tile (default: the model family's, see `vitkit info`): cls, mean "
-        "(of the patch tokens, or of a CNN's feature map: a ResNet's default), cls+mean (both: "
-        "Virchow's), pooler (transformers' pooler_output)",
-    )
-    parser.add_argument("--reader", default="auto", choices=READER_CHOICES, help="slide reader")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--image-size", type=int, default=None, help="run the model at this size")
-    add_precision_option(parser)
-    add_threads_option(parser)
-    add_head_options(parser)
-    parser.add_argument(
-        "--batch-size", "-b", type=int, default=32, help="tiles per forward (default 32)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="tile-reading threads (default 2); with --engine ray: Ray workers, each a model",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_engine_options(parser, images=False)
-    parser.set_defaults(func=run)
+    add_options(parser, SlideBatch)
+    add_options(parser, SlideSettings)
+    add_options(parser, LoadSettings, exclude=NOT_FOR_SLIDES, defaults=ENTRY_POINT_DEFAULTS)
+    add_options(parser, EngineSettings, exclude=PARQUET_ONLY)
+    parser.set_defaults(func=run, settings=settings)
 
 
-def settings_from(args: argparse.Namespace) -> Any:
-    from vitkit.slides import SlideSettings
-
-    return SlideSettings(
-        level=args.level,
-        mpp=args.mpp,
-        tile_size=args.tile_size,
-        stride=args.stride,
-        min_tissue=args.min_tissue,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        embed=args.embed,
-        pool=args.pool,
-        reader=args.reader,
-    )
+def settings(args: argparse.Namespace) -> Any:
+    """What the command hands the library: (LoadSettings, SlideSettings, SlideBatch) in this
+    process, (SlidesJob, SlideBatch) on Ray; settings that cannot work are refused here."""
+    load = config_from_args(LoadSettings, args)
+    tiling = config_from_args(SlideSettings, args)
+    batch = config_from_args(SlideBatch, args)
+    engine = config_from_args(EngineSettings, args)
+    refuse_unhonoured(engine.engine, load, engine)
+    tiling.check()
+    _check_unique_names(batch.paths, batch.out)
+    if engine.on_ray:  # slides spread over Ray workers (vitkit.engines.slides)
+        return slides_job(load, tiling, batch, engine), batch
+    return load, tiling, batch
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,16 +80,15 @@ def run(args: argparse.Namespace) -> int:
 
     # tifffile logs what it finds wrong with a file; the reader's error says it in one line.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    _check_unique_names(args.slides, args.out)
-    settings = settings_from(args)
-    settings.check()
-    if args.engine == "ray":  # slides spread over Ray workers (vitkit.engines.slides)
-        return run_slides_on_ray(args, settings)
-    classifier = load_classifier(args)
+    if args.engine == "ray":
+        job, batch = settings(args)
+        return run_slides_on_ray(job, progress=batch.progress)
+    load, tiling, batch = settings(args)
+    classifier = load_classifier(load)
     jobs, failures = [], 0
-    for slide in args.slides:  # plan every slide first: bad ones are reported up front
+    for slide in batch.paths:  # plan every slide first: bad ones are reported up front
         try:
-            job = prepare_slide(slide, classifier, slide_folder(args.out, slide), settings)
+            job = prepare_slide(slide, classifier, slide_folder(batch.out, slide), tiling)
         except VitkitError as error:
             _report(f"{error}")
             failures += 1
@@ -140,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         if job.restarted:
             _report(f"{slide}: earlier work was for other settings or another model: starting over")
         jobs.append(job)
-    failures += _run_jobs(jobs, classifier, settings, show=not args.no_progress)
-    done = len(args.slides) - failures
-    print(f"{done} of {len(args.slides)} slides done -> {args.out}", file=sys.stderr)
+    failures += _run_jobs(jobs, classifier, tiling, show=batch.progress)
+    done = len(batch.slides) - failures
+    print(f"{done} of {len(batch.slides)} slides done -> {batch.out}", file=sys.stderr)
     return 1 if failures else 0
 
 

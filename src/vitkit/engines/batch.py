@@ -25,8 +25,7 @@ DataFrame, a pyarrow Table), so the classes also run on their own, one batch at 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,69 +35,52 @@ import torch
 from vitkit.engines.decode import PIXELS, decoded_batch
 from vitkit.engines.sources import IMAGE_COLUMNS
 from vitkit.errors import EngineError
-from vitkit.images.fetch import FetchPolicy, hosts_from
 from vitkit.inference import runtime
-from vitkit.inference.classifier import Classifier, load
-from vitkit.inference.heads import Thresholds
+from vitkit.inference.classifier import Classifier, load_settings
+from vitkit.inference.settings import LoadSettings
 from vitkit.models.protocol import check_pool
 
 
-def load_for_worker(
-    model: str | None,
-    *,
-    device: str | None = None,
-    precision: str = "fp32",
-    image_size: int | None = None,
-    jpeg_draft: bool = False,
-    problem_type: str | None = None,
-    threshold: Thresholds | None = None,
-    tta: str = "none",
-    allow_private_urls: bool = False,
-    allow_hosts: Iterable[str] = (),
-    tune_process: bool = False,
-    threads: int | str | None = "auto",
-) -> Classifier:
-    """The classifier a worker holds: ``vitkit.load`` with these options, URLs fetched from
-    public addresses only unless ``allow_private_urls`` or ``allow_hosts`` (host names) say
-    otherwise (as in ``vitkit serve``). ``tune_process``: the process-wide inference settings
-    ``vitkit predict`` makes (``runtime.tune_process_for_inference``), for workers that run
-    nothing else. ``device`` None: the GPU Ray gave this worker, if any."""
+def load_for_worker(settings: LoadSettings, *, tune_process: bool = False) -> Classifier:
+    """The classifier a worker holds: ``vitkit.load`` with these settings, whole (URLs fetched
+    from public addresses only unless ``allow_private_urls`` or ``allow_hosts`` say otherwise).
+    ``tune_process``: the process-wide inference settings ``vitkit predict`` makes
+    (``runtime.tune_process_for_inference``), for workers that run nothing else. ``device``
+    None: the GPU Ray gave this worker, if any."""
     if tune_process:  # the worker is the job's process: its entry point may opt in
-        runtime.tune_process_for_inference(device)
-    classifier = load(
-        model,
-        device=device,
-        precision=precision,
-        image_size=image_size,
-        jpeg_draft=jpeg_draft,
-        problem_type=problem_type,
-        threshold=threshold,
-        tta=tta,
-        threads=threads,
-    )
-    policy = FetchPolicy(allow_private=allow_private_urls, allowlist=hosts_from(allow_hosts))
-    classifier.processor = dataclasses.replace(classifier.processor, fetch=policy)
-    return classifier
+        runtime.tune_process_for_inference(settings.device)
+    return load_settings(settings)
+
+
+def worker_settings(model: str | LoadSettings | None, fields: dict[str, Any]) -> LoadSettings:
+    """``model`` as LoadSettings (a checkpoint name, or the settings whole), with ``fields``
+    (LoadSettings field names) on top."""
+    settings = model if isinstance(model, LoadSettings) else LoadSettings(model=model)
+    return settings.replace(**fields) if fields else settings
 
 
 class BatchModel:
     """What the predictor and the embedder share: the model per worker, decoding, the error column.
 
-    ``model``: anything ``vitkit.load`` takes (an HF directory, hub id, timm file, .npz); on a
-    cluster every worker must reach it (shared storage or a hub id). ``options``: those of
-    ``load_for_worker`` (precision, tta, device, allow_hosts, ...). ``decode_threads``: images
-    decoded in parallel per batch (match the worker's CPUs).
+    ``model``: a ``LoadSettings``, or anything ``vitkit.load`` takes (an HF directory, hub id,
+    timm file, .npz) with ``settings`` (LoadSettings fields: precision, tta, allow_hosts, ...)
+    on top; on a cluster every worker must reach the checkpoint (shared storage or a hub id).
+    ``decode_threads``: images decoded in parallel per batch (match the worker's CPUs);
+    ``tune_process``: see ``load_for_worker``.
     """
 
     def __init__(
         self,
-        model: str | None,
+        model: str | LoadSettings | None,
         *,
         image_column: str | None = None,
         decode_threads: int = 1,
-        **options: Any,
+        tune_process: bool = False,
+        **settings: Any,
     ) -> None:
-        self.classifier = load_for_worker(model, **options)
+        self.classifier = load_for_worker(
+            worker_settings(model, settings), tune_process=tune_process
+        )
         self.image_column = image_column
         self.decode_threads = decode_threads
 
@@ -137,7 +119,9 @@ class VitkitPredictor(BatchModel):
     score}`` best first; multi-label heads add ``threshold`` and ``positive``), and the best
     one's ``label`` and ``score`` as columns of their own. ``top_k`` None: the head's default."""
 
-    def __init__(self, model: str | None, *, top_k: int | None = None, **options: Any) -> None:
+    def __init__(
+        self, model: str | LoadSettings | None, *, top_k: int | None = None, **options: Any
+    ) -> None:
         super().__init__(model, **options)
         head = self.classifier.require_head()  # fail at start-up, not once per batch
         self.top_k = top_k
@@ -163,7 +147,9 @@ class VitkitEmbedder(BatchModel):
     """One ``embedding`` per image (a fixed-size float32 list), the vectors ``vitkit embed``
     gives; ``pool`` one the model offers (None: its default, [CLS] for a ViT)."""
 
-    def __init__(self, model: str | None, *, pool: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, model: str | LoadSettings | None, *, pool: str | None = None, **options: Any
+    ) -> None:
         super().__init__(model, **options)
         self.pool = pool or self.classifier.default_pool
         if self.pool == "tokens":

@@ -2,7 +2,8 @@
 
     from vitkit.engines.ray import BatchJob, run_job
 
-    report = run_job(BatchJob("predict", ["photos/"], Path("out/"), model="runs/vit/best", workers=4))
+    settings = LoadSettings(model="runs/vit/best", precision="int8")
+    report = run_job(BatchJob("predict", ["photos/"], Path("out/"), load=settings, workers=4))
 
 The pipeline: the source's rows (``{id, image}``: paths, URLs or encoded bytes, never pixels, so
 the object store holds kilobytes per image) stream through an actor pool of ``VitkitPredictor`` /
@@ -19,6 +20,7 @@ functions (``import_ray``), so it loads, and says how to install Ray, without it
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -35,6 +37,7 @@ from vitkit.engines.ids import IdSet
 from vitkit.engines.shards import ShardWriter
 from vitkit.engines.sources import ImageItems, ParquetImages, Source, open_source, read_pieces
 from vitkit.errors import EngineError
+from vitkit.inference.settings import LoadSettings, output_identity
 
 __all__ = ["BatchJob", "JobReport", "VitkitEmbedder", "VitkitPredictor", "ray_session", "run_job"]
 
@@ -50,17 +53,20 @@ MAX_BLOCKS = 1024  # blocks for a list of inputs: enough to balance workers, few
 class BatchJob:
     """One batch job: what to compute, on what, where the shards go, and on how many workers.
 
-    ``model_options`` go to ``VitkitPredictor`` / ``VitkitEmbedder`` (``top_k`` or ``pool``,
-    ``precision``, ``image_size``, ``jpeg_draft``, ``device``, ``allow_private_urls``,
-    ``allow_hosts``). ``ray_address``: None starts a local Ray on this machine for the job
-    (unless the caller already runs one); ``"auto"`` or ``ray://host:10001`` joins a cluster.
+    ``load``: the model and how it runs, whole (``LoadSettings``: precision, image_size, tta,
+    overrides, URL fetching...), as every worker loads it; ``top_k`` (predict) or ``pool``
+    (embed): what each row holds. ``ray_address``: None starts a local Ray on this machine for
+    the job (unless the caller already runs one); ``"auto"`` or ``ray://host:10001`` joins a
+    cluster. ``tune_process``: the workers make the process-wide inference settings
+    (``runtime.tune_process_for_inference``), as a command's own process does.
     """
 
     task: Literal["predict", "embed"]
     inputs: list[str]
     out: Path
-    model: str
-    model_options: dict[str, Any] = field(default_factory=dict)
+    load: LoadSettings = field(default_factory=LoadSettings)
+    top_k: int | None = None
+    pool: str | None = None
     workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -72,17 +78,20 @@ class BatchJob:
     # Decode in CPU tasks of their own (vitkit.engines.decode) rather than in the model workers;
     # None: when the workers have GPUs (and the checkpoint's processor makes one fixed size).
     decode_stage: bool | None = None
+    tune_process: bool = False
 
     def identity(self) -> dict[str, Any]:
-        """What the outputs depend on (_vitkit_job.json): a resumed job must not change it."""
-        settings = {k: v for k, v in self.model_options.items() if k not in RUN_ONLY_OPTIONS}
-        return {"task": self.task, "model": self.model, **settings}
+        """What the outputs depend on (_vitkit_job.json): a resumed job must not change it.
+        Every LoadSettings field but those that only decide how it runs (device, threads, URL
+        fetching), as JSON holds them."""
+        task = {"top_k": self.top_k} if self.task == "predict" else {"pool": self.pool}
+        identity = {"task": self.task, **output_identity(self.load), **task}
+        return dict(json.loads(json.dumps(identity)))
 
-
-# Options that change how a job runs, not what it writes.
-RUN_ONLY_OPTIONS = frozenset(
-    {"device", "threads", "decode_threads", "allow_private_urls", "allow_hosts", "tune_process"}
-)
+    def model_options(self) -> dict[str, Any]:
+        """The keywords of ``VitkitPredictor`` / ``VitkitEmbedder`` for this job."""
+        task = {"top_k": self.top_k} if self.task == "predict" else {"pool": self.pool}
+        return {**task, "tune_process": self.tune_process}
 
 
 @dataclass
@@ -142,11 +151,11 @@ def build_dataset(job: BatchJob, source: Source, done: IdSet) -> Any:
     if job.decode_stage or (job.decode_stage is None and job.gpus_per_worker > 0):
         rows = with_decode_stage(ray, rows, job)
     model_class = VitkitPredictor if job.task == "predict" else VitkitEmbedder
-    options = {"decode_threads": max(1, math.floor(job.cpus_per_worker)), **job.model_options}
+    options = {"decode_threads": max(1, math.floor(job.cpus_per_worker)), **job.model_options()}
     gpus = {"num_gpus": job.gpus_per_worker} if job.gpus_per_worker else {}
     return rows.map_batches(
         model_class,
-        fn_constructor_kwargs={"model": job.model, "image_column": "image", **options},
+        fn_constructor_kwargs={"model": job.load, "image_column": "image", **options},
         compute=ray.data.ActorPoolStrategy(size=job.workers),
         batch_size=job.batch_size,
         batch_format="numpy",
@@ -159,9 +168,7 @@ def with_decode_stage(ray: Any, rows: Any, job: BatchJob) -> Any:
     """Rows -> rows with ``pixels``, decoded in one-CPU tasks all over the cluster, when the
     checkpoint's preprocessing allows it (else the workers decode, as without a stage)."""
     # The driver loads the checkpoint once (on its CPU) for its preprocessing settings.
-    loading = {k: v for k, v in job.model_options.items() if k not in ("top_k", "pool")}
-    options = {**loading, "device": "cpu", "precision": "fp32", "tune_process": False}
-    probe = load_for_worker(job.model, **options)
+    probe = load_for_worker(job.load.replace(device="cpu", precision="fp32"))
     if not can_split(probe.processor, probe.processor_mode):
         return rows
     return rows.map_batches(

@@ -20,6 +20,7 @@ from typing import Any
 from vitkit.engines.batch import load_for_worker
 from vitkit.engines.ray import import_ray, ray_session
 from vitkit.errors import EngineError, VitkitError
+from vitkit.inference.settings import LoadSettings
 from vitkit.slides import SlideSettings, run_slide, slide_folder
 
 
@@ -27,9 +28,9 @@ class SlideWorker:
     """``map_batches`` class: a batch of slide paths -> one result row per slide."""
 
     def __init__(
-        self, model: str | None, *, out: str, settings: SlideSettings, **options: Any
+        self, load: LoadSettings, *, out: str, settings: SlideSettings, tune_process: bool = False
     ) -> None:
-        self.classifier = load_for_worker(model, **options)
+        self.classifier = load_for_worker(load, tune_process=tune_process)
         self.out = Path(out)
         self.settings = settings
 
@@ -53,13 +54,14 @@ class SlideWorker:
 @dataclass
 class SlidesJob:
     """Slides, their output root (one folder per slide, as ``vitkit slide``), the settings, the
-    model and its options (those of ``load_for_worker``), and the Ray workers."""
+    model and how it runs (``LoadSettings``, whole, as each worker loads it), and the Ray
+    workers; ``tune_process``: see ``vitkit.engines.batch.load_for_worker``."""
 
     slides: list[Path]
     out: Path
     settings: SlideSettings
-    model: str | None
-    model_options: dict[str, Any] = field(default_factory=dict)
+    load: LoadSettings = field(default_factory=LoadSettings)
+    tune_process: bool = False
     workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -90,10 +92,10 @@ def slides_dataset(job: SlidesJob) -> Any:
     return ray.data.from_items(slides, override_num_blocks=len(slides)).map_batches(
         SlideWorker,
         fn_constructor_kwargs={
-            "model": job.model,
+            "load": job.load,
             "out": str(job.out),
             "settings": job.settings,
-            **job.model_options,
+            "tune_process": job.tune_process,
         },
         compute=ray.data.ActorPoolStrategy(size=min(job.workers, len(slides))),
         batch_size=1,  # one slide per call: an idle worker takes the next slide

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from vitkit.engines.ids import IdSet
 from vitkit.errors import EngineError
-from vitkit.images.decode import IMAGE_EXTENSIONS, expand_inputs, is_url
+from vitkit.images.decode import IMAGE_EXTENSIONS, is_url
+from vitkit.images.sources import expand_inputs
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 # Where an image is found when no column is named: here and in vitkit.engines.batch. (Here, so

@@ -30,7 +30,6 @@ import io
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
@@ -75,29 +74,6 @@ def describe(source: ImageLike) -> str:
 
 def is_url(source: object) -> bool:
     return isinstance(source, str) and source.startswith(("http://", "https://"))
-
-
-# ---- expanding command-line inputs ---------------------------------------------------------
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Files and URLs as given; directories replaced by their image files (recursive, sorted).
-
-    Paths that do not exist, and directories without images, are kept as they are so the caller
-    reports an error for that input (``load_image`` says what is wrong) and goes on with the rest.
-    """
-    expanded: list[str] = []
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if not is_url(text) and path.is_dir():
-            found = sorted(
-                str(p)
-                for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
-            expanded.extend(found or [text])
-        else:
-            expanded.append(text)
-    return expanded
 
 
 # ---- reading bytes ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ Constructing one changes nothing process-wide (see ``runtime.tune_process_for_in
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,29 +27,33 @@ from vitkit.checkpoints.registry import (
     resized_processor_config,
 )
 from vitkit.errors import NoClassificationHeadError, VitkitError
+from vitkit.images.fetch import FetchPolicy, hosts_from
 from vitkit.images.processor import ImageProcessor
 from vitkit.inference import runtime
 from vitkit.inference import tta as tta_views
 from vitkit.inference.heads import Head, Thresholds, head_for
+from vitkit.inference.settings import (
+    DEFAULT_MODEL,
+    DEFAULT_THREADS,
+    LoadSettings,
+    default_model_name,
+)
 from vitkit.models.protocol import Pool, VisionModel, check_pool, logits_of
 
 __all__ = [
+    "DEFAULT_MODEL",
     "Classifier",
+    "LoadSettings",
     "default_model_name",
     "load",
+    "load_settings",
     "resized_processor_config",
     "top_k_predictions",
 ]
 
-DEFAULT_MODEL = "google/vit-base-patch16-224"
 Prediction = dict[
     str, Any
 ]  # {"label": str, "score": float}: the shape transformers' pipeline returns
-
-
-def default_model_name() -> str:
-    """``$VITKIT_MODEL`` if set, else google/vit-base-patch16-224."""
-    return os.environ.get("VITKIT_MODEL") or DEFAULT_MODEL
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -98,7 +101,7 @@ class Classifier:
         problem_type: str | None = None,
         threshold: Thresholds | None = None,
         tta: str = "none",
-        threads: int | str | None = "auto",
+        threads: int | str | None = DEFAULT_THREADS,
     ) -> None:
         self.device = pick_device(device)
         self.precision = precision
@@ -132,7 +135,7 @@ class Classifier:
     def model_type(self) -> str:
         return str(self.config.model_type)
 
-    def _build_forward(self, precision: str, threads: int | str | None = "auto") -> Any:
+    def _build_forward(self, precision: str, threads: int | str | None) -> Any:
         """The callable that runs the network, from vitkit.inference.runtime: threads by batch
         size, the [CLS]-only logits path, int8 / bf16 copies of the model."""
         return runtime.optimize(
@@ -239,54 +242,94 @@ def _as_list(images: Sequence[Any] | Any) -> list[Any]:
 
 def load(
     source: str | Path | None = None,
+    settings: LoadSettings | None = None,
     *,
     device: str | torch.device | None = None,
     image_size: int | tuple[int, int] | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     processor_mode: str | None = None,
-    jpeg_draft: bool = False,
+    jpeg_draft: bool | None = None,
     problem_type: str | None = None,
     threshold: Thresholds | None = None,
-    tta: str = "none",
+    tta: str | None = None,
     overrides: dict[str, Any] | None = None,
-    threads: int | str | None = "auto",
+    threads: int | str | None = None,
 ) -> Classifier:
     """Load any checkpoint of any registered model type (``vitkit.checkpoints.registry``): a HF
     directory or hub id (ViT, DeiT student, ResNet), a timm file, a Google .npz, an .onnx export.
 
-    ``source`` defaults to ``$VITKIT_MODEL`` or google/vit-base-patch16-224. ``image_size`` resamples
-    the position embeddings at load time (e.g. a 224 checkpoint used at 384). ``jpeg_draft``
-    (APPROXIMATE, off by default): decode JPEGs at a reduced DCT scale before the resize, faster
-    but no longer the checkpoint's exact preprocessing (BENCHMARKS.md "Preprocessing").
-    ``problem_type`` (single_label / multi_label) overrides what the checkpoint says its head is,
-    ``threshold`` (one, or one per label) its saved multi-label thresholds, and ``tta`` (none,
-    flip, rot90, d4) averages every answer over flips and quarter turns (vitkit.inference.tta).
-    ``overrides``: model settings the checkpoint does not record (``--model-arg KEY=VALUE``),
-    e.g. ``{"num_attention_heads": 24}`` for a timm file of an unusual width; see
-    ``vitkit.checkpoints.load_model``. ``threads`` (CPU): intra-op threads per forward, "auto"
-    (by batch size and what else runs: ``vitkit.inference.runtime.auto_threads``) or a number,
-    which always wins.
+    ``settings`` (``vitkit.inference.settings.LoadSettings``) says it all, whole; the keywords
+    are the same fields one by one (a keyword given wins over ``settings``; left out, it takes the
+    default written in ``LoadSettings``), and ``source`` is its ``model``: ``$VITKIT_MODEL`` or
+    google/vit-base-patch16-224 when neither says. ``image_size`` resamples the position
+    embeddings at load time (e.g. a 224 checkpoint used at 384). ``jpeg_draft`` (APPROXIMATE):
+    decode JPEGs at a reduced DCT scale before the resize, faster but no longer the checkpoint's
+    exact preprocessing. ``problem_type`` (single_label / multi_label) overrides what the
+    checkpoint says its head is, ``threshold`` (one, or one per label) its saved multi-label
+    thresholds, and ``tta`` (none, flip, rot90, d4) averages every answer over flips and quarter
+    turns (vitkit.inference.tta). ``overrides``: model settings the checkpoint does not record
+    (``--model-arg KEY=VALUE``), e.g. ``{"num_attention_heads": 24}`` for a timm file of an
+    unusual width. ``threads`` (CPU): intra-op threads per forward, a number (by default
+    ``DEFAULT_THREADS``, fixed, so answers do not depend on what else the machine runs) or
+    "auto" (by batch size and machine load: ``vitkit.inference.runtime.auto_threads``).
+    ``allow_private_urls`` / ``allow_hosts`` (settings only): which URLs ``predict`` and
+    ``embed`` may fetch (public addresses only by default).
     """
-    name = str(source) if source is not None else default_model_name()
-    if name.endswith(".onnx") and (precision != "fp32" or jpeg_draft):
+    given = {
+        "model": str(source) if source is not None else None,
+        "device": device,
+        "image_size": image_size,
+        "precision": precision,
+        "processor_mode": processor_mode,
+        "jpeg_draft": jpeg_draft,
+        "problem_type": problem_type,
+        "threshold": threshold,
+        "tta": tta,
+        "overrides": overrides,
+        "threads": threads,
+    }
+    chosen = (settings or LoadSettings()).replace(
+        **{key: value for key, value in given.items() if value is not None}
+    )
+    return load_settings(chosen)
+
+
+def load_settings(settings: LoadSettings) -> Classifier:
+    """``load`` for a ``LoadSettings``, whole."""
+    name = settings.source
+    if name.endswith(".onnx") and (settings.precision != "fp32" or settings.jpeg_draft):
         raise VitkitError(
             f"{name}: an ONNX model runs as exported; for int8 use "
             "vitkit.checkpoints.onnx.quantize_onnx_int8"
         )
     loaded = load_model(
-        name, image_size=image_size, device=pick_device(device), overrides=overrides
+        name,
+        image_size=settings.image_size,
+        device=pick_device(settings.device),
+        overrides=settings.overrides,
+    )
+    processor = dataclasses.replace(
+        processor_for(loaded, settings.jpeg_draft), fetch=fetch_policy(settings)
     )
     return Classifier(
         loaded.model,
-        processor_for(loaded, jpeg_draft),
+        processor,
         name=name,
-        device=device,
-        precision=precision,
-        processor_mode=processor_mode,
-        problem_type=problem_type,
-        threshold=threshold,
-        tta=tta,
-        threads=threads,
+        device=settings.device,
+        precision=settings.precision,
+        processor_mode=settings.processor_mode,
+        problem_type=settings.problem_type,
+        threshold=settings.threshold,
+        tta=settings.tta,
+        threads=settings.threads,
+    )
+
+
+def fetch_policy(settings: LoadSettings) -> FetchPolicy:
+    """How the classifier's processor fetches URL inputs: public addresses only, unless the
+    settings allow private ones or name hosts."""
+    return FetchPolicy(
+        allow_private=settings.allow_private_urls, allowlist=hosts_from(settings.allow_hosts)
     )
 
 

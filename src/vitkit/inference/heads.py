@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from vitkit.errors import HeadError
+from vitkit.inference.settings import parse_thresholds as parse_thresholds
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -163,25 +164,6 @@ class Head:
         if self.thresholds is not None:
             card["thresholds"] = dict(zip(self.labels, self.thresholds, strict=True))
         return card
-
-
-def parse_thresholds(text: str) -> Thresholds:
-    """``0.4`` (every label), ``0.3,0.5,0.6`` (one per label, in label order) or
-    ``cat=0.3,dog=0.6`` (those labels; the others keep their saved threshold)."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    try:
-        if parts and all("=" in part for part in parts):
-            pairs = [part.rsplit("=", 1) for part in parts]
-            return {name.strip(): float(value) for name, value in pairs}
-        values = [float(part) for part in parts]
-    except ValueError:
-        values = []
-    if not values:
-        raise HeadError(
-            f"--threshold {text!r}: give a probability (0.4), one per label (0.3,0.5,0.6) "
-            "or label=value pairs (cat=0.3,dog=0.6)"
-        )
-    return values[0] if len(values) == 1 else values
 
 
 def _merge_thresholds(

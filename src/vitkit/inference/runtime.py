@@ -37,12 +37,12 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from vitkit.errors import UnsupportedPrecisionError, VitkitError
+from vitkit.errors import UnsupportedPrecisionError
 from vitkit.inference.core_split import CoreSplit, worth_splitting
 from vitkit.inference.int8 import int8_engine, quantize_int8
+from vitkit.inference.settings import PRECISIONS, check_threads
 from vitkit.models.protocol import require
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Below this much work per thread (FLOPs per forward), a second thread costs more in OpenMP
 # fork/join and barriers than it brings (ViT-Ti at batch 1 is 2.5 GFLOP).
@@ -170,19 +170,6 @@ def choose_threads(batch_size: int, flops_per_image: float, *, cores: int, busy:
     by_work = int(batch_size * flops_per_image // MIN_FLOPS_PER_THREAD)
     free = cores - busy
     return max(1, min(cores, by_work, free))
-
-
-def check_threads(threads: int | str | None) -> int | str | None:
-    """``threads`` as ``optimize`` takes it ("auto", None or a count >= 1), or a one-line error."""
-    if threads is None or threads == "auto":
-        return threads
-    try:
-        count = int(threads)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1 or str(count) != str(threads).strip():
-        raise VitkitError(f"threads {threads!r}: expected 'auto' or a whole number >= 1, e.g. 2")
-    return count
 
 
 def auto_threads(

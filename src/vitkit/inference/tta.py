@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 
 from vitkit.errors import TTAError
+from vitkit.inference.settings import TTA_MODES
 
-TTA_MODES = ("none", "flip", "rot90", "d4")
 # (quarter turns, mirrored first) of each view, in the order views() stacks them
 _VIEWS = {
     "none": [(0, False)],

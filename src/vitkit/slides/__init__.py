@@ -14,18 +14,28 @@ shard by shard (``workdir``, for resuming) -> tables, GeoJSON, heatmaps (``outpu
 ``runner`` ties them together; ``vitkit slide`` is its command line.
 """
 
-from vitkit.slides.geometry import TileGeometry, choose_geometry
-from vitkit.slides.readers import READERS, SlideReader, open_slide
-from vitkit.slides.runner import (
-    SlideJob,
-    SlideResult,
-    SlideSettings,
-    plan_slide,
-    prepare_slide,
-    run_slide,
-    slide_folder,
-)
-from vitkit.slides.tiler import SlidePlan
+# The names below load on first use (PEP 562): ``vitkit.slides.settings`` is read by
+# ``vitkit --help``, which must not import torch through this package.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_PUBLIC = {
+    "READERS": "vitkit.slides.settings",
+    "SlideSettings": "vitkit.slides.settings",
+    "TileGeometry": "vitkit.slides.geometry",
+    "choose_geometry": "vitkit.slides.geometry",
+    "SlideReader": "vitkit.slides.readers",
+    "open_slide": "vitkit.slides.readers",
+    "SlideJob": "vitkit.slides.runner",
+    "SlideResult": "vitkit.slides.runner",
+    "plan_slide": "vitkit.slides.runner",
+    "prepare_slide": "vitkit.slides.runner",
+    "run_slide": "vitkit.slides.runner",
+    "slide_folder": "vitkit.slides.runner",
+    "SlidePlan": "vitkit.slides.tiler",
+}
 
 __all__ = [
     "READERS",
@@ -42,3 +52,26 @@ __all__ = [
     "run_slide",
     "slide_folder",
 ]
+
+if TYPE_CHECKING:
+    from vitkit.slides.geometry import TileGeometry, choose_geometry
+    from vitkit.slides.readers import SlideReader, open_slide
+    from vitkit.slides.runner import (
+        SlideJob,
+        SlideResult,
+        plan_slide,
+        prepare_slide,
+        run_slide,
+        slide_folder,
+    )
+    from vitkit.slides.settings import READERS, SlideSettings
+    from vitkit.slides.tiler import SlidePlan
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitkit.slides' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

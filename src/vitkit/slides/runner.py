@@ -30,45 +30,18 @@ from vitkit.errors import NoClassificationHeadError, SlideError
 from vitkit.models.protocol import check_pool
 from vitkit.slides.geometry import choose_geometry
 from vitkit.slides.outputs import iter_shards, write_pictures, write_tables
-from vitkit.slides.readers import READERS, open_slide
+from vitkit.slides.readers import open_slide
 from vitkit.slides.readers.base import SlideReader
+from vitkit.slides.settings import SlideSettings
 from vitkit.slides.stream import batch_reader, prefetched, tile_preparer
 from vitkit.slides.tiler import SlidePlan, plan_tiles
-from vitkit.slides.tissue import DEFAULT_THUMBNAIL_SIDE, make_thumbnail
+from vitkit.slides.tissue import make_thumbnail
 from vitkit.slides.workdir import WorkDir
 
 SUMMARY = "summary.json"
 FINAL_OUTPUTS = ("tiles.parquet", "tiles.csv", "tiles.geojson", "embeddings.parquet")
 NOT_IN_RESULTS = ("workers", "prefetch")  # settings that change the speed, not the numbers
 ProgressFn = Callable[[int, int], None]  # (tiles done, tiles in all) for this slide
-
-
-@dataclass(frozen=True)
-class SlideSettings:
-    """How a slide is tiled and run. Tile size and stride are in pixels at the resolution read
-    (``level``, or ``mpp`` microns per pixel); the tile size defaults to the model's input."""
-
-    level: int | None = None
-    mpp: float | None = None
-    tile_size: int | None = None
-    stride: int | None = None
-    min_tissue: float = 0.5
-    batch_size: int = 32
-    workers: int = 2  # reading threads
-    prefetch: int | None = None  # batches read ahead (default: 2 per worker)
-    embed: bool = False
-    pool: str | None = None  # None: the model's default (a ViT's [CLS], a CNN's mean)
-    reader: str = "auto"
-    thumbnail_side: int = DEFAULT_THUMBNAIL_SIDE
-    shard_tiles: int = 512  # tiles per results file on disk: the most a kill can cost
-
-    def check(self) -> None:
-        if self.reader not in READERS:
-            raise SlideError(f"unknown reader {self.reader!r}: choose one of {', '.join(READERS)}")
-        if not 0 <= self.min_tissue <= 1:
-            raise SlideError(f"min_tissue must be in [0, 1] (got {self.min_tissue})")
-        if min(self.batch_size, self.workers, self.shard_tiles) < 1:
-            raise SlideError("batch_size, workers and shard_tiles must be >= 1")
 
 
 @dataclass

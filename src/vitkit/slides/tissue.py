@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitkit.slides.readers.base import SlideReader
+from vitkit.slides.settings import DEFAULT_THUMBNAIL_SIDE
 
-DEFAULT_THUMBNAIL_SIDE = 2048
 MIN_THRESHOLD = 0.06  # glass: saturation and brightness noise stay below ~0.05 on a thumbnail
 MAX_THRESHOLD = 0.10  # pale stroma: 0.07-0.2; H&E and DAB: 0.15-0.6
 MIN_BRIGHTNESS = 30  # darker pixels: black borders and shadows, not tissue

@@ -17,8 +17,8 @@ from vitkit.slides.readers.base import Level, SlideReader
 from vitkit.slides.readers.openslide_reader import OpenSlideReader, detect_format
 from vitkit.slides.readers.pillow_reader import PillowReader, sniff_plain_image
 from vitkit.slides.readers.tiff_reader import TiffReader
+from vitkit.slides.settings import READERS
 
-READERS = ("auto", "openslide", "tifffile", "pillow")
 # Vendor formats: OpenSlide knows their layouts (NDPI and SVS are TIFF inside, but with
 # vendor offsets and metadata that only OpenSlide interprets fully).
 VENDOR_SUFFIXES = frozenset(
