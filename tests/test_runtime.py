@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vitkit.errors import VitkitError
 from vitkit.bench.engine import photo_batch
+from vitkit.errors import VitkitError
 from vitkit.inference import runtime
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import ViT
