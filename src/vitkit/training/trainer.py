@@ -453,14 +453,17 @@ def plan(run: Run) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     height, width = run.task.spec.image_size
+    # a task whose input is not an image (bags of tile embeddings) says what it is
+    input_text = getattr(run.task, "input_text", None) or f"input {height}x{width}"
     mix = f"; mix: {cfg.mix} (alpha {cfg.mix_alpha:g})" if cfg.mix != "none" else ""
     return "\n".join(
         [
             f"model: {run.task.description} ({total / 1e6:.2f}M parameters, "
-            f"{trainable / 1e6:.2f}M trainable), input {height}x{width}, device {info.device} "
+            f"{trainable / 1e6:.2f}M trainable), {input_text}, device {info.device} "
             f"x {info.world_size} process(es)",
             run.builder.describe_data(run.data) + f"; augment: {cfg.augment}{mix}",
-            recipe_note(run.cfg),
+            # a task with its own recipe (MIL) describes it; the rest name theirs
+            getattr(run.builder, "recipe_note", recipe_note)(run.cfg),
             f"optimisation: {cfg.optimizer}, batch {cfg.batch_size} (= {info.world_size} x "
             f"{cfg.grad_accum} x {run.micro_batch}), {cfg.epochs} epochs x {run.steps_per_epoch} steps",
         ]
