@@ -533,7 +533,7 @@ def real_photos() -> list[Any]:
     except ImportError:
         pass
     if not photos:
-        raise RuntimeError("no sample photos: pip install scikit-image or scikit-learn")
+        raise ModuleNotFoundError("no sample photos: needs scikit-image", name="skimage")
     return photos
 
 

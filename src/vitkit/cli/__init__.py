@@ -64,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The optional dependencies a command may reach, and the extra (pyproject.toml) that installs each:
+# a base install answers a command that needs one with a line, not a traceback.
+EXTRA_OF_PACKAGE = {
+    "pyarrow": "parquet",
+    "ray": "ray",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "openslide": "slides",
+    "tifffile": "slides",
+    "transformers": "bench",
+    "timm": "bench",
+    "skimage": "bench",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except VitkitError as error:
         print(f"vitkit {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] not in EXTRA_OF_PACKAGE:
+            raise  # not an optional dependency: a bug, keep the traceback
+        top = error.name.split(".")[0]
+        extra = EXTRA_OF_PACKAGE[top]
+        print(
+            f"vitkit {args.command}: error: needs {top}: pip install 'vitkit[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"vitkit {args.command}: interrupted", file=sys.stderr)

@@ -34,6 +34,9 @@ def batch_job(
 ) -> Any:
     """The ``vitkit.engines.ray.BatchJob`` for ``vitkit predict|embed --engine ray``: the load
     settings whole (so every worker loads the model the one-process command would)."""
+    from vitkit.engines import require_ray
+
+    require_ray()  # before the engine modules, which need the extra to load
     from vitkit.engines.ray import BatchJob
 
     out = getattr(batches, "out", None)
@@ -84,6 +87,9 @@ def slides_job(
     load: LoadSettings, tiling: SlideSettings, batch: SlideBatch, engine: EngineSettings
 ) -> Any:
     """The ``vitkit.engines.slides.SlidesJob`` for ``vitkit slide --engine ray``."""
+    from vitkit.engines import require_ray
+
+    require_ray()  # before the engine modules, which need the extra to load
     from vitkit.engines.slides import SlidesJob
 
     # --workers counts Ray workers here; each reads its slide's tiles in threads of its own.

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vitkit.engines import INSTALL_HINT
 from vitkit.engines.batch import VitkitEmbedder, VitkitPredictor, load_for_worker
 from vitkit.engines.decode import can_split, decode_images
 from vitkit.engines.ids import IdSet
@@ -41,7 +42,6 @@ from vitkit.inference.settings import LoadSettings, output_identity
 
 __all__ = ["BatchJob", "JobReport", "VitkitEmbedder", "VitkitPredictor", "ray_session", "run_job"]
 
-INSTALL_HINT = "--engine ray needs Ray: pip install 'vitkit[ray]'"
 # A local Ray gets a small object store: rows are paths or encoded images (KBs each) and Ray
 # Data's backpressure keeps few blocks in flight, so 512 MiB is room to spare; Ray's default
 # (30% of RAM) would take memory the model workers need.

@@ -1,7 +1,9 @@
 """Image folders built from real data that ships with the software: no network needed.
 
-- ``digits``: scikit-learn's ``load_digits`` (1,797 real handwritten digits, 8x8 pixels, 16 grey
-  levels, 10 classes), upscaled to PNGs.
+- ``digits``: the 1,797 real handwritten digits of scikit-learn's ``load_digits`` (8x8 pixels, 16
+  grey levels, 10 classes; UCI "Optical Recognition of Handwritten Digits", CC BY 4.0), upscaled
+  to PNGs. A 45 kB copy ships in ``vitkit/assets/digits.npz`` so that ``vitkit demo`` runs on the
+  base install (scikit-learn is a development dependency); a test checks it equals scikit-learn's.
 - ``fashion-mnist``: Zalando's Fashion-MNIST (28x28, 10 clothing classes), read from Debian's
   ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``) when it is installed.
 
@@ -51,13 +53,15 @@ def fashion_mnist_available(directory: Path = FASHION_MNIST_DIR) -> bool:
     return (directory / "train-images-idx3-ubyte.gz").exists()
 
 
+DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits.npz"
+
+
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images uint8 (N, 8, 8) scaled 0..255, labels, class names)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.clip(digits.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-    return images, digits.target.astype(np.int64), [str(d) for d in range(10)]
+    with np.load(DIGITS) as digits:
+        grey_levels, labels = digits["images"], digits["labels"]
+    images = np.clip(grey_levels * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    return images, labels.astype(np.int64), [str(d) for d in range(10)]
 
 
 def read_idx(path: Path) -> np.ndarray:
