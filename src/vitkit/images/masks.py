@@ -80,7 +80,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             mode = image.mode
-            values = np.asarray(image)
+            values = np.array(image)  # a writable copy
     except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: not a readable mask image ({error})") from None
     if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):

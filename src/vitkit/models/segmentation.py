@@ -19,6 +19,7 @@ the linear head): ``upsample_logits`` brings them to any size, as transformers'
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,14 @@ class SegmenterConfig:
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if set(self.id2label) != set(range(len(self.id2label))):
             raise ValueError("id2label must name classes 0..N-1")
-        if self.backbone.num_labels:
-            self.backbone = self.backbone.replace(num_labels=0, id2label={}, thresholds=None)
+        if self.backbone.num_labels or self.backbone.add_pooling_layer:  # no head, no pooler
+            self.backbone = self.backbone.replace(
+                num_labels=0,
+                id2label={},
+                thresholds=None,
+                add_pooling_layer=False,
+                classifier_uses_pooler=False,
+            )
         if self.head == "dpt" and self.dpt is None:
             self.dpt = DPTHeadConfig.for_depth(
                 self.backbone.num_hidden_layers, self.backbone.hidden_size
@@ -191,7 +198,7 @@ class Segmenter(nn.Module):
     def __init__(self, config: SegmenterConfig, backbone: ViT | None = None) -> None:
         super().__init__()
         self.config = config
-        self.backbone = backbone if backbone is not None else ViT(config.backbone)
+        self.backbone = _headless(backbone) if backbone is not None else ViT(config.backbone)
         self.decoder: DPTDecoder | LinearHead
         hidden = config.backbone.hidden_size
         if config.head == "dpt":
@@ -288,6 +295,20 @@ class Segmenter(nn.Module):
         return int(counter.get_total_flops())
 
 
+def _headless(backbone: ViT) -> ViT:
+    """``backbone`` without its classification head and pooler (the decoder classifies)."""
+    backbone.head = nn.Identity()
+    backbone.pooler = None
+    backbone.config = backbone.config.replace(
+        num_labels=0,
+        id2label={},
+        thresholds=None,
+        add_pooling_layer=False,
+        classifier_uses_pooler=False,
+    )
+    return backbone
+
+
 def _bilinear_positions(
     pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int]
 ) -> torch.Tensor:
@@ -301,9 +322,9 @@ def _bilinear_positions(
     return torch.cat([prefix, positions], dim=1)
 
 
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Logits resized to ``size`` as transformers' post-processing does (bilinear, corners not
     aligned); unchanged when already that size."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)

@@ -57,6 +57,7 @@ SCORE_CURVES = {
     "val_accuracy": "val accuracy",
     "val_macro_f1": "val macro-F1",
     "val_map": "val mAP",
+    "val_mean_iou": "val mIoU",
 }
 
 

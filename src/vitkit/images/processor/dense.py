@@ -161,6 +161,17 @@ class DenseProcessor:
             pixels = _centre_pad(pixels, self.size_divisor)
         return pixels
 
+    def prepare_mask(self, mask: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+        """(H, W) uint8 class indices -> (h, w) uint8 on the grid ``prepare_uint8`` gives the
+        image: nearest-neighbour resize (classes are not averaged), padding with ``ignore_index``."""
+        if self.do_resize:
+            height, width = self.output_size(mask.shape[-2], mask.shape[-1])
+            mask = fast_mode.resize_image(mask[None, None], height, width, "nearest")[0, 0]
+        if self.do_pad:
+            assert self.size_divisor is not None
+            mask = _centre_pad(mask[None], self.size_divisor, ignore_index)[0]
+        return mask
+
     def decode(self, source: Any) -> torch.Tensor:
         """Any image source -> (3, H, W) uint8 (``vitkit.images.decode``)."""
         return vio.decode_uint8(source, max_pixels=self.max_pixels, fetch=self.fetch)
@@ -190,14 +201,14 @@ def _constrain_to_multiple(value: float, multiple: int) -> int:
     return int(result)
 
 
-def _centre_pad(pixels: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Zero-pad (after normalisation, as the reference) to a multiple of ``divisor``, split
-    evenly, the odd pixel at the bottom/right."""
+def _centre_pad(pixels: torch.Tensor, divisor: int, value: float = 0.0) -> torch.Tensor:
+    """Pad with ``value`` (zeros after normalisation, as the reference) to a multiple of
+    ``divisor``, split evenly, the odd pixel at the bottom/right."""
     height, width = pixels.shape[-2:]
     pad_height = math.ceil(height / divisor) * divisor - height
     pad_width = math.ceil(width / divisor) * divisor - width
     top, left = pad_height // 2, pad_width // 2
-    return torch_pad(pixels, (left, pad_width - left, top, pad_height - top), value=0.0)
+    return torch_pad(pixels, (left, pad_width - left, top, pad_height - top), value=value)
 
 
 def _fixed_size(value: Any) -> tuple[int, int]:

@@ -1,0 +1,200 @@
+"""Segmentation training on real pixels: masks checked before training, joint augmentation, the
+task's loss and metrics against torchmetrics and segmentation_models_pytorch, and what training
+saves read back by transformers (DPT) and by vitkit (a linear head on DINOv2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+import torchmetrics
+import transformers
+from PIL import Image
+
+from vitkit.checkpoints import load_model
+from vitkit.errors import DatasetError
+from vitkit.experiments.seg_datasets import IHC_LABELS, fashion_mosaics, ihc_stain_mask
+from vitkit.images.masks import read_mask, write_mask
+from vitkit.training import seg_data
+from vitkit.training.config import TrainConfig
+from vitkit.training.seg_augment import JointTrainTransform
+from vitkit.training.seg_config import SegmentationSettings
+from vitkit.training.seg_metrics import confusion_counts, segmentation_report
+from vitkit.training.tasks.segment import SegmentationBuilder, soft_dice_loss
+from vitkit.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fashion-MNIST mosaics, 32x32 canvases: 24 train / 8 val / 8 test."""
+    return fashion_mosaics(
+        tmp_path_factory.mktemp("seg") / "mosaics", sizes=(24, 8, 8), canvas=32, items=(1, 2)
+    )
+
+
+def small_run(data: Path, out: Path, **changes: object) -> TrainConfig:
+    settings: dict[str, object] = dict(
+        data=str(data), out=str(out), epochs=1, batch_size=8, device="cpu", progress=False
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_vitkit_trained_dpt_loads_in_transformers(mosaics: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vit = transformers.ViTModel(
+        transformers.ViTConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            image_size=32, patch_size=8,
+        ),
+        add_pooling_layer=True,
+    )  # fmt: skip
+    vit.save_pretrained(tmp_path / "vit")
+    cfg = small_run(
+        mosaics, tmp_path / "run", model=str(tmp_path / "vit"), optimizer="adamw", lr=1e-3
+    )
+    result = train(cfg, SegmentationBuilder(SegmentationSettings(head="dpt", dice_weight=0.5)))
+    best = result.out / "best"
+    reference = transformers.DPTForSemanticSegmentation.from_pretrained(best).eval()
+    ours = load_model(best).model
+    processor = transformers.AutoImageProcessor.from_pretrained(best)
+    photos = [Image.open(p).convert("RGB") for p in sorted((mosaics / "test" / "images").iterdir())]
+    pixels = processor(images=photos, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels).logits
+        assert torch.allclose(ours.forward_logits(pixels), expected, atol=1e-4, rtol=0)
+    metrics = result.test.report if result.test is not None else {}
+    assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["num_samples"] == 8
+    assert (result.out / "test" / "per_class_iou.png").stat().st_size > 1000
+
+
+def test_linear_head_on_dinov2_trains_and_reloads(mosaics: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+        image_size=28, patch_size=14,
+    )  # fmt: skip
+    dinov2 = transformers.Dinov2Model(config).eval()
+    dinov2.save_pretrained(tmp_path / "dinov2")
+    cfg = small_run(
+        mosaics, tmp_path / "run", model=str(tmp_path / "dinov2"), image_size=28,
+        freeze_backbone=True, epochs=2, lr=0.05,
+    )  # fmt: skip
+    settings = SegmentationSettings(head="linear", linear_layers=2)
+    result = train(cfg, SegmentationBuilder(settings))
+    epochs = [row for row in result.history if row.get("type") == "epoch"]
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]  # it learned
+    loaded = load_model(result.out / "best")
+    assert loaded.model_type == "vitkit_segmenter" and loaded.model.config.backbone_type == "dinov2"
+    pixels = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():  # the frozen backbone is still transformers' Dinov2Model
+        tokens = loaded.model.backbone(pixels).last_hidden_state
+        expected = dinov2(pixel_values=pixels).last_hidden_state
+    assert torch.allclose(tokens, expected, atol=1e-5)
+
+
+def test_masks_that_do_not_fit_are_refused_naming_the_file(mosaics: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    (data / "labels.txt").write_text("background\ntumour\n")
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    for name, mask in {
+        "ok": np.zeros((16, 16)),
+        "small": np.zeros((8, 16)),
+        "values": np.full((16, 16), 7),
+    }.items():
+        Image.fromarray(image).save(data / "images" / f"{name}.png")
+        write_mask(mask.astype(np.uint8), data / "masks" / f"{name}.png")
+    splits = seg_data.read_mask_splits(data, None, 0.34, 0)
+    samples = splits.train + splits.val
+    with pytest.raises(DatasetError) as error:
+        seg_data.scan_masks(samples, splits.classes, keep=False)  # type: ignore[arg-type]
+    message = str(error.value)
+    assert "2 mask(s) do not fit" in message
+    assert str(data / "masks" / "small.png") in message and "8" in message
+    assert str(data / "masks" / "values.png") in message and "[7]" in message
+    Image.fromarray(image).save(data / "masks" / "ok.png")  # RGB: colours are not classes
+    with pytest.raises(DatasetError, match=r"ok\.png: a RGB image, not a mask"):
+        read_mask(data / "masks" / "ok.png")
+
+
+def test_joint_augmentation_moves_the_mask_with_the_image() -> None:
+    from skimage import data
+
+    mask = ihc_stain_mask(data.immunohistochemistry())[:96, :96]
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=np.uint8)
+    painted = colours[mask]  # each class its own colour: the mask can be read off the pixels
+    transform = JointTrainTransform("seed", (96, 96), mean=(0, 0, 0), std=(1, 1, 1))
+    transform.pipeline.transforms = [  # colour jitter would hide the classes' colours
+        t for t in transform.pipeline.transforms if type(t).__name__ != "ColorJitter"
+    ]
+    changed = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        pixels, moved = transform(painted, mask)
+        assert moved.dtype == torch.uint8 and moved.shape == (96, 96)
+        changed += not np.array_equal(moved.numpy(), mask)
+        distances = ((pixels.permute(1, 2, 0).numpy()[..., None, :] * 255 - colours) ** 2).sum(-1)
+        read_off = distances.argmin(-1)
+        assert (read_off == moved.numpy()).mean() > 0.93  # all but the resampled borders
+    assert changed >= 6  # flips, quarter turns and crops happened
+
+
+def test_metrics_equal_torchmetrics() -> None:
+    generator = np.random.default_rng(0)
+    targets = generator.integers(0, 4, size=(6, 20, 20))
+    targets[:, :3] = 255  # not labelled
+    predictions = np.where(
+        generator.random(targets.shape) < 0.6, targets % 4, generator.integers(0, 4, targets.shape)
+    )
+    report = segmentation_report(confusion_counts(targets, predictions, 4), ["a", "b", "c", "d"])
+    truth, guess = torch.from_numpy(targets), torch.from_numpy(predictions)
+    kwargs = dict(num_classes=4, ignore_index=255)
+    iou = torchmetrics.classification.MulticlassJaccardIndex(average="none", **kwargs)(guess, truth)
+    dice = torchmetrics.classification.MulticlassF1Score(average="none", **kwargs)(guess, truth)
+    accuracy = torchmetrics.classification.MulticlassAccuracy(average="micro", **kwargs)(
+        guess, truth
+    )
+    matrix = torchmetrics.classification.MulticlassConfusionMatrix(**kwargs)(guess, truth)
+    assert np.allclose([report["per_class"][c]["iou"] for c in "abcd"], iou.numpy(), atol=1e-6)
+    assert np.allclose([report["per_class"][c]["dice"] for c in "abcd"], dice.numpy(), atol=1e-6)
+    assert report["mean_iou"] == pytest.approx(float(iou.mean()), abs=1e-6)
+    assert report["pixel_accuracy"] == pytest.approx(float(accuracy), abs=1e-6)
+    assert report["confusion_matrix"] == matrix.tolist()
+
+
+def test_dice_loss_equals_segmentation_models_pytorch() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 12, 12, generator=generator)
+    targets = torch.randint(0, 4, (3, 12, 12), generator=generator)  # class 4 never present
+    targets[:, 0] = 255
+    reference = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=255)
+    assert soft_dice_loss(logits, targets, 255) == pytest.approx(
+        float(reference(logits, targets)), abs=1e-6
+    )
+
+
+def test_rare_classes_are_oversampled() -> None:
+    presence = np.zeros((20, 3), dtype=bool)
+    presence[:, 0] = True  # background everywhere
+    presence[:10, 1] = True  # half the images
+    presence[:2, 2] = True  # a rare class: 10%
+    factors = seg_data.repeat_factors(presence)
+    assert factors[:2] == pytest.approx([np.sqrt(10)] * 2)
+    assert factors[2:10] == pytest.approx([np.sqrt(2)] * 8) and factors[10:].max() == 1.0
+    indices = seg_data.oversample_rare(presence, seed=0)
+    assert indices.count(0) in (3, 4) and indices.count(19) == 1
+    assert IHC_LABELS == ["background", "hematoxylin", "DAB"]
+
+
+def test_settings_name_the_heads_the_model_has() -> None:
+    from vitkit.models.segmentation import HEADS
+    from vitkit.training.seg_config import SEGMENTATION_HEADS
+
+    assert SEGMENTATION_HEADS == HEADS
+    with pytest.raises(ValueError, match="--class-weights"):
+        SegmentationSettings(class_weights=["1", "x"])
