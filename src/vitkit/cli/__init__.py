@@ -33,6 +33,7 @@ _WORKFLOW = [
     "serve",
     "bench",
     "export",
+    "push",
 ]
 
 

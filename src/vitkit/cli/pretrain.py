@@ -35,6 +35,9 @@ TRAIN_OPTIONS = (
     "resume",
     "log_every",
     "progress",
+    "report_to",
+    "experiment",
+    "run_name",
 )
 
 # Where TrainConfig's help speaks of classes and fine-tuning, pre-training says what it does.

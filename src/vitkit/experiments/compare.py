@@ -65,11 +65,13 @@ from vitkit.training.tasks.base import TaskBuilder
 from vitkit.training.tasks.classify import ClassificationBuilder
 from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.tasks.multilabel import MultiLabelBuilder
+from vitkit.training.tracking import run_group
 from vitkit.training.trainer import TrainResult, train
 
 __all__ = ["ROWS", "CompareConfig", "CompareError", "check_compare", "compare", "run_row"]
 
 RUN_ORDER = ("baseline", "scratch", "distilled", "finetune224", "finetune384")
+OUTPUT_FILES = ("table.md", "table.csv", "metrics.png", "compare.json")  # in OUT
 
 
 @dataclass(frozen=True)
@@ -385,12 +387,22 @@ def check_compare(cfg: CompareConfig) -> None:
 
 
 def compare(cfg: CompareConfig) -> list[RowResult]:
-    """Run (or reuse) every row, then write the table, chart and confusion matrices."""
+    """Run (or reuse) every row, then write the table, chart and confusion matrices; with
+    ``--report-to mlflow`` every row trained is a run nested under one run of the comparison,
+    which gets the table files."""
     check_compare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_data(cfg)
     _check_settings(cfg, out)
+    with run_group(cfg.report_to, out, f"compare {out.absolute().name}", cfg.experiment) as group:
+        results = _compare_rows(dataclasses.replace(cfg, parent_run=group.run_id))
+        group.log_files([out / name for name in OUTPUT_FILES])
+    return results
+
+
+def _compare_rows(cfg: CompareConfig) -> list[RowResult]:
+    out = Path(cfg.out)
     if "distilled" in cfg.rows and "baseline" not in cfg.rows:
         cfg.rows = ["baseline", *cfg.rows]
         cfg.__post_init__()

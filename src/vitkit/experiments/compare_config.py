@@ -14,7 +14,13 @@ from typing import Any
 from vitkit.errors import CompareError
 from vitkit.models.config import preset
 from vitkit.options import option
-from vitkit.training.config import AUGMENT_PRESETS, DISTILL_KINDS, MIX_MODES, OPTIMIZERS
+from vitkit.training.config import (
+    AUGMENT_PRESETS,
+    DISTILL_KINDS,
+    MIX_MODES,
+    OPTIMIZERS,
+    REPORT_TO,
+)
 
 ROWS = ("baseline", "scratch", "finetune224", "finetune384", "distilled")
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -120,6 +126,23 @@ class CompareConfig:
         None, "cpu or cuda", group="run", default_help="cuda when available"
     )
     progress: bool = option(True, "progress bars", group="run", flags=("--no-progress",))
+    # every row is one tracked run, nested under one MLflow run of the comparison
+    report_to: list[str] = option(
+        help="experiment trackers for every row, comma-separated: none, tensorboard "
+        "(OUT/rows/ROW/tensorboard), mlflow (one run per row under one run of the comparison)",
+        group="run",
+        choices=REPORT_TO,
+        default_factory=lambda: ["none"],
+    )
+    experiment: str | None = option(
+        None,
+        "MLflow experiment the comparison is filed under",
+        group="run",
+        default_help="$MLFLOW_EXPERIMENT_NAME, else vitkit",
+    )
+    parent_run: str | None = option(
+        None, "MLflow run id of the comparison (set by compare)", group="run", cli=False
+    )
 
     def __post_init__(self) -> None:
         unknown = [row for row in self.rows if row not in ROWS]
@@ -147,6 +170,6 @@ class CompareConfig:
     def settings(self) -> dict[str, Any]:
         """What decides the numbers (a resumed compare must not silently change them)."""
         data = dataclasses.asdict(self)
-        for key in ("out", "rows", "device", "progress"):
+        for key in ("out", "rows", "device", "progress", "report_to", "experiment", "parent_run"):
             data.pop(key)
         return data

@@ -11,7 +11,11 @@ or print do so on rank 0 only):
                                                           (record["not_best_because"]); BestModel
                                                           decides record["best"] and saves best/
     on_epoch_end(run, fit, record, val)                   reporters: logs, curves, progress
-    on_fit_end(run, fit)
+    on_fit_end(run, fit)                                  also after an error (in a finally)
+    on_test_end(run, fit, test)                           after the test pass of best/ (test:
+                                                          None without a test split)
+    on_run_end(run, fit, error)                           last, always: error is what stopped the
+                                                          run, None when it finished
 
 ``record`` is the epoch's metrics record, already in ``fit.history``; ``val`` the validation
 ``EvalResult``. ``last.pt`` is written by the loop after on_epoch_end (it is the commit point of
@@ -25,10 +29,12 @@ import io
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from vitkit.atomic_files import atomic_write_text, write_directory_atomically
 from vitkit.training.evaluate import EvalResult
+from vitkit.training.model_card import write_model_card
 from vitkit.training.plots import plot_curves
 from vitkit.training.run import Run
 from vitkit.training.state import FitState
@@ -59,6 +65,12 @@ class Callback:
         pass
 
     def on_fit_end(self, run: Run, fit: FitState) -> None:
+        pass
+
+    def on_test_end(self, run: Run, fit: FitState, test: EvalResult | None) -> None:
+        pass
+
+    def on_run_end(self, run: Run, fit: FitState, error: BaseException | None) -> None:
         pass
 
 
@@ -96,6 +108,21 @@ class CallbackList(Callback):
         for callback in self.callbacks:
             callback.on_fit_end(run, fit)
 
+    def on_test_end(self, run: Run, fit: FitState, test: EvalResult | None) -> None:
+        for callback in self.callbacks:
+            callback.on_test_end(run, fit, test)
+
+    def on_run_end(self, run: Run, fit: FitState, error: BaseException | None) -> None:
+        # every callback gets to close what it opened, even if another one fails to
+        failures = []
+        for callback in self.callbacks:
+            try:
+                callback.on_run_end(run, fit, error)
+            except Exception as failure:
+                failures.append(failure)
+        if failures and error is None:
+            raise failures[0]
+
 
 # ---- judges -------------------------------------------------------------------------------
 class Veto(Callback):
@@ -113,7 +140,8 @@ class Veto(Callback):
 
 
 class BestModel(Callback):
-    """The epoch with the lowest validation loss, unless vetoed, is saved as ``OUT/best/``."""
+    """The epoch with the lowest validation loss, unless vetoed, is saved as ``OUT/best/``, with
+    its model card (``README.md``, ``vitkit.training.model_card``)."""
 
     def on_validation(
         self, run: Run, fit: FitState, record: dict[str, Any], val: EvalResult
@@ -123,7 +151,18 @@ class BestModel(Callback):
             return
         fit.best_val_loss, fit.best_epoch = val.loss, record["epoch"]
         if run.info.is_main:
-            write_directory_atomically(run.out / "best", run.task.save)
+
+            def save_with_card(directory: Path) -> None:
+                run.task.save(directory)
+                write_model_card(run, fit, directory)
+
+            write_directory_atomically(run.out / "best", save_with_card)
+
+    def on_test_end(self, run: Run, fit: FitState, test: EvalResult | None) -> None:
+        """The card again, now with the test results and the pictures beside it."""
+        best = run.out / "best"
+        if run.info.is_main and best.is_dir():
+            write_model_card(run, fit, best, test)
 
 
 # ---- reporters ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Each raises ``TrainingError``; the CLI prints it as one line and exits 1.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from vitkit.checkpoints.hub import is_hub_id
 from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
-from vitkit.training.config import LR_DEFAULTS, TrainConfig
+from vitkit.training.config import LR_DEFAULTS, REPORT_TO, TrainConfig
 from vitkit.training.specs import preset_config
 
 
@@ -37,6 +38,7 @@ def check_settings(cfg: TrainConfig, world_size: int = 1, *, check_data: bool = 
             f"--batch-size {max(per_step, cfg.batch_size // per_step * per_step)}"
         )
     check_device(cfg.device)
+    check_report_to(cfg.report_to)
     if check_data and not Path(cfg.data).exists():
         raise TrainingError(f"--data {cfg.data}: no such file or folder")
 
@@ -181,3 +183,39 @@ def check_class_splits(cfg: TrainConfig, splits: vdata.DataSplits) -> None:
 
 def _largest_batch(images: int, multiple: int) -> int:
     return max(multiple, images // multiple * multiple)
+
+
+# tracker -> (module that must import, the extra that installs it)
+_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+
+
+def check_report_to(report_to: list[str], flag: str = "--report-to") -> None:
+    """Refuse unknown trackers, and trackers whose library is missing (naming the extra)."""
+    unknown = [name for name in report_to if name not in REPORT_TO]
+    if unknown:
+        raise TrainingError(f"{flag} {','.join(unknown)}: choose from {', '.join(REPORT_TO)}")
+    if "none" in report_to and len(report_to) > 1:
+        raise TrainingError(f"{flag} {','.join(report_to)}: 'none' cannot be combined")
+    for name in report_to:
+        if name in _PACKAGES and importlib.util.find_spec(_PACKAGES[name][0]) is None:
+            raise TrainingError(
+                f"{flag} {name} needs the {name} package: pip install 'vitkit[{_PACKAGES[name][1]}]'"
+            )
+    if "mlflow" in report_to:
+        _check_mlflow_store(flag)
+
+
+def _check_mlflow_store(flag: str) -> None:
+    """Open the MLflow store now: a store MLflow cannot open fails before the first epoch."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    try:
+        mlflow.MlflowClient(tracking_uri=uri)
+    except Exception as error:  # MLflow raises many types for one thing: the store won't open
+        reason = str(error).strip().split(". ")[0]
+        raise TrainingError(
+            f"{flag} mlflow: cannot open the MLflow store {uri} ({reason}); set "
+            "MLFLOW_TRACKING_URI to your tracking server or a store this MLflow opens, or "
+            "pip install 'vitkit[mlflow]' for the default local one"
+        ) from None

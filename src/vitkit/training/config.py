@@ -33,6 +33,7 @@ MIX_MODES = ("none", "mixup", "cutmix")
 BALANCE_MODES = ("auto", "none", "oversample", "weighted-loss")
 OPTIMIZERS = ("sgd", "adamw")
 DISTILL_KINDS = ("hard", "soft", "none")
+REPORT_TO = ("none", "tensorboard", "mlflow")  # see vitkit.training.tracking
 
 # Peak learning rate and weight decay when not given: they follow the optimiser.
 LR_DEFAULTS = {"sgd": 0.01, "adamw": 1e-3}
@@ -217,6 +218,27 @@ class TrainConfig:
     resume: bool = option(False, "continue from OUT/last.pt", group="run")
     log_every: int = option(10, "log the loss every N steps", group="run")
     progress: bool = option(True, "progress bars", group="run", flags=("--no-progress",))
+    # ---- tracking
+    report_to: list[str] = option(
+        help="experiment trackers, comma-separated: none, tensorboard (OUT/tensorboard), mlflow "
+        "($MLFLOW_TRACKING_URI, else ./mlruns)",
+        group="tracking",
+        choices=REPORT_TO,
+        default_factory=lambda: ["none"],
+    )
+    experiment: str | None = option(
+        None,
+        "MLflow experiment the run is filed under",
+        group="tracking",
+        default_help="$MLFLOW_EXPERIMENT_NAME, else vitkit",
+    )
+    run_name: str | None = option(
+        None, "the run's name in the trackers", group="tracking", default_help="OUT's folder name"
+    )
+    # vitkit compare files each row's run under one parent run (MLflow's nested runs).
+    parent_run: str | None = option(
+        None, "MLflow run id this run is nested under", group="tracking", cli=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,6 +28,9 @@ Run folder::
     OUT/best/               best epoch by validation loss, in the model's own format
     OUT/last.pt             the training state of the last epoch (vitkit.training.state)
     OUT/test/               the task's test outputs (metrics.json, confusion matrix) of best/
+    OUT/best/README.md      its model card (vitkit.training.model_card), results included
+    OUT/tensorboard/        with --report-to tensorboard; OUT/tracking.json: the MLflow run
+                            (vitkit.training.tracking)
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from vitkit.training.state import (
 )
 from vitkit.training.tasks.base import ModelSpec, TaskBuilder
 from vitkit.training.tasks.classify import ClassificationBuilder, LossFn
+from vitkit.training.tracking import reporters
 
 __all__ = [
     "ModelSpec",
@@ -127,8 +131,16 @@ def train(
     fit_state = restore_state(run)
     judges = [Veto(best_filter)] if best_filter is not None else []
     builtin = default_callbacks(cfg.log_every, cfg.progress)
-    fit(run, fit_state, CallbackList([*callbacks, *judges, *builtin]))
-    return finish(run, fit_state)
+    everything = CallbackList([*callbacks, *judges, *builtin, *reporters(cfg)])
+    error: BaseException | None = None
+    try:
+        fit(run, fit_state, everything)
+        return finish(run, fit_state, everything)
+    except BaseException as caught:
+        error = caught
+        raise
+    finally:
+        everything.on_run_end(run, fit_state, error)
 
 
 # ---- phase 1: prepare the run -------------------------------------------------------------
@@ -313,6 +325,10 @@ _RUNTIME_SETTINGS = {
     "cache_images",
     "device",
     "eval_batch_size",
+    "report_to",
+    "experiment",
+    "run_name",
+    "parent_run",
 }
 
 
@@ -421,7 +437,7 @@ def _epoch_record(
 
 
 # ---- phase 4: finish ----------------------------------------------------------------------
-def finish(run: Run, fit_state: FitState) -> TrainResult:
+def finish(run: Run, fit_state: FitState, callbacks: Callback | None = None) -> TrainResult:
     """The test split, evaluated with the best model as saved (its own preprocessing)."""
     test = None
     if run.data.test is not None and fit_state.best_epoch is not None and run.info.is_main:
@@ -436,6 +452,8 @@ def finish(run: Run, fit_state: FitState) -> TrainResult:
         )
         title = f"test split, best epoch {fit_state.best_epoch}"
         run.task.evaluator.write(test, run.out / "test", title)
+    if callbacks is not None:
+        callbacks.on_test_end(run, fit_state, test)  # the model card's results, the trackers'
     barrier(run.info)
     return TrainResult(
         run.out,

@@ -43,6 +43,7 @@ class TrainingTask:
 
     evaluator: Evaluator
     adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's (MAE pre-training uses 0.95)
+    pipeline_tag = "image-classification"  # the Hub's task name, for the model card
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -73,6 +73,7 @@ class MAETask(TrainingTask):
     """MAE pre-training: the batch's targets are the mask noise; returns ``{"loss"}``."""
 
     adam_betas = MAE_BETAS
+    pipeline_tag = "image-feature-extraction"
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
