@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vitkit.training.evaluate import EvalResult
 from vitkit.training.run import Run
 from vitkit.training.state import FitState
@@ -161,23 +163,31 @@ def _extra_tags(run: Run) -> list[str]:
 def _description(run: Run, directory: Path) -> str:
     spec, cfg = run.task.spec, run.cfg
     total = sum(p.numel() for p in run.task.model.parameters())
-    height, width = spec.image_size
     classes = run.data.splits.classes
     start = f"`{cfg.model}`" if cfg.model and not cfg.from_scratch else "random initialisation"
     files = sorted(p.name for p in directory.iterdir() if p.suffix in (".json", ".safetensors"))
     lines = [
         "## Model description",
         "",
-        f"{spec.description}: {total / 1e6:.2f}M parameters, trained with vitkit at "
-        f"{height}x{width} from {start}.",
+        f"{spec.description}: {total / 1e6:.2f}M parameters, trained with vitkit from {start}.",
         "",
         f"- task: {run.task.pipeline_tag}" + (f", {len(classes)} classes" if classes else ""),
-        f"- input: {height}x{width} RGB, preprocessed as `preprocessor_config.json` says",
+        f"- input: {input_text(run)}",
         f"- format: {library_name(directory)} ({', '.join(files)})",
     ]
     if classes:
         lines.append(f"- labels: {', '.join(classes)}")
     return "\n".join(lines)
+
+
+def input_text(run: Run) -> str:
+    """What the model reads: a task with other inputs than images (bags of tile embeddings)
+    says so itself."""
+    own = getattr(run.task, "input_text", None)
+    if own:
+        return str(own)
+    height, width = run.task.spec.image_size
+    return f"{height}x{width} RGB images, preprocessed as `preprocessor_config.json` says"
 
 
 def _data_section(run: Run) -> str:
@@ -209,14 +219,18 @@ def _data_section(run: Run) -> str:
 
 
 def _label_counts(samples: list[Any], num_classes: int) -> list[int]:
+    """Images (or bags) per class; multi-label samples (a multi-hot ``label`` or ``target``)
+    count once for every label they carry."""
     counts = [0] * num_classes
     for sample in samples:
         label = sample.label
-        if isinstance(label, int) and 0 <= label < num_classes:
-            counts[label] += 1
-        elif isinstance(label, list | tuple):  # multi-label: one count per label present
-            for index in label:
-                counts[int(index)] += 1
+        if isinstance(label, int | np.integer):
+            if 0 <= label < num_classes:
+                counts[int(label)] += 1
+            label = getattr(sample, "target", ())  # a multi-label bag: label -1, target multi-hot
+        if len(label) == num_classes:
+            for index, value in enumerate(label):
+                counts[index] += int(value > 0)
     return counts
 
 
