@@ -41,6 +41,9 @@ HUB_METRICS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "micro_f1": ("f1", {"average": "micro"}),
     "mAP": ("mean_average_precision", {"average": "macro"}),
     "roc_auc": ("roc_auc", {"average": "macro"}),
+    "mean_iou": ("mean_iou", None),
+    "mean_dice": ("dice", {"average": "macro"}),
+    "pixel_accuracy": ("accuracy", None),
     "loss": ("loss", None),
 }
 # data layouts -> the Hugging Face `datasets` builder that reads the same layout
@@ -202,10 +205,10 @@ def _data_section(run: Run) -> str:
         f"`{Path(cfg.data).name or cfg.data}` ({data.splits.source}); "
         f"{', '.join(f'{len(samples)} {name}' for name, samples in splits)} images.",
     ]
-    if classes:
+    counts = {name: _label_counts(samples, len(classes)) for name, samples in splits}
+    if classes and any(any(column) for column in counts.values()):  # not per-pixel labels
         lines += ["", "| class | " + " | ".join(name for name, _ in splits) + " |"]
         lines.append("|---" * (len(splits) + 1) + "|")
-        counts = {name: _label_counts(samples, len(classes)) for name, samples in splits}
         for index, label in enumerate(classes):
             row = " | ".join(str(counts[name][index]) for name, _ in splits)
             lines.append(f"| {label} | {row} |")

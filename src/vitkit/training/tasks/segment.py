@@ -67,6 +67,8 @@ def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
 class SegmentationTask(TrainingTask):
     """Cross-entropy (+ Dice, + DPT's auxiliary term) per pixel; returns ``{"loss", "logits"}``."""
 
+    pipeline_tag = "image-segmentation"  # the Hub's task name, for the model card
+
     def __init__(
         self,
         spec: ModelSpec,
