@@ -13,7 +13,7 @@ layers (like ``vitkit.errors``): any package may import it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, Field, field
+from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
@@ -70,3 +70,28 @@ def field_default(item: Field[Any]) -> Any:
     if item.default_factory is not MISSING:
         return item.default_factory()
     return item.default
+
+
+def reuse(
+    config_class: type,
+    name: str,
+    default: Any = MISSING,
+    *,
+    help: str | None = None,
+    **changes: Any,
+) -> Any:
+    """The field ``name`` of another settings dataclass, for a dataclass that takes the same
+    setting (its type, group, flags and choices come along; ``default`` and ``help`` may be the
+    reusing command's own, e.g. ``vitkit compare``'s epochs per row)."""
+    source = next(item for item in fields(config_class) if item.name == name)
+    metadata = {**source.metadata, **changes}
+    if help is not None:
+        metadata["help"] = help
+    if default is not MISSING:
+        metadata["default_help"] = changes.get(
+            "default_help"
+        )  # the source's words describe its own
+        return field(default=default, metadata=metadata)
+    if source.default_factory is not MISSING:
+        return field(default_factory=source.default_factory, metadata=metadata)
+    return field(default=source.default, metadata=metadata)

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-from vitkit.errors import VitkitError
+from vitkit.errors import UsageError, VitkitError
 from vitkit.options import field_default
 
 
@@ -45,12 +45,16 @@ def add_options(
     helps = helps or {}
     groups: dict[str, Any] = {}
     hints = typing.get_type_hints(config_class)
-    for item in dataclasses.fields(config_class):
+    added = [
+        item
+        for item in dataclasses.fields(config_class)
+        if item.metadata.get("cli", False)
+        and item.name not in skipped
+        and (wanted is None or item.name in wanted)
+    ]
+    record(parser, Generated(config_class, tuple(item.name for item in added), dict(defaults)))
+    for item in added:
         meta = item.metadata
-        if not meta.get("cli", False) or item.name in skipped:
-            continue
-        if wanted is not None and item.name not in wanted:
-            continue
         group_name = meta["group"]
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_name)
@@ -64,17 +68,54 @@ def add_options(
 def config_from_args(config_class: type, args: argparse.Namespace, **extra: Any) -> Any:
     """``config_class`` from the parsed options (fields without an option take ``extra``)."""
     hints = typing.get_type_hints(config_class)
+    records = [entry.fields for entry in generated(args) if entry.config_class is config_class]
+    # Only this class's own options (another class may have a field of the same name); a
+    # namespace made by hand (no records) is read by field name.
+    mine = set().union(*records) if records else set(vars(args))
     values: dict[str, Any] = {}
     for item in dataclasses.fields(config_class):
         if item.name in extra:
             values[item.name] = extra[item.name]
-        elif hasattr(args, item.name):
+        elif item.name in mine:
             value = getattr(args, item.name)
             # None from an option that was not given, for a field that cannot be None (a
             # repeatable KEY=VALUE option): the dataclass default applies.
             if value is not None or _takes_none(hints[item.name]):
-                values[item.name] = _convert(item.name, hints[item.name], value)
+                values[item.name] = _convert(_flags(item)[0], hints[item.name], value)
     return config_class(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """The options ``add_options`` made for one settings class: which fields, and the defaults
+    the command shows instead of the fields' own (``defaults=``)."""
+
+    config_class: type
+    fields: tuple[str, ...]
+    defaults: dict[str, Any]
+
+
+GENERATED = "vitkit_settings"  # where a parser keeps its Generated records (a parser default)
+
+
+def record(parser: Any, entry: Generated) -> None:
+    # An argument group shares its parser's defaults: recorded through either, read from args.
+    parser.set_defaults(**{GENERATED: (*parser._defaults.get(GENERATED, ()), entry)})
+
+
+def generated(args: argparse.Namespace) -> tuple[Generated, ...]:
+    """The settings classes (and fields) the parsed command's options came from."""
+    return tuple(getattr(args, GENERATED, ()))
+
+
+def settings_of(args: argparse.Namespace) -> Any:
+    """What the parsed command hands the library: its own ``settings(args)``, else one object
+    per settings class its options came from."""
+    own = getattr(args, "settings", None)
+    if own is not None:
+        return own(args)
+    classes = dict.fromkeys(entry.config_class for entry in generated(args))
+    return tuple(config_from_args(config_class, args) for config_class in classes)
 
 
 def parse_key_values(pairs: list[str], flag: str = "--model-arg") -> dict[str, Any]:
@@ -132,15 +173,14 @@ def _add_field(
     if kind is bool:
         kwargs["action"] = "store_false" if default else "store_true"
         help_text = f"no {help_text}" if default else help_text
-    elif origin is dict or (origin is list and meta["repeat"]):
+    elif origin is dict:
+        kwargs.update(action="append", default=None, metavar=meta["metavar"] or "KEY=VALUE")
+        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in default.items()) or None
+    elif origin is list and meta["repeat"]:
         kwargs.update(action="append", default=None, metavar=meta["metavar"])
-        if origin is dict:
-            kwargs["metavar"] = meta["metavar"] or "KEY=VALUE"
-            shown = " ".join(f"{k}={json.dumps(v)}" for k, v in default.items()) or None
-        else:
-            shown = ",".join(default) or None
+        shown = ",".join(map(str, default)) or None
     elif origin is list:
-        joined = ",".join(default) if default is not dataclasses.MISSING else None
+        joined = ",".join(map(str, default)) if default is not dataclasses.MISSING else None
         kwargs.update(default=joined, metavar=meta["metavar"])
         shown = joined
     else:
@@ -188,11 +228,19 @@ def _parser_of(item: dataclasses.Field[Any], kind: Any) -> Any:
     return parsed
 
 
-def _convert(name: str, annotation: Any, value: Any) -> Any:
+def _convert(flag: str, annotation: Any, value: Any) -> Any:
     """The parsed value as the field's type (dict and list options arrive as text)."""
-    origin = typing.get_origin(_base_type(annotation))
+    kind = _base_type(annotation)
+    origin = typing.get_origin(kind)
     if origin is dict:
-        return parse_key_values(value, "--" + name.replace("_", "-"))
+        return parse_key_values(value, flag)
     if origin is list and isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        member = (typing.get_args(kind) or (str,))[0]
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        try:
+            return [member(part) for part in parts]
+        except ValueError:
+            raise UsageError(
+                f"{flag} {value!r}: expected comma-separated {member.__name__}s"
+            ) from None
     return value

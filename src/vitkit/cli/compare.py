@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
-from vitkit.experiments.compare_config import CompareConfig
+from vitkit.experiments.compare_config import CompareConfig, CompareData
 
 EPILOG = """\
 Each row is a full training run in OUT/rows/<row>/ on the same data and test split. A killed
@@ -47,34 +47,29 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument(
-        "--data",
-        help="image folder with train/ and test/ class sub-folders, or a folder of label tables "
-        "(train.csv and test.csv, val.csv optional: every row trains multi-label)",
-    )
-    data.add_argument(
-        "--demo-data",
-        choices=["digits", "fashion-mnist"],
-        help="build an unbalanced folder from bundled data into OUT/data (class 8 / bag cut to 10%%)",
-    )
+    add_options(parser, CompareData)
     add_options(parser, CompareConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, settings=settings)
+
+
+def settings(args: argparse.Namespace) -> tuple[CompareConfig, CompareData]:
+    where = config_from_args(CompareData, args)
+    return config_from_args(CompareConfig, args, data=where.folder(args.out)), where
 
 
 def run(args: argparse.Namespace) -> int:
     # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.experiments.compare import check_compare, compare
 
-    root = Path(args.out) / "data"
-    cfg = config_from_args(CompareConfig, args, data=str(root) if args.demo_data else args.data)
+    cfg, where = settings(args)
     check_compare(cfg)  # before the demo data is built
-    if args.demo_data:
+    root = Path(cfg.data)
+    if where.demo_data:
         from vitkit.experiments.demo_data import build_demo_folder
 
         if not (root / "README.json").exists():
             minority = 8
-            info = build_demo_folder(root, args.demo_data, size=args.image_size, minority=minority)
+            info = build_demo_folder(root, where.demo_data, size=cfg.image_size, minority=minority)
             print(f"built {root}: train {info.train_counts}, test {info.test_counts}")
     compare(cfg)
     out = Path(args.out)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Any
+
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.options import option
 
 EPILOG = """\
 SRC is anything `vitkit.load` understands: a Hugging Face directory (ViT, DeiT student, ResNet),
@@ -25,6 +29,45 @@ checkpoint directory is replaced only after the new one is complete.
 """
 
 
+def image_size(text: str) -> int | tuple[int, int]:
+    """``--image-size``: N or HxW."""
+    try:
+        if "x" in text.lower():
+            height, width = text.lower().split("x")
+            return (int(height), int(width))
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not N or HxW (e.g. 384 or 384x512)") from None
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    source: str = option(
+        help="checkpoint file, directory or Hub id",
+        group="checkpoints",
+        flags=("source",),
+        metavar="SRC",
+    )
+    destination: str = option(
+        help="directory to write", group="checkpoints", flags=("destination",), metavar="DST"
+    )
+    image_size: int | None = option(
+        None,
+        "resample the position embeddings to this resolution (e.g. 384 or 384x512)",
+        group="model",
+        metavar="N|HxW",
+        parse=image_size,
+        default_help="the checkpoint's",
+    )
+    num_heads: int | None = option(
+        None,
+        "attention heads, for timm state dicts whose width is not a standard ViT size",
+        group="model",
+        metavar="H",
+        default_help="timm's for the width",
+    )
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "convert",
@@ -33,47 +76,27 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", metavar="SRC", help="checkpoint file, directory or Hub id")
-    parser.add_argument("destination", metavar="DST", help="directory to write")
-    parser.add_argument(
-        "--image-size",
-        type=_image_size,
-        default=None,
-        metavar="N|HxW",
-        help="resample the position embeddings to this resolution (e.g. 384 or 384x512)",
-    )
-    parser.add_argument(
-        "--num-heads",
-        type=int,
-        default=None,
-        metavar="H",
-        help="attention heads, for timm state dicts whose width is not a standard ViT size",
-    )
-    parser.set_defaults(func=run)
+    add_options(parser, ConvertSettings)
+    parser.set_defaults(func=run, settings=settings)
 
 
-def _image_size(text: str) -> int | tuple[int, int]:
-    try:
-        if "x" in text.lower():
-            height, width = text.lower().split("x")
-            return (int(height), int(width))
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not N or HxW (e.g. 384 or 384x512)"
-        ) from None
+def settings(args: argparse.Namespace) -> ConvertSettings:
+    return config_from_args(ConvertSettings, args)
 
 
 def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
     from vitkit.checkpoints import load_model, save_model
 
-    loaded = load_model(args.source, image_size=args.image_size, num_attention_heads=args.num_heads)
-    target = save_model(loaded.model, args.destination, processor_config=loaded.preprocessing())
+    chosen = settings(args)
+    loaded = load_model(
+        chosen.source, image_size=chosen.image_size, num_attention_heads=chosen.num_heads
+    )
+    target = save_model(loaded.model, chosen.destination, processor_config=loaded.preprocessing())
     config = loaded.model.config
     height, width = config.image_hw
     print(
-        f"{args.source} ({loaded.format}) -> {target}: {loaded.model_type} "
+        f"{chosen.source} ({loaded.format}) -> {target}: {loaded.model_type} "
         f"{loaded.model.num_parameters() / 1e6:.1f} M parameters, {height}x{width}, "
         f"{config.num_labels or 'no'} classes",
         file=sys.stderr,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._options import add_options
-from vitkit.errors import VitkitError
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.errors import UsageError, VitkitError
+from vitkit.options import option
 from vitkit.training.config import TrainConfig
 
 EPILOG = """\
@@ -46,6 +48,33 @@ DEMO_TRAINING: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    out: str = option("runs/demo", "output folder", group="demo")
+    dataset: str = option(
+        "digits",
+        "digits (always there), fashion-mnist (Debian package), auto = fashion-mnist when "
+        "installed",
+        group="demo",
+        choices=("digits", "fashion-mnist", "auto"),
+    )
+    fashion_mnist_dir: str | None = option(
+        None,
+        "folder with Fashion-MNIST's *-ubyte.gz files",
+        group="demo",
+        default_help="/usr/share/datasets/fashion-mnist",
+    )
+
+    def __post_init__(self) -> None:
+        if self.fashion_mnist_dir is not None and self.dataset == "digits":
+            raise UsageError("--fashion-mnist-dir needs --dataset fashion-mnist or auto")
+
+
+# The training options the demo shares with `vitkit train`, at the demo's own defaults.
+DEMO_TRAIN_OPTIONS = ("epochs", "balance", "seed", "device", "progress")
+DEMO_TRAIN_DEFAULTS = {"epochs": DEMO_TRAINING["epochs"], "balance": "oversample", "device": "cpu"}
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
@@ -55,26 +84,15 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument(
-        "--dataset",
-        default="digits",
-        choices=["digits", "fashion-mnist", "auto"],
-        help="digits (always there), fashion-mnist (Debian package), auto = fashion-mnist when installed",
-    )
-    # The training options the demo shares with `vitkit train`, at the demo's own defaults.
-    add_options(
-        parser,
-        TrainConfig,
-        only=("epochs", "balance", "seed", "device", "progress"),
-        defaults={"epochs": DEMO_TRAINING["epochs"], "balance": "oversample", "device": "cpu"},
-    )
-    parser.add_argument(
-        "--fashion-mnist-dir",
-        default=None,
-        help="folder with Fashion-MNIST's *-ubyte.gz files (default /usr/share/datasets/fashion-mnist)",
-    )
-    parser.set_defaults(func=run)
+    add_options(parser, DemoSettings)
+    add_options(parser, TrainConfig, only=DEMO_TRAIN_OPTIONS, defaults=DEMO_TRAIN_DEFAULTS)
+    parser.set_defaults(func=run, settings=settings)
+
+
+def settings(args: argparse.Namespace) -> tuple[DemoSettings, dict[str, Any]]:
+    """The demo's own settings and the training options it passes on (by TrainConfig name)."""
+    training = {name: getattr(args, name) for name in DEMO_TRAIN_OPTIONS}
+    return config_from_args(DemoSettings, args), training
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.experiments.demo_data import build_demo_folder
     from vitkit.training.trainer import train
 
-    dataset, fashion_dir = chosen_dataset(args)
-    out = Path(args.out)
+    demo, _ = settings(args)
+    dataset, fashion_dir = chosen_dataset(demo)
+    out = Path(demo.out)
     started = time.perf_counter()
     print(f"[1/3] building an unbalanced image folder from {dataset} in {out / 'data'}")
     info = build_demo_folder(
@@ -120,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def chosen_dataset(args: argparse.Namespace) -> tuple[str, Path]:
+def chosen_dataset(args: DemoSettings) -> tuple[str, Path]:
     """``--dataset`` resolved ("auto": Fashion-MNIST where Debian's package is installed, else
     the bundled digits) and the Fashion-MNIST folder; a clear error where it is asked for and
     missing."""

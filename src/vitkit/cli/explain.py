@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from vitkit.inference.settings import MODEL_HELP
+from vitkit.cli._options import add_options, config_from_args
+from vitkit.inference.settings import LoadSettings
+from vitkit.options import option
 
 EPILOG = """\
 For each image, OUT/<name>.explain.png shows the image, the attention rollout over it (heads
@@ -23,6 +26,20 @@ A CNN (the ResNet baseline) has no attention: explain says so and exits with sta
 """
 
 
+@dataclass(frozen=True)
+class ExplainSettings:
+    inputs: list[str] = option(
+        help="image files, folders or URLs", group="inputs", flags=("inputs",), metavar="IMAGE"
+    )
+    out: str = option(help="folder for the PNGs", group="output", flags=("--out", "-o"))
+    top_k: int = option(5, "labels in the caption", group="output")
+
+
+# The LoadSettings fields explain offers: the model, at a size (attention maps need the
+# network's own fp32 forward).
+EXPLAIN_LOAD_FIELDS = ("model", "image_size", "overrides")
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "explain",
@@ -31,24 +48,25 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or URLs")
-    parser.add_argument(
-        "--model", "-m", default=None, help=MODEL_HELP + " (a transformer: vit or deit)"
-    )
-    parser.add_argument("--out", "-o", required=True, help="folder for the PNGs")
-    parser.add_argument("--top-k", type=int, default=5, help="labels in the caption (default 5)")
-    parser.add_argument("--image-size", type=int, default=None, help="run at this resolution")
-    parser.set_defaults(func=run)
+    add_options(parser, ExplainSettings)
+    add_options(parser, LoadSettings, only=EXPLAIN_LOAD_FIELDS)
+    parser.set_defaults(func=run, settings=settings)
+
+
+def settings(args: argparse.Namespace) -> tuple[LoadSettings, ExplainSettings]:
+    load = config_from_args(LoadSettings, args).replace(device="cpu")
+    return load, config_from_args(ExplainSettings, args)
 
 
 def run(args: argparse.Namespace) -> int:
     # torch and the model code load here, not at `vitkit --help` time
     from vitkit.images.sources import expand_inputs
-    from vitkit.inference.classifier import load
+    from vitkit.inference.classifier import load_settings
     from vitkit.inference.explain import explain_files
 
-    classifier = load(args.model, device="cpu", image_size=args.image_size)
-    sources = expand_inputs(list(args.inputs))
-    for record in explain_files(classifier, sources, args.out, top_k=args.top_k):
+    load, chosen = settings(args)
+    classifier = load_settings(load)
+    sources = expand_inputs(chosen.inputs)
+    for record in explain_files(classifier, sources, chosen.out, top_k=chosen.top_k):
         print(json.dumps(record))
     return 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
+from vitkit.cli._options import add_options, config_from_args
 from vitkit.errors import OnnxError
+from vitkit.options import option
 
 EPILOG = """\
 examples:
@@ -21,6 +24,29 @@ The export is checked against PyTorch on real photos (max |logit difference| is 
 """
 
 
+@dataclass(frozen=True)
+class ExportSettings:
+    model: str = option(
+        help="HF directory (ViT or DeiT student) or hub id, timm file, or Google .npz",
+        group="export",
+        flags=("model",),
+    )
+    output: str = option(help="the .onnx file to write", group="export", flags=("output",))
+    format: str = option("onnx", "export format", group="export", choices=("onnx",))
+    outputs: str = option(
+        "all",
+        "all: logits + last_hidden_state (+ pooler_output), for predict and embed; logits: "
+        "classification only, ~6% faster",
+        group="export",
+        choices=("all", "logits"),
+    )
+    image_size: int | None = option(
+        None, "export at this resolution", group="export", default_help="the checkpoint's"
+    )
+    opset: int = option(18, "ONNX opset", group="export")
+    tolerance: float = option(1e-4, "max |logit difference| from PyTorch allowed", group="export")
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export",
@@ -30,24 +56,12 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "model", help="HF directory (ViT or DeiT student) or hub id, timm file, or Google .npz"
-    )
-    parser.add_argument("output", help="the .onnx file to write")
-    parser.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
-    parser.add_argument(
-        "--outputs",
-        default="all",
-        choices=["all", "logits"],
-        help="all: logits + last_hidden_state (+ pooler_output), for predict and embed; "
-        "logits: classification only, ~6%% faster (default all)",
-    )
-    parser.add_argument("--image-size", type=int, default=None, help="export at this resolution")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="max |logit difference| allowed (1e-4)"
-    )
-    parser.set_defaults(func=run)
+    add_options(parser, ExportSettings)
+    parser.set_defaults(func=run, settings=settings)
+
+
+def settings(args: argparse.Namespace) -> ExportSettings:
+    return config_from_args(ExportSettings, args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,15 +73,16 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.checkpoints.onnx import export_onnx
     from vitkit.models.protocol import require
 
-    loaded = load_model(args.model, image_size=args.image_size)
+    chosen = settings(args)
+    loaded = load_model(chosen.model, image_size=chosen.image_size)
     model = loaded.model.eval()
     require(model, "onnx_export", "be exported to ONNX")
     path = export_onnx(
         model,
-        args.output,
-        outputs=args.outputs,
+        chosen.output,
+        outputs="logits" if chosen.outputs == "logits" else "all",
         processor_config=loaded.processor_config,
-        opset=args.opset,
+        opset=chosen.opset,
     )
     pixels = photo_batch(3, model.config.image_hw)
     with torch.inference_mode():
@@ -81,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB); max |{name} difference| "
         f"vs PyTorch on 3 photos: {difference:.2e}"
     )
-    if difference > args.tolerance:
+    if difference > chosen.tolerance:
         raise OnnxError(
-            f"{path}: ONNX {name} differ from PyTorch by {difference:.2e} > {args.tolerance:g}; "
+            f"{path}: ONNX {name} differ from PyTorch by {difference:.2e} > {chosen.tolerance:g}; "
             "try another --opset"
         )
     return 0

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from typing import Any
 
-from vitkit.cli._common import add_precision_option
 from vitkit.cli._options import add_options, config_from_args
-from vitkit.inference.settings import LoadSettings
+from vitkit.inference.settings import InfoSettings, LoadSettings
 
 EPILOG = """\
 MODEL is anything `vitkit.load` reads: a Hugging Face directory (ViT, DeiT student, ResNet), a
@@ -43,91 +41,47 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="checkpoint file, directory or Hub id")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="describe the model resampled to this resolution (e.g. 384)",
-    )
-    parser.add_argument(
-        "--num-heads", type=int, default=None, metavar="H", help="attention heads (timm files)"
-    )
+    add_options(parser, InfoSettings)
     add_options(parser, LoadSettings, only=("overrides",))
-    parser.add_argument(
-        "--timings",
-        action="store_true",
-        help="also measure start-up: import torch, model load, preparing for --precision, "
-        "first and steady forward of --batch-size images",
-    )
-    add_precision_option(parser)
-    parser.add_argument(
-        "--batch-size", type=int, default=1, help="images per timed forward (default 1)"
-    )
-    parser.add_argument("--device", default="cpu", help="where --timings runs (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, settings=settings)
 
 
-def describe(model: Any, source: str, checkpoint_format: str) -> dict[str, Any]:
-    """The facts `vitkit info` prints, as a JSON-ready dict (any registered model type)."""
-    config = model.config
-    height, width = config.image_hw
-    labels = config.labels()
-    facts: dict[str, Any] = {
-        "source": source,
-        "format": checkpoint_format,
-        "model_type": config.model_type,
-        "family": getattr(config, "family", "") or config.model_type,
-        "embedding": _default_embedding(model),
-        "config": {
-            name: (list(value) if isinstance(value, tuple) else value)
-            for name, value in dataclasses.asdict(config).items()
-            if name != "id2label"
-        },
-        "parameters": model.num_parameters(),
-        "gflops_per_image": model.flops_per_image() / 1e9,
-        "resolution": f"{height}x{width}",
-        "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
-        "embeddings": list(model.capabilities.pools),
-    }
-    if config.num_labels:  # softmax, or sigmoid + thresholds (vitkit.inference.heads)
-        from vitkit.inference.heads import head_for
-
-        facts["head"] = head_for(config, labels).describe()
-    if hasattr(config, "num_patches"):  # a transformer: its sequence length
-        facts["tokens"] = config.num_patches + model.num_prefix_tokens
-    return facts
-
-
-def _default_embedding(model: Any) -> dict[str, Any]:
-    """What `vitkit embed` gives without --pool, and its width (when the model can say)."""
-    pool = model.capabilities.default_pool
-    size_of = getattr(model, "embedding_size", None)
-    return {"pool": pool, "size": size_of(pool) if callable(size_of) else None}
+def settings(args: argparse.Namespace) -> tuple[InfoSettings, dict[str, Any]]:
+    """The command's settings and the model overrides (--model-arg)."""
+    return config_from_args(InfoSettings, args), config_from_args(LoadSettings, args).overrides
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    chosen, overrides = settings(args)
     # torch loads here, not at `vitkit --help` time
     from vitkit.checkpoints import load_model
+    from vitkit.inference.describe import describe
     from vitkit.inference.runtime import loading_threads
 
     imported = time.perf_counter()
     with loading_threads():  # as predict / embed / serve load
         loaded = load_model(
-            args.model,
-            image_size=args.image_size,
-            num_attention_heads=args.num_heads,
-            overrides=config_from_args(LoadSettings, args).overrides,
+            chosen.model,
+            image_size=chosen.image_size,
+            num_attention_heads=chosen.num_heads,
+            overrides=overrides,
         )
-    facts = describe(loaded.model, str(args.model), loaded.format)
-    if args.timings:
-        facts["timings"] = start_up(args, loaded.model, imported - started, imported)
-    if args.json:
+    facts = describe(loaded.model, chosen.model, loaded.format)
+    if chosen.timings:
+        facts["timings"] = start_up(chosen, loaded.model, imported - started, imported)
+    if chosen.json:
         print(json.dumps(facts, indent=2))
         return 0
+    print_facts(facts)
+    if chosen.timings:
+        print_timings(facts["timings"])
+    return 0
+
+
+def print_facts(facts: dict[str, Any]) -> None:
+    from vitkit.inference.describe import head_kind
+
     tokens = f" ({facts['tokens']} tokens)" if "tokens" in facts else ""
     print(f"model        {facts['source']}")
     print(f"type         {facts['model_type']}")
@@ -140,36 +94,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters   {facts['parameters']:,} ({facts['parameters'] / 1e6:.1f} M)")
     print(f"GFLOPs/image {facts['gflops_per_image']:.4g}")
     head = "none (feature extractor: use `vitkit embed`)"
-    if loaded.model.config.num_labels:
-        head = f"{loaded.model.config.num_labels} classes: {', '.join(facts['labels'])}"
-        head += "; " + _head_kind(facts["head"])
+    if "head" in facts:
+        head = f"{facts['config']['num_labels']} classes: {', '.join(facts['labels'])}"
+        head += "; " + head_kind(facts["head"])
     print(f"head         {head}")
     print(f"embeddings   {', '.join(facts['embeddings'])}")
     print("config")
     for name, value in facts["config"].items():
         print(f"  {name:<24} {value}")
-    if args.timings:
-        print_timings(facts["timings"])
-    return 0
 
 
-def start_up(
-    args: argparse.Namespace, model: Any, import_s: float, loading: float
-) -> dict[str, Any]:
+def start_up(chosen: InfoSettings, model: Any, import_s: float, loading: float) -> dict[str, Any]:
     """The --timings facts: this process's own start-up, measured as it happened."""
     from vitkit.inference import runtime
 
-    runtime.tune_process_for_inference(args.device)  # as predict / embed / serve run
+    runtime.tune_process_for_inference(chosen.device)  # as predict / embed / serve run
     load_s = time.perf_counter() - loading
     measured = runtime.start_up_timings(
-        model, precision=args.precision, device=args.device, batch_size=args.batch_size
+        model, precision=chosen.precision, device=chosen.device, batch_size=chosen.batch_size
     )
     return {
         "import_torch_s": import_s,
         "load_s": load_s,
         **measured,
-        "precision": args.precision,
-        "batch_size": args.batch_size,
+        "precision": chosen.precision,
+        "batch_size": chosen.batch_size,
     }
 
 
@@ -181,12 +130,3 @@ def print_timings(timings: dict[str, Any]) -> None:
     print(f"  {'prepare ' + timings['precision']:<24} {timings['prepare_s']:.2f} s")
     print(f"  {'first forward':<24} {timings['first_forward_s']:.3f} s")
     print(f"  {'steady forward':<24} {timings['steady_forward_s']:.3f} s (median of 3)")
-
-
-def _head_kind(card: dict[str, Any]) -> str:
-    if card["activation"] == "softmax":
-        return "single-label (softmax)"
-    thresholds = list(card["thresholds"].values())
-    low, high = min(thresholds), max(thresholds)
-    span = f"{low:g}" if low == high else f"{low:g}..{high:g}"
-    return f"multi-label (sigmoid), thresholds {span}"

@@ -9,21 +9,46 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from vitkit.errors import CompareError
+from vitkit.errors import CompareError, UsageError
 from vitkit.models.config import preset
-from vitkit.options import option
-from vitkit.training.config import (
-    AUGMENT_PRESETS,
-    DISTILL_KINDS,
-    MIX_MODES,
-    OPTIMIZERS,
-    REPORT_TO,
-)
+from vitkit.options import option, reuse
+from vitkit.training.config import DISTILL_KINDS, MIX_MODES, TrainConfig
 
 ROWS = ("baseline", "scratch", "finetune224", "finetune384", "distilled")
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+DEMO_SETS = ("digits", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class CompareData:
+    """Where ``vitkit compare`` finds its images: a folder of the user's, or a demo set it builds
+    into OUT/data (exactly one of the two)."""
+
+    data: str | None = option(
+        None,
+        "image folder with train/ and test/ class sub-folders, or a folder of label tables "
+        "(train.csv and test.csv, val.csv optional: every row trains multi-label)",
+        group="data",
+    )
+    demo_data: str | None = option(
+        None,
+        "build an unbalanced folder from bundled data into OUT/data (class 8 / bag cut to 10%)",
+        group="data",
+        choices=DEMO_SETS,
+    )
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.demo_data is None):
+            raise UsageError("give one of --data (your images) and --demo-data (a bundled set)")
+
+    def folder(self, out: str) -> str:
+        """The image folder the rows train on."""
+        return str(Path(out) / "data") if self.demo_data else str(self.data)
 
 
 @dataclass
@@ -34,7 +59,7 @@ class CompareConfig:
         group="data",
         cli=False,
     )
-    out: str = option(help="output folder (rows, table, charts)", group="data")
+    out: str = reuse(TrainConfig, "out", help="output folder (rows, table, charts)")
     rows: list[str] = option(
         help="comma-separated rows", group="rows", default_factory=lambda: list(ROWS)
     )
@@ -59,7 +84,7 @@ class CompareConfig:
             "intermediate_size": 128,
         },
     )
-    image_size: int = option(16, "base resolution of every row", group="model")
+    image_size: int = reuse(TrainConfig, "image_size", 16, help="base resolution of every row")
     high_image_size: int | None = option(
         None,
         "finetune384 resolution",
@@ -70,8 +95,11 @@ class CompareConfig:
     baseline_weights: str | None = option(
         None, "torchvision .pth/.safetensors or HF ResNet directory", group="model"
     )
-    epochs: int = option(
-        50, "epochs per ViT row (transformers from scratch need long schedules)", group="training"
+    epochs: int = reuse(
+        TrainConfig,
+        "epochs",
+        50,
+        help="epochs per ViT row (transformers from scratch need long schedules)",
     )
     baseline_epochs: int | None = option(
         15,
@@ -84,17 +112,20 @@ class CompareConfig:
     )
     # Batch 32 (twice the optimiser steps of 64 at the same cost): the small ViT was step-starved
     # at 64 (scratch macro-F1 0.90 -> 0.94 on the digits demo); the CNN gets the same batches.
-    batch_size: int = option(32, "batch size of every row", group="training")
-    optimizer: str = option("adamw", "every row's optimiser", group="training", choices=OPTIMIZERS)
-    lr: float = option(2e-3, "every row's peak learning rate", group="training")
-    augment: str = option(
-        "none", "training augmentation for every row", group="training", choices=AUGMENT_PRESETS
-    )
+    batch_size: int = reuse(TrainConfig, "batch_size", 32, help="batch size of every row")
+    optimizer: str = reuse(TrainConfig, "optimizer", "adamw", help="every row's optimiser")
+    lr: float = reuse(TrainConfig, "lr", 2e-3, help="every row's peak learning rate")
+    augment: str = reuse(TrainConfig, "augment", "none", help="training augmentation for every row")
     # Every row trains with one recipe (whether from scratch or not), so the rows compare.
-    warmup_fraction: float = option(
-        0.05, "share of each row's steps for the linear warm-up", group="training"
+    warmup_fraction: float = reuse(
+        TrainConfig,
+        "warmup_fraction",
+        0.05,
+        help="share of each row's steps for the linear warm-up",
     )
-    label_smoothing: float = option(0.0, "every row's label smoothing", group="training")
+    label_smoothing: float = reuse(
+        TrainConfig, "label_smoothing", 0.0, help="every row's label smoothing"
+    )
     # Soft distillation (KL at T=4, alpha 0.7) beat DeiT's hard labels on validation loss and
     # macro-F1 for the CPU-sized student; see README "Which model wins on your images?".
     distill_kind: str = option(
@@ -119,26 +150,18 @@ class CompareConfig:
     distill_mix_alpha: float = option(
         1.0, "Beta(alpha, alpha) of the distilled row's mixing weight", group="distillation"
     )
-    seed: int = option(
-        0, "seed for the split, initialisation, shuffling and augmentation", group="run"
-    )
-    device: str | None = option(
-        None, "cpu or cuda", group="run", default_help="cuda when available"
-    )
-    progress: bool = option(True, "progress bars", group="run", flags=("--no-progress",))
+    seed: int = reuse(TrainConfig, "seed")
+    device: str | None = reuse(TrainConfig, "device")
+    progress: bool = reuse(TrainConfig, "progress")
     # every row is one tracked run, nested under one MLflow run of the comparison
-    report_to: list[str] = option(
+    report_to: list[str] = reuse(
+        TrainConfig,
+        "report_to",
         help="experiment trackers for every row, comma-separated: none, tensorboard "
         "(OUT/rows/ROW/tensorboard), mlflow (one run per row under one run of the comparison)",
-        group="run",
-        choices=REPORT_TO,
-        default_factory=lambda: ["none"],
     )
-    experiment: str | None = option(
-        None,
-        "MLflow experiment the comparison is filed under",
-        group="run",
-        default_help="$MLFLOW_EXPERIMENT_NAME, else vitkit",
+    experiment: str | None = reuse(
+        TrainConfig, "experiment", help="MLflow experiment the comparison is filed under"
     )
     parent_run: str | None = option(
         None, "MLflow run id of the comparison (set by compare)", group="run", cli=False

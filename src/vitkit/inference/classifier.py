@@ -121,6 +121,7 @@ class Classifier:
             else None
         )
         self.tta = tta_views.check_mode(tta)  # views averaged by probabilities / embed_tensor
+        self.threshold_given = threshold is not None  # else the saved thresholds (or 0.5)
         self._forward = self._build_forward(precision, threads)
 
     @property

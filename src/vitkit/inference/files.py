@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vitkit.atomic_files import atomic_open
-from vitkit.errors import VitkitError
+from vitkit.errors import UsageError, VitkitError
 from vitkit.images.processor import PreparedBatch
 from vitkit.inference.classifier import Classifier
 from vitkit.models.protocol import Pool, check_pool
@@ -119,7 +119,7 @@ def embed_sources(
 
 def check_embeddings_path(path: Path) -> None:
     if path.suffix.lower() not in EMBEDDING_SUFFIXES:
-        raise VitkitError(f"--out {path}: use a .npy, .npz or .parquet file name")
+        raise UsageError(f"--out {path}: use a .npy, .npz or .parquet file name")
 
 
 def write_embeddings(path: Path, embeddings: Embeddings) -> None:

@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from vitkit.errors import HeadError, VitkitError
-from vitkit.options import option
+from vitkit.errors import HeadError, UsageError, VitkitError
+from vitkit.options import field_default, option
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -27,6 +27,7 @@ __all__ = [
     "PRECISIONS",
     "PROBLEM_TYPES",
     "TTA_MODES",
+    "InfoSettings",
     "LoadSettings",
     "check_threads",
     "default_model_name",
@@ -225,3 +226,52 @@ def output_identity(settings: LoadSettings) -> dict[str, Any]:
     }
     identity["model"] = settings.source
     return identity
+
+
+@dataclass(frozen=True)
+class InfoSettings:
+    """``vitkit info``: which checkpoint to describe, and whether to time its start-up."""
+
+    model: str = option(
+        help="checkpoint file, directory or Hub id",
+        group="model",
+        flags=("model",),
+        metavar="MODEL",
+    )
+    image_size: int | None = option(
+        None,
+        "describe the model resampled to this resolution (e.g. 384)",
+        group="model",
+        metavar="N",
+        default_help="the checkpoint's",
+    )
+    num_heads: int | None = option(
+        None,
+        "attention heads (timm files)",
+        group="model",
+        metavar="H",
+        default_help="timm's for the width",
+    )
+    json: bool = option(False, "print one JSON object", group="output")
+    timings: bool = option(
+        False,
+        "also measure start-up: import torch, model load, preparing for --precision, first and "
+        "steady forward of --batch-size images",
+        group="timings",
+    )
+    precision: str = option(
+        "fp32", "precision --timings prepares", group="timings", choices=PRECISIONS
+    )
+    batch_size: int = option(1, "images per timed forward", group="timings")
+    device: str = option("cpu", "where --timings runs", group="timings")
+
+    def __post_init__(self) -> None:
+        if self.timings:
+            return
+        for name in ("precision", "batch_size", "device"):
+            if getattr(self, name) != field_default(_INFO_FIELDS[name]):
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} needs --timings: only the timings run the model")
+
+
+_INFO_FIELDS = {item.name: item for item in dataclasses.fields(InfoSettings)}
