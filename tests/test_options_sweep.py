@@ -51,8 +51,19 @@ def root() -> argparse.ArgumentParser:
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in root()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    """Every command, by the words that name it ("predict", "mil train")."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> None:
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if words and not nested:
+            found[" ".join(words)] = parser
+        for action in nested:
+            for name, sub in action.choices.items():
+                walk(sub, (*words, name))
+
+    walk(root(), ())
+    return found
 
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -74,7 +85,7 @@ def base_args(command: str, parser: argparse.ArgumentParser, engine: str) -> lis
                 given.append("x")
             elif action.required:
                 given += [action.option_strings[0], "x"]
-    return [command, *given] + (["--engine", engine] if engine != "local" else [])
+    return [*command.split(), *given] + (["--engine", engine] if engine != "local" else [])
 
 
 def other_values(action: argparse.Action, default: Any) -> Iterator[list[str]]:
@@ -156,6 +167,7 @@ def test_every_option_changes_the_settings_or_is_refused(
 
 
 def test_every_option_comes_from_a_settings_dataclass() -> None:
+    """Every option (a flag; positional arguments name the command's inputs) is a field."""
     for command, parser in subparsers().items():
         if command in HAND_TYPED:
             continue
@@ -164,7 +176,9 @@ def test_every_option_comes_from_a_settings_dataclass() -> None:
         from_fields = [name for record in records for name in record.fields]
         assert len(from_fields) == len(set(from_fields)), f"vitkit {command}: a field twice"
         hand_typed = [
-            a.option_strings or [a.dest] for a in options(parser) if a.dest not in from_fields
+            a.option_strings
+            for a in options(parser)
+            if a.option_strings and a.dest not in from_fields
         ]
         assert not hand_typed, f"vitkit {command}: {hand_typed} typed by hand"
 

@@ -115,7 +115,41 @@ def settings_of(args: argparse.Namespace) -> Any:
     if own is not None:
         return own(args)
     classes = dict.fromkeys(entry.config_class for entry in generated(args))
-    return tuple(config_from_args(config_class, args) for config_class in classes)
+    return tuple(_settings_object(config_class, args) for config_class in classes)
+
+
+def _settings_object(config_class: type, args: argparse.Namespace) -> Any:
+    """``config_class`` from the options; where the command takes only some fields of a class
+    whose other fields are required (``vitkit mil eval``'s --data of TrainConfig), those
+    fields' values, by name."""
+    filled = {
+        name
+        for entry in generated(args)
+        if entry.config_class is config_class
+        for name in entry.fields
+    }
+    by_hand = _given_by_hand(config_class, args)
+    required = {
+        item.name
+        for item in dataclasses.fields(config_class)
+        if field_default(item) is dataclasses.MISSING
+    }
+    if required <= filled | set(by_hand):
+        return config_from_args(config_class, args, **by_hand)
+    return {name: getattr(args, name) for name in sorted(filled)}
+
+
+def _given_by_hand(config_class: type, args: argparse.Namespace) -> dict[str, Any]:
+    """Required fields without an option of their own that the command's own arguments fill
+    (``vitkit push DIR REPO_ID``)."""
+    generated_fields = {name for entry in generated(args) for name in entry.fields}
+    return {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(config_class)
+        if item.name not in generated_fields
+        and field_default(item) is dataclasses.MISSING
+        and hasattr(args, item.name)
+    }
 
 
 def parse_key_values(pairs: list[str], flag: str = "--model-arg") -> dict[str, Any]:
