@@ -15,6 +15,7 @@ foundation ViTs (``vitkit.models.segmentation``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -66,15 +67,22 @@ class DPTHeadConfig:
             )
 
     @classmethod
-    def for_depth(cls, depth: int, hidden_size: int, **changes: Any) -> DPTHeadConfig:
-        """Four evenly spaced blocks of a ``depth``-block encoder (DPT's (2, 5, 8, 11) for 12),
-        and neck widths scaled to the encoder's width (DPT's (96, 192, 384, 768) at 768)."""
+    def for_depth(
+        cls, depth: int, hidden_size: int, patch_size: int = 16, **changes: Any
+    ) -> DPTHeadConfig:
+        """DPT's head sized for another encoder: four evenly spaced blocks (DPT's (2, 5, 8, 11)
+        of 12), neck widths scaled to the token width (its (96, 192, 384, 768) at 768), and
+        reassemble factors that bring the logits to the input size (its (4, 2, 1, 0.5) at
+        patch 16: the finest map is ``patch / 4`` times the patch grid, then fusion and head
+        upsample 4x; halved at each coarser stage)."""
         if depth < 4:
             raise ValueError(f"a DPT head reads 4 blocks: the backbone has {depth}")
         indices = tuple(depth * (i + 1) // 4 - 1 for i in range(4))
         sizes = tuple(max(8, hidden_size * s // 768) for s in (96, 192, 384, 768))
+        finest = 2 ** max(0, round(math.log2(max(patch_size, 4) / 4)))
+        factors = tuple(finest / 2**stage for stage in range(4))
         fields: dict[str, Any] = {"backbone_out_indices": indices, "neck_hidden_sizes": sizes}
-        fields["fusion_hidden_size"] = max(16, hidden_size // 3)
+        fields.update(reassemble_factors=factors, fusion_hidden_size=max(16, hidden_size // 3))
         return cls(**{**fields, **changes})
 
     def to_dict(self) -> dict[str, Any]:

@@ -67,8 +67,9 @@ class SegmenterConfig:
                 classifier_uses_pooler=False,
             )
         if self.head == "dpt" and self.dpt is None:
+            backbone = self.backbone
             self.dpt = DPTHeadConfig.for_depth(
-                self.backbone.num_hidden_layers, self.backbone.hidden_size
+                backbone.num_hidden_layers, backbone.hidden_size, backbone.patch_size
             )
         if self.head == "dpt":
             assert self.dpt is not None

@@ -65,7 +65,7 @@ def _segmenter(
         return backbone
     vit = backbone.config
     dpt = (
-        DPTHeadConfig.for_depth(vit.num_hidden_layers, vit.hidden_size)
+        DPTHeadConfig.for_depth(vit.num_hidden_layers, vit.hidden_size, vit.patch_size)
         if settings.head == "dpt"
         else None
     )
