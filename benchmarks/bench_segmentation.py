@@ -48,7 +48,7 @@ ENCODER = {
 }
 PRESET = "vit-tiny-patch4-64"
 EPOCHS = {"fashion": 12, "ihc": 12}
-MAE_EPOCHS = {"fashion": 30, "ihc": 30}
+MAE_EPOCHS = {"fashion": 24, "ihc": 24}
 BATCH = 16
 ROWS = ("probe", "dpt", "dpt-mae", "unet")
 ROW_NAMES = {
@@ -78,7 +78,7 @@ def pretrain_mae(data: Path, out: Path, seed: int, epochs: int) -> Path:
     command += ["--out", str(out), "--preset", PRESET, "--epochs", str(epochs)]
     command += ["--batch-size", "32", "--seed", str(seed), "--device", "cpu", "--no-progress"]
     command += ["--decoder-depth", "2", "--decoder-width", "64", "--norm-pix-loss"]
-    command += ["--base-lr", "1e-3", "--pictures", "0"]
+    command += ["--lr", "1.5e-3", "--pictures", "0"]
     for key, value in ENCODER.items():
         command += ["--model-arg", f"{key}={value}"]
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -99,15 +99,15 @@ def train_row(row: str, data: Path, out: Path, seed: int, epochs: int, mae: Path
     )  # fmt: skip
     if row == "probe":
         cfg = TrainConfig(**common, model=str(mae), freeze_backbone=True, lr=3e-3)
-        builder = SegmentationBuilder(SegmentationSettings(head="linear", linear_layers=4))
+        builder = SegmentationBuilder(SegmentationSettings(seg_head="linear", linear_layers=4))
     elif row == "dpt":
         cfg = TrainConfig(
             **common, from_scratch=True, preset=PRESET, model_overrides=dict(ENCODER), lr=1e-3
         )
-        builder = SegmentationBuilder(SegmentationSettings(head="dpt"))
+        builder = SegmentationBuilder(SegmentationSettings(seg_head="dpt"))
     elif row == "dpt-mae":
         cfg = TrainConfig(**common, model=str(mae), lr=1e-3)
-        builder = SegmentationBuilder(SegmentationSettings(head="dpt", layer_decay=0.75))
+        builder = SegmentationBuilder(SegmentationSettings(seg_head="dpt", layer_decay=0.75))
     else:
         cfg = TrainConfig(**common, image_size=64, lr=1e-3)
         builder = SegmentationBuilder(model_factory=unet_spec("resnet18", image_size=64))

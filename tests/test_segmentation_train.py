@@ -4,6 +4,7 @@ saves read back by transformers (DPT) and by vitkit (a linear head on DINOv2).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import transformers
 from PIL import Image
 
 from vitkit.checkpoints import load_model
+from vitkit.cli import main
 from vitkit.errors import DatasetError
 from vitkit.experiments.seg_datasets import IHC_LABELS, fashion_mosaics, ihc_stain_mask
 from vitkit.images.masks import read_mask, write_mask
@@ -43,7 +45,9 @@ def small_run(data: Path, out: Path, **changes: object) -> TrainConfig:
     return TrainConfig(**settings)  # type: ignore[arg-type]
 
 
-def test_vitkit_trained_dpt_loads_in_transformers(mosaics: Path, tmp_path: Path) -> None:
+def test_vitkit_trained_dpt_loads_in_transformers(
+    mosaics: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.manual_seed(0)
     vit = transformers.ViTModel(
         transformers.ViTConfig(
@@ -53,11 +57,15 @@ def test_vitkit_trained_dpt_loads_in_transformers(mosaics: Path, tmp_path: Path)
         add_pooling_layer=True,
     )  # fmt: skip
     vit.save_pretrained(tmp_path / "vit")
-    cfg = small_run(
-        mosaics, tmp_path / "run", model=str(tmp_path / "vit"), optimizer="adamw", lr=1e-3
-    )
-    result = train(cfg, SegmentationBuilder(SegmentationSettings(head="dpt", dice_weight=0.5)))
-    best = result.out / "best"
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(mosaics), "--out", str(out), "--model", str(tmp_path / "vit")]
+    argv += ["--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    argv += ["--optimizer", "adamw", "--lr", "1e-3", "--seg-head", "dpt", "--dice-weight", "0.5"]
+    argv += ["--layer-decay", "0.8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "ankle-boot" in printed  # the per-class table
+    best = out / "best"
     reference = transformers.DPTForSemanticSegmentation.from_pretrained(best).eval()
     ours = load_model(best).model
     processor = transformers.AutoImageProcessor.from_pretrained(best)
@@ -66,9 +74,42 @@ def test_vitkit_trained_dpt_loads_in_transformers(mosaics: Path, tmp_path: Path)
     with torch.no_grad():
         expected = reference(pixel_values=pixels).logits
         assert torch.allclose(ours.forward_logits(pixels), expected, atol=1e-4, rtol=0)
-    metrics = result.test.report if result.test is not None else {}
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["num_samples"] == 8
-    assert (result.out / "test" / "per_class_iou.png").stat().st_size > 1000
+    assert (out / "test" / "per_class_iou.png").stat().st_size > 1000
+
+
+def test_segmentation_options_refused_for_class_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--seg-head", "linear", "--from-scratch"]) == 2
+    assert "--seg-head: segmentation options" in capsys.readouterr().err
+
+
+def test_layer_decay_scales_each_blocks_learning_rate() -> None:
+    from vitkit.models.config import ViTConfig
+    from vitkit.models.segmentation import Segmenter, SegmenterConfig
+    from vitkit.training.model_spec import ModelSpec
+    from vitkit.training.tasks.segment import SegmentationTask
+    from vitkit.training.trainer import build_optimizer
+
+    backbone = ViTConfig(
+        hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+        image_size=16, patch_size=4,
+    )  # fmt: skip
+    model = Segmenter(SegmenterConfig(backbone=backbone, head="linear", id2label={0: "a", 1: "b"}))
+    spec = ModelSpec(model, (16, 16), (0.5,) * 3, (0.5,) * 3, lambda x: x, lambda m, d: None)
+    task = SegmentationTask(spec, ["a", "b"], SegmentationSettings(layer_decay=0.5))
+    cfg = TrainConfig(data="x", out="y", optimizer="adamw", lr=1.0)
+    optimizer = build_optimizer(model, cfg, lr_scale=task.lr_scale)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["decoder.classifier.weight"])] == 1.0
+    assert lr_of[id(named["backbone.blocks.3.mlp.fc1.weight"])] == 0.5
+    assert lr_of[id(named["backbone.blocks.0.attn.qkv.weight"])] == 0.5**4
+    assert lr_of[id(named["backbone.patch_embed.proj.weight"])] == 0.5**5
 
 
 def test_linear_head_on_dinov2_trains_and_reloads(mosaics: Path, tmp_path: Path) -> None:
@@ -83,7 +124,7 @@ def test_linear_head_on_dinov2_trains_and_reloads(mosaics: Path, tmp_path: Path)
         mosaics, tmp_path / "run", model=str(tmp_path / "dinov2"), image_size=28,
         freeze_backbone=True, epochs=2, lr=0.05,
     )  # fmt: skip
-    settings = SegmentationSettings(head="linear", linear_layers=2)
+    settings = SegmentationSettings(seg_head="linear", linear_layers=2)
     result = train(cfg, SegmentationBuilder(settings))
     epochs = [row for row in result.history if row.get("type") == "epoch"]
     assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]  # it learned

@@ -7,7 +7,9 @@ import os
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
+from vitkit.errors import UsageError
 from vitkit.training.config import TrainConfig
+from vitkit.training.seg_config import SegmentationSettings
 
 EPILOG = """\
 data layout:
@@ -17,6 +19,10 @@ data layout:
   labels.csv (path,labels with labels a;b) or labels.jsonl, or DATA/{train,val,test}.csv:
                                            several labels per image (multi-label: BCE, rare
                                            labels oversampled, thresholds tuned on val)
+  DATA/images/*.jpg + DATA/masks/*.png + DATA/labels.json (or DATA/{train,val,test}/images/
+  + masks/, or a CSV table with columns image,mask): segmentation, one class per pixel (mask
+                                           values = class indices, 255 = not labelled; a DPT or
+                                           linear head, --seg-head; docs/segmentation.md)
 
 examples:
   # the ViT paper's recipe: SGD momentum 0.9, warm-up + cosine, fine-tuned at 384 from a 224 model
@@ -29,6 +35,9 @@ examples:
       --model-arg num_hidden_layers=4 --epochs 30
   # several labels per image, from a label table
   vitkit train --data tiles/labels.csv --out runs/tags --model ./vit-b16 --augment seed
+  # segmentation: a DPT head on DINOv2, fine-tuned with layer-wise lr decay
+  vitkit train --data tissue/ --out runs/seg --model facebook/dinov2-small --seg-head dpt \
+      --layer-decay 0.75 --augment seed --dice-weight 0.5
   # continue a run that was killed
   vitkit train --data slides/ --out runs/vit384 --model google/vit-base-patch16-224 --resume
   # 4 GPUs (or CPU processes with gloo); 2 machines: add --nnodes 2 --rdzv-backend c10d
@@ -55,6 +64,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, TrainConfig)
+    add_options(parser, SegmentationSettings)
     parser.set_defaults(func=run)
 
 
@@ -67,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.training.trainer import train
 
     config = config_from_args(TrainConfig, args)
-    multi_label = is_label_table(config.data)  # a label table: several labels per image
+    segmentation = _segmentation_builder(config, args)
+    multi_label = segmentation is None and is_label_table(config.data)  # several labels per image
     try:
-        result = train(config, MultiLabelBuilder() if multi_label else None)
+        result = train(config, segmentation or (MultiLabelBuilder() if multi_label else None))
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -80,6 +91,37 @@ def run(args: argparse.Namespace) -> int:
     if result.test is not None:
         print(f"\ntest split ({result.test.report['num_samples']} images):")
         report = result.test.report
-        print(format_multilabel_report(report) if multi_label else format_report(report))
+        if segmentation is not None:
+            from vitkit.training.seg_metrics import format_segmentation_report
+
+            print(format_segmentation_report(report))
+        else:
+            print(format_multilabel_report(report) if multi_label else format_report(report))
         print(f"\nwritten to {result.out / 'test'}")
     return 0
+
+
+def _segmentation_builder(config: TrainConfig, args: argparse.Namespace) -> Any:
+    """A SegmentationBuilder when DATA holds images and masks; the segmentation options are
+    refused (exit 2) for any other data."""
+    from vitkit.training.seg_data import is_mask_dataset
+
+    try:
+        settings = config_from_args(SegmentationSettings, args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if is_mask_dataset(config.data):
+        from vitkit.training.tasks.segment import SegmentationBuilder
+
+        return SegmentationBuilder(settings)
+    given = [
+        name for name, value in settings.to_dict().items()
+        if value != getattr(SegmentationSettings(), name)
+    ]  # fmt: skip
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(
+            f"{flags}: segmentation options, and --data {config.data} holds no images/ + "
+            "masks/ (nor an image,mask table)"
+        )
+    return None

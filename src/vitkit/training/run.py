@@ -39,4 +39,4 @@ class Run:
 
     @property
     def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
+        return float(max(self.scheduler.get_last_lr()))  # the head's, under layer-wise decay

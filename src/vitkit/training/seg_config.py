@@ -16,12 +16,11 @@ SEGMENTATION_HEADS = ("dpt", "linear")  # = vitkit.models.segmentation.HEADS (te
 
 @dataclass
 class SegmentationSettings:
-    head: str = option(
+    seg_head: str = option(
         "dpt",
         "segmentation head: dpt (DPT decoder on four blocks) or linear (DINOv2's linear "
         "protocol: BatchNorm + 1x1 conv on patch tokens)",
         group="segmentation",
-        flags=("--seg-head",),
         choices=SEGMENTATION_HEADS,
     )
     linear_layers: int = option(
@@ -48,9 +47,9 @@ class SegmentationSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.head not in SEGMENTATION_HEADS:
+        if self.seg_head not in SEGMENTATION_HEADS:
             raise ValueError(
-                f"--seg-head {self.head}: choose one of {', '.join(SEGMENTATION_HEADS)}"
+                f"--seg-head {self.seg_head}: choose one of {', '.join(SEGMENTATION_HEADS)}"
             )
         if self.linear_layers < 1:
             raise ValueError(f"--linear-layers {self.linear_layers}: give 1 or more")

@@ -55,9 +55,9 @@ def _segmenter(
 ) -> Segmenter:
     """``backbone`` (a ViT or a segmenter) with a head for ``id2label``."""
     if isinstance(backbone, Segmenter):
-        if backbone.config.head != settings.head:
+        if backbone.config.head != settings.seg_head:
             raise TrainingError(
-                f"--seg-head {settings.head}: the checkpoint is a {backbone.config.head} "
+                f"--seg-head {settings.seg_head}: the checkpoint is a {backbone.config.head} "
                 "segmenter; keep its head or start from its backbone"
             )
         if backbone.config.id2label != id2label:
@@ -66,13 +66,13 @@ def _segmenter(
     vit = backbone.config
     dpt = (
         DPTHeadConfig.for_depth(vit.num_hidden_layers, vit.hidden_size, vit.patch_size)
-        if settings.head == "dpt"
+        if settings.seg_head == "dpt"
         else None
     )
     try:
         config = SegmenterConfig(
             backbone=vit,
-            head=settings.head,
+            head=settings.seg_head,
             id2label=id2label,
             dpt=dpt,
             linear_layers=settings.linear_layers,
@@ -106,7 +106,7 @@ def segmenter_spec(
         eval_transform=JointEvalTransform(processor),  # type: ignore[arg-type]
         save=save,
         load=lambda directory: load_model(directory).model,
-        description=f"{description}, {settings.head} head",
+        description=f"{description}, {settings.seg_head} head",
         patch_size=model.config.patch_size,
     )
 

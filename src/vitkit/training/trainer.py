@@ -165,7 +165,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
     if workers is None:
         workers = 0 if data.train.images is not None else min(8, os.cpu_count() or 1)
     sampler, loader = _train_loader(cfg, data, info, micro_batch, workers)
-    optimizer = build_optimizer(task.model, cfg, betas=task.adam_betas)
+    # a task may scale each parameter's learning rate (layer-wise decay: segmentation)
+    lr_scale = getattr(task, "lr_scale", None)
+    optimizer = build_optimizer(task.model, cfg, betas=task.adam_betas, lr_scale=lr_scale)
     scheduler = _schedule(cfg, optimizer, cfg.epochs * steps_per_epoch)
     return Run(
         cfg,
@@ -247,9 +249,15 @@ NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token")
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainConfig, betas: tuple[float, float] = (0.9, 0.999)
+    model: nn.Module,
+    cfg: TrainConfig,
+    betas: tuple[float, float] = (0.9, 0.999),
+    lr_scale: Callable[[str], float] | None = None,
 ) -> torch.optim.Optimizer:
-    """SGD (momentum, no decay by default) or AdamW (decay on weight matrices only)."""
+    """SGD (momentum, no decay by default) or AdamW (decay on weight matrices only).
+
+    ``lr_scale(name)``: a multiplier of the peak learning rate per parameter (layer-wise decay);
+    parameters are grouped by it, and the schedule scales every group alike."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise TrainingError("the model has no trainable parameters")
@@ -258,18 +266,22 @@ def build_optimizer(
         raise TrainingError(f"unknown optimizer {optimizer!r}: choose sgd or adamw")
     lr = cfg.lr if cfg.lr is not None else LR_DEFAULTS[optimizer]
     decay = cfg.weight_decay if cfg.weight_decay is not None else WEIGHT_DECAY_DEFAULTS[optimizer]
-    if optimizer == "sgd":
-        return torch.optim.SGD(
-            [p for _, p in trainable], lr=lr, momentum=cfg.momentum, weight_decay=decay
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in trainable:
+        # Norms, biases, position embeddings and class tokens are not decayed (timm, DeiT).
+        exempt = optimizer == "adamw" and (
+            parameter.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES
         )
-    # Norms, biases, position embeddings and class tokens are not decayed (timm, DeiT).
-    no_decay = [p for n, p in trainable if p.ndim <= 1 or n.split(".")[-1] in NO_DECAY_NAMES]
-    ids = {id(p) for p in no_decay}
-    groups = [
-        {"params": [p for _, p in trainable if id(p) not in ids], "weight_decay": decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        scale = lr_scale(name) if lr_scale is not None else 1.0
+        groups.setdefault((scale, 0.0 if exempt else decay), []).append(parameter)
+    # decayed groups first, as before there were scales (a last.pt from then resumes)
+    order = sorted(groups, key=lambda key: (-key[1], -key[0]))
+    param_groups = [
+        {"params": groups[key], "lr": lr * key[0], "weight_decay": key[1]} for key in order
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, weight_decay=decay)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
