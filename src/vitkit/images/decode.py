@@ -7,10 +7,15 @@ tensor, decoding JPEGs with libjpeg-turbo (simplejpeg for upright JPEGs, see
 
 Rules, the same for both:
 
-- Only common raster formats are opened (``COMMON_RASTER``); PIL is never asked to try the others
+- Only common raster formats are opened (``COMMON_RASTER``, phone formats included: HEIC/HEIF
+  through pillow-heif, AVIF through Pillow or its plugin); PIL is never asked to try the others
   (EPS/PostScript would run Ghostscript).
 - The pixel count is read from the header and checked against ``max_pixels`` BEFORE decoding, so a
-  decompression bomb (a small file claiming 30000x30000) costs nothing.
+  decompression bomb (a small file claiming 30000x30000) costs nothing. With
+  ``reduce_oversized=True`` a JPEG above the cap is decoded at the DCT scale (1/2, 1/4 or 1/8)
+  that brings it under the cap instead of being refused (libjpeg scales while it decodes, so the
+  full-size pixels never exist); ``decoded_scale(image)`` tells the caller. Other formats cannot
+  be decoded at a reduced scale and are still refused.
 - The whole image is decoded up front, so a truncated file fails here, naming the file
   (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone).
 - EXIF orientation is applied.
@@ -43,11 +48,16 @@ if TYPE_CHECKING:
 
 # PIL's own default cap (Image.MAX_IMAGE_PIXELS): about 9459 x 9459.
 DEFAULT_MAX_PIXELS = 89_478_485
-# PIL format names; the only ones Image.open is allowed to try.
-COMMON_RASTER: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+# PIL format names; the only ones Image.open is allowed to try. HEIF (HEIC, a phone's default)
+# is registered by pillow-heif, AVIF by Pillow itself (11.3+ wheels) or pillow-avif-plugin.
+COMMON_RASTER: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "HEIF", "AVIF")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+    | {".heic", ".heif", ".hif", ".avif"}
 )
+# JPEG's DCT scaling (libjpeg-turbo decodes at M/8; PIL's draft mode offers these), largest first.
+JPEG_REDUCTIONS = (2, 4, 8)
+DECODED_SCALE = "vitkit.decoded_scale"  # PIL Image.info key: the scale a reduced decode used
 WHITE = (255, 255, 255)
 
 # A fetch policy (vitkit.images.fetch.FetchPolicy) or a callable url -> bytes.
@@ -108,10 +118,13 @@ def open_checked(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     allowed_formats: Iterable[str] = COMMON_RASTER,
+    reduce_oversized: bool = False,
 ) -> Image.Image:
-    """Open (header only: nothing decoded yet), refusing unknown formats and oversized images."""
+    """Open (header only: nothing decoded yet), refusing unknown formats and oversized images
+    (``reduce_oversized``: a JPEG over the cap is set to decode at a scale that fits)."""
     stream: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     formats = tuple(allowed_formats)
+    register_phone_formats()
     if isinstance(data, (bytes, bytearray)) and not data:
         raise UnsupportedImageError(name, "empty file (0 bytes)")
     try:
@@ -126,7 +139,71 @@ def open_checked(
         ) from None
     except _DECODE_FAILURES as error:
         raise ImageDecodeError(name, f"unreadable image header: {error}") from None
+    if reduce_oversized:
+        image = _reduce_if_oversized(image, name, max_pixels)
     check_pixels(image.size, name, max_pixels)
+    return image
+
+
+@functools.cache
+def register_phone_formats() -> tuple[str, ...]:
+    """Teach PIL HEIF (pillow-heif) and, where Pillow lacks it, AVIF (pillow-avif-plugin);
+    the formats now readable. Once per process; a plugin that is not installed is skipped, so
+    its files get the usual "not an image in a supported format" error."""
+    from PIL import features
+
+    readable = []
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        readable.append("HEIF")
+    except ImportError:
+        pass
+    if features.check("avif"):
+        readable.append("AVIF")
+    else:
+        try:
+            import pillow_avif  # noqa: F401  (registers the AVIF format on import)
+
+            readable.append("AVIF")
+        except ImportError:
+            pass
+    return tuple(readable)
+
+
+def jpeg_reduction(size: tuple[int, int], max_pixels: int | None) -> int | None:
+    """The smallest DCT reduction (2, 4 or 8) that brings a ``size`` JPEG under ``max_pixels``;
+    None when none does (or it fits already, or there is no cap)."""
+    width, height = size
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    for factor in JPEG_REDUCTIONS:
+        if -(-width // factor) * -(-height // factor) <= max_pixels:
+            return factor
+    return None
+
+
+def decoded_scale(image: Image.Image) -> float:
+    """The scale ``load_image(..., reduce_oversized=True)`` decoded ``image`` at (1.0: full)."""
+    return float(image.info.get(DECODED_SCALE, 1.0))
+
+
+def _reduce_if_oversized(image: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
+    """A JPEG header over the cap, switched to a reduced-scale decode (PIL draft mode) that
+    fits; anything else unchanged (``check_pixels`` then refuses what is still too large)."""
+    width, height = image.size
+    if image.format != "JPEG" or max_pixels is None or width * height <= max_pixels:
+        return image
+    factor = jpeg_reduction(image.size, max_pixels)
+    if factor is None:
+        raise ImageTooLargeError(
+            name,
+            f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
+            f"even decoded at 1/{JPEG_REDUCTIONS[-1]} scale (refused before decoding)",
+        )
+    image.draft(image.mode, (width // factor, height // factor))
+    image.info[DECODED_SCALE] = round(width / image.size[0]) ** -1.0
     return image
 
 
@@ -263,12 +340,14 @@ def load_image(
     allowed_formats: Iterable[str] = COMMON_RASTER,
     fetch: Fetcher = None,
     background: tuple[int, int, int] | None = None,
+    reduce_oversized: bool = False,
 ) -> Image.Image:
     """Any supported source -> upright RGB ``PIL.Image`` (fully decoded).
 
     ``fetch``: how URLs are fetched; a ``vitkit.images.fetch.FetchPolicy`` (None = its defaults) or any
     callable ``url -> bytes``. ``background``: composite transparency onto this colour instead of
-    dropping alpha (see the module docstring).
+    dropping alpha (see the module docstring). ``reduce_oversized``: a JPEG over ``max_pixels``
+    is decoded at 1/2, 1/4 or 1/8 scale instead of refused; ``decoded_scale(image)`` says which.
     """
     name = describe(source)
     if isinstance(source, Image.Image):
@@ -283,7 +362,13 @@ def load_image(
         check_pixels(image.size, name, max_pixels)
         return _to_rgb_named(image, background, name)
     data = _source_bytes_or_stream(source, name, fetch)
-    image = open_checked(data, name, max_pixels=max_pixels, allowed_formats=allowed_formats)
+    image = open_checked(
+        data,
+        name,
+        max_pixels=max_pixels,
+        allowed_formats=allowed_formats,
+        reduce_oversized=reduce_oversized,
+    )
     image = _decode_fully(image, name)
     return _to_rgb_named(_exif_transpose(image, name, in_place=True), background, name)
 

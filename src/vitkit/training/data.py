@@ -34,11 +34,13 @@ from torch.utils.data import Dataset, Sampler
 
 from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import DatasetError, TrainingError
+from vitkit.images.decode import IMAGE_EXTENSIONS
 from vitkit.training.augment import build_train_transform, check_mix
 from vitkit.training.config import BALANCE_MODES, TrainConfig
 from vitkit.training.model_spec import ModelSpec
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# what vitkit.images.decode reads (phone formats included), plus the netpbm files of old sets
+IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS) | {".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
 
 
