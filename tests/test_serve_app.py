@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import vitkit.serve.service as serve_service
+import vitkit.serve.runner as serve_runner
 import vitkit.serve.uploads as serve_uploads
 from test_serve_support import LABELS, photo_bytes, png_bomb, save_tiny_checkpoint
 from vitkit.errors import FetchError
@@ -608,14 +608,19 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
 
 def test_the_services_pixel_cap_applies_to_uploads_it_classifies(classifier: Classifier) -> None:
     """--max-pixels is the service's, not the checkpoint processor's: a real 300x200 photo
-    (60,000 pixels) is refused under a 50,000-pixel cap and a 96x64 one still answers."""
+    (60,000 pixels) as PNG is refused under a 50,000-pixel cap, as JPEG it is decoded at half
+    scale (and says so), and a 96x64 one answers in full."""
     app = create_app(classifier, ServeSettings(max_batch_size=2, max_pixels=50_000))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
-        big = test_client.post("/v1/predict", content=photo_bytes(size=300))
+        big = test_client.post("/v1/predict", content=photo_bytes(size=300, fmt="PNG"))
+        reduced = test_client.post("/v1/predict", content=photo_bytes(size=300))
         small = test_client.post("/v1/predict", content=photo_bytes(size=96))
     assert (big.status_code, big.json()["error"]) == (413, "image_too_large"), big.text
+    assert reduced.status_code == 200, reduced.text
+    assert {p["decoded_scale"] for p in reduced.json()[0]} == {0.5}
     assert small.status_code == 200, small.text
+    assert all("decoded_scale" not in p for p in small.json()[0])
     assert classifier.processor.max_pixels != 50_000  # the served classifier was left as it was
 
 
@@ -641,7 +646,7 @@ def test_openapi_documents_every_status_with_the_real_error_body(client: TestCli
     assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error", "detail"]
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     upload_route = spec["paths"]["/v1/predict"]["post"]["responses"]
-    assert set(upload_route) == {"200", "400", "408", "413", "415", "422", "503", "504"}
+    assert set(upload_route) == {"200", "400", "404", "408", "413", "415", "422", "503", "504"}
     url_route = spec["paths"]["/predict_image_class"]["get"]["responses"]
     assert {"502", "504"} <= set(url_route)
     for status, response in upload_route.items():
@@ -673,7 +678,7 @@ def test_clients_see_a_model_name_never_a_path(classifier: Classifier, checkpoin
             assert test_client.get("/v1/model").json()["name"] == expected
         assert all(str(checkpoint) not in text and expected in text for text in texts)
     hub = Classifier(classifier.model, classifier.processor, name="google/vit-base-patch16-224")
-    assert serve_service.public_model_name(hub) == "google/vit-base-patch16-224"
+    assert serve_runner.public_model_name(hub) == "google/vit-base-patch16-224"
 
 
 def test_metric_labels_stay_bounded(client: TestClient) -> None:
@@ -691,7 +696,7 @@ def test_metric_labels_stay_bounded(client: TestClient) -> None:
         (ServeSettings(max_queue=0), "--max-queue 0"),
         (ServeSettings(request_timeout=0), "--request-timeout 0"),
         (ServeSettings(max_pixels=1000, decode_pixel_budget=10), "--decode-pixel-budget 10"),
-        (ServeSettings(min_upload_rate=-1), "cannot be negative"),
+        (ServeSettings(min_transfer_rate=-1), "--min-transfer-rate -1: cannot be negative"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_before_start(

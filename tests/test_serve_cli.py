@@ -43,6 +43,12 @@ def refusal(capsys: pytest.CaptureFixture[str], *options: str) -> str:
         (["--model", "/no/such/model.npz"], "/no/such/model.npz"),
         (["--device", "tpu"], "--device tpu"),
         (["--device", "meta", "--precision", "int8"], "int8"),
+        (["--max-fetches", "0"], "--max-fetches 0"),
+        (["--api-keys", "/no/such/keys.txt"], "--api-keys /no/such/keys.txt: no such file"),
+        (["--rate-limit", "fast"], "--rate-limit 'fast'"),
+        (["--burst", "5"], "--burst needs --rate-limit"),
+        (["--model", "a=/no/a", "--model", "b=/no/b"], "--model a=/no/a"),
+        (["--model", "google/vit-a", "--model", "google/vit-b"], "name each one"),
     ],
 )
 def test_impossible_settings_are_one_line(
@@ -63,11 +69,19 @@ def test_half_precision_on_a_cpu_without_half_units(capsys: pytest.CaptureFixtur
     assert "fp16" in refusal(capsys, "--device", "cpu", "--precision", "fp16")
 
 
+def test_a_short_key_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("alice:short\n")
+    assert "line 1: a key of 5 characters is guessable" in refusal(capsys, "--api-keys", str(keys))
+
+
 def test_a_possible_setting_is_not_refused_by_the_checks(tmp_path: Path) -> None:
     from vitkit.cli import build_parser
-    from vitkit.cli.serve import check_startup, settings_from
+    from vitkit.cli.serve import checked
 
-    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--device", "cpu"])
-    settings = settings_from(args)
-    check_startup(args, settings)  # no exception
+    options = ["--model", f"cats={tmp_path}", "--model", f"dogs={tmp_path}", "--device", "cpu"]
+    args = build_parser().parse_args(["serve", *options, "--rate-limit", "5/s"])
+    settings, sources = checked(args)  # no exception
     assert settings.max_pixels == 25_000_000 and settings.pixel_budget == 25_000_000
+    assert sources == {"cats": str(tmp_path), "dogs": str(tmp_path)}
+    assert settings.decode_workers == 4 and settings.rate_limit == "5/s"

@@ -1,10 +1,13 @@
 """schemathesis ``--checks all`` against a running vitkit service: the OpenAPI description is
-what the service does (statuses, error bodies, content types, 405 + Allow, HEAD).
+what the service does (statuses, error bodies, content types, 405 + Allow, HEAD), for every
+route family (the seed route, /v1, the Open Inference Protocol's /v2) of a service with two
+models (a classifier and an embedder) behind API keys.
 
 The service runs in this process under uvicorn on 127.0.0.1 (a real server, real HTTP); the
-schemathesis CLI runs against it as a subprocess. URL fetches stay on loopback: fetch_into is
+schemathesis CLI runs against it as a subprocess, with the key (its ``ignored_auth`` check sends
+requests without it too, which must get 401). URL fetches stay on loopback: fetch_into is
 replaced by the real URL parsing and address checks, after which a URL is refused, never
-contacted. Bounded: a fixed seed and example count (about 30 s on 2 cores).
+contacted. Bounded: a fixed seed and example count.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vitkit.inference.classifier import load
 from vitkit.serve import ServeSettings, create_app
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
+KEY = "schema-test-key-0123456789abcdef"
 
 
 async def no_traffic_fetch(url: str, sink: Any, **options: Any) -> int:
@@ -47,10 +51,25 @@ def service_url(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch
 ) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("schema-tiny")
-    save_tiny_checkpoint(directory)
+    save_tiny_checkpoint(directory / "classifier")
+    save_tiny_checkpoint(directory / "embedder", head=False)
+    keys = directory / "keys.txt"
+    keys.write_text(f"tester:{KEY}\n")
     monkeypatch_module.setattr(serve_uploads, "fetch_into", no_traffic_fetch)
-    settings = ServeSettings(max_batch_size=4, max_image_bytes=300_000, max_pixels=4_000_000)
-    app = create_app(load(directory, device="cpu"), settings)
+    settings = ServeSettings(
+        max_batch_size=4,
+        max_image_bytes=300_000,
+        max_pixels=4_000_000,
+        api_keys=str(keys),
+        # schemathesis sends wrong keys on purpose from one address: let it, so that it sees
+        # the 401s it checks for (the default blocks an address after 10 wrong keys a minute)
+        key_failures="100000/min",
+    )
+    models = {
+        "cats": load(directory / "classifier", device="cpu"),
+        "vectors": load(directory / "embedder", device="cpu"),
+    }
+    app = create_app(models, settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -94,6 +113,7 @@ def test_schemathesis_all_checks_pass(service_url: str, tmp_path: Path) -> None:
         "--seed", "18",
         "--workers", "2",
         "--request-timeout", "20",
+        "--header", f"Authorization: Bearer {KEY}",
         "--no-color",
     ]  # fmt: skip
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
@@ -103,7 +123,8 @@ def test_schemathesis_all_checks_pass(service_url: str, tmp_path: Path) -> None:
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
-    assert re.search(r"Tested: 13\b", report), report[-3000:]  # every operation, GET/HEAD/POST
+    # every operation (GET/HEAD/POST): the seed route, /v1, /v2, probes, metrics
+    assert re.search(r"Tested: 24\b", report), report[-3000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", report)
     assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 200, report[-3000:]
     assert time.monotonic() - start < 90, "keep this run bounded (<= 60 s in CI)"

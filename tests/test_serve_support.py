@@ -177,8 +177,9 @@ def free_port() -> int:
 LABELS = ["tabby cat", "coffee mug", "astronaut", "rocket", "histology slide"]
 
 
-def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
-    """A 2-layer random ViT-Ti (5 labels) saved as an HF directory by vitkit itself."""
+def save_tiny_checkpoint(directory: object, image_size: int = 32, *, head: bool = True) -> None:
+    """A 2-layer random ViT-Ti (5 labels, or no head: an embedder) saved as an HF directory by
+    vitkit itself."""
     import torch
 
     from vitkit.checkpoints import save_pretrained
@@ -191,11 +192,12 @@ def save_tiny_checkpoint(directory: object, image_size: int = 32) -> None:
         "vit-tiny-patch16-224",
         num_hidden_layers=2,
         image_size=image_size,
-        id2label=dict(enumerate(LABELS)),
+        **({"id2label": dict(enumerate(LABELS))} if head else {"num_labels": 0}),
     )
     model = ViT(config).eval()
-    with torch.no_grad():  # random heads give near-uniform scores; spread them out
-        model.head.weight.normal_(0, 1.0)
+    if head:
+        with torch.no_grad():  # random heads give near-uniform scores; spread them out
+            model.head.weight.normal_(0, 1.0)
     processor = ImageProcessor.for_config(config).to_dict()
     save_pretrained(model, directory, processor)
 

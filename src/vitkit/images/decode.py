@@ -130,7 +130,7 @@ def open_checked(
     try:
         # PIL warns between 1x and 2x its own cap and refuses above 2x; vitkit's cap (checked
         # below, PIL's by default) decides. No catch_warnings: it is not thread-safe.
-        image = Image.open(stream, formats=formats)
+        image: Image.Image = Image.open(stream, formats=formats)
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(name, f"refused before decoding: {error}") from None
     except UnidentifiedImageError:

@@ -1,5 +1,8 @@
 """Every failure the server can meet, as ``{"error": code, "detail": text}`` with the right status.
 
+Under ``/v2`` (the Open Inference Protocol) the body is the protocol's: ``{"error": text}``
+(the message, which clients such as tritonclient show), with the same ``code`` beside it.
+
 Library errors (``vitkit.errors``) carry no HTTP knowledge beyond ``FetchError.http_status``;
 this table decides how the server answers them. Bad input is always a 4xx (or a 502/504 when a
 URL the client gave us fails upstream); a 500 means a bug in vitkit, never in the request.
@@ -82,6 +85,11 @@ class ClientDisconnected(Exception):
         self.received = received
 
 
+class ModelNotFound(ServiceError):
+    status = 404
+    code = "model_not_found"
+
+
 class DeadlineExceeded(ServiceError):
     status = 504
     code = "deadline_exceeded"
@@ -121,14 +129,22 @@ def error_response(
     *,
     close: bool = False,
     headers: Mapping[str, str] | None = None,
+    protocol_v2: bool = False,
 ) -> JSONResponse:
-    """The one error body: ``{"error": code, "detail": text}``."""
+    """The one error body: ``{"error": code, "detail": text}`` (``protocol_v2``: the Open
+    Inference Protocol's ``{"error": text, "code": code}``)."""
     extra = dict(headers or {})
     if retry_after is not None:
         extra["Retry-After"] = str(retry_after)
     if close:
         extra["Connection"] = "close"
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=extra)
+    body = {"error": detail, "code": code} if protocol_v2 else {"error": code, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=extra)
+
+
+def is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
 
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that hung up: counted, never sent
@@ -150,9 +166,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(VitkitError)
     async def vitkit_error(request: Request, error: VitkitError) -> JSONResponse:
         status, code = status_and_code(error)
+        v2 = is_v2(request)
         if isinstance(error, ServiceError):
-            return error_response(status, code, str(error), error.retry_after, close=error.close)
-        return error_response(status, code, str(error))
+            return error_response(
+                status, code, str(error), error.retry_after, close=error.close, protocol_v2=v2
+            )
+        return error_response(status, code, str(error), protocol_v2=v2)
 
     @app.exception_handler(ClientDisconnected)
     async def client_gone(request: Request, error: ClientDisconnected) -> Response:
@@ -168,7 +187,8 @@ def install_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', '')}"
             for problem in problems
         )
-        return error_response(422, "missing_field" if missing else "invalid_request", detail)
+        code = "missing_field" if missing else "invalid_request"
+        return error_response(422, code, detail, protocol_v2=is_v2(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -181,9 +201,16 @@ def install_handlers(app: FastAPI) -> None:
         headers = dict(error.headers or {})
         if error.status_code == 405:  # Starlette names only the first route's methods
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return error_response(error.status_code, code, str(error.detail), headers=headers)
+        return error_response(
+            error.status_code, code, str(error.detail), headers=headers, protocol_v2=is_v2(request)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", f"{type(error).__name__}: a bug in vitkit")
+        return error_response(
+            500,
+            "internal_error",
+            f"{type(error).__name__}: a bug in vitkit",
+            protocol_v2=is_v2(request),
+        )

@@ -68,6 +68,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.by_key = Counter(
+            "vitkit_http_requests_by_key_total",
+            "Requests to keyed routes by API key name ('none': no right key) and status.",
+            ["key", "status"],
+            registry=self.registry,
+        )
+
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 

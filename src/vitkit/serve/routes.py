@@ -18,14 +18,21 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.staticfiles import StaticFiles
 
 from vitkit.serve import schemas
-from vitkit.serve.errors import error_response
+from vitkit.serve.errors import BadInput, error_response
 from vitkit.serve.explain import Method, wants_png
+from vitkit.serve.runner import ModelRunner
 from vitkit.serve.service import Service
+from vitkit.serve.uploads import Upload
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files from a PyPI package (fastapi-offline): /docs works with no internet.
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
 TopK = Query(5, ge=1, le=1000, description="How many labels to return per image.")
+ModelName = Query(
+    None,
+    max_length=200,
+    description="Which model (GET /v1/models lists them); default: the service's first.",
+)
 
 
 def get_and_head(app: FastAPI, path: str, **options: Any) -> Callable[[Any], Any]:
@@ -76,11 +83,12 @@ def add_probe_routes(app: FastAPI, service: Service) -> None:
     )
     async def readyz() -> Response:
         if service.ready:
-            return JSONResponse({"status": "ready", "model": service.model_name})
+            models = [runner.name for runner in service.runners]
+            return JSONResponse({"status": "ready", "model": models[0], "models": models})
         detail = (
-            "the model failed to load: see the server log"
+            "a model failed to load: see the server log"
             if service.load_error
-            else "the model is still loading"
+            else "the models are still loading"
         )
         return error_response(503, "not_ready", detail, retry_after=5)
 
@@ -89,22 +97,24 @@ def add_probe_routes(app: FastAPI, service: Service) -> None:
         "/v1/model",
         summary="The served model: name, labels, config, limits",
         response_model=schemas.ModelInfo,
+        responses=schemas.responses_for(404, 422, 503),
+    )
+    async def model_info(model: str | None = ModelName) -> dict[str, Any]:
+        return service.runner(model).describe()
+
+    @get_and_head(
+        app,
+        "/v1/models",
+        summary="Every served model, with what each costs in memory",
+        response_model=schemas.ModelList,
         responses=schemas.responses_for(503),
     )
-    async def model_info() -> dict[str, Any]:
-        classifier, _ = service.require_ready()
-        settings = service.settings
+    async def models() -> dict[str, Any]:
+        service.require_ready()
         return {
-            "name": service.model_name,
-            "labels": list(classifier.labels),
-            "head": classifier.head.describe() if classifier.head is not None else None,
-            "tta": classifier.tta,
-            "config": classifier.config.to_hf_dict(),
-            "device": str(getattr(classifier, "device", "cpu")),
-            "max_batch_size": settings.max_batch_size,
-            "max_image_bytes": settings.max_image_bytes,
-            "max_pixels": settings.max_pixels,
-            "max_files": settings.max_files,
+            "default": service.default.name,
+            "models": [runner.describe() for runner in service.runners],
+            "memory_bound_bytes": service.settings.memory_bound(len(service.runners)),
         }
 
     @get_and_head(
@@ -134,7 +144,26 @@ def best(predictions: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "positive" in predictions[0]:  # a multi-label model: the labels that pass
         answer["present"] = [p["label"] for p in predictions if p["positive"]]
+    if "decoded_scale" in predictions[0]:
+        answer["decoded_scale"] = predictions[0]["decoded_scale"]
     return answer
+
+
+async def classify(
+    service: Service, runner: ModelRunner, inputs: Any, top_k: int
+) -> list[list[dict[str, Any]]]:
+    """Top-k per image; an image decoded at a reduced scale says so in each of its predictions."""
+    runner.require_head()
+
+    async def work(uploads: list[Upload], deadline: float) -> Any:
+        return await runner.classify(uploads, deadline, top_k)
+
+    answers, scales = await service.run(inputs, work)
+    for predictions, scale in zip(answers, scales, strict=True):
+        if scale < 1:
+            for prediction in predictions:
+                prediction["decoded_scale"] = scale
+    return answers
 
 
 def add_classify_routes(app: FastAPI, service: Service) -> None:
@@ -156,7 +185,7 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         ),
         top_k: int = TopK,
     ) -> dict[str, Any]:
-        return best((await service.classify(service.url(image_url), top_k))[0])
+        return best((await classify(service, service.default, service.url(image_url), top_k))[0])
 
     @app.post(
         "/predict_image_class",
@@ -167,7 +196,8 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         openapi_extra={"requestBody": schemas.IMAGE_BODY},
     )
     async def predict_upload(request: Request, top_k: int = TopK) -> dict[str, Any]:
-        return best((await service.classify(service.body(request, "image"), top_k))[0])
+        inputs = service.body(request, "image")
+        return best((await classify(service, service.default, inputs, top_k))[0])
 
     @app.post(
         "/v1/predict",
@@ -177,8 +207,10 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
         openapi_extra={"requestBody": schemas.FILES_BODY},
     )
-    async def predict(request: Request, top_k: int = TopK) -> list[list[dict[str, Any]]]:
-        return await service.classify(service.body(request), top_k)
+    async def predict(
+        request: Request, top_k: int = TopK, model: str | None = ModelName
+    ) -> list[list[dict[str, Any]]]:
+        return await classify(service, service.runner(model), service.body(request), top_k)
 
 
 def add_explain_route(app: FastAPI, service: Service) -> None:
@@ -204,22 +236,34 @@ def add_explain_route(app: FastAPI, service: Service) -> None:
         format: Literal["json", "png"] | None = Query(
             None, description="png: the overlay only (default: by the Accept header, else json)"
         ),
+        model: str | None = ModelName,
     ) -> Response:
         chosen: Method = method
-        explanation, png = await service.explain(service.body(request), top_k, chosen)
+        runner = service.runner(model)
+        runner.require_ready()
+
+        async def work(uploads: list[Upload], deadline: float) -> Any:
+            if len(uploads) != 1:
+                raise BadInput(
+                    f"{len(uploads)} images sent: /v1/explain takes one image per request"
+                )
+            return await runner.explain(uploads[0], deadline, top_k, chosen)
+
+        explanation, png, scale = await service.run(service.body(request), work)
         if format == "png" or (format is None and wants_png(request.headers.get("accept", ""))):
             return Response(png, media_type="image/png")
         attention_map = explanation.maps[method]
-        return JSONResponse(
-            {
-                "model": service.model_name,
-                "method": method,
-                "predictions": explanation.predictions,
-                "grid": list(attention_map.shape),
-                "attention_map": attention_map.round(6).tolist(),
-                "overlay_png_base64": base64.b64encode(png).decode("ascii"),
-            }
-        )
+        answer = {
+            "model": runner.name,
+            "method": method,
+            "predictions": explanation.predictions,
+            "grid": list(attention_map.shape),
+            "attention_map": attention_map.round(6).tolist(),
+            "overlay_png_base64": base64.b64encode(png).decode("ascii"),
+        }
+        if scale < 1:
+            answer["decoded_scale"] = scale
+        return JSONResponse(answer)
 
 
 def add_embed_route(app: FastAPI, service: Service) -> None:
@@ -235,12 +279,17 @@ def add_embed_route(app: FastAPI, service: Service) -> None:
         pool: Literal["cls", "mean", "cls+mean", "pooler"] | None = Query(
             None, description="default: the model family's documented embedding"
         ),
+        model: str | None = ModelName,
     ) -> dict[str, Any]:
-        used = service.embed_pool(pool)
-        vectors = await service.embed(service.body(request), used)
-        return {
-            "model": service.model_name,
-            "pool": used,
-            "dim": len(vectors[0]),
-            "embeddings": vectors,
-        }
+        runner = service.runner(model)
+        used = runner.embed_pool(pool)
+        runner.check_pool(used)
+
+        async def work(uploads: list[Upload], deadline: float) -> Any:
+            return await runner.embed(uploads, deadline, used)
+
+        vectors, scales = await service.run(service.body(request), work)
+        answer = {"model": runner.name, "pool": used, "dim": len(vectors[0]), "embeddings": vectors}
+        if any(scale < 1 for scale in scales):
+            answer["decoded_scales"] = scales
+        return answer

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from vitkit.serve.protocol_v2 import InferRequest, InferResponse
+
 
 class ErrorBody(BaseModel):
     """Every error the service answers (4xx and 5xx)."""
@@ -28,6 +30,13 @@ class Prediction(BaseModel):
     positive: bool | None = Field(
         None, description="Multi-label models only: the score reached the threshold."
     )
+    decoded_scale: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Only when the image was over the pixel cap and decoded at a reduced "
+        "scale (a JPEG: 0.5, 0.25 or 0.125); otherwise the image was decoded in full.",
+    )
 
 
 class BestPrediction(BaseModel):
@@ -37,6 +46,9 @@ class BestPrediction(BaseModel):
     present: list[str] | None = Field(
         None, description="Multi-label models only: every label that passes its threshold."
     )
+    decoded_scale: float | None = Field(
+        None, gt=0, lt=1, description="Only when the image was decoded at a reduced scale."
+    )
 
 
 class Embeddings(BaseModel):
@@ -44,6 +56,11 @@ class Embeddings(BaseModel):
     pool: str = Field(description="The pooling used: `cls`, `mean`, `cls+mean` or `pooler`.")
     dim: int
     embeddings: list[list[float]]
+    decoded_scales: list[float] | None = Field(
+        None,
+        description="Only when an image was decoded at a reduced scale: each image's scale "
+        "(1.0 for the others).",
+    )
 
 
 class Explanation(BaseModel):
@@ -53,6 +70,9 @@ class Explanation(BaseModel):
     grid: list[int] = Field(description="[rows, cols] of the patch grid.")
     attention_map: list[list[float]] = Field(description="rows x cols, sums to one.")
     overlay_png_base64: str
+    decoded_scale: float | None = Field(
+        None, gt=0, lt=1, description="Only when the image was decoded at a reduced scale."
+    )
 
 
 class Head(BaseModel):
@@ -60,6 +80,17 @@ class Head(BaseModel):
     activation: Literal["softmax", "sigmoid"]
     thresholds: dict[str, float] | None = Field(
         None, description="Multi-label models: each label's decision threshold."
+    )
+
+
+class ModelMemory(BaseModel):
+    weights_bytes: int = Field(description="Parameters and buffers.")
+    rss_added_bytes: int = Field(
+        description="Resident memory the service grew by while this model loaded and warmed up."
+    )
+    decode_buffers_bytes: int = Field(
+        description="Encoded image bytes this model's decode threads may hold at once (its "
+        "share of the memory bound)."
     )
 
 
@@ -74,8 +105,21 @@ class ModelInfo(BaseModel):
     device: str
     max_batch_size: int
     max_image_bytes: int = Field(description="Largest body of images in one request.")
-    max_pixels: int = Field(description="Largest image in pixels (width x height).")
+    max_pixels: int = Field(
+        description="Largest image decoded in full, in pixels (width x height); a JPEG over "
+        "it is decoded at a reduced scale when one fits."
+    )
     max_files: int
+    memory: ModelMemory
+
+
+class ModelList(BaseModel):
+    default: str = Field(description="The model of routes that name none.")
+    models: list[ModelInfo]
+    memory_bound_bytes: int = Field(
+        description="What the service may add to its idle memory under any load (decoding, "
+        "uploads), all models together."
+    )
 
 
 class Health(BaseModel):
@@ -84,16 +128,40 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"]
-    model: str
+    model: str = Field(description="The default model.")
+    models: list[str]
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class ReadyV2(BaseModel):
+    ready: bool
+
+
+class ModelReadyV2(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Error(BaseModel):
+    """Every error under /v2, as the Open Inference Protocol has it."""
+
+    error: str = Field(description="What went wrong and what to do.")
+    code: str = Field(description="A stable code, e.g. `unsupported_image`.")
 
 
 _MEANING = {
     400: "Not usable input: an unreadable image, an empty body, a refused or malformed URL.",
+    401: "No API key, or a wrong one: send `Authorization: Bearer KEY` or `X-API-Key: KEY`.",
+    404: "No model of that name is served here (GET /v1/models lists them).",
     405: "The path does not take this method; `Allow` lists the ones it takes.",
     408: "The request body came too slowly (server options --min-transfer-rate, --upload-timeout).",
     413: "Too large: the body (--max-image-bytes), the image (--max-pixels) or the download.",
     415: "Not an image in a supported format (JPEG, PNG, GIF, BMP, TIFF, WebP).",
     422: "A parameter or form field is missing or invalid.",
+    429: "Over the rate limit, or too many wrong keys: retry after `Retry-After` seconds.",
     502: "The image URL's server failed (unreachable, HTTP error).",
     503: "Overloaded or still loading: retry after `Retry-After` seconds.",
     504: "No answer within the deadline (the request's, or the image URL's).",
@@ -101,7 +169,7 @@ _MEANING = {
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
 }
-UPLOAD_ERRORS = (400, 408, 413, 415, 422, 503, 504)
+UPLOAD_ERRORS = (400, 404, 408, 413, 415, 422, 503, 504)
 URL_ERRORS = (400, 413, 415, 422, 502, 503, 504)
 
 
@@ -110,9 +178,32 @@ def responses_for(*statuses: int) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         responses[status] = {"model": ErrorBody, "description": _MEANING[status]}
-        if status == 503:
+        if status in (429, 503):
             responses[status]["headers"] = _RETRY_AFTER
     return responses
+
+
+def v2_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses_for`` with the Open Inference Protocol's error body."""
+    responses = responses_for(*statuses)
+    for entry in responses.values():
+        entry["model"] = V2Error
+    return responses
+
+
+ACCESS_RESPONSES = {
+    401: {
+        "model": ErrorBody,
+        "description": _MEANING[401],
+        "headers": {
+            "WWW-Authenticate": {
+                "description": "How to authenticate (Bearer).",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    429: {"model": ErrorBody, "description": _MEANING[429], "headers": _RETRY_AFTER},
+}
 
 
 _BINARY = {"type": "string", "format": "binary"}
@@ -149,6 +240,34 @@ EXPLAIN_200 = {
     "`Accept: image/png`).",
     "content": {"image/png": {"schema": _BINARY}},
 }
+V2_INFER_ERRORS = (400, 404, 408, 413, 415, 422, 503, 504)
+V2_INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+        "application/octet-stream": {
+            "schema": _BINARY,
+            "description": "The binary tensor data extension: the JSON request (its length in "
+            "the Inference-Header-Content-Length header) followed by the tensors' bytes.",
+        },
+    },
+}
+V2_INFER_200 = {
+    "model": InferResponse,
+    "description": "The outputs as JSON, or (binary data extension) JSON followed by the binary "
+    "outputs, its length in the Inference-Header-Content-Length header.",
+    "content": {"application/octet-stream": {"schema": _BINARY}},
+}
+
+
+def v2_request_components() -> dict[str, Any]:
+    """OpenAPI component schemas for the v2 infer request (the route reads its body itself)."""
+    schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["InferRequest"] = schema
+    return components
+
+
 METRICS_200 = {
     "description": "Prometheus text exposition format.",
     "content": {"text/plain": {"schema": {"type": "string"}}},
