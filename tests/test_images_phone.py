@@ -17,8 +17,9 @@ from PIL import Image
 from skimage import data
 
 from vitkit.errors import ImageTooLargeError
-from vitkit.images.decode import decode_uint8, decoded_scale, expand_inputs, load_image
+from vitkit.images.decode import decode_uint8, decoded_scale, load_image
 from vitkit.images.processor import ImageProcessor
+from vitkit.images.sources import expand_inputs
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:

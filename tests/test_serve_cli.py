@@ -48,7 +48,7 @@ def refusal(capsys: pytest.CaptureFixture[str], *options: str) -> str:
         (["--rate-limit", "fast"], "--rate-limit 'fast'"),
         (["--burst", "5"], "--burst needs --rate-limit"),
         (["--model", "a=/no/a", "--model", "b=/no/b"], "--model a=/no/a"),
-        (["--model", "google/vit-a", "--model", "google/vit-b"], "name each one"),
+        (["--model", "google/vit-a", "--model", "google/vit-b"], "give each its own name"),
     ],
 )
 def test_impossible_settings_are_one_line(
@@ -77,11 +77,16 @@ def test_a_short_key_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 
 def test_a_possible_setting_is_not_refused_by_the_checks(tmp_path: Path) -> None:
     from vitkit.cli import build_parser
-    from vitkit.cli.serve import checked
+    from vitkit.cli.serve import settings as serve_settings
+    from vitkit.serve.process import check_startup
 
     options = ["--model", f"cats={tmp_path}", "--model", f"dogs={tmp_path}", "--device", "cpu"]
-    args = build_parser().parse_args(["serve", *options, "--rate-limit", "5/s"])
-    settings, sources = checked(args)  # no exception
+    args = build_parser().parse_args(["serve", *options, "--rate-limit", "5/s", "--tta", "flip"])
+    settings = serve_settings(args)
+    check_startup(settings)  # no exception
     assert settings.max_pixels == 25_000_000 and settings.pixel_budget == 25_000_000
-    assert sources == {"cats": str(tmp_path), "dogs": str(tmp_path)}
+    sources = settings.model_sources()
+    assert list(sources) == ["cats", "dogs"]
+    assert {load.model for load in sources.values()} == {str(tmp_path)}
+    assert all(load.tta == "flip" and load.device == "cpu" for load in sources.values())
     assert settings.decode_workers == 4 and settings.rate_limit == "5/s"

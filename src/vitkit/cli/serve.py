@@ -1,7 +1,8 @@
 """`vitkit serve`: run the HTTP prediction service (FastAPI + uvicorn).
 
-The options are generated from ``vitkit.serve.settings.ServeSettings`` (and the model's load
-settings); the process set-up lives in ``vitkit.serve.process``.
+The options are generated from ``vitkit.serve.settings.ServeSettings`` and the load settings
+every command shares (``LoadSettings``, its ``--model`` aside: serve takes several); the checks
+and the process set-up live in ``vitkit.serve.process``.
 """
 
 from __future__ import annotations
@@ -9,14 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitkit.cli._common import (
-    MODEL_HELP,
-    add_head_options,
-    add_jpeg_draft_option,
-    add_precision_option,
-    add_threads_option,
-)
+from vitkit.cli._loading import ENTRY_POINT_DEFAULTS
 from vitkit.cli._options import add_options, config_from_args
+from vitkit.inference.settings import LoadSettings
+from vitkit.serve.settings import ServeSettings
 
 EPILOG = """\
 examples:
@@ -48,8 +45,6 @@ refused at start-up.
 
 
 def register(subparsers: Any) -> None:
-    from vitkit.serve.settings import ServeSettings
-
     parser = subparsers.add_parser(
         "serve",
         help="serve predictions over HTTP (several models, keys, rate limits, Open Inference "
@@ -58,96 +53,19 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_group(parser.add_argument_group("model"))
     add_options(parser, ServeSettings)
-    parser.add_argument(
-        "--allow-host",
-        dest="allow_hosts",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="host name (as written in URLs) exempt from the address check; repeatable",
-    )
-    parser.set_defaults(func=run)
+    add_options(parser, LoadSettings, exclude=("model",), defaults=ENTRY_POINT_DEFAULTS)
+    parser.set_defaults(func=run, settings=settings)
 
 
-def add_model_group(group: Any) -> None:
-    group.add_argument(
-        "--model",
-        "-m",
-        dest="models",
-        action="append",
-        default=None,
-        metavar="[NAME=]PATH",
-        help=MODEL_HELP + "; NAME=PATH names it for clients; repeat to serve several (the "
-        "first is the default)",
-    )
-    add_jpeg_draft_option(group)
-    group.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    add_precision_option(group)
-    add_threads_option(group)
-    add_head_options(group)
-
-
-def model_sources(given: list[str] | None) -> dict[str | None, str]:
-    """``--model`` values -> {name or None: checkpoint}; no --model: the default checkpoint."""
-    from vitkit.errors import ServeSettingsError
-    from vitkit.inference.classifier import default_model_name
-
-    if not given:
-        return {None: default_model_name()}
-    sources: dict[str | None, str] = {}
-    for text in given:
-        name, sep, path = text.partition("=")
-        named = bool(sep) and bool(name) and "/" not in name and bool(path)
-        key, source = (name, path) if named else (None, text)
-        if key in sources:
-            raise ServeSettingsError(
-                f"--model {text}: two models with the same name; give each NAME=PATH"
-                if key
-                else f"--model {text}: with several models, name each one (NAME=PATH)"
-            )
-        sources[key] = source
-    if len(sources) > 1 and None in sources:
-        raise ServeSettingsError("--model: with several models, name each one (NAME=PATH)")
-    return sources
-
-
-def checked(args: argparse.Namespace) -> tuple[Any, dict[str | None, str]]:
-    """(the ServeSettings, the models by name), refused in one line if they cannot work."""
-    from vitkit.serve.access import KeyRing
-    from vitkit.serve.process import check_device, check_model_sources
-    from vitkit.serve.settings import ServeSettings
-
-    settings = config_from_args(ServeSettings, args)
-    settings.check()
-    if settings.api_keys:
-        KeyRing.from_file(settings.api_keys)
-    sources = model_sources(args.models)
-    check_model_sources(sources)
-    check_device(args.device, args.precision)
-    return settings, sources
+def settings(args: argparse.Namespace) -> ServeSettings:
+    """What the command hands the library: the ServeSettings, the models' LoadSettings in it."""
+    load: LoadSettings = config_from_args(LoadSettings, args)
+    served: ServeSettings = config_from_args(ServeSettings, args, load=load)
+    return served
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.inference.classifier import load
-    from vitkit.inference.heads import parse_thresholds
     from vitkit.serve.process import run_service
 
-    settings, sources = checked(args)
-    threshold = parse_thresholds(args.threshold) if args.threshold is not None else None
-
-    def loader(source: str) -> Any:
-        return lambda: load(
-            source,
-            device=args.device,
-            precision=args.precision,
-            jpeg_draft=args.jpeg_draft,
-            problem_type=args.problem_type,
-            threshold=threshold,
-            tta=args.tta,
-            threads=args.threads,
-        )
-
-    loaders = {name: loader(source) for name, source in sources.items()}
-    return run_service(loaders, settings, args.device)
+    return run_service(settings(args))

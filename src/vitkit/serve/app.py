@@ -38,13 +38,14 @@ service after the built-in routes; it finds its models in ``service.runners``.""
 
 
 def create_app(
-    models: ModelSources,
+    models: ModelSources | None = None,
     settings: ServeSettings | None = None,
     *,
     on_load_error: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The vitkit HTTP service for ``models``: a Classifier, a function that loads one, or a
-    mapping of names to either (the first is the default model).
+    mapping of names to either (the first is the default model); None: the models
+    ``settings.models`` names, each loaded with ``settings.load``.
 
     Functions are called in a background thread at start-up, one model after the other, so
     /healthz answers while large checkpoints load; /readyz turns 200 once every model is loaded

@@ -17,16 +17,28 @@ from typing import Any
 
 from vitkit.checkpoints.hub import is_hub_id
 from vitkit.errors import ServeSettingsError
+from vitkit.inference.settings import LoadSettings
 from vitkit.serve.requestlog import log_handler
 from vitkit.serve.settings import MALLOC_ARENAS, ServeSettings
 
-Loader = Callable[[], Any]
+
+def check_startup(settings: ServeSettings) -> None:
+    """Refuse, in one line each, what could only fail later: before any model loads or the port
+    is taken (a setting, an API key file, a model path, the device or precision)."""
+    from vitkit.serve.access import KeyRing
+
+    settings.check()
+    if settings.api_keys:
+        KeyRing.from_file(settings.api_keys)
+    check_model_sources(settings.model_sources())
+    check_device(settings.load.device, settings.load.precision)
 
 
-def check_model_sources(sources: Mapping[str | None, str]) -> None:
+def check_model_sources(sources: Mapping[str | None, LoadSettings]) -> None:
     """A model that is neither an existing path nor a hub id is refused before anything loads
     (``vitkit.checkpoints.hub.is_hub_id`` is the one rule)."""
-    for name, source in sources.items():
+    for name, load in sources.items():
+        source = load.source
         if not Path(source).expanduser().exists() and not is_hub_id(source):
             shown = f"{name}={source}" if name else source
             raise ServeSettingsError(
@@ -52,33 +64,34 @@ def check_device(device: str | None, precision: str) -> None:
     runtime.check_precision(precision, chosen)
 
 
-def run_service(models: Mapping[str | None, Loader], settings: ServeSettings, device: Any) -> int:
-    """Serve ``models`` (name -> a function that loads it; a single None name: named from its
-    checkpoint) until stopped; 1 if a model failed to load, else 0."""
+def run_service(settings: ServeSettings) -> int:
+    """Serve ``settings.models`` until stopped (SIGTERM, Ctrl-C); 1 if a model failed to load,
+    else 0."""
     import uvicorn
 
     from vitkit.inference import runtime
+    from vitkit.inference.classifier import load_settings
     from vitkit.serve.app import create_app
 
-    settings.check()
+    check_startup(settings)
     share_malloc_arenas()
     configure_logging(settings)
-    runtime.tune_process_for_inference(device)
+    runtime.tune_process_for_inference(settings.load.device)
     failed: list[BaseException] = []
 
     def give_up(error: BaseException) -> None:  # a model that cannot load: exit, do not linger
         failed.append(error)
         server.should_exit = True
 
-    def load_in_threads(load: Loader) -> Loader:
+    def loader(load: LoadSettings) -> Callable[[], Any]:
         def loaded() -> Any:
             with runtime.loading_threads():
-                return load()
+                return load_settings(load)
 
         return loaded
 
-    sources = {name: load_in_threads(load) for name, load in models.items()}
-    app = create_app(sources, settings, on_load_error=give_up)
+    models = {name: loader(load) for name, load in settings.model_sources().items()}
+    app = create_app(models, settings, on_load_error=give_up)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -14,6 +14,7 @@ the request is admitted, so an admitted request holds no more memory than a /v1 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -46,6 +47,12 @@ CLASSIFIER_OUTPUTS = ("labels", "scores", "decoded_scale")
 EMBEDDER_OUTPUTS = ("embeddings", "decoded_scale")
 ALL_OUTPUTS = ("labels", "scores", "embeddings", "decoded_scale")
 PLATFORM = "vitkit_pytorch"
+ExtraOutput = Callable[[ModelRunner, InferRequest, torch.Tensor, float], Awaitable[Output]]
+EXTRA_OUTPUTS: dict[str, ExtraOutput] = {}
+"""Outputs a model kind adds (``vitkit.serve`` docstring): name -> ``(runner, request, pixels,
+deadline) -> Output``, run when a request asks for that output by name."""
+EXTRA_METADATA: list[Callable[[ModelRunner], list[dict[str, Any]]]] = []
+"""For each model, the extra outputs it offers, as v2 tensor metadata (``[]`` for none)."""
 
 
 @dataclass
@@ -130,6 +137,8 @@ def metadata(runner: ModelRunner) -> dict[str, Any]:
             {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
         ]
     outputs.append({"name": "decoded_scale", "datatype": "FP32", "shape": [-1]})
+    for offered in EXTRA_METADATA:
+        outputs.extend(offered(runner))
     return {
         "name": runner.name,
         "versions": [VERSION],
@@ -233,6 +242,8 @@ def _requested(request: InferRequest, has_head: bool) -> list[str]:
         return list(CLASSIFIER_OUTPUTS if has_head else EMBEDDER_OUTPUTS)
     names = [output.name for output in request.outputs]
     for name in names:
+        if name in EXTRA_OUTPUTS:
+            continue
         if name not in ALL_OUTPUTS or (name in ("labels", "scores") and not has_head):
             offered = ALL_OUTPUTS if has_head else EMBEDDER_OUTPUTS
             raise BadInput(f"output {name!r}: this model offers {', '.join(offered)}")
@@ -275,6 +286,9 @@ async def _outputs(
         runner.check_pool(used)
         vectors = np.asarray(await runner.embed_pixels(pixels, deadline, used), np.float32)
         values["embeddings"] = Output("embeddings", "FP32", list(vectors.shape), vectors)
+    for name in names:
+        if name in EXTRA_OUTPUTS:
+            values[name] = await EXTRA_OUTPUTS[name](runner, request, pixels, deadline)
     chosen = [values[name] for name in names]
     for output in chosen:
         output.binary = wants_binary(request, output.name)

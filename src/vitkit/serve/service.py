@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from vitkit.errors import ServeSettingsError
 from vitkit.images.fetch import FetchLimiter
+from vitkit.inference.classifier import load_settings
 from vitkit.serve.errors import (
     BadInput,
     DeadlineExceeded,
@@ -58,7 +59,7 @@ class Service:
 
     def __init__(
         self,
-        sources: ModelSources,
+        sources: ModelSources | None,
         settings: ServeSettings,
         on_load_error: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -66,6 +67,11 @@ class Service:
         self.on_load_error = on_load_error
         self.metrics = Metrics()
         self.pixels = PixelBudget(settings.pixel_budget)
+        if sources is None:  # the models the settings name, each loaded with its LoadSettings
+            sources = {
+                name: partial(load_settings, load)
+                for name, load in settings.model_sources().items()
+            }
         named = sources if isinstance(sources, Mapping) else {None: sources}
         if not named:
             raise ServeSettingsError("no model to serve: give at least one")

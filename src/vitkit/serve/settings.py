@@ -13,9 +13,10 @@ Torch-free: ``vitkit --help`` imports it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vitkit.errors import ServeSettingsError
-from vitkit.images.fetch import FetchPolicy, hosts_from
+from vitkit.inference.settings import MODEL_HELP, LoadSettings
 from vitkit.options import option
 
 # 25 megapixels: a 6000x4000 (24 MP) camera photo fits, and one image decodes in at most
@@ -40,8 +41,31 @@ NETWORK, BATCHING, LIMITS, URLS, ACCESS = (
 
 @dataclass
 class ServeSettings:
-    """Everything ``vitkit serve`` lets an operator tune (see its --help)."""
+    """Everything ``vitkit serve`` lets an operator tune (see its --help).
 
+    ``models`` (``--model``, repeatable): ``NAME=PATH`` or one ``PATH``; each model loads with
+    ``load`` (the ``LoadSettings`` every command shares: device, precision, threads, head...)
+    and its own checkpoint. ``model_sources()`` says which, by name.
+    """
+
+    models: list[str] = option(
+        help=MODEL_HELP + "; NAME=PATH names it for clients (?model=NAME, /v2/models/NAME); "
+        "repeat to serve several, the first is the default",
+        group="model",
+        flags=("--model", "-m"),
+        metavar="[NAME=]PATH",
+        repeat=True,
+        default_factory=list,
+        default_help="$VITKIT_MODEL, else google/vit-base-patch16-224",
+    )
+    model_name: str | None = option(
+        None,
+        "the name clients see for a single model given as a path",
+        group="model",
+        default_help="the hub id, else the architecture; never the checkpoint's path",
+    )
+    # how every model loads (its checkpoint aside); the CLI fills it from the shared options
+    load: LoadSettings = field(default_factory=LoadSettings)
     # ---- network and logs
     host: str = option("127.0.0.1", "address to bind", group=NETWORK)
     port: int = option(8000, "port to listen on", group=NETWORK)
@@ -128,18 +152,6 @@ class ServeSettings:
     fetches_per_host: int = option(
         8, "of --max-fetches, transfers to one upstream address and port", group=URLS
     )
-    allow_private_urls: bool = option(
-        False,
-        "let image_url reach private/loopback/link-local addresses (trusted networks only)",
-        group=URLS,
-    )
-    allow_hosts: list[str] = option(
-        help="host name (as written in URLs) exempt from the address check",
-        group=URLS,
-        flags=("--allow-host",),
-        default_factory=list,
-        cli=False,
-    )
     # ---- access
     api_keys: str | None = option(
         None,
@@ -174,14 +186,9 @@ class ServeSettings:
     open_docs: bool = option(
         False, "let /docs and /openapi.json answer without a key", group=ACCESS
     )
-    model_name: str | None = option(
-        None,
-        "the name clients see for a single model given as a path",
-        group="model",
-        default_help="the hub id, else the architecture; never the checkpoint's path",
-    )
-    # A FetchPolicy for library users who need one the options cannot say (a resolver, TLS).
-    custom_fetch_policy: FetchPolicy | None = field(default=None)
+    # A vitkit.images.fetch.FetchPolicy for library users who need one the options cannot say
+    # (a resolver, a TLS context). Typed Any: the fetch module (httpx) loads only when used.
+    custom_fetch_policy: Any = field(default=None)
 
     @property
     def max_body_bytes(self) -> int:
@@ -192,8 +199,11 @@ class ServeSettings:
         return self.decode_pixel_budget or self.max_pixels
 
     @property
-    def fetch_policy(self) -> FetchPolicy:
-        """How ``image_url`` is fetched: these settings' caps, timeouts and address rules."""
+    def fetch_policy(self) -> Any:
+        """How ``image_url`` is fetched (a ``FetchPolicy``): these settings' caps, timeouts and
+        address rules."""
+        from vitkit.images.fetch import FetchPolicy, hosts_from
+
         if self.custom_fetch_policy is not None:
             return self.custom_fetch_policy
         return FetchPolicy(
@@ -203,9 +213,26 @@ class ServeSettings:
             total_timeout=min(self.request_timeout, 3 * self.fetch_timeout),
             min_rate=max(self.min_transfer_rate, 0.0),
             rate_grace=self.upload_grace,
-            allow_private=self.allow_private_urls,
-            allowlist=hosts_from(self.allow_hosts),
+            allow_private=self.load.allow_private_urls,
+            allowlist=hosts_from(self.load.allow_hosts),
         )
+
+    def model_sources(self) -> dict[str | None, LoadSettings]:
+        """Each model's load settings by the name clients use (None: one model, named from
+        ``model_name`` or its checkpoint); ``ServeSettingsError`` for names that clash."""
+        if not self.models:
+            return {None: self.load}
+        sources: dict[str | None, LoadSettings] = {}
+        for text in self.models:
+            name, sep, path = text.partition("=")
+            named = bool(sep and name and path) and "/" not in name
+            key = name if named else None
+            if key in sources or (sources and key is None) or (None in sources):
+                raise ServeSettingsError(
+                    f"--model {text}: with several models, give each its own name (NAME=PATH)"
+                )
+            sources[key] = self.load.replace(model=path if named else text)
+        return sources
 
     def memory_bound(self, models: int = 1) -> int:
         """Bytes the service may add to its idle RSS under any load (docs/serving.md).
@@ -275,3 +302,4 @@ class ServeSettings:
         if self.rate_limit is not None:
             parse_rate(self.rate_limit, "--rate-limit")
         parse_rate(self.key_failures, "--key-failures")
+        self.model_sources()
