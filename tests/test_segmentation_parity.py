@@ -4,6 +4,7 @@ transformers; heads on other backbones round-trip through vitkit's own layout.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,44 @@ def test_heads_on_other_backbones_round_trip_in_vitkit_layout(head: str, tmp_pat
     with torch.no_grad():
         assert torch.equal(loaded.model.forward_logits(pixels), model.forward_logits(pixels))
     assert loaded.model.config.backbone.num_register_tokens == 2
+
+
+def test_predict_command_writes_the_masks_transformers_gives(
+    dpt_dir: tuple[Path, Any], photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitkit.cli import main
+
+    directory, reference = dpt_dir
+    photos = [photo_dir / "china.jpg", photo_dir / "histology.jpg"]
+    out = tmp_path / "masks"
+    argv = ["predict", "--model", str(directory), "--masks-out", str(out), "--format", "json"]
+    assert main([*argv, *map(str, photos), str(tmp_path / "missing.jpg")]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert "no such file" in records[2]["error"]
+    hf_processor = transformers.DPTImageProcessor.from_pretrained(directory)
+    for photo, record in zip(photos, records, strict=False):
+        image = Image.open(photo).convert("RGB")
+        with torch.no_grad():
+            outputs = reference(**hf_processor(images=image, return_tensors="pt"))
+        expected = hf_processor.post_process_semantic_segmentation(
+            outputs, target_sizes=[(image.height, image.width)]
+        )[0].numpy()
+        written = Image.open(record["mask"])
+        assert written.mode == "P" and np.array_equal(np.asarray(written), expected)
+        assert sum(row["pixels"] for row in record["areas"]) == expected.size
+        assert Image.open(record["overlay"]).size[0] == image.width  # legend strip below
+    assert (out / "areas.csv").read_text().count("\n") == 1 + 2 * 3 + 1
+    # options that do not fit the model are refused, naming them
+    assert main([*argv[:3], str(photos[0])]) == 2  # no --masks-out
+    assert main([*argv, "--top-k", "3", str(photos[0])]) == 2
+    assert "--top-k" in capsys.readouterr().err
+
+
+def test_mask_options_refused_for_a_classifier(
+    tiny_hf_classifier: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitkit.cli import main
+
+    argv = ["predict", "--model", str(tiny_hf_classifier), str(photo_dir / "china.jpg")]
+    assert main([*argv, "--masks-out", str(tmp_path)]) == 2
+    assert "--masks-out: for segmentation models" in capsys.readouterr().err

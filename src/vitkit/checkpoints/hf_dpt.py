@@ -40,6 +40,7 @@ from vitkit.checkpoints._common import (
     save_directory,
 )
 from vitkit.checkpoints.hf import hf_reader, hf_state_dict, read_weights
+from vitkit.checkpoints.hub import download, is_hub_id
 from vitkit.errors import CheckpointError
 from vitkit.images.processor.dense import DenseProcessor
 from vitkit.models.config import ImageSize, ViTConfig, to_pair
@@ -81,6 +82,23 @@ def is_dpt_config(data: Any) -> bool:
 
 def is_own_config(data: Any) -> bool:
     return isinstance(data, dict) and data.get("model_type") == OWN_MODEL_TYPE
+
+
+def is_segmentation_checkpoint(source: str) -> bool:
+    """Whether ``source`` (a directory, its config.json, or a Hub id) holds a segmentation model:
+    decided from config.json alone, before any weights are read."""
+    path = Path(source).expanduser()
+    if path.name == "config.json" and path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        if not is_hub_id(source) or path.exists():
+            return False
+        path = download(source)
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    data = read_json(config)
+    return is_dpt_config(data) or is_own_config(data)
 
 
 # ---- transformers' DPT layout ---------------------------------------------------------------

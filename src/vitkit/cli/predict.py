@@ -14,6 +14,8 @@ from vitkit.cli._loading import ENTRY_POINT_DEFAULTS, load_classifier
 from vitkit.cli._options import add_options, config_from_args
 from vitkit.cli._progress import progress_bar
 from vitkit.engines.settings import EngineSettings, PredictSettings, refuse_unhonoured
+from vitkit.errors import UsageError
+from vitkit.inference.seg_settings import MaskOutputSettings
 from vitkit.inference.settings import LoadSettings
 
 EPILOG = """\
@@ -22,11 +24,14 @@ examples:
   vitkit predict --top-k 3 --format json photos/ https://example.com/cat.jpg
   vitkit predict --model ./my-finetuned-vit --format csv slides/ > predictions.csv
   vitkit predict --model runs/tags/best --threshold 0.3 --tta d4 tiles/   # a multi-label model
+  vitkit predict --model runs/seg/best --masks-out seg/ photos/   # a segmentation model
 
 A multi-label model (problem_type multi_label_classification) lists every label with its
 sigmoid score and threshold, and marks the labels that pass (the thresholds saved with the model
 unless --threshold says otherwise); --top-k then trims the others. --tta averages the
 probabilities over flips / quarter turns of each image.
+A segmentation model (a DPT directory, or what `vitkit train` makes from images/ + masks/)
+writes each input's mask, overlay and class areas under --masks-out and prints the areas.
 
 A bad input (missing, truncated, not an image) is reported in its row and the rest are still
 predicted; the exit code is 1 if any input failed.
@@ -45,6 +50,7 @@ def register(subparsers: Any) -> None:
     add_options(parser, PredictSettings)
     add_options(parser, LoadSettings, defaults=ENTRY_POINT_DEFAULTS)
     add_options(parser, EngineSettings)
+    add_options(parser, MaskOutputSettings)
     parser.set_defaults(func=run, settings=settings)
 
 
@@ -54,16 +60,30 @@ def settings(args: argparse.Namespace) -> Any:
     load = config_from_args(LoadSettings, args)
     predict = config_from_args(PredictSettings, args)
     engine = config_from_args(EngineSettings, args)
-    refuse_unhonoured(engine.engine, predict, load, engine)
+    try:
+        masks = config_from_args(MaskOutputSettings, args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    refuse_unhonoured(engine.engine, predict, load, engine, masks)
     if engine.on_ray:
         return batch_job("predict", load, predict, engine, top_k=predict.top_k)
-    return load, predict
+    return load, predict, masks
 
 
 def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return run_on_ray(settings(args))
-    load, predict = settings(args)
+    load, predict, masks = settings(args)
+    from vitkit.checkpoints.hf_dpt import is_segmentation_checkpoint
+
+    if is_segmentation_checkpoint(load.source):
+        from vitkit.cli._segment import segment_command
+
+        return segment_command(load, predict, masks)
+    if masks.given:
+        raise UsageError(
+            f"{masks.given[0]}: for segmentation models; {load.source} gives one answer per image"
+        )
     records = classify_all(load, predict)
     if predict.out is None:
         write_records(records, predict.format, sys.stdout)

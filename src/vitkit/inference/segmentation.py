@@ -17,11 +17,44 @@ import numpy as np
 import torch
 
 from vitkit.checkpoints import LoadedModel, load_model
-from vitkit.errors import UnsupportedOperationError
+from vitkit.errors import UnsupportedOperationError, UsageError
 from vitkit.images.masks import class_areas
 from vitkit.images.processor.dense import DenseProcessor
+from vitkit.inference.classifier import fetch_policy, pick_device
+from vitkit.inference.runtime import auto_threads, num_threads
+from vitkit.inference.settings import LoadSettings
 from vitkit.models.protocol import model_type_of
 from vitkit.models.segmentation import upsample_logits
+
+# What a classifier's settings mean that a per-pixel model has no use for.
+_CLASSIFIER_ONLY = {
+    "threshold": "--threshold",
+    "problem_type": "--problem-type",
+    "jpeg_draft": "--jpeg-draft",
+    "processor_mode": "processor_mode",
+}
+
+
+def refuse_classifier_settings(settings: LoadSettings) -> None:
+    """UsageError naming the first setting a segmentation model cannot honour."""
+    defaults = LoadSettings()
+    for name, flag in _CLASSIFIER_ONLY.items():
+        if getattr(settings, name) != getattr(defaults, name):
+            raise UsageError(f"{flag}: classifier setting; a segmentation model answers per pixel")
+    if settings.tta != "none":
+        raise UsageError("--tta: test-time augmentation is for classifiers, not segmentation")
+    if settings.precision != "fp32":
+        raise UsageError(f"--precision {settings.precision}: segmentation models run in fp32")
+
+
+class _Flops:
+    """A stand-in for ``auto_threads``: the counted work of one image."""
+
+    def __init__(self, flops: float) -> None:
+        self.flops = flops
+
+    def flops_per_image(self, image_hw: tuple[int, int] | None = None) -> float:
+        return self.flops
 
 
 @dataclass
@@ -40,7 +73,12 @@ class SegmentationRunner:
     """A segmentation model, its preprocessing and device (see the module docstring)."""
 
     def __init__(
-        self, model: Any, processor: DenseProcessor, *, device: str | torch.device = "cpu"
+        self,
+        model: Any,
+        processor: DenseProcessor,
+        *,
+        device: str | torch.device = "cpu",
+        threads: int | str | None = None,
     ) -> None:
         if not getattr(getattr(model, "capabilities", None), "dense", False):
             raise UnsupportedOperationError(
@@ -52,6 +90,8 @@ class SegmentationRunner:
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.labels: list[str] = model.config.labels()
+        self.threads = threads  # None: as the process has it; "auto": by work and free cores
+        self._flops: dict[tuple[int, int], float] = {}
 
     @classmethod
     def from_loaded(
@@ -59,6 +99,19 @@ class SegmentationRunner:
     ) -> SegmentationRunner:
         processor = DenseProcessor.from_dict(loaded.preprocessing(), **processor_overrides)
         return cls(loaded.model, processor, device=device)
+
+    @classmethod
+    def from_settings(cls, settings: LoadSettings) -> SegmentationRunner:
+        """The runner ``LoadSettings`` describe (device, size, threads, URL policy); the
+        settings a per-pixel model cannot honour are refused (UsageError naming them)."""
+        refuse_classifier_settings(settings)
+        device = pick_device(settings.device)
+        loaded = load_model(
+            settings.source, image_size=settings.image_size, device=device,
+            overrides=settings.overrides,
+        )  # fmt: skip
+        processor = DenseProcessor.from_dict(loaded.preprocessing(), fetch=fetch_policy(settings))
+        return cls(loaded.model, processor, device=device, threads=settings.threads)
 
     @classmethod
     def from_pretrained(
@@ -70,7 +123,18 @@ class SegmentationRunner:
     @torch.inference_mode()
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, classes, h, w) float32 logits at the model's own output size."""
-        return self.model.forward_logits(pixel_values.to(self.device)).float()
+        with num_threads(self._threads_for(pixel_values)):
+            return self.model.forward_logits(pixel_values.to(self.device)).float()
+
+    def _threads_for(self, pixel_values: torch.Tensor) -> int | None:
+        if self.threads is None or self.device.type != "cpu":
+            return None
+        if self.threads != "auto":
+            return int(self.threads)
+        size = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+        if size not in self._flops:  # counted once per input size (it runs a forward)
+            self._flops[size] = float(self.model.flops_per_image(size))
+        return auto_threads(len(pixel_values), _Flops(self._flops[size]), size)
 
     @torch.inference_mode()
     def probabilities(self, pixel_values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
