@@ -43,7 +43,7 @@ from vitkit.experiments.demo_data import (
     read_idx,
 )
 from vitkit.training.config import TrainConfig
-from vitkit.training.pretrain import pretrain
+from vitkit.training.tasks.mae import MAEBuilder
 from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.trainer import train
 
@@ -163,7 +163,7 @@ def run_mae(args: argparse.Namespace, unlabeled: Path, seed: int, size: int, pat
         max_val_images=200,
     )
     if not (out / "best").is_dir() or not _finished(out, args.mae_epochs):
-        pretrain(cfg, settings)
+        train(cfg, MAEBuilder(settings))
     return out / "best"
 
 

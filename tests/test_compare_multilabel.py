@@ -142,12 +142,13 @@ def test_a_softmax_teacher_cannot_teach_a_multi_label_student(
     from vitkit.models.config import preset
     from vitkit.models.vit import ViT
     from vitkit.training.config import TrainConfig
-    from vitkit.training.distillation import distill
+    from vitkit.training.tasks.distill import DistillationBuilder
+    from vitkit.training.trainer import train
 
     sizes = {key: int(value) for key, value in (field.split("=") for field in TINY_VIT)}
     labels = {i: str(i) for i in range(10)}
     save_pretrained(ViT(preset("vit-tiny-patch4-16", **sizes, id2label=labels)), tmp_path / "t")
     cfg = TrainConfig(data=str(mosaics), out=str(tmp_path / "run"), epochs=1, progress=False)
     with pytest.raises(TrainingError, match=r"softmax head.*multi-label teacher"):
-        distill(cfg, tmp_path / "t", "vit-tiny-patch4-16", overrides=sizes)
+        train(cfg, DistillationBuilder(tmp_path / "t", "vit-tiny-patch4-16", overrides=sizes))
     assert not (tmp_path / "run" / "last.pt").exists()

@@ -15,15 +15,17 @@ from vitkit.checkpoints.hf_deit import load_student, save_student
 from vitkit.models.config import ViTConfig
 from vitkit.models.deit import DistilledViT, DistilledViTOutput
 from vitkit.models.vit import ViT
-from vitkit.training.distillation import (
-    DistillationLoss,
-    Renormalize,
-    collapse_report,
+from vitkit.training.model_spec import ModelSpec
+from vitkit.training.tasks.classify import ClassificationTask
+from vitkit.training.tasks.distill import DistillationTask, Renormalize
+from vitkit.training.tasks.distill_collapse import collapse_report
+from vitkit.training.tasks.distill_losses import (
     distillation_loss,
     hard_distillation_loss,
     multilabel_distillation_loss,
     soft_distillation_loss,
 )
+from vitkit.training.tasks.multilabel import MultiLabelTask
 
 CLS = [[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]]
 DIST = [[1.0, 1.0, 0.0], [-1.0, 0.5, 2.0]]
@@ -193,24 +195,84 @@ def test_from_vit_starts_with_agreeing_heads(astronaut_pixels: torch.Tensor) -> 
     torch.testing.assert_close(out.cls_logits, out.dist_logits)
 
 
-def test_distillation_loss_trains_the_student_not_the_teacher(
+def _student_spec(model: nn.Module) -> ModelSpec:
+    return ModelSpec(
+        model=model,
+        image_size=(32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        eval_transform=lambda image: torch.zeros(3, 32, 32),
+        save=lambda trained, directory: None,
+    )
+
+
+def test_distillation_task_trains_the_student_not_the_teacher(
     astronaut_pixels: torch.Tensor,
 ) -> None:
+    """The task owns student and teacher as submodules: .train() leaves the teacher in eval mode,
+    the loss is DeiT's objective on the student's two heads (class weights included), gradients
+    reach the student only, and only the student is the model the loop optimises and saves."""
     torch.manual_seed(3)
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    teacher = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 32 * 32, 3))
     before = [p.detach().clone() for p in teacher.parameters()]
-    student = DistilledViT(tiny_config())
-    loss_fn = DistillationLoss(teacher, kind="soft", alpha=0.5, temperature=2.0)
-    loss = loss_fn(student(astronaut_pixels), torch.tensor([0, 1]), astronaut_pixels)
-    loss.backward()
-    assert (
-        student.head_dist.weight.grad is not None and student.head_dist.weight.grad.abs().sum() > 0
-    )
-    assert all(p.grad is None for p in teacher.parameters())
+    model = DistilledViT(tiny_config())
+    student = ClassificationTask(_student_spec(model), ["cat", "coffee", "rocket"])
+    student.class_weight = torch.tensor([1.0, 2.0, 0.5])
+    task = DistillationTask(student, teacher, kind="soft", alpha=0.5, temperature=2.0)
+    task.train()
+    assert model.training and not teacher.training  # dropout off in the teacher, always
+    targets = torch.tensor([0, 1])
+    out = task(astronaut_pixels, targets)
+    heads = model(astronaut_pixels)
+    expected = distillation_loss(
+        heads.cls_logits, heads.dist_logits, targets, teacher.eval()(astronaut_pixels), "soft",
+        0.5, 2.0, class_weight=torch.tensor([1.0, 2.0, 0.5]),
+    )  # fmt: skip
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(out["logits"], heads.logits)
+    out["loss"].backward()
+    assert model.head_dist.weight.grad is not None and model.head_dist.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     for old, new in zip(before, teacher.parameters(), strict=True):
         assert torch.equal(old, new)
+    assert task.model is model
+    assert {id(p) for p in task.parameters() if p.requires_grad} == {
+        id(p) for p in model.parameters()
+    }
+    plain = DistillationTask(
+        ClassificationTask(_student_spec(nn.Flatten()), ["a", "b", "c"]), teacher
+    )
     with pytest.raises(TypeError, match="two heads"):
-        loss_fn(torch.zeros(2, 3), torch.tensor([0, 1]), astronaut_pixels)
+        plain(astronaut_pixels, targets)
+
+
+def test_one_distillation_task_serves_a_multi_label_student(
+    astronaut_pixels: torch.Tensor,
+) -> None:
+    """The same task with a multi-label student: the student's blend (smoothing) and label
+    weights, the teacher's decisions at its own thresholds; the student task saves."""
+    torch.manual_seed(4)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    model = DistilledViT(tiny_config())
+    saved: list[Path] = []
+    spec = _student_spec(model)
+    spec.save = lambda trained, directory: saved.append(directory)
+    student = MultiLabelTask(spec, ["cat", "coffee", "rocket"], label_smoothing=0.2)
+    student.pos_weight = torch.tensor([1.0, 3.0, 2.0])
+    thresholds = np.array([0.4, 0.5, 0.6])
+    task = DistillationTask(student, teacher, kind="hard", alpha=0.3, teacher_thresholds=thresholds)
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    loss = task(astronaut_pixels, targets)["loss"]
+    heads = model(astronaut_pixels)
+    expected = multilabel_distillation_loss(
+        heads.cls_logits, heads.dist_logits, targets * 0.8 + 0.1, teacher(astronaut_pixels),
+        "hard", 0.3, 1.0, torch.tensor(thresholds, dtype=torch.float32),
+        torch.tensor([1.0, 3.0, 2.0]),
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert task.evaluator is student.evaluator
+    task.save(Path("best"))
+    assert saved == [Path("best")]
 
 
 def test_renormalize_maps_student_pixels_to_teacher_pixels() -> None:
@@ -242,7 +304,7 @@ def test_collapse_report_flags_never_predicted_classes() -> None:
 def test_collapse_filter_vetoes_a_collapsed_epoch_loudly(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from vitkit.training.distillation import collapse_filter
+    from vitkit.training.tasks.distill_collapse import collapse_filter
 
     veto = collapse_filter(["a", "b"])
     assert veto({"confusion_matrix": [[3, 1], [1, 3]]}) is None
@@ -256,7 +318,7 @@ def test_a_class_too_rare_on_validation_is_reported_not_vetoed(
 ) -> None:
     """Unbalanced data: the minority class has 1-2 validation images. Missing them is no collapse
     (it would veto otherwise good epochs); missing a class with 5+ images still is."""
-    from vitkit.training.distillation import MIN_COLLAPSE_SUPPORT, collapse_filter
+    from vitkit.training.tasks.distill_collapse import MIN_COLLAPSE_SUPPORT, collapse_filter
 
     labels = ["big", "other", "rare"]
     rare_missed = np.array([[9, 1, 0], [0, 10, 0], [1, 1, 0]])  # 2 "rare" images, never predicted

@@ -14,8 +14,8 @@ from torch import nn
 
 from vitkit.experiments.demo_data import build_demo_folder
 from vitkit.training import data as vdata
+from vitkit.training.model_spec import ModelSpec
 from vitkit.training.trainer import (
-    ModelSpec,
     TrainConfig,
     TrainingError,
     build_optimizer,

@@ -8,16 +8,13 @@ vitkit.evaluate("runs/vit/best", "photos/")  # the report `vitkit eval` prints: 
 
 The public names below load on first use (PEP 562), so ``import vitkit`` and ``vitkit --help``
 do not pay for importing torch. The package is in layers, each a sub-package (see the README's
-Architecture section); the flat module paths of vitkit 0.1 (``vitkit.classifier``,
-``vitkit.train``, ...) still import, with a DeprecationWarning (``vitkit._moved``).
+Architecture section).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from vitkit import _moved
 
 __version__ = "0.1.0"
 
@@ -59,6 +56,3 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
-
-
-_moved.install()

@@ -1,6 +1,7 @@
 """Every checkpoint format in, Hugging Face directories out, for every registered model type.
 
-``load_model(source)`` (see ``vitkit.checkpoints.registry``) recognises, in this order:
+``load_model(source)`` (see ``vitkit.checkpoints.registry``: each format is a hook of its
+model type) recognises:
 
 - a directory with a HF ``config.json`` of a registered model type (model.safetensors or
   pytorch_model.bin, also sharded): ``vit`` (``ViTForImageClassification`` or a bare
@@ -25,31 +26,37 @@ from functools import lru_cache
 from pathlib import Path
 
 from vitkit.checkpoints.registry import (
-    FORMATS,
     MODEL_TYPES,
+    Format,
     LoadedModel,
+    LoadRequest,
     ModelType,
     default_processor_config,
     detect_format,
+    hf_directory,
     load_model,
     model_type,
     register,
+    registered,
     save_model,
 )
 from vitkit.errors import CheckpointError
 
 __all__ = [
-    "FORMATS",
     "MODEL_TYPES",
     "CheckpointError",
+    "Format",
+    "LoadRequest",
     "LoadedModel",
     "ModelType",
     "default_processor_config",
     "detect_format",
+    "hf_directory",
     "imagenet_labels",
     "load_model",
     "model_type",
     "register",
+    "registered",
     "save_model",
     "save_pretrained",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import pickle
 from collections.abc import Callable, Mapping
@@ -29,6 +30,8 @@ from vitkit.models.vit import ViT
 
 StateDict = dict[str, torch.Tensor]
 _ConfigType = TypeVar("_ConfigType", bound=ViTConfig)
+
+_Config = TypeVar("_Config")  # a model type's config: a dataclass
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -267,26 +270,35 @@ def _resample_to(
 
 
 def apply_overrides(
-    config: ViTConfig, overrides: Mapping[str, Any] | None, source: Path | str
-) -> ViTConfig:
-    """``config`` with the user's ``--model-arg KEY=VALUE`` settings; errors name the key."""
+    config: _Config, overrides: Mapping[str, Any] | None, source: Path | str
+) -> _Config:
+    """``config`` (any model type's config dataclass) with the user's ``--model-arg KEY=VALUE``
+    settings: the one way every format applies them. Errors name the key and the file."""
     if not overrides:
         return config
-    check_setting_names(overrides, source)
-    try:
-        return config.replace(**overrides)
+    check_setting_names(overrides, source, type(config))
+    try:  # timm's names of ViT settings (init_values, ...) are accepted for every type
+        return cast(_Config, dataclasses.replace(config, **resolve_aliases(dict(overrides))))  # type: ignore[type-var]
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{source}: {error} (from the --model-arg overrides)") from error
 
 
-def check_setting_names(overrides: Mapping[str, Any], source: Path | str) -> None:
-    """Refuse ``--model-arg`` keys that are not ViTConfig fields (nor timm's aliases of them)."""
-    known = ViTConfig.__dataclass_fields__
+def check_setting_names(
+    overrides: Mapping[str, Any], source: Path | str, config_class: type = ViTConfig
+) -> None:
+    """Refuse ``--model-arg`` keys that are not fields of ``config_class`` (a ViT's: nor timm's
+    aliases of them)."""
+    known = {field.name for field in dataclasses.fields(config_class)}
     unknown = sorted(key for key in resolve_aliases(dict(overrides)) if key not in known)
     if unknown:
+        examples = (
+            "such as num_attention_heads, global_pool, hidden_act, layerscale_value"
+            if issubclass(config_class, ViTConfig)
+            else f"({', '.join(sorted(known))})"
+        )
         raise CheckpointError(
-            f"{source}: unknown model setting(s) {', '.join(unknown)}: --model-arg takes ViTConfig "
-            "fields such as num_attention_heads, global_pool, hidden_act, layerscale_value"
+            f"{source}: unknown model setting(s) {', '.join(unknown)}: --model-arg takes "
+            f"{config_class.__name__} fields {examples}"
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,13 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.atomic_files import write_directory_atomically
-from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json
+from vitkit.checkpoints._common import (
+    KeyReader,
+    StateDict,
+    apply_overrides,
+    build_model,
+    read_json,
+)
 from vitkit.checkpoints.hf import check_replaceable, read_weights
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
@@ -172,11 +179,14 @@ def load_student(
     directory: str | Path,
     image_size: ImageSize | None = None,
     device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[DistilledViT, dict[str, Any] | None]:
     """(student in eval mode, preprocessor_config or None) from a DeiT-with-teacher directory.
 
     Every key problem (missing, unexpected, wrong shape) is listed in one CheckpointError;
-    ``image_size`` resamples the position embeddings (the two prefix positions kept).
+    ``image_size`` resamples the position embeddings (the two prefix positions kept);
+    ``overrides``: DeiTConfig fields config.json does not record (``--model-arg``).
     """
     path = Path(directory)
     if not is_student_dir(path):
@@ -191,6 +201,7 @@ def load_student(
         raise CheckpointError(
             f"{path / 'config.json'}: not a valid DeiT config ({error})"
         ) from error
+    config = apply_overrides(config, overrides, path / "config.json")
     weights_path, tensors = read_weights(path)
     reader = deit_reader(tensors, config)
     model = build_model(config, reader, weights_path, image_size, device, DistilledViT)

@@ -26,6 +26,7 @@ Both are written atomically (``_common.save_directory``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from vitkit.checkpoints._common import (
     KeyReader,
     StateDict,
+    apply_overrides,
     check_replaceable,
     load_checked,
     read_json,
@@ -156,11 +158,16 @@ def dpt_config_dict(config: SegmenterConfig) -> dict[str, Any]:
 
 
 def load_dpt_directory(
-    directory: Path, image_size: ImageSize | None = None, device: str | torch.device = "cpu"
+    directory: Path,
+    image_size: ImageSize | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Segmenter, dict[str, Any] | None]:
     """(model, preprocessor config) from a directory transformers wrote."""
     config_path = directory / "config.json"
     config = dpt_config(read_json(config_path), config_path)
+    config = apply_overrides(config, overrides, config_path)
     _, tensors = read_weights(directory)
     reader = _dpt_reader(tensors, config)
     model = _build(config, reader, directory, "the DPT its config describes")
@@ -217,7 +224,11 @@ def save_dpt(
 
 # ---- vitkit's own layout --------------------------------------------------------------------
 def load_own_directory(
-    directory: Path, image_size: ImageSize | None = None, device: str | torch.device = "cpu"
+    directory: Path,
+    image_size: ImageSize | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Segmenter, dict[str, Any] | None]:
     config_path = directory / "config.json"
     data = read_json(config_path)
@@ -227,6 +238,7 @@ def load_own_directory(
         raise CheckpointError(
             f"{config_path}: not a valid vitkit segmenter config ({error})"
         ) from error
+    config = apply_overrides(config, overrides, config_path)
     _, tensors = read_weights(directory)
     reader = KeyReader(tensors)
     for name in list(tensors):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,14 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.atomic_files import write_directory_atomically
-from vitkit.checkpoints._common import KeyReader, StateDict, build_model, read_json, read_state_dict
+from vitkit.checkpoints._common import (
+    KeyReader,
+    StateDict,
+    apply_overrides,
+    build_model,
+    read_json,
+    read_state_dict,
+)
 from vitkit.checkpoints.hf import default_processor_config, hf_reader, hf_state_dict
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize
@@ -131,18 +139,24 @@ def has_decoder(directory: Path) -> bool:
 
 
 def load_mae_encoder(
-    directory: Path, image_size: ImageSize | None = None, device: str | torch.device = "cpu"
+    directory: Path,
+    image_size: ImageSize | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ViT, dict[str, Any] | None]:
     """(headless ViT encoder in eval mode, preprocessor config or None); the decoder is dropped.
 
-    ``image_size`` resamples the position embeddings as for any ViT checkpoint.
+    ``image_size`` resamples the position embeddings as for any ViT checkpoint; ``overrides``
+    set the encoder's ViTConfig fields (``--model-arg``).
     """
     config_path = directory / CONFIG_NAME
     config = config_from_hf_dict(read_json(config_path), config_path)
+    encoder = apply_overrides(config.encoder, overrides, config_path)
     weights_path, tensors = _read_hub_tensors(directory)
     encoder_tensors, _ = _split(tensors)
-    reader = hf_reader(encoder_tensors, config.encoder)
-    model = build_model(config.encoder, reader, weights_path, image_size, device)
+    reader = hf_reader(encoder_tensors, encoder)
+    model = build_model(encoder, reader, weights_path, image_size, device)
     return model, _processor(directory)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from vitkit.atomic_files import write_directory_atomically
 from vitkit.checkpoints._common import (
     KeyReader,
     StateDict,
+    apply_overrides,
     load_checked,
     read_json,
     read_state_dict,
@@ -138,12 +139,17 @@ def is_resnet_dir(directory: str | Path) -> bool:
 
 
 def load_resnet_dir(
-    directory: str | Path, image_size: int | None = None, device: str | torch.device = "cpu"
+    directory: str | Path,
+    image_size: int | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ResNetClassifier, dict[str, Any] | None]:
     """(model in eval mode, preprocessor_config or None) from an HF ResNet directory.
 
     Every key problem (missing, unexpected, wrong shape) is listed in one CheckpointError.
     ``image_size`` only records the resolution to run at: a CNN's weights do not depend on it.
+    ``overrides``: ResNetConfig fields to set (``--model-arg``).
     """
     path = Path(directory)
     if not is_resnet_dir(path):
@@ -161,6 +167,7 @@ def load_resnet_dir(
         config.image_size = image_size
     elif "image_size" not in data and processor is not None:  # transformers' own ResNet dirs
         config.image_size = _input_side(processor) or config.image_size
+    config = apply_overrides(config, overrides, path / "config.json")
     model = ResNetClassifier(config)
     _load_into(model, _reader(hf_state, hf_to_torchvision_key), weights)
     return model.to(device).eval(), processor

@@ -1,36 +1,57 @@
-"""The model registry: every model type vitkit runs, and the formats it reads them from.
+"""The model registry: every model type vitkit runs, and the formats each is read from.
 
-    model_type -> ModelType(config class, builder, directory reader, saver, default preprocessing)
+    model_type -> ModelType(config class, network class, builder, saver, default preprocessing,
+                            formats: (Format(name, matches, read), ...))
 
-as transformers' Auto classes and timm's ``register_model`` map a name to a model. Registered:
+as transformers' Auto classes and timm's ``register_model`` map a name to a model; each format
+is a hook of its type, as timm's ``pretrained_filter_fn`` is of a model. ``load_model(source)``
+turns a hub id into its downloaded directory, then asks every format of every type, in
+registration order, whether it ``matches`` the path, and the first that does ``read``s it.
+Registered here:
 
-- ``vit``: HF ``ViTForImageClassification`` / ``ViTModel`` directories and hub ids, timm state
-  dicts (files or hub-style directories: UNI, UNI2-h, Virchow, Prov-GigaPath, H-optimus-0...),
-  Google ``.npz`` files, and ``.onnx`` exports;
+- ``vit``: HF ``ViTForImageClassification`` / ``ViTModel`` directories, timm state dicts (files
+  or hub-style directories: UNI, UNI2-h, Virchow, Prov-GigaPath, H-optimus-0...) and Google
+  ``.npz`` files;
 - ``dinov2``: HF ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (and their image classifiers)
-  directories and hub ids (facebook/dinov2-*, owkin/phikon-v2), read into the same ViT;
-- ``deit``: the DeiT student, HF ``DeiTForImageClassificationWithTeacher`` directories (two
-  heads, logits averaged);
-- ``resnet``: the CNN baseline, HF ``ResNetForImageClassification`` directories (the layout of
-  ``microsoft/resnet-50``);
-- ``vit_mae``: masked-autoencoder pre-training, HF ``ViTMAEForPreTraining`` directories (what
-  ``vitkit pretrain`` writes, the layout of ``facebook/vit-mae-*``): ``load_model`` gives the
-  encoder, a headless ``ViT`` (the decoder is dropped), for fine-tuning and embedding;
-  ``save_model`` of an ``MAE`` writes the whole model.
+  directories (facebook/dinov2-*, owkin/phikon-v2), read into the same ViT;
+- ``deit``: the DeiT student, HF ``DeiTForImageClassificationWithTeacher`` directories;
+- ``resnet``: the CNN baseline, HF ``ResNetForImageClassification`` directories;
+- ``vit_mae``: HF ``ViTMAEForPreTraining`` directories (what ``vitkit pretrain`` writes):
+  ``load_model`` gives the encoder, a headless ``ViT``; ``save_model`` of an ``MAE`` writes all;
+- ``dpt``, ``vitkit_segmenter``: segmentation models (``vitkit.models.segmentation``), HF
+  ``DPTForSemanticSegmentation`` directories and vitkit's own layout for other heads/backbones;
+- ``onnx``: an ``.onnx`` export (``vitkit export``) of a vit or deit model, run by onnxruntime.
 
-``load_model(source)`` returns a ``LoadedModel`` for any of them; ``save_model(model, directory)``
-writes any of them in its own HF layout. Every model meets ``vitkit.models.protocol``, which is
-all the commands rely on.
+Every model meets ``vitkit.models.protocol``, which is all the commands rely on, so a registered
+type works in predict, embed, eval, serve, slide, explain (where it can) at once.
 
-Adding a model type (dinov2, vit_mae, ...): write the network in ``vitkit/models/`` (meeting the
-protocol), its config.json reader and writer in ``vitkit/checkpoints/``, and add one
-``ModelType`` to ``MODEL_TYPES`` at the bottom of this file (or call ``register`` from outside).
+``--model-arg KEY=VALUE`` (``overrides``) reaches every format the same way: each reader gets
+the ``LoadRequest`` and sets them on the config its file gives, with
+``vitkit.checkpoints._common.apply_overrides`` (an unknown key is refused, naming the file);
+a format that cannot honour them (an ONNX graph is fixed at export) refuses them in one line.
+
+Registering a model type (a segmentation model, a slide-level MIL model, ...):
+
+1. the network in ``vitkit/models/`` meeting the protocol (``config`` with ``model_type``,
+   ``labels()``, ``image_hw``, ``to_hf_dict()``; ``forward_logits``, ``forward_embedding``,
+   ``capabilities``, ``reset_head``, ``num_parameters``, ``flops_per_image``);
+2. its reader and saver (config.json + weights) in ``vitkit/checkpoints/<name>.py``;
+3. one entry: ``register(ModelType(name=..., ..., formats=(hf_directory(accepts, read),)))``,
+   here at the bottom of this file, or from outside vitkit: call ``register`` before loading,
+   or declare the entry in your package's metadata so that every ``vitkit`` command (and the
+   service) finds it::
+
+       [project.entry-points."vitkit.model_types"]
+       toy = "your_package.module:TOY_MODEL_TYPE"
+
+   Entry points are read once, on the first look-up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +78,56 @@ from vitkit.models.resnet import ResNetClassifier, ResNetConfig
 from vitkit.models.segmentation import Segmenter, SegmenterConfig
 from vitkit.models.vit import ViT
 
-FORMATS = ("hf", "timm", "npz", "hub", "onnx")
 Device = str | torch.device
-DirectoryReader = Callable[[Path, ImageSize | None, Device], tuple[Any, dict[str, Any] | None]]
+ENTRY_POINT_GROUP = "vitkit.model_types"
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What every format's reader is asked for: the same for every type and format."""
+
+    image_size: ImageSize | None = None  # resample position embeddings / resize input to this
+    device: Device = "cpu"
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # --model-arg: config fields
+
+
+# (path, request) -> (model in eval mode, its preprocessor_config.json or None)
+Reader = Callable[[Path, LoadRequest], tuple[Any, dict[str, Any] | None]]
 Saver = Callable[[Any, Path, dict[str, Any] | None], Path]
 
 
 @dataclass(frozen=True)
+class Format:
+    """One way a model type's checkpoints are stored."""
+
+    name: str  # LoadedModel.format: "hf", "timm", "npz", "onnx", ...
+    matches: Callable[[Path], bool]  # a local file or directory in this format? (cheap)
+    read: Reader
+
+
+def hf_directory(accepts: Callable[[Any], bool], read: Reader) -> Format:
+    """The Hugging Face layout: a directory whose config.json ``accepts`` (a dict -> bool)."""
+
+    def matches(path: Path) -> bool:
+        config = path / "config.json"
+        return path.is_dir() and config.is_file() and accepts(read_json(config))
+
+    return Format("hf", matches, read)
+
+
+@dataclass(frozen=True)
 class ModelType:
-    """One registered model type: how to build, read, save and preprocess for it."""
+    """One registered model type: its config and network, how to build, save and preprocess
+    for it, and the formats it is read from (the first: its own HF directory)."""
 
     name: str  # config.model_type
-    description: str  # what its HF directory is, for messages
+    description: str  # what its checkpoints are, for messages
     config_class: Any  # has from_hf_dict(dict) and the protocol's config fields
     model_class: type[nn.Module]
     build: Callable[[Any], nn.Module]  # config -> a randomly initialised model
-    accepts: Callable[[Any], bool]  # config.json dict -> is it this type's?
-    read_directory: DirectoryReader  # (directory, image_size, device) -> (model, processor)
     save: Saver  # (model, directory, processor_config) -> directory
     default_processor: Callable[[Any], dict[str, Any]]  # config -> preprocessor_config.json
+    formats: tuple[Format, ...]
 
     def config_from_dict(self, data: dict[str, Any]) -> Any:
         return self.config_class.from_hf_dict(data)
@@ -88,7 +140,7 @@ class LoadedModel:
     model: Any  # meets vitkit.models.protocol.VisionModel
     processor_config: dict[str, Any] | None
     source: str
-    format: str  # one of FORMATS
+    format: str  # the Format's name, or "hub" for a Hub id
     model_type: str  # a key of MODEL_TYPES
     resized: bool = False  # loaded at another image_size than the checkpoint's own
 
@@ -114,6 +166,7 @@ def resized_processor_config(config: dict[str, Any], image_hw: tuple[int, int]) 
 
 # ---- the table --------------------------------------------------------------------------
 MODEL_TYPES: dict[str, ModelType] = {}
+_plugins_loaded = False
 
 
 def register(model_type: ModelType) -> ModelType:
@@ -122,15 +175,33 @@ def register(model_type: ModelType) -> ModelType:
     return model_type
 
 
+def registered() -> dict[str, ModelType]:
+    """Every model type: vitkit's own and those installed packages declare (entry points of
+    the group ``vitkit.model_types``, each naming a ``ModelType``), read on the first call."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            declared = entry.load()
+            if not isinstance(declared, ModelType):
+                raise CheckpointError(
+                    f"entry point {entry.name} = {entry.value} ({ENTRY_POINT_GROUP}) names a "
+                    f"{type(declared).__name__}, not a vitkit.checkpoints.registry.ModelType"
+                )
+            register(declared)
+    return MODEL_TYPES
+
+
 def model_type(name: str) -> ModelType:
     """The registered type ``name``; CheckpointError listing the known ones otherwise."""
-    if name not in MODEL_TYPES:
+    types = registered()
+    if name not in types:
         raise CheckpointError(f"unknown model type {name!r}: vitkit knows {_known()}")
-    return MODEL_TYPES[name]
+    return types[name]
 
 
 def _known() -> str:
-    return "; ".join(f"{t.name} ({t.description})" for t in MODEL_TYPES.values())
+    return "; ".join(f"{t.name} ({t.description})" for t in registered().values())
 
 
 def default_processor_config(config: Any) -> dict[str, Any]:
@@ -139,63 +210,71 @@ def default_processor_config(config: Any) -> dict[str, Any]:
 
 
 # ---- recognising a source ---------------------------------------------------------------
-def detect_format(source: str | Path) -> str:
-    """One of FORMATS for ``source``; CheckpointError naming it if none fits."""
+def local_path(source: str | Path) -> tuple[Path, bool]:
+    """(the local file or directory ``source`` names, whether it came from the Hub): a Hub id
+    is downloaded; config.json or the weights file of a HF directory name the directory."""
     path = Path(source).expanduser()
+    if not path.exists() and is_hub_id(str(source)):
+        return download(str(source)), True
+    if path.is_file() and (path.name == "config.json" or _inside_hf_directory(path)):
+        return path.parent, False
+    return path, False
+
+
+def _inside_hf_directory(path: Path) -> bool:
+    """A weights file HF wrote (model.safetensors, pytorch_model.bin) next to its config.json."""
+    names = ("model.safetensors", "pytorch_model.bin")
+    return path.name in names and any(f.name == "hf" and f.matches(path.parent) for f in _formats())
+
+
+def _formats() -> list[Format]:
+    return [fmt for entry in registered().values() for fmt in entry.formats]
+
+
+def find_format(path: Path) -> tuple[ModelType, Format]:
+    """The first registered (type, format) that matches the local ``path``; CheckpointError
+    saying what vitkit reads otherwise."""
+    for entry in registered().values():
+        for fmt in entry.formats:
+            if fmt.matches(path):
+                return entry, fmt
+    raise CheckpointError(_unreadable(path))
+
+
+def detect_format(source: str | Path) -> str:
+    """The format name of ``source`` ("hub" for a Hub id, without downloading it)."""
+    path = Path(source).expanduser()
+    if not path.exists() and is_hub_id(str(source)):
+        return "hub"
+    return find_format(local_path(path)[0])[1].name
+
+
+def _unreadable(path: Path) -> str:
     if path.is_dir():
-        return directory_type(path)[0]
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            return (
+                f"{path}: a directory without config.json: give the checkpoint file itself "
+                "(.safetensors / .pth / .npz / .onnx) or a Hugging Face directory (config.json + "
+                "weights)"
+            )
+        data = read_json(config_path)
+        found = data.get("model_type") if isinstance(data, dict) else None
+        architectures = data.get("architectures") if isinstance(data, dict) else None
+        return (
+            f"{config_path}: model_type {found!r} (architectures {architectures}) is not a model "
+            f"vitkit reads, nor a timm config (architecture). It reads: {_known()}"
+        )
     if path.is_file():
-        if path.name == "config.json":
-            return directory_type(path.parent)[0]
-        if path.suffix == ".npz":
-            return "npz"
-        if is_onnx_file(path):
-            return "onnx"
-        if path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".pth.tar"):
-            return "timm"  # .pth.tar: what timm's train script names its checkpoints
-        raise CheckpointError(
+        return (
             f"{path}: not a checkpoint format vitkit knows (by its suffix {path.suffix or '(none)'}"
             "). Give a HF directory, a .safetensors/.pth/.bin timm state dict, a Google .npz "
             "file, an .onnx export, or a Hub id like google/vit-base-patch16-224."
         )
-    if is_hub_id(str(source)):
-        return "hub"
-    raise CheckpointError(
-        f"{source}: no such file or directory (and not a Hugging Face Hub id like "
+    return (
+        f"{path}: no such file or directory (and not a Hugging Face Hub id like "
         "google/vit-base-patch16-224)"
     )
-
-
-def directory_type(directory: Path) -> tuple[str, ModelType]:
-    """("hf" or "timm", the model type) of a checkpoint directory, from its config.json."""
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(
-            f"{directory}: a directory without config.json: give the checkpoint file itself "
-            "(.safetensors / .pth / .npz / .onnx) or a Hugging Face directory (config.json + "
-            "weights)"
-        )
-    data = read_json(config_path)
-    for entry in MODEL_TYPES.values():
-        if entry.accepts(data):
-            return "hf", entry
-    if is_timm_directory(directory):
-        return "timm", MODEL_TYPES["vit"]
-    found = data.get("model_type") if isinstance(data, dict) else None
-    architectures = data.get("architectures") if isinstance(data, dict) else None
-    raise CheckpointError(
-        f"{config_path}: model_type {found!r} (architectures {architectures}) is not a model "
-        f"vitkit reads, nor a timm config (architecture). It reads: {_known()}"
-    )
-
-
-def _inside_checkpoint_directory(path: Path) -> bool:
-    """A weights file HF wrote (model.safetensors, pytorch_model.bin) next to its config.json."""
-    names = ("model.safetensors", "pytorch_model.bin")
-    if path.name not in names or not (path.parent / "config.json").is_file():
-        return False
-    data = read_json(path.parent / "config.json")
-    return any(entry.accepts(data) for entry in MODEL_TYPES.values())
 
 
 # ---- loading and saving -----------------------------------------------------------------
@@ -207,12 +286,12 @@ def load_model(
     num_attention_heads: int | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load any registered model type from any format above, in eval mode.
+    """Load any registered model type from any of its formats, in eval mode.
 
     ``image_size`` resamples a transformer's position embeddings at load time (bicubic,
     antialiased, prefix tokens kept: what timm does when it loads weights at another
     ``img_size``; DINOv2 directories: transformers' rule for their class); for a CNN it only
-    sets the resolution its preprocessing resizes to. ``overrides`` set ViT settings the file
+    sets the resolution its preprocessing resizes to. ``overrides`` set config fields the file
     does not record (``--model-arg KEY=VALUE``): for timm state dicts what the shapes cannot
     tell (``num_attention_heads``, ``global_pool``, ``hidden_act``, ``dynamic_img_size``...; see
     ``vitkit.checkpoints.timm``). ``num_attention_heads`` is the same as that override.
@@ -220,62 +299,12 @@ def load_model(
     settings = dict(overrides or {})
     if num_attention_heads is not None:
         settings["num_attention_heads"] = num_attention_heads
-    loaded = _load(source, image_size, device, settings)
-    loaded.resized = image_size is not None
-    return loaded
-
-
-def _load(
-    source: str | Path, image_size: ImageSize | None, device: Device, overrides: dict[str, Any]
-) -> LoadedModel:
-    kind = detect_format(source)
-    path = Path(source).expanduser()
-    if kind == "hub":
-        path = download(str(source))
-    elif path.is_file() and (path.name == "config.json" or _inside_checkpoint_directory(path)):
-        path = path.parent
-    if path.is_dir():
-        directory_format, entry = directory_type(path)
-        processor: dict[str, Any] | None
-        if directory_format == "timm":
-            model, processor = load_timm_directory(path, image_size, device, overrides=overrides)
-        elif entry.name in _OVERRIDABLE:
-            model, processor = _OVERRIDABLE[entry.name](path, image_size, device, overrides)
-        else:
-            _refuse_overrides(overrides, entry.name, path)
-            model, processor = entry.read_directory(path, image_size, device)
-        found = "hub" if kind == "hub" else directory_format
-        return LoadedModel(model, processor, str(source), found, entry.name)
-    if kind == "npz":
-        model = load_npz(path, image_size, device, overrides=overrides)
-        return LoadedModel(model, None, str(source), "npz", "vit")
-    if kind == "onnx":
-        _refuse_overrides(overrides, "onnx", path)
-        return _load_onnx(path, image_size, str(source))
-    model = load_timm_file(path, image_size, device, overrides=overrides)
-    return LoadedModel(model, None, str(source), "timm", "vit")
-
-
-def _refuse_overrides(overrides: dict[str, Any], kind: str, path: Path) -> None:
-    if overrides:
-        raise CheckpointError(
-            f"{path}: --model-arg ({', '.join(overrides)}) applies to ViT checkpoints (HF ViT "
-            f"and DINOv2 directories, timm files, .npz), not to a {kind} model"
-        )
-
-
-def _load_onnx(path: Path, image_size: ImageSize | None, source: str) -> LoadedModel:
-    if image_size is not None:
-        raise CheckpointError(
-            f"{path}: an ONNX model runs at the size it was exported at; re-export it for "
-            "another image size (vitkit export --image-size N)"
-        )
-
-    def read_config(data: dict[str, Any]) -> Any:
-        return model_type(data.get("model_type", "vit")).config_from_dict(data)
-
-    model = OnnxModel(path, read_config=read_config)
-    return LoadedModel(model, model.processor_config, source, "onnx", model.model_type)
+    path, from_hub = local_path(source)
+    entry, fmt = find_format(path)
+    model, processor = fmt.read(path, LoadRequest(image_size, device, settings))
+    found = "hub" if from_hub else fmt.name
+    resized = image_size is not None
+    return LoadedModel(model, processor, str(source), found, entry.name, resized=resized)
 
 
 def save_model(
@@ -285,11 +314,14 @@ def save_model(
 
     ``processor_config`` defaults to the model type's preprocessing at the model's resolution.
     """
-    entry = model_type(getattr(getattr(model, "config", None), "model_type", "?"))
-    if not isinstance(model, entry.model_class) or isinstance(model, OnnxModel):
+    if isinstance(model, OnnxModel):
         raise UnsupportedOperationError(
-            f"{type(model).__name__} is not a {entry.name} model vitkit can save "
-            "(an ONNX file is written by `vitkit export`, and is not converted back)"
+            "an ONNX file is written by `vitkit export`, and is not converted back"
+        )
+    entry = model_type(getattr(getattr(model, "config", None), "model_type", "?"))
+    if not isinstance(model, entry.model_class):
+        raise UnsupportedOperationError(
+            f"{type(model).__name__} is not a {entry.name} model vitkit can save"
         )
     return entry.save(model, Path(directory), processor_config)
 
@@ -300,19 +332,85 @@ def build_model(config: Any) -> VisionModel:
     return model
 
 
-# ---- the registered types ---------------------------------------------------------------
-def _read_vit(directory: Path, image_size: ImageSize | None, device: Device) -> Any:
-    return hf.load_hf_directory(directory, image_size, device)
+# ---- the registered types' readers and savers ---------------------------------------------
+def _read_vit(directory: Path, request: LoadRequest) -> Any:
+    return hf.load_hf_directory(
+        directory, request.image_size, request.device, overrides=request.overrides
+    )
 
 
-def _read_resnet(directory: Path, image_size: ImageSize | None, device: Device) -> Any:
+def _read_timm_directory(directory: Path, request: LoadRequest) -> Any:
+    overrides = dict(request.overrides)
+    return load_timm_directory(directory, request.image_size, request.device, overrides=overrides)
+
+
+def _read_timm_file(path: Path, request: LoadRequest) -> Any:
+    overrides = dict(request.overrides)
+    return load_timm_file(path, request.image_size, request.device, overrides=overrides), None
+
+
+def _read_npz(path: Path, request: LoadRequest) -> Any:
+    return load_npz(path, request.image_size, request.device, overrides=request.overrides), None
+
+
+def _read_dinov2(directory: Path, request: LoadRequest) -> Any:
+    overrides = dict(request.overrides)
+    return dinov2.load_dinov2_directory(directory, request.image_size, request.device, overrides)
+
+
+def _read_deit(directory: Path, request: LoadRequest) -> Any:
+    return hf_deit.load_student(
+        directory, request.image_size, request.device, overrides=request.overrides
+    )
+
+
+def _read_resnet(directory: Path, request: LoadRequest) -> Any:
     size = None
-    if image_size is not None:
-        height, width = to_pair(image_size)
+    if request.image_size is not None:
+        height, width = to_pair(request.image_size)
         if height != width:
-            raise CheckpointError(f"{directory}: a ResNet runs at a square size, not {image_size}")
+            raise CheckpointError(
+                f"{directory}: a ResNet runs at a square size, not {request.image_size}"
+            )
         size = height
-    return hf_resnet.load_resnet_dir(directory, size, device)
+    return hf_resnet.load_resnet_dir(directory, size, request.device, overrides=request.overrides)
+
+
+def _read_mae(directory: Path, request: LoadRequest) -> Any:
+    return hf_mae.load_mae_encoder(
+        directory, request.image_size, request.device, overrides=request.overrides
+    )
+
+
+def _read_dpt(directory: Path, request: LoadRequest) -> Any:
+    return hf_dpt.load_dpt_directory(
+        directory, request.image_size, request.device, overrides=request.overrides
+    )
+
+
+def _read_segmenter(directory: Path, request: LoadRequest) -> Any:
+    return hf_dpt.load_own_directory(
+        directory, request.image_size, request.device, overrides=request.overrides
+    )
+
+
+def _read_onnx(path: Path, request: LoadRequest) -> Any:
+    if request.overrides:
+        raise CheckpointError(
+            f"{path}: --model-arg ({', '.join(request.overrides)}) cannot change an ONNX graph: "
+            "it is fixed at export (load the checkpoint with --model-arg, then vitkit export)"
+        )
+    if request.image_size is not None:
+        raise CheckpointError(
+            f"{path}: an ONNX model runs at the size it was exported at; re-export it for "
+            "another image size (vitkit export --image-size N)"
+        )
+
+    def read_config(data: dict[str, Any]) -> Any:
+        return model_type(data.get("model_type", "vit")).config_from_dict(data)
+
+    model = OnnxModel(path, read_config=read_config)
+    return model, model.processor_config
 
 
 def _save_vit(model: Any, directory: Path, processor_config: dict[str, Any] | None) -> Path:
@@ -326,33 +424,46 @@ def _save_vit(model: Any, directory: Path, processor_config: dict[str, Any] | No
     return save_timm_directory(model, directory, processor_config)
 
 
-def _read_vit_overridable(
-    directory: Path, image_size: ImageSize | None, device: Device, overrides: dict[str, Any]
-) -> Any:
-    return hf.load_hf_directory(directory, image_size, device, overrides=overrides)
-
-
-# Directory readers that take --model-arg overrides (ViT architectures).
-_OVERRIDABLE = {"vit": _read_vit_overridable, "dinov2": dinov2.load_dinov2_directory}
-
-
 def _save_deit(model: Any, directory: Path, processor_config: dict[str, Any] | None) -> Path:
     return hf_deit.save_student(
         model, directory, processor_config or hf.default_processor_config(model.config)
     )
 
 
+def _is_timm_file(path: Path) -> bool:
+    # .pth.tar: what timm's train script names its checkpoints
+    return path.is_file() and (path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".pth.tar"))
+
+
+def _cannot_save(model: Any, directory: Path, processor_config: dict[str, Any] | None) -> Path:
+    raise UnsupportedOperationError("an ONNX file is written by `vitkit export`")
+
+
+def _onnx_processor(config: Any) -> dict[str, Any]:
+    return default_processor_config(config)  # the exported model's own type's
+
+
+def _cannot_build(config: Any) -> nn.Module:
+    raise UnsupportedOperationError("an ONNX model is exported (vitkit export), not built")
+
+
 for _entry in (
     ModelType(
         name="vit",
-        description="HF ViTForImageClassification / ViTModel, timm, .npz, .onnx",
+        description="HF ViTForImageClassification / ViTModel, timm, .npz",
         config_class=ViTConfig,
         model_class=ViT,
         build=ViT,
-        accepts=lambda data: isinstance(data, dict) and data.get("model_type") == "vit",
-        read_directory=_read_vit,
         save=_save_vit,
         default_processor=hf.default_processor_config,
+        formats=(
+            hf_directory(
+                lambda data: isinstance(data, dict) and data.get("model_type") == "vit", _read_vit
+            ),
+            Format("timm", is_timm_directory, _read_timm_directory),
+            Format("npz", lambda path: path.is_file() and path.suffix == ".npz", _read_npz),
+            Format("timm", _is_timm_file, _read_timm_file),
+        ),
     ),
     ModelType(
         name="dinov2",
@@ -360,12 +471,16 @@ for _entry in (
         config_class=ViTConfig,
         model_class=ViT,
         build=ViT,
-        accepts=lambda data: (
-            isinstance(data, dict) and data.get("model_type") in dinov2.MODEL_TYPES
-        ),
-        read_directory=dinov2.load_dinov2_directory,
         save=_save_vit,
         default_processor=dinov2.default_processor_config,
+        formats=(
+            hf_directory(
+                lambda data: (
+                    isinstance(data, dict) and data.get("model_type") in dinov2.MODEL_TYPES
+                ),
+                _read_dinov2,
+            ),
+        ),
     ),
     ModelType(
         name="deit",
@@ -373,10 +488,9 @@ for _entry in (
         config_class=DeiTConfig,
         model_class=DistilledViT,
         build=DistilledViT,
-        accepts=hf_deit.is_student_config,
-        read_directory=hf_deit.load_student,
         save=_save_deit,
         default_processor=hf.default_processor_config,
+        formats=(hf_directory(hf_deit.is_student_config, _read_deit),),
     ),
     ModelType(
         name="resnet",
@@ -384,10 +498,9 @@ for _entry in (
         config_class=ResNetConfig,
         model_class=ResNetClassifier,
         build=ResNetClassifier,
-        accepts=hf_resnet.is_resnet_config,
-        read_directory=_read_resnet,
         save=hf_resnet.save_resnet,
         default_processor=hf_resnet.default_processor_config,
+        formats=(hf_directory(hf_resnet.is_resnet_config, _read_resnet),),
     ),
     ModelType(
         name="vit_mae",
@@ -395,10 +508,19 @@ for _entry in (
         config_class=MAEConfig,
         model_class=MAE,
         build=build_mae,
-        accepts=hf_mae.is_mae_config,
-        read_directory=hf_mae.load_mae_encoder,
         save=hf_mae.save_mae,
         default_processor=lambda config: hf.default_processor_config(config.encoder),
+        formats=(hf_directory(hf_mae.is_mae_config, _read_mae),),
+    ),
+    ModelType(
+        name="onnx",
+        description="an .onnx export (vitkit export) of a vit or deit model, run by onnxruntime",
+        config_class=None,
+        model_class=OnnxModel,
+        build=_cannot_build,
+        save=_cannot_save,
+        default_processor=_onnx_processor,
+        formats=(Format("onnx", lambda path: path.is_file() and is_onnx_file(path), _read_onnx),),
     ),
     ModelType(
         name="dpt",
@@ -406,10 +528,9 @@ for _entry in (
         config_class=SegmenterConfig,
         model_class=Segmenter,
         build=Segmenter,
-        accepts=hf_dpt.is_dpt_config,
-        read_directory=hf_dpt.load_dpt_directory,
         save=hf_dpt.save_segmenter,
         default_processor=hf_dpt.default_processor_config,
+        formats=(hf_directory(hf_dpt.is_dpt_config, _read_dpt),),
     ),
     ModelType(
         name="vitkit_segmenter",
@@ -417,10 +538,9 @@ for _entry in (
         config_class=SegmenterConfig,
         model_class=Segmenter,
         build=Segmenter,
-        accepts=hf_dpt.is_own_config,
-        read_directory=hf_dpt.load_own_directory,
         save=hf_dpt.save_segmenter,
         default_processor=hf_dpt.default_processor_config,
+        formats=(hf_directory(hf_dpt.is_own_config, _read_segmenter),),
     ),
 ):
     register(_entry)

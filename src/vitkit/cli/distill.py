@@ -60,8 +60,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and the trainer load when the command runs, not for `vitkit --help`
-    from vitkit.training.distillation import distill
     from vitkit.training.metrics import format_multilabel_report, format_report
+    from vitkit.training.tasks.distill import DistillationBuilder
+    from vitkit.training.trainer import train
 
     if args.model is not None or args.from_scratch:
         raise VitkitError(
@@ -70,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         )
     settings = config_from_args(DistillConfig, args)
     cfg = config_from_args(TrainConfig, args)
-    result = distill(
-        cfg,
+    builder = DistillationBuilder(
         settings.teacher,
         settings.student,
         kind=settings.kind,
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=settings.temperature,
         overrides=cfg.model_overrides,  # a preset student's architecture
     )
+    result = train(cfg, builder)
     print(
         f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}): {result.out / 'best'}"
     )

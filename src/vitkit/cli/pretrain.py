@@ -98,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from vitkit.training.distributed import cleanup_distributed
-    from vitkit.training.pretrain import pretrain
+    from vitkit.training.tasks.mae import MAEBuilder
+    from vitkit.training.trainer import train
 
     cfg = config_from_args(TrainConfig, args)
     settings = config_from_args(PretrainConfig, args)
     try:
-        result = pretrain(cfg, settings)
+        result = train(cfg, MAEBuilder(settings))
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) != 0:

@@ -16,7 +16,7 @@ table's columns accuracy / macro F1 / precision / recall) or label tables (a fol
 multi-label, ``vitkit.training.tasks.multilabel``, and the columns become mAP / macro-F1 /
 micro-F1 / ROC-AUC at the thresholds each model tuned on validation). Every row works on both:
 the ResNet's config carries ``problem_type`` and thresholds as the ViT's does, and the distilled
-row's teacher terms become per-label sigmoid ones (``vitkit.training.distillation``).
+row's teacher terms become per-label sigmoid ones (``vitkit.training.tasks.distill``).
 
 The row names keep the paper's resolutions; the table shows the sizes actually used (CPU-sized
 defaults train 16x16 and 28x28 inputs: the digits are 8x8). Fine-tune rows need a pre-trained ViT. With
@@ -55,14 +55,15 @@ from vitkit.errors import CompareError
 from vitkit.experiments.compare_config import ROWS, CompareConfig
 from vitkit.training.checks import check_image_size, check_settings
 from vitkit.training.config import TrainConfig
-from vitkit.training.distillation import MIN_COLLAPSE_SUPPORT, collapse_report, distill
 from vitkit.training.labels import find_table, is_label_table
 from vitkit.training.model_spec import ModelFactory
-from vitkit.training.pretrain import pretrain as mae_pretrain
 from vitkit.training.specs import preset_config, resnet_model_spec, vit_model_spec
 from vitkit.training.state import load_state
-from vitkit.training.tasks.base import TaskBuilder
+from vitkit.training.task_builder import TaskBuilder
 from vitkit.training.tasks.classify import ClassificationBuilder
+from vitkit.training.tasks.distill import DistillationBuilder
+from vitkit.training.tasks.distill_collapse import MIN_COLLAPSE_SUPPORT, collapse_report
+from vitkit.training.tasks.mae import MAEBuilder
 from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.tasks.multilabel import MultiLabelBuilder
 from vitkit.training.tracking import run_group
@@ -190,8 +191,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
         train_cfg = _train_config(
             cfg, row_dir, from_scratch=True, mix=cfg.distill_mix, mix_alpha=cfg.distill_mix_alpha
         )
-        result = distill(
-            train_cfg,
+        builder = DistillationBuilder(
             teacher,
             cfg.vit_preset,
             kind=cfg.distill_kind,  # type: ignore[arg-type]  # checked by its choices
@@ -200,6 +200,7 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
             overrides=overrides,
             raise_on_collapse=False,  # the table reports it; the other rows still count
         )
+        result = train(train_cfg, builder)
         if result.best_epoch is None:
             notes.append(
                 "COLLAPSED in every epoch (a class never predicted on validation): no model kept"
@@ -309,7 +310,7 @@ def pretrain(cfg: CompareConfig) -> tuple[str, str]:
         model_overrides=dict(cfg.vit_overrides),
         epochs=cfg.pretrain_epochs,
     )
-    result = mae_pretrain(train_cfg, settings)
+    result = train(train_cfg, MAEBuilder(settings))
     if result.best_epoch is None:
         raise CompareError(f"pre-training in {run_dir} kept no model")
     atomic_write_text(run_dir / "result.json", json.dumps({"best_epoch": result.best_epoch}) + "\n")

@@ -9,7 +9,7 @@ Parameter names are those of ``vitkit.models.vit.ViT`` plus timm's distilled-Dei
 (``dist_token``, ``head_dist``); ``pos_embed`` has two prefix positions ([CLS], distillation)
 before the patch grid. ``vitkit.checkpoints.hf_deit`` reads and writes it as an HF
 ``DeiTForImageClassificationWithTeacher`` directory; the losses live in
-``vitkit.training.distillation``.
+``vitkit.training.tasks.distill``.
 """
 
 from __future__ import annotations

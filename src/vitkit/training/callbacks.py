@@ -105,8 +105,16 @@ class CallbackList(Callback):
             callback.on_epoch_end(run, fit, record, val)
 
     def on_fit_end(self, run: Run, fit: FitState) -> None:
+        """Every callback's, even after one raised (logs flushed, bars closed); then the first
+        error is raised."""
+        errors: list[BaseException] = []
         for callback in self.callbacks:
-            callback.on_fit_end(run, fit)
+            try:
+                callback.on_fit_end(run, fit)
+            except Exception as error:  # raised again below, once the others have run
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def on_test_end(self, run: Run, fit: FitState, test: EvalResult | None) -> None:
         for callback in self.callbacks:

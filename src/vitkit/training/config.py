@@ -272,7 +272,7 @@ def recipe_note(cfg: TrainConfig) -> str:
 
 @dataclass
 class DistillConfig:
-    """What ``vitkit distill`` adds to a training run (see vitkit.training.distillation)."""
+    """What ``vitkit distill`` adds to a training run (see vitkit.training.tasks.distill)."""
 
     teacher: str = option(
         help="teacher: any model vitkit loads (HF ResNet or ViT directory, student directory, ...)",

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from vitkit.training import data as vdata
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
-from vitkit.training.tasks.base import TaskBuilder, TrainingTask
+from vitkit.training.task import TrainingTask
 
 
 @dataclass
@@ -26,7 +26,6 @@ class Run:
     cfg: TrainConfig  # the recipe resolved
     out: Path
     info: DistInfo
-    builder: TaskBuilder
     task: TrainingTask
     data: vdata.RunData
     sampler: vdata.EpochSampler
@@ -36,6 +35,8 @@ class Run:
     steps_per_epoch: int
     micro_batch: int
     workers: int
+    data_summary: str  # the task builder's lines about the data, for the plan
+    recipe_summary: str  # and its line about the recipe
 
     @property
     def lr(self) -> float:

@@ -6,8 +6,8 @@ normalisation, evaluation preprocessing, how it is saved and loaded back).
   fine-tuning recipe); saved as a Hugging Face directory.
 - ``resnet_model_spec``: the CNN baseline (``vitkit compare``), saved as an HF ResNet directory.
 
-``ModelSpec`` (what the trainer needs to know about a network) and ``ModelFactory`` (``(cfg, id2label)
--> ModelSpec``: what a task builder calls) live in ``vitkit.training.model_spec``; importable here too.
+``ModelSpec`` (what the trainer needs to know about a network) and ``ModelFactory`` (``(cfg,
+id2label) -> ModelSpec``: what a task builder calls) are ``vitkit.training.model_spec``'s.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from vitkit.training.evaluate import ProcessorTransform
 from vitkit.training.model_spec import ModelFactory, ModelSpec
 
 __all__ = [
-    "ModelFactory",
-    "ModelSpec",
     "preset_config",
     "resnet_model_spec",
     "vit_model_spec",

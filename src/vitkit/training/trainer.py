@@ -10,8 +10,9 @@ Read it top to bottom, as nanoGPT's train.py:
                      committed to last.pt
       finish         the saved best model evaluated on the test split
 
-What is learned is the TASK's business (``vitkit.training.tasks``): it owns the model (and a
-teacher, ...) and returns ``{"loss", ...}`` for a batch; the loop reads only ``"loss"``. What
+What is learned is the TASK's business (``vitkit.training.task``; the tasks in
+``vitkit.training.tasks``): an ``nn.Module`` that owns the model (and a teacher, ...) and
+returns ``{"loss", ...}`` for a batch; the loop reads only ``"loss"``. What
 happens around the loop (progress, logs, curves, the best model, vetoes) are callbacks
 (``vitkit.training.callbacks``). The optimisation is the recipe of ``vitkit.training.config``:
 SGD + momentum (the ViT paper's fine-tuning) or AdamW (from scratch), linear warm-up then cosine
@@ -59,13 +60,13 @@ from vitkit.training.config import (
     LR_DEFAULTS,
     WEIGHT_DECAY_DEFAULTS,
     TrainConfig,
-    recipe_note,
     resolve_recipe,
 )
 from vitkit.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from vitkit.training.evaluate import EvalResult, autocast, evaluate
+from vitkit.training.model_spec import ModelFactory
 from vitkit.training.run import Run
-from vitkit.training.specs import ModelFactory, vit_model_spec
+from vitkit.training.specs import vit_model_spec
 from vitkit.training.state import (
     FitState,
     load_state,
@@ -74,12 +75,11 @@ from vitkit.training.state import (
     seed_everything,
     set_rng_state,
 )
-from vitkit.training.tasks.base import ModelSpec, TaskBuilder
+from vitkit.training.task_builder import TaskBuilder
 from vitkit.training.tasks.classify import ClassificationBuilder, LossFn
 from vitkit.training.tracking import reporters
 
 __all__ = [
-    "ModelSpec",
     "Run",
     "TrainConfig",
     "TrainResult",
@@ -112,16 +112,18 @@ def train(
 ) -> TrainResult:
     """Train as ``cfg`` says; under torchrun, as one process of a DDP group.
 
-    ``task`` builds what is learned (default: classification of class folders by a ViT).
-    Shorthands for a classification task: ``model_factory(cfg, id2label) -> ModelSpec`` (any
-    network), ``loss_fn(outputs, targets, images)`` (its loss), ``best_filter(val_report)``
-    (a reason to veto an epoch as the best model, e.g. a collapse). ``callbacks`` run before the
-    built-in ones (so a judge can veto before the best model is chosen).
+    ``task`` builds what is learned (default: classification of class folders by a ViT; MAE
+    pre-training: ``tasks.mae.MAEBuilder``; distillation: ``tasks.distill.DistillationBuilder``;
+    multi-label: ``tasks.multilabel.MultiLabelBuilder``). Shorthands for a classification task:
+    ``model_factory(cfg, id2label) -> ModelSpec`` (any network), ``loss_fn(outputs, targets,
+    images)`` (its loss), ``best_filter(val_report)`` (a reason to veto an epoch as the best
+    model, e.g. a collapse). ``callbacks`` run before the task's own and the built-in ones (so a
+    judge can veto before the best model is chosen).
     """
     if task is not None and (model_factory is not None or loss_fn is not None):
         raise TypeError("give either a task or model_factory/loss_fn, not both")
     builder = task or ClassificationBuilder(model_factory or vit_model_spec, loss_fn)
-    cfg = resolve_recipe(cfg)
+    cfg = resolve_recipe(builder.resolve(cfg))
     check_settings(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     builder.check(cfg)
     # The process group (under torchrun) outlives this call, so that several runs can share it
@@ -131,7 +133,8 @@ def train(
     fit_state = restore_state(run)
     judges = [Veto(best_filter)] if best_filter is not None else []
     builtin = default_callbacks(cfg.log_every, cfg.progress)
-    everything = CallbackList([*callbacks, *judges, *builtin, *reporters(cfg)])
+    own = builder.callbacks(cfg)  # the task's: pictures, vetoes
+    everything = CallbackList([*callbacks, *own, *judges, *builtin, *reporters(cfg)])
     error: BaseException | None = None
     try:
         fit(run, fit_state, everything)
@@ -173,7 +176,6 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
         cfg,
         out,
         info,
-        builder,
         task,
         data,
         sampler,
@@ -183,6 +185,8 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
         steps_per_epoch,
         micro_batch,
         workers,
+        builder.describe_data(cfg, data),
+        builder.recipe_note(cfg),
     )
 
 
@@ -483,17 +487,15 @@ def plan(run: Run) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     height, width = run.task.spec.image_size
-    # a task whose input is not an image (bags of tile embeddings) says what it is
-    input_text = getattr(run.task, "input_text", None) or f"input {height}x{width}"
+    input_text = run.task.input_text or f"input {height}x{width}"
     mix = f"; mix: {cfg.mix} (alpha {cfg.mix_alpha:g})" if cfg.mix != "none" else ""
     return "\n".join(
         [
             f"model: {run.task.description} ({total / 1e6:.2f}M parameters, "
             f"{trainable / 1e6:.2f}M trainable), {input_text}, device {info.device} "
             f"x {info.world_size} process(es)",
-            run.builder.describe_data(run.data) + f"; augment: {cfg.augment}{mix}",
-            # a task with its own recipe (MIL) describes it; the rest name theirs
-            getattr(run.builder, "recipe_note", recipe_note)(run.cfg),
+            run.data_summary + f"; augment: {cfg.augment}{mix}",
+            run.recipe_summary,
             f"optimisation: {cfg.optimizer}, batch {cfg.batch_size} (= {info.world_size} x "
             f"{cfg.grad_accum} x {run.micro_batch}), {cfg.epochs} epochs x {run.steps_per_epoch} steps",
         ]

@@ -1,13 +1,15 @@
-"""What a run learns: the task interface (``base``) and the tasks built on it.
+"""What a run learns: the tasks, each a ``vitkit.training.task.TrainingTask`` (an ``nn.Module``
+that owns its model and returns ``{"loss", ...}``) made by a
+``vitkit.training.task_builder.TaskBuilder``; ``vitkit.training.task`` says how to add one.
 
-- ``base``: ``TrainingTask`` (owns the model, returns ``{"loss", ...}``), ``TaskBuilder`` (reads
-  the data, builds the task); the ``ModelSpec`` they use is ``vitkit.training.model_spec``'s;
 - ``classify``: single-label classification from class folders (the default);
 - ``multilabel``: several labels per image, from label tables;
-- ``mae`` (with ``mae_config``, ``mae_data``, ``mae_spec``): MAE pre-training on unlabeled images;
-- ``vitkit.training.distillation``: a DeiT student taught by a frozen teacher.
+- ``distill`` (with ``distill_losses``, ``distill_student``, ``distill_collapse``): a DeiT
+  student taught by a frozen teacher, on class folders or label tables;
+- ``mae`` (with ``mae_config``, ``mae_data``, ``mae_spec``, ``mae_pictures``): MAE
+  pre-training on unlabeled images.
 
-Tasks never import the trainer (the trainer imports the default task); what runs a task with
-the trainer lives beside it (``vitkit.training.pretrain``, ``distillation.distill``).
-Nothing is imported here, so importing one task never imports the others.
+Each runs with ``vitkit.training.trainer.train(cfg, builder)``; tasks never import the trainer
+(it imports the default task). Nothing is imported here, so importing one task never imports
+the others.
 """

@@ -22,15 +22,23 @@ from vitkit.training.checks import check_image_folder, check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import ClassificationEvaluator
-from vitkit.training.specs import ModelFactory, vit_model_spec
-from vitkit.training.tasks.base import ModelSpec, TaskBuilder, TrainingTask
+from vitkit.training.model_spec import ModelFactory, ModelSpec
+from vitkit.training.specs import vit_model_spec
+from vitkit.training.task import TrainingTask
+from vitkit.training.task_builder import TaskBuilder
 
 # The old hook: ``loss_fn(outputs, targets, images)`` (outputs: the model's forward).
 LossFn = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ClassificationTask(TrainingTask):
-    """Cross-entropy on the (mixed) batch; returns ``{"loss", "logits"}``."""
+    """Cross-entropy on the (mixed) batch; returns ``{"loss", "logits"}``.
+
+    ``blend`` and ``label_loss`` are the two halves of ``forward`` that a task built on this one
+    reuses (distillation: the same mixing and the same loss on the labels, plus a teacher's).
+    """
+
+    class_weight: torch.Tensor | None
 
     def __init__(
         self,
@@ -47,21 +55,36 @@ class ClassificationTask(TrainingTask):
         self.label_smoothing = label_smoothing
         self.mix, self.mix_alpha = mix, mix_alpha
         self.loss_fn = loss_fn
-        self.class_weight: torch.Tensor | None = None
+        # --balance weighted-loss: inverse-frequency class weights (set by prepare_data); a
+        # buffer, so .to() moves it, and not persistent: best/ and last.pt hold the model only.
+        self.register_buffer("class_weight", None, persistent=False)
         self.evaluator = ClassificationEvaluator(self.labels)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        images, targets = self.blend(images, targets)
+        outputs = self.network(images)
+        if self.loss_fn is not None:
+            loss = self.loss_fn(outputs, targets, images)
+        else:
+            loss = self.label_loss(logits_of(outputs), targets)
+        return {"loss": loss, "logits": logits_of(outputs)}
+
+    def blend(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as the loss sees it: mixed under ``--mix`` (targets become class blends)."""
         if self.mix != "none":
             images, targets = mix_batch(images, targets, len(self.labels), self.mix, self.mix_alpha)
-        outputs = self.network(images)
-        return {"loss": self.loss(outputs, targets, images), "logits": logits_of(outputs)}
+        return images, targets
 
-    def loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        if self.loss_fn is not None:
-            return self.loss_fn(outputs, targets, images)
-        logits = logits_of(outputs).float()
-        weight = self.class_weight.to(logits.device) if self.class_weight is not None else None
-        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
+    def label_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the labels, smoothed and class-weighted as the settings say."""
+        return F.cross_entropy(
+            logits.float(),
+            targets,
+            weight=self.class_weight,
+            label_smoothing=self.label_smoothing,
+        )
 
 
 class ClassificationBuilder(TaskBuilder):
@@ -96,6 +119,6 @@ class ClassificationBuilder(TaskBuilder):
         info: DistInfo,
     ) -> vdata.RunData:
         run_data = super().prepare_data(cfg, out, task, splits, info)
-        if isinstance(task, ClassificationTask):
-            task.class_weight = run_data.class_weight
+        if isinstance(task, ClassificationTask) and run_data.class_weight is not None:
+            task.class_weight = run_data.class_weight.float()
         return run_data

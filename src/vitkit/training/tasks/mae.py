@@ -1,7 +1,8 @@
 """MAE pre-training as a training task: unlabeled images in, a ViTMAEForPreTraining directory out.
 
 The trainer's loop runs it unchanged (DDP, exact resume, warm-up + cosine, logs, best/ by
-validation loss); what differs from classification lives in four small modules:
+validation loss): ``train(cfg, MAEBuilder(settings))``. What differs from classification lives
+in four small modules beside this one:
 
 - ``mae_data``: every image under ``--data`` (nested folders fine, names ignored), a seeded
   held-out share, MAE's crops, and each image's mask noise drawn with its crop under the
@@ -10,9 +11,7 @@ validation loss); what differs from classification lives in four small modules:
   an MAE directory, saved as a ViTMAEForPreTraining directory (best/);
 - ``mae_config``: the settings (mask ratio, decoder, ``--norm-pix-loss``, base lr) and MAE's
   optimisation recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr = base x batch / 256);
-- ``vitkit.training.mae_pictures``: ``reconstructions/epoch_NNN.png`` after every epoch;
-- ``vitkit.training.pretrain``: ``pretrain(cfg, settings)`` runs all of it (the tasks never
-  import the trainer).
+- ``mae_pictures``: ``reconstructions/epoch_NNN.png`` after every epoch (the builder's callback).
 
 Here: the task (``MAE(images, noise)`` -> ``{"loss"}``, the squared error on the hidden
 patches), its evaluator (the same loss on fixed validation masks) and the builder.
@@ -31,13 +30,16 @@ from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import TrainingError
 from vitkit.models.mae import MAE
 from vitkit.training import data as vdata
+from vitkit.training.callbacks import Callback
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import EvalResult
-from vitkit.training.specs import ModelSpec
-from vitkit.training.tasks.base import TaskBuilder, TrainingTask
-from vitkit.training.tasks.mae_config import MAE_BETAS, PretrainConfig
+from vitkit.training.model_spec import ModelSpec
+from vitkit.training.task import TrainingTask
+from vitkit.training.task_builder import TaskBuilder
+from vitkit.training.tasks.mae_config import MAE_BETAS, PretrainConfig, pretrain_recipe
 from vitkit.training.tasks.mae_data import MaskedImages, mae_train_transform, unlabeled_splits
+from vitkit.training.tasks.mae_pictures import ReconstructionPictures
 from vitkit.training.tasks.mae_spec import mae_model_spec
 
 __all__ = ["MAEBuilder", "MAETask", "ReconstructionEvaluator"]
@@ -84,10 +86,17 @@ class MAETask(TrainingTask):
 
 
 class MAEBuilder(TaskBuilder):
-    """Unlabeled images under ``cfg.data`` -> an ``MAETask``."""
+    """Unlabeled images under ``cfg.data`` -> an ``MAETask``, trained with MAE's optimisation
+    filled into ``cfg`` where it left values unset; reconstruction pictures after every epoch."""
 
     def __init__(self, settings: PretrainConfig) -> None:
         self.settings = settings
+
+    def resolve(self, cfg: TrainConfig) -> TrainConfig:
+        return pretrain_recipe(cfg, self.settings)
+
+    def callbacks(self, cfg: TrainConfig) -> list[Callback]:
+        return [ReconstructionPictures(self.settings.pictures)]
 
     def read_splits(self, cfg: TrainConfig, out: Path | None) -> vdata.DataSplits:
         return unlabeled_splits(
@@ -101,7 +110,7 @@ class MAEBuilder(TaskBuilder):
                 f"images under {cfg.data}: use --batch-size {len(splits.train)} or less"
             )
 
-    def describe_data(self, data: vdata.RunData) -> str:
+    def describe_data(self, cfg: TrainConfig, data: vdata.RunData) -> str:
         return (
             f"data: {len(data.train)} unlabeled images to pre-train on, {len(data.val)} held "
             f"out for the validation reconstruction loss and pictures; MAE crops (scale "

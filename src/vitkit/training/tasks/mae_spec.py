@@ -26,7 +26,8 @@ from vitkit.models.mae import MAE, MAEConfig, build_mae, decoder_defaults
 from vitkit.models.vit import ViT
 from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import ProcessorTransform
-from vitkit.training.specs import ModelSpec, preset_config
+from vitkit.training.model_spec import ModelSpec
+from vitkit.training.specs import preset_config
 from vitkit.training.tasks.mae_config import (
     PAPER_DECODER_DEPTH,
     PAPER_DECODER_WIDTH,

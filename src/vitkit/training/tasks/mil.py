@@ -42,8 +42,9 @@ from vitkit.training import data as vdata
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.model_spec import ModelSpec
+from vitkit.training.task import TrainingTask
+from vitkit.training.task_builder import TaskBuilder
 from vitkit.training.tasks import mil_data
-from vitkit.training.tasks.base import TaskBuilder, TrainingTask
 from vitkit.training.tasks.mil_config import MILSettings
 from vitkit.training.tasks.mil_eval import MILEvaluator
 
@@ -172,7 +173,7 @@ class MILBuilder(TaskBuilder):
                 "slides"
             )
 
-    def describe_data(self, data: vdata.RunData) -> str:
+    def describe_data(self, cfg: TrainConfig, data: vdata.RunData) -> str:
         def bags(dataset: Any) -> list[mil_data.BagSample]:
             return list(dataset.bags) if dataset is not None else []
 

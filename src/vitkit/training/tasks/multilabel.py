@@ -35,8 +35,10 @@ from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import EvalResult, logits_of
 from vitkit.training.metrics import format_multilabel_report, multilabel_report, tune_thresholds
-from vitkit.training.specs import ModelFactory, vit_model_spec
-from vitkit.training.tasks.base import ModelSpec, TaskBuilder, TrainingTask
+from vitkit.training.model_spec import ModelFactory, ModelSpec
+from vitkit.training.specs import vit_model_spec
+from vitkit.training.task import TrainingTask
+from vitkit.training.task_builder import TaskBuilder
 
 MULTI_LABEL = "multi_label_classification"  # HF's problem_type (= vitkit.inference.heads')
 DEFAULT_THRESHOLD = 0.5
@@ -130,7 +132,13 @@ def save_multilabel_outputs(
 
 
 class MultiLabelTask(TrainingTask):
-    """BCE-with-logits on the (mixed) batch; returns ``{"loss", "logits"}``."""
+    """BCE-with-logits on the (mixed) batch; returns ``{"loss", "logits"}``.
+
+    ``blend`` and ``label_loss`` are the two halves of ``forward`` that a task built on this one
+    reuses (distillation: the same mixing and the same loss on the labels, plus a teacher's).
+    """
+
+    pos_weight: torch.Tensor | None
 
     def __init__(
         self,
@@ -152,14 +160,16 @@ class MultiLabelTask(TrainingTask):
         self.labels = list(labels)
         self.mix, self.mix_alpha = mix, mix_alpha
         self.label_smoothing = label_smoothing
-        self.pos_weight: torch.Tensor | None = None  # --balance weighted-loss
+        # --balance weighted-loss (set by prepare_data); a buffer, so .to() moves it, and not
+        # persistent: best/ and last.pt hold the model only.
+        self.register_buffer("pos_weight", None, persistent=False)
         self.judge = MultiLabelEvaluator(self.labels, tune=True)  # it keeps the tuned thresholds
         self.evaluator = self.judge
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         images, targets = self.blend(images, targets)
-        outputs = self.network(images)
-        return {"loss": self.loss(outputs, targets, images), "logits": logits_of(outputs).float()}
+        logits = logits_of(self.network(images)).float()
+        return {"loss": self.label_loss(logits, targets), "logits": logits}
 
     def blend(
         self, images: torch.Tensor, targets: torch.Tensor
@@ -172,11 +182,11 @@ class MultiLabelTask(TrainingTask):
             targets = targets * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         return images, targets
 
-    def loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def label_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """BCE-with-logits, rare labels' positives weighted under ``--balance weighted-loss``."""
-        logits = logits_of(outputs).float()
-        weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
-        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), targets, pos_weight=self.pos_weight
+        )
 
     def save(self, directory: Path) -> None:
         """best/ with problem_type and the thresholds tuned on this epoch's validation pass."""
@@ -221,7 +231,7 @@ class MultiLabelBuilder(TaskBuilder):
         test: list[Any] = splits.test
         return vdata.DataSplits(splits.labels, train, val, test, source=splits.source)
 
-    def describe_data(self, data: vdata.RunData) -> str:
+    def describe_data(self, cfg: TrainConfig, data: vdata.RunData) -> str:
         labels = data.splits.classes
         targets = np.stack([np.asarray(s.label) for s in data.train.samples])
         counts = dict(zip(labels, vlabels.label_counts(targets).tolist(), strict=True))
@@ -288,7 +298,7 @@ class MultiLabelBuilder(TaskBuilder):
             else list(range(len(targets)))
         )
         if balance == "weighted-loss" and isinstance(task, MultiLabelTask):
-            task.pos_weight = torch.from_numpy(vlabels.positive_weights(targets))
+            task.pos_weight = torch.from_numpy(vlabels.positive_weights(targets)).float()
         assert cfg.augment is not None and cfg.mix is not None, "resolve_recipe(cfg) first"
         check_mix(cfg.mix, cfg.mix_alpha)
         spec = task.spec

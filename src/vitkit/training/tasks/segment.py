@@ -37,12 +37,14 @@ from vitkit.training.checks import check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
 from vitkit.training.evaluate import EvalResult
+from vitkit.training.model_spec import ModelSpec
 from vitkit.training.plots import plot_confusion_matrix
 from vitkit.training.seg_augment import JointTrainTransform
 from vitkit.training.seg_config import SegmentationSettings
 from vitkit.training.seg_metrics import segmentation_report
 from vitkit.training.seg_specs import segmenter_spec
-from vitkit.training.tasks.base import ModelSpec, TaskBuilder, TrainingTask
+from vitkit.training.task import TrainingTask
+from vitkit.training.task_builder import TaskBuilder
 
 SegmentationFactory = Callable[[TrainConfig, SegmentationSettings, dict[int, str]], ModelSpec]
 
@@ -221,7 +223,7 @@ class SegmentationBuilder(TaskBuilder):
                 f"({len(splits.train)} images): lower it"
             )
 
-    def describe_data(self, data: vdata.RunData) -> str:
+    def describe_data(self, cfg: TrainConfig, data: vdata.RunData) -> str:
         classes = data.splits.classes
         return (
             f"data: {len(data.train)} train / {len(data.val)} val / "

@@ -24,7 +24,9 @@ from vitkit.atomic_files import atomic_write_bytes
 from vitkit.models.mae import MAE
 from vitkit.training.callbacks import Callback
 from vitkit.training.evaluate import EvalResult
+from vitkit.training.run import Run
 from vitkit.training.state import FitState
+from vitkit.training.tasks.mae_data import MaskedImages
 
 COLUMNS = ("original", "masked", "reconstruction")
 _MIN_TILE = 96  # pixels: below this a 4-pixel patch is hard to see
@@ -102,12 +104,12 @@ class ReconstructionPictures(Callback):
         self.count = count
 
     def on_epoch_end(
-        self, run: Any, fit: FitState, record: dict[str, Any], val: EvalResult
+        self, run: Run, fit: FitState, record: dict[str, Any], val: EvalResult
     ) -> None:
         if self.count <= 0 or not run.info.is_main:
             return
         model, dataset, spec = run.task.model, run.data.val, run.task.spec
-        assert isinstance(model, MAE)
+        assert isinstance(model, MAE) and isinstance(dataset, MaskedImages)
         items = [dataset[index] for index in range(min(self.count, len(dataset)))]
         pixels = torch.stack([pixels for pixels, _ in items]).to(run.info.device)
         noise = torch.stack([noise for _, noise in items]).to(run.info.device)
