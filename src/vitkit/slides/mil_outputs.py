@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vitkit.atomic_files import atomic_write_text
-from vitkit.slides.outputs import colour_table, pyarrow_modules, replacing
+from vitkit.slides.outputs import colour_bar, colour_table, pyarrow_modules, replacing
 from vitkit.slides.readers import open_slide
 
 ATTENTION_COLUMNS = ("attention", "attention_percentile")
@@ -106,7 +106,9 @@ def write_heatmap(
     colours = colour_table()[np.round(values[painted] * 255).astype(np.uint8)].astype(np.uint16)
     picture = thumbnail.copy()
     picture[painted] = (2 * picture[painted].astype(np.uint16) + 3 * colours + 2) // 5
-    picture = np.vstack([picture, _colour_bar(thumbnail.shape[1])])
+    picture = np.vstack(
+        [picture, colour_bar(thumbnail.shape[1], "low", "high", "attention (percentile)")]
+    )
     _save_png(picture, out_dir / "heatmap-attention.png")
 
 
@@ -143,18 +145,6 @@ def grid_on_thumbnail(
     inside = (row[:, None] < grid.shape[0]) & (column[None, :] < grid.shape[1])
     values = grid[np.minimum(row, grid.shape[0] - 1)][:, np.minimum(column, grid.shape[1] - 1)]
     return np.where(inside, values, np.nan)
-
-
-def _colour_bar(width: int, height: int = 28) -> np.ndarray:
-    bar = np.full((height, width, 3), 255, dtype=np.uint8)
-    ramp = colour_table()[np.linspace(0, 255, max(1, width // 2)).round().astype(np.int64)]
-    bar[4:14, : ramp.shape[0]] = ramp[None]
-    image = Image.fromarray(bar)
-    draw = ImageDraw.Draw(image)
-    draw.text((0, 15), "low", fill=(0, 0, 0))
-    draw.text((max(0, ramp.shape[0] - 24), 15), "high", fill=(0, 0, 0))
-    draw.text((ramp.shape[0] + 10, 4), "attention (percentile)", fill=(0, 0, 0))
-    return np.asarray(image)
 
 
 def write_gallery(

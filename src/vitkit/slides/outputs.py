@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from vitkit.errors import SlideError
 from vitkit.slides.tiler import SlidePlan
@@ -251,7 +251,7 @@ def heatmap(plan: SlidePlan, grid: np.ndarray, label: str) -> np.ndarray:
     picture = thumbnail.copy()
     # 40% thumbnail, 60% colour, in integers: no float copy of a 2048-px picture per class
     picture[painted] = (2 * picture[painted].astype(np.uint16) + 3 * colours + 2) // 5
-    return np.vstack([picture, _colour_bar(thumbnail.shape[1], label)])
+    return np.vstack([picture, colour_bar(thumbnail.shape[1], "0", "1", f"P({label})")])
 
 
 def colour_table() -> np.ndarray:
@@ -278,15 +278,22 @@ def _grid_on_thumbnail(plan: SlidePlan, grid: np.ndarray) -> np.ndarray:
     return np.where(inside, values, np.nan)
 
 
-def _colour_bar(width: int, label: str, height: int = 28) -> np.ndarray:
-    bar = np.full((height, width, 3), 255, dtype=np.uint8)
-    ramp = colour_table()[np.linspace(0, 255, max(1, width // 2)).round().astype(np.int64)]
-    bar[4:14, : ramp.shape[0]] = ramp[None]
+def colour_bar(width: int, low: str, high: str, label: str) -> np.ndarray:
+    """A viridis ramp under a picture ``width`` pixels wide, ``low``/``high`` at its ends and
+    ``label`` beside it, in text scaled to the picture: legible when a 2048-px heatmap is shown
+    at page width."""
+    size = max(12, width // 60)
+    font = ImageFont.load_default(size=size)
+    ramp_width, top = max(1, width // 2), size // 3
+    bar = np.full((top + 2 * size + size // 2, width, 3), 255, dtype=np.uint8)
+    ramp = colour_table()[np.linspace(0, 255, ramp_width).round().astype(np.int64)]
+    bar[top : top + size, :ramp_width] = ramp[None]
     image = Image.fromarray(bar)
     draw = ImageDraw.Draw(image)
-    draw.text((0, 15), "0", fill=(0, 0, 0))
-    draw.text((ramp.shape[0] - 6, 15), "1", fill=(0, 0, 0))
-    draw.text((ramp.shape[0] + 10, 4), f"P({label})", fill=(0, 0, 0))
+    below = top + size + 2
+    draw.text((0, below), low, fill=(0, 0, 0), font=font, anchor="la")
+    draw.text((ramp_width, below), high, fill=(0, 0, 0), font=font, anchor="ra")
+    draw.text((ramp_width + size, top + size // 2), label, fill=(0, 0, 0), font=font, anchor="lm")
     return np.asarray(image)
 
 
