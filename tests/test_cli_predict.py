@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,49 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "--top-k" in out and "VITKIT_MODEL" in out
+
+
+class _PhotoServer(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_predict_fetches_a_loopback_url_only_when_allowed(
+    tiny_hf_classifier: Path,
+    photo_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One process, as on Ray: a URL on 127.0.0.1 is refused by the SSRF guard unless
+    --allow-private-urls (or --allow-host 127.0.0.1) says the private address is wanted; with
+    it, the URL gets the answer of the same photo read from disk. --out writes the records."""
+    photo = photo_dir / "coffee.jpg"
+    _PhotoServer.body = photo.read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PhotoServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/coffee.jpg"
+    model = ["--model", str(tiny_hf_classifier), "--format", "json"]
+    try:
+        code, out, err = run_cli(capsys, "predict", url, *model)
+        assert (
+            code == 1
+            and "loopback" in json.loads(out)[0]["error"]
+            and "--allow-private-urls" in err
+        )
+        for allow in (["--allow-private-urls"], ["--allow-host", "127.0.0.1"]):
+            out_file = tmp_path / f"{allow[0][2:]}.json"
+            code, _, _ = run_cli(capsys, "predict", url, *model, *allow, "--out", str(out_file))
+            assert code == 0
+            fetched = json.loads(out_file.read_text())[0]["predictions"]
+            _, local, _ = run_cli(capsys, "predict", str(photo), *model)
+            assert fetched == json.loads(local)[0]["predictions"]
+    finally:
+        server.shutdown()

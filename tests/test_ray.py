@@ -271,3 +271,34 @@ def test_ray_is_an_optional_extra() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("ray") for d in project["dependencies"])
     assert any(d.startswith("ray[data]") for d in project["optional-dependencies"]["ray"])
+
+
+def test_model_arg_reaches_the_ray_workers_and_the_job_identity(
+    ray_session: None, crops: Path, tiny_hf_classifier: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """--model-arg on Ray: the workers load the model with the override (the same scores as one
+    process with it, not those without it), and resuming with another override is refused."""
+    images = [str(p) for p in sorted(crops.glob("*.jpg"))[:6]]
+    model = ["--model", str(tiny_hf_classifier), "--top-k", "5", "--format", "json"]
+    override = ["--model-arg", "global_pool=avg"]  # the head reads the mean patch token
+    code, out, _ = cli(capsys, "predict", *images, *model, *override)
+    assert code == 0
+    with_override = {r["input"]: r["predictions"] for r in json.loads(out)}
+    code, out, _ = cli(capsys, "predict", *images, *model)
+    without = {r["input"]: r["predictions"] for r in json.loads(out)}
+
+    ray_args = ["--engine", "ray", "--workers", "1", "--batch-size", "3", "--out", str(tmp_path)]
+    code, _, _ = cli(capsys, "predict", *images, *model[:4], *override, *ray_args)
+    assert code == 0
+    rows = read_rows(tmp_path)
+    for name, want in with_override.items():
+        got = {p["label"]: p["score"] for p in rows[name]["predictions"]}
+        np.testing.assert_allclose(
+            [got[p["label"]] for p in want], [p["score"] for p in want], atol=1e-5
+        )
+        unchanged = {p["label"]: p["score"] for p in without[name]}
+        assert max(abs(got[label] - unchanged[label]) for label in got) > 1e-3
+
+    code, _, err = cli(capsys, "predict", *images, *model[:4], *ray_args)  # no override now
+    assert code == 1 and "overrides: {'global_pool': 'avg'} -> {}" in err
+    assert len(err.strip().splitlines()) == 1
