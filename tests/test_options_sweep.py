@@ -24,9 +24,6 @@ from vitkit.cli._options import GENERATED, Generated, generated, settings_of
 from vitkit.errors import UsageError
 from vitkit.options import field_default
 
-# Commands whose options are still typed by hand (being moved onto their settings dataclass).
-HAND_TYPED = {"serve"}
-
 # Arguments a command needs to parse at all, under each engine (a command not listed here gets
 # "x" for each required argument).
 BASE: dict[str, dict[str, list[str]]] = {
@@ -129,8 +126,6 @@ def outcome(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str, Any]
 
 def cases() -> Iterator[tuple[str, str, str]]:
     for command, parser in sorted(subparsers().items()):
-        if command in HAND_TYPED:
-            continue
         for engine in engines(parser):
             for action in options(parser):
                 if action.option_strings and action.dest != "engine":
@@ -169,8 +164,6 @@ def test_every_option_changes_the_settings_or_is_refused(
 def test_every_option_comes_from_a_settings_dataclass() -> None:
     """Every option (a flag; positional arguments name the command's inputs) is a field."""
     for command, parser in subparsers().items():
-        if command in HAND_TYPED:
-            continue
         records: tuple[Generated, ...] = tuple(parser._defaults.get(GENERATED, ()))
         assert records, f"vitkit {command}: options not generated from settings dataclasses"
         from_fields = [name for record in records for name in record.fields]
@@ -183,14 +176,7 @@ def test_every_option_comes_from_a_settings_dataclass() -> None:
         assert not hand_typed, f"vitkit {command}: {hand_typed} typed by hand"
 
 
-def test_hand_typed_commands_are_only_those_still_moving() -> None:
-    typed = {
-        command for command, parser in subparsers().items() if not parser._defaults.get(GENERATED)
-    }
-    assert typed <= HAND_TYPED
-
-
-@pytest.mark.parametrize("command", sorted(set(subparsers()) - HAND_TYPED))
+@pytest.mark.parametrize("command", sorted(subparsers()))
 def test_every_cli_default_is_the_dataclass_default(command: str) -> None:
     """Parsed with no option, each settings object holds its dataclass's defaults, except the
     ones the command declares (``add_options(defaults=...)``, e.g. "auto" threads)."""
