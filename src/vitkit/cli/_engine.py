@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from contextlib import ExitStack
 from typing import Any
@@ -135,8 +136,6 @@ def run_slides_on_ray(job: Any, *, progress: bool = True) -> int:
 def quiet_ray_data(ray: Any) -> None:
     """The CLI draws its own progress bar: no Ray Data bars and execution logs (an entry point
     may change these process-wide settings; the library does not)."""
-    import logging
-
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

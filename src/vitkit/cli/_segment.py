@@ -81,4 +81,3 @@ def _write_table(records: list[dict[str, Any]], stream: IO[str]) -> None:
             table.add_row(name, row["label"], f"{row['fraction']:.1%}", str(row["pixels"]))
     width = None if stream.isatty() else 400
     Console(file=stream, width=width).print(table)
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from typing import Any
 
 from vitkit.bench.settings import BenchSettings
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         text = bench.report_markdown(report, info | {"run end load": _load()}, command)
         print(text)
         if chosen.write_md:
-            _write_block(chosen, device, batch_size, text)
+            _write_block(chosen.write_md, chosen, device, batch_size, text)
     if chosen.agreement:
         print(agreement.agreement_text(model, chosen.agreement, chosen.precision, processor_config))
     return 0
@@ -81,8 +82,6 @@ def _timed_rounds(
     chosen: BenchSettings, contenders: Any, model: Any, device: Any, batch_size: int
 ) -> Any:
     """The interleaved rounds of every contender on one batch of real photos."""
-    import time
-
     import torch
 
     from vitkit.bench import engine as bench
@@ -107,18 +106,17 @@ def _timed_rounds(
         )
 
 
-def _write_block(chosen: BenchSettings, device: Any, batch_size: int, text: str) -> None:
-    """The table into its own block of the 'Model forward' (CPU) or 'GPU' section."""
+def _write_block(path: str, chosen: BenchSettings, device: Any, batch_size: int, text: str) -> None:
+    """The table into its own block of the 'Model forward' (CPU) or 'GPU' section of ``path``."""
     from vitkit.bench import engine as bench
 
-    assert chosen.write_md is not None  # called only when asked to write
     section = "GPU" if device.type == "cuda" else "Model forward"
     key = (
         f"{chosen.model}-{chosen.precision}-b{batch_size}-{device.type}"
         + ("-compile" if chosen.compile else "")
         + ("-cputime" if chosen.cpu_time else "")
     )
-    bench.write_markdown_block(chosen.write_md, section, key, text)
+    bench.write_markdown_block(path, section, key, text)
 
 
 def _log(message: str) -> None:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._loading import ENTRY_POINT_DEFAULTS
+from vitkit.cli._loading import ENTRY_POINT_DEFAULTS, load_classifier
 from vitkit.cli._options import add_options, config_from_args
 from vitkit.experiments.evaluation_settings import EvalSettings
 from vitkit.inference.settings import LoadSettings
@@ -63,7 +63,6 @@ def settings(args: argparse.Namespace) -> tuple[LoadSettings, EvalSettings]:
 
 def run(args: argparse.Namespace) -> int:
     # torch loads here, not at `vitkit --help` time
-    from vitkit.cli._loading import load_classifier
     from vitkit.experiments.evaluation import default_out, evaluate
 
     load, chosen = settings(args)

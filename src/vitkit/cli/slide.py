@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +169,6 @@ class SlideProgress:
         self._progress.__exit__(None, None, None)
 
     def for_slide(self, job: Any) -> Any:
-        import time
-
         task = self._progress.add_task(
             job.slide.name, total=job.tiles, completed=job.tiles_done, rate=""
         )

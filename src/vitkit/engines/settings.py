@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.errors import UsageError
+from vitkit.inference.settings import DEFAULT_TOP_K
 from vitkit.options import field_default, option
 
 ENGINES = ("local", "ray")
@@ -106,7 +107,7 @@ class PredictSettings(ImageBatches):
         "threshold are always listed)",
         group="output",
         flags=("--top-k", "-k"),
-        default_help="5",
+        default_help=str(DEFAULT_TOP_K),
     )
     format: str = option(
         "table",

@@ -35,6 +35,7 @@ from vitkit.inference.heads import Head, Thresholds, head_for
 from vitkit.inference.settings import (
     DEFAULT_MODEL,
     DEFAULT_THREADS,
+    DEFAULT_TOP_K,
     LoadSettings,
     default_model_name,
 )
@@ -168,7 +169,7 @@ class Classifier:
         return self.require_head().answer(probabilities, top_k)
 
     def predict_tensor(
-        self, pixel_values: torch.Tensor, top_k: int | None = 5
+        self, pixel_values: torch.Tensor, top_k: int | None = DEFAULT_TOP_K
     ) -> list[list[Prediction]]:
         return self.answer(self.probabilities(pixel_values), top_k)
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from vitkit.errors import HeadError
+from vitkit.inference.settings import DEFAULT_TOP_K
 from vitkit.inference.settings import parse_thresholds as parse_thresholds
 
 SINGLE_LABEL = "single_label_classification"
@@ -133,11 +134,12 @@ class Head:
     ) -> list[list[Prediction]]:
         """Per image, the predictions a user reads, best first (see the module docstring).
 
-        ``top_k`` None: 5 labels for a softmax head (the pipeline's default), every label for a
+        ``top_k`` None: ``DEFAULT_TOP_K`` labels for a softmax head (the pipeline's default), every label for a
         sigmoid head.
         """
         if not self.multi_label:
-            return top_k_predictions(probabilities, self.labels, 5 if top_k is None else top_k)
+            chosen = DEFAULT_TOP_K if top_k is None else top_k
+            return top_k_predictions(probabilities, self.labels, chosen)
         positive = self.decisions(probabilities).tolist()
         assert self.thresholds is not None
         answers = []

@@ -24,6 +24,7 @@ from vitkit.options import field_default, option
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_THREADS",
+    "DEFAULT_TOP_K",
     "PRECISIONS",
     "PROBLEM_TYPES",
     "TTA_MODES",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
+DEFAULT_TOP_K = 5  # labels per image from a softmax head (transformers' pipeline's default)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 TTA_MODES = ("none", "flip", "rot90", "d4")
 PROBLEM_TYPES = ("single_label", "multi_label")
@@ -60,7 +62,14 @@ def default_model_name() -> str:
 
 def check_threads(threads: int | str | None) -> int | str | None:
     """``threads`` as the runtime takes it ("auto", None or a count >= 1), or a one-line error."""
-    if threads is None or threads == "auto":
+    if threads is None:
+        return None
+    return parse_threads(threads)
+
+
+def parse_threads(threads: int | str) -> int | str:
+    """``--threads``: "auto" or a whole number >= 1 (text or a number), or a one-line error."""
+    if threads == "auto":
         return threads
     try:
         count = int(threads)
@@ -69,13 +78,6 @@ def check_threads(threads: int | str | None) -> int | str | None:
     if count < 1 or str(count) != str(threads).strip():
         raise VitkitError(f"threads {threads!r}: expected 'auto' or a whole number >= 1, e.g. 2")
     return count
-
-
-def parse_threads(text: str) -> int | str:
-    """``--threads`` text: "auto" or a whole number >= 1."""
-    checked = check_threads(text)
-    assert checked is not None  # text is never None
-    return checked
 
 
 def parse_thresholds(text: str) -> ThresholdSetting:
