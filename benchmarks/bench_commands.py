@@ -4,7 +4,8 @@ Every contender is a separate process started from scratch, as a user runs it: i
 start, imports, model load, decoding, preprocessing, forward, output. Contenders run
 interleaved (the order rotates every round); each gets the wall time, the CPU time (user + sys
 of the process and its children, from wait4) and the peak RSS. The table shows medians and the
-min-max range; the speed-up is the median of the best peer's wall time over the contender's.
+min-max range; the speed-up is, round by round, the best peer's wall time over the contender's.
+Writes benchmarks/results/commands.json.
 
 Contenders, all on the same checkpoint (ViT-B/16-224 with seeded random weights, 1000 labels)
 and the same JPEG files (640x480 crops of the photos bundled with scikit-image / scikit-learn):
@@ -18,7 +19,7 @@ and the same JPEG files (640x480 crops of the photos bundled with scikit-image /
   (`num_classes=0`, batches of 8).
 - start-up: `vitkit --help`, `python -c "import torch"`, and `vitkit predict` on one image.
 
-    .venv/bin/python benchmarks/bench_commands.py --images 16,256 --rounds 5 --write
+    .venv/bin/python benchmarks/bench_commands.py --images 16,256 --rounds 5
     .venv/bin/python benchmarks/bench_commands.py --quick    # tiny model, 4 images: a smoke run
 """
 
@@ -173,12 +174,6 @@ def make_inputs(work: Path, preset: str, counts: list[int]) -> tuple[Path, Path,
     return hf_dir, timm_file, folders
 
 
-def machine_text() -> str:
-    from vitkit.bench import engine as bench
-
-    return ", ".join(f"{k} {v}" for k, v in bench.machine_info("cpu").items())
-
-
 def _crop_box(size: tuple[int, int], index: int) -> tuple[int, int, int, int]:
     width, height = size
     shrink = 0.6 + 0.4 * ((index * 37) % 100) / 100
@@ -278,24 +273,65 @@ def measure(racers: list[Contender], rounds: int, env: dict[str, str]) -> dict[s
     return timings
 
 
-def table(title: str, racers: list[Contender], timings: dict[str, Timings]) -> str:
+def rows_of(title: str, racers: list[Contender], timings: dict[str, Timings]) -> list[list[str]]:
+    """One table row per contender; the speed-up is each round's best-peer wall time over the
+    contender's in the same round (the load drifts between rounds), median and range."""
+    from results_io import median_spread
+
     peers = [r for r in racers if r.peer]
-    best_peer = min((statistics.median(timings[p.name].wall) for p in peers), default=None)
-    lines = [
-        f"**{title}**",
-        "",
-        "| contender | wall s, median (min-max) | CPU s, median | peak RSS MB | speed-up vs best peer |",
-        "|---|---|---|---|---|",
-    ]
+    best = min(peers, key=lambda p: statistics.median(timings[p.name].wall), default=None)
+    rows = []
     for racer in racers:
         t = timings[racer.name]
-        wall = statistics.median(t.wall)
-        speedup = f"{best_peer / wall:.2f}x" if best_peer and not racer.peer else ""
-        lines.append(
-            f"| {racer.name} | {wall:.2f} ({min(t.wall):.2f}-{max(t.wall):.2f}) | "
-            f"{statistics.median(t.cpu):.2f} | {statistics.median(t.rss_mb):.0f} | {speedup} |"
+        speedup = ""
+        if best is not None and not racer.peer:
+            ratios = [
+                theirs / mine for theirs, mine in zip(timings[best.name].wall, t.wall, strict=True)
+            ]
+            speedup = f"{median_spread(ratios)}x vs {best.name}"
+        rows.append(
+            [
+                title,
+                racer.name,
+                median_spread(t.wall),
+                f"{statistics.median(t.cpu):.2f}",
+                f"{statistics.median(t.rss_mb):.0f}",
+                speedup,
+            ]
         )
-    return "\n".join(lines)
+    return rows
+
+
+def publish(args: argparse.Namespace, rows: list[list[str]], rounds: list[dict]) -> Path:
+    from results_io import write_results
+
+    return write_results(
+        "commands",
+        title="Whole commands: `vitkit predict` / `vitkit embed` against the scripts users write",
+        command="python benchmarks/bench_commands.py " + shlex.join(sys.argv[1:]),
+        summary={"rounds": args.rounds, "images": args.images, "preset": args.preset},
+        rounds=rounds,
+        table={
+            "columns": [
+                "job",
+                "contender",
+                "wall s, median (min-max)",
+                "CPU s, median",
+                "peak RSS MB",
+                "speed-up, per round (median, min-max)",
+            ],
+            "rows": rows,
+        },
+        notes=(
+            "Every contender is a fresh process, as a user runs it: interpreter start, imports, "
+            "model load, decoding, preprocessing, forward, output. The same checkpoint "
+            f"({args.preset}, seeded random weights, 1000 labels) and the same 640x480 JPEG crops "
+            "of the photos bundled with scikit-image / scikit-learn for every contender; peers "
+            "are a transformers `pipeline` script and a timm script (batches of 8). "
+            f"{args.rounds} interleaved rounds, the order turned each round, after one warm-up "
+            "run of each."
+        ),
+    )
 
 
 def main() -> int:
@@ -306,12 +342,10 @@ def main() -> int:
     parser.add_argument("--preset", default="vit-base-patch16-224")
     parser.add_argument("--timm-name", default="vit_base_patch16_224")
     parser.add_argument("--quick", action="store_true", help="tiny model, 4 images, 1 round")
-    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     parser.add_argument("--make-inputs", help=argparse.SUPPRESS)  # internal: the child's job
     args = parser.parse_args()
     if args.make_inputs:
         make_inputs(Path(args.make_inputs), args.preset, [int(n) for n in args.images.split(",")])
-        print(machine_text())
         return 0
     if args.quick:
         args.images, args.rounds = "4", 1
@@ -326,37 +360,29 @@ def main() -> int:
     # RSS at fork, so a 1 GB parent would make every contender look 1 GB heavy.
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     maker = [sys.executable, __file__, "--make-inputs", str(work), "--images", args.images]
-    machine = subprocess.run(
-        [*maker, "--preset", args.preset], env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    subprocess.run([*maker, "--preset", args.preset], env=env, check=True)
     hf_dir, timm_file = work / "model", work / "model_timm.safetensors"
     folders = {count: work / f"jpegs_{count}" for count in counts}
-    sections = []
+    rows: list[list[str]] = []
+    rounds: list[dict] = []
     for task in args.tasks.split(","):
         jobs: list[tuple[str, list[Contender]]] = []
         if task == "startup":
             one = next(folders[counts[0]].glob("*.jpg"))
-            jobs.append(("Start-up", startup_contenders(hf_dir, one)))
+            jobs.append(("start-up", startup_contenders(hf_dir, one)))
         else:
             for count in counts:
                 racers = contenders(
                     task, hf_dir, timm_file, folders[count], scripts, args.timm_name
                 )
-                jobs.append((f"`{task}`, {count} JPEGs (640x480), {args.preset}", racers))
+                jobs.append((f"`{task}`, {count} JPEGs", racers))
         for title, racers in jobs:
             log(f"{title}: {len(racers)} contenders x {args.rounds} rounds")
             timings = measure(racers, args.rounds, env)
-            sections.append(table(title, racers, timings))
-            print(sections[-1] + "\n", flush=True)
-    end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    machine += f"; load at the end {end_load}"
-    command = "python benchmarks/bench_commands.py " + shlex.join(sys.argv[1:])
-    text = f"{machine}\n\n`{command}`, {args.rounds} interleaved rounds\n\n" + "\n\n".join(sections)
-    print(text)
-    if args.write:
-        from vitkit.bench import engine as bench  # after the runs: it imports torch
-
-        bench.write_markdown_block("BENCHMARKS.md", "Whole commands", "commands", text)
+            rows += rows_of(title, racers, timings)
+            for name, timing in timings.items():
+                rounds.append({"job": title, "contender": name, **vars(timing)})
+    print(f"wrote {publish(args, rows, rounds)}")
     return 0
 
 

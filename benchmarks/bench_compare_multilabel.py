@@ -13,12 +13,9 @@ compare's own defaults (every row multi-label; anything after ``--`` is passed o
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import sys
 import time
 from pathlib import Path
-
-import torch
 
 from vitkit.cli import main
 from vitkit.experiments.mosaics import build_mosaics
@@ -44,10 +41,31 @@ def run() -> None:
         print(f"built {data}: {built.sizes} mosaics, training counts {built.counts['train']}")
     started = time.perf_counter()
     code = main(["compare", "--data", str(data), "--out", str(out), *compare_options])
-    print(
-        f"compare exit {code} after {time.perf_counter() - started:.0f}s wall; "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, load average {os.getloadavg()}"
+    wall = time.perf_counter() - started
+    if code == 0:
+        print(f"wrote {publish(out, wall)}")
+
+
+def publish(out: Path, wall: float) -> Path:
+    """benchmarks/results/compare_multilabel.json from the compare run's results.json."""
+    import json
+
+    from results_io import write_results
+
+    compared = json.loads((out / "results.json").read_text())
+    metrics = ("mAP", "macro_f1", "micro_f1", "roc_auc")
+    rows = [
+        [row["title"], *((row.get("report") or {}).get(m) for m in metrics), row.get("best_epoch")]
+        for row in compared["rows"]
+    ]
+    return write_results(
+        "compare_multilabel",
+        title="`vitkit compare` on multi-label digit mosaics",
+        command="python benchmarks/bench_compare_multilabel.py " + " ".join(sys.argv[1:]),
+        summary={"wall_s": wall, "rows": len(rows)},
+        rounds=compared["rows"],
+        table={"columns": ["model", *metrics, "best epoch"], "rows": rows},
+        notes=compared.get("notes", "") if isinstance(compared.get("notes"), str) else "",
     )
 
 

@@ -5,11 +5,11 @@ The same random weights in all three (transformers' ``Dinov2Model`` saved, read 
 the documented DINOv2 embedding from each: transformers' ``pooler_output``, timm's
 ``model(x)`` (``num_classes=0``: the normalised [CLS]), vitkit's ``Classifier.embed_tensor``
 (what ``vitkit embed`` runs). The three outputs are checked to agree before anything is timed.
-Timed side by side in interleaved rounds by ``vitkit.bench.engine``; the table goes to
-BENCHMARKS.md's "DINOv2 and pathology ViTs" section with --write.
+Timed side by side in interleaved rounds by ``vitkit.bench.engine``; writes
+benchmarks/results/dinov2_embedding.json (``_cputime`` with --cpu-time).
 
-    .venv/bin/python benchmarks/bench_dinov2.py --rounds 7 --batch-size 8 --write
-    .venv/bin/python benchmarks/bench_dinov2.py --cpu-time --batch-size 8 --write
+    .venv/bin/python benchmarks/bench_dinov2.py --rounds 7 --batch-size 8
+    .venv/bin/python benchmarks/bench_dinov2.py --cpu-time --batch-size 8
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from vitkit.bench import engine as bench
 from vitkit.checkpoints import load_model
 from vitkit.inference.classifier import Classifier
 from vitkit.inference.runtime import tune_process_for_inference
-
-SECTION = "DINOv2 and pathology ViTs"
 
 
 def log(message: str) -> None:
@@ -89,7 +87,6 @@ def main() -> int:
         action="store_true",
         help="one thread, timed by the process's CPU time (immune to other processes)",
     )
-    parser.add_argument("--write", action="store_true", help="write the table to BENCHMARKS.md")
     args = parser.parse_args()
     tune_process_for_inference("cpu")  # an entry point: the allocator setting vitkit's CLI uses
     threads = 1 if args.cpu_time else args.threads
@@ -98,7 +95,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vitkit-dinov2-") as directory:
         contenders, _ = build_contenders(Path(directory))
         pixels = bench.photo_batch(args.batch_size, (224, 224))
-        log(f"embeddings agree within {check_agreement(contenders, pixels):.1e}")
+        agreement = check_agreement(contenders, pixels)
+        log(f"embeddings agree within {agreement:.1e}")
         report = bench.run_interleaved(
             contenders,
             pixels,
@@ -108,12 +106,22 @@ def main() -> int:
             log=log,
             clock=time.process_time if args.cpu_time else time.perf_counter,
         )
-    command = "python benchmarks/bench_dinov2.py " + " ".join(sys.argv[1:])
-    text = bench.report_markdown(report, bench.machine_info("cpu"), command)
-    print(text)
-    if args.write:
-        key = f"dinov2-b14-batch{args.batch_size}" + ("-cputime" if args.cpu_time else "")
-        bench.write_markdown_block("BENCHMARKS.md", SECTION, key, text)
+    from results_io import write_report
+
+    timing = (
+        "CPU time of one thread"
+        if args.cpu_time
+        else f"wall clock, {torch.get_num_threads()} threads"
+    )
+    path = write_report(
+        "dinov2_embedding" + ("_cputime" if args.cpu_time else ""),
+        title=f"DINOv2-B/14 embedding at 224, batch {args.batch_size} ({timing})",
+        report=report,
+        base=contenders[0].name,
+        notes="pooler_output = the normalised [CLS]; every contender's embedding agrees within "
+        f"{agreement:.1e}.",
+    )
+    print(f"wrote {path}")
     return 0
 
 

@@ -11,13 +11,12 @@ Contenders run interleaved in one process (order rotated each round), median ove
 the speed-up column is the median of per-round time ratios. vitkit runs fp32 and int8
 (``vitkit.load(..., precision="int8")``); the pipeline runs fp32 with its default processor.
 
-    .venv/bin/python benchmarks/bench_end_to_end.py --rounds 7 --write
+    .venv/bin/python benchmarks/bench_end_to_end.py --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -129,14 +128,12 @@ def main() -> int:
     parser.add_argument("--threads", default="auto", help="a number or auto")
     parser.add_argument("--sizes", default="original,640x480,2000x1500")
     parser.add_argument("--files", type=int, default=24, help="JPEG files per size (default 24)")
-    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md 'End-to-end'")
     args = parser.parse_args()
     runtime.tune_cpu_allocator()
     work = Path(tempfile.mkdtemp(prefix="vitkit-e2e-"))
     model_dir = Path(args.model) if args.model else make_checkpoint(work / "vit-b16")
     files = make_jpegs(work / "jpegs", args.files)
     racers = contenders(model_dir, args.batch_size, against_pipeline=True)
-    info = bench.machine_info("cpu")
     for size in args.sizes.split(","):
         paths = files[size]
         model = vitkit.load(model_dir, device="cpu").model
@@ -160,20 +157,20 @@ def main() -> int:
                 ),
                 log=log,
             )
-        text = bench.report_markdown(
-            report,
-            info | {"run end load": bench.machine_info("cpu")["load average (1/5/15 min)"]},
-            "python benchmarks/bench_end_to_end.py " + shlex.join(sys.argv[1:]),
+        from results_io import write_report
+
+        path = write_report(
+            f"end_to_end_{size.replace('x', '_')}",
+            title=f"JPEG files ({size}) to top-5 labels, in-process: vitkit against transformers' pipeline",
+            report=report,
+            base=racers[0].name,
+            notes=(
+                f"{len(paths)} JPEG files per timed call, batches of {args.batch_size}, "
+                f"{threads} torch thread(s); vitkit fp32 and the pipeline agree on the top-1 "
+                f"label of {100 * agreement:.0f}% of the files."
+            ),
         )
-        text = text.replace(
-            "| contender |",
-            f"vitkit fp32 and the pipeline agree on the top-1 label of {100 * agreement:.0f}% "
-            "of the files.\n\n| contender |",
-            1,
-        )
-        print(text)
-        if args.write:
-            bench.write_markdown_block("BENCHMARKS.md", "End-to-end", f"e2e-{size}", text)
+        print(f"wrote {path}")
     return 0
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
-import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,15 +72,28 @@ def main() -> None:
             stage()
             times[name].append(time.perf_counter() - start)
     png = overlay_png(shown, attention_map)
-    print(
-        f"{args.preset}, random weights, batch 1, {torch.get_num_threads()} torch threads, "
-        f"median of {args.rounds} interleaved rounds; {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
+    from results_io import median_spread, spread, write_results
+
+    path = write_results(
+        "explain",
+        title="`POST /v1/explain`: where the time goes",
+        command="python benchmarks/bench_explain.py " + " ".join(sys.argv[1:]),
+        summary={name: spread([1000 * v for v in values]) for name, values in times.items()},
+        rounds=[{"stage": name, "seconds": values} for name, values in times.items()],
+        table={
+            "columns": ["stage", "ms (median, min-max)"],
+            "rows": [
+                [name, median_spread([1000 * v for v in values], 1)]
+                for name, values in times.items()
+            ],
+        },
+        notes=(
+            f"{args.preset}, random weights, batch 1, {torch.get_num_threads()} torch threads, "
+            f"{args.rounds} interleaved rounds on one photo; the overlay PNG is "
+            f"{shown.width}x{shown.height}, {len(png):,} bytes."
+        ),
     )
-    print("| stage | median ms |\n| --- | ---: |")
-    for name, values in times.items():
-        print(f"| {name} | {1000 * statistics.median(values):.1f} |")
-    print(f"overlay PNG: {shown.width}x{shown.height}, {len(png):,} bytes")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

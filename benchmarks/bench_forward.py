@@ -1,4 +1,4 @@
-"""CPU forward pass, ViT-B/16-224: the tables of BENCHMARKS.md's "Model forward" section.
+"""CPU forward pass, ViT-B/16-224, vitkit against its peers: benchmarks/results/forward_cpu_*.json.
 
 1. fp32 at batch 1 and 8: vitkit vs transformers (sdpa) vs timm vs onnxruntime, same weights
    (``vitkit bench``, which this calls).
@@ -10,7 +10,7 @@
    ``runtime.choose_threads`` is tuned on), and at batch 8 two sub-batches on one thread each
    (``vitkit.inference.core_split``, what the runtime does with 2 threads and >= 4 images).
 
-    .venv/bin/python benchmarks/bench_forward.py --rounds 7 --write
+    .venv/bin/python benchmarks/bench_forward.py --rounds 7
     .venv/bin/python benchmarks/bench_forward.py --only threads --rounds 5
 """
 
@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 
 import torch
 
 from vitkit.bench import engine as bench
 from vitkit.bench.engine import load_bench_model
-from vitkit.cli import main as vitkit_main
 from vitkit.inference import runtime
 from vitkit.inference.core_split import CoreSplit
 
@@ -33,11 +33,10 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def thread_sweep(model_name: str, rounds: int, write: bool) -> None:
+def thread_sweep(model_name: str, rounds: int) -> None:
     model, _ = load_bench_model(model_name, None)
     fast = runtime.optimize(model, threads=None)
     flops = bench.logits_path_flops(model)
-    info = bench.machine_info("cpu")
     for batch_size in (1, 8):
 
         def with_threads(count: int) -> bench.Forward:
@@ -71,22 +70,61 @@ def thread_sweep(model_name: str, rounds: int, write: bool) -> None:
             log=log,
         )
         auto = runtime.choose_threads(batch_size, flops, cores=runtime.usable_cores())
-        text = bench.report_markdown(
+        publish(
+            f"forward_cpu_threads_b{batch_size}",
+            f"CPU forward, {model_name} fp32, batch {batch_size}: 1 thread, 2 threads, 2 sub-batches",
             report,
-            info,
-            f"python benchmarks/bench_forward.py --only threads --rounds {rounds}",
+            base="vitkit, 1 thread",
+            notes=f"On a quiet machine `runtime.choose_threads` picks {auto} thread(s) here; it "
+            "picks 1 whenever another task is running.",
         )
-        text = text.replace(
-            "| contender |",
-            f"On a quiet machine `runtime.choose_threads` picks {auto} thread(s) here; it picks 1 "
-            "whenever another task is running.\n\n| contender |",
-            1,
-        )
-        print(text)
-        if write:
-            bench.write_markdown_block(
-                "BENCHMARKS.md", "Model forward", f"threads-b{batch_size}", text
+
+
+def publish(name: str, title: str, report: bench.Report, base: str, notes: str = "") -> None:
+    """benchmarks/results/NAME.json from one interleaved report."""
+    from results_io import write_report
+
+    extra = {"threads": torch.get_num_threads()}
+    print(
+        f"wrote {write_report(name, title=title, report=report, base=base, notes=notes, extra=extra)}"
+    )
+
+
+def peers_rounds(
+    model_name: str,
+    precision: str,
+    against: list[str],
+    batch_sizes: list[int],
+    args: argparse.Namespace,
+) -> None:
+    """vitkit against its peers on the same weights, one results file per batch size."""
+    model, _ = load_bench_model(model_name, None)
+    contenders = bench.forward_contenders(
+        model, precision=precision, against=against, device=torch.device("cpu"), log=log
+    )
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    threads = 1 if args.cpu_time else int(args.threads)
+    for batch_size in batch_sizes:
+        with runtime.num_threads(threads):
+            batch = bench.photo_batch(batch_size, model.config.image_hw)
+            report = bench.run_interleaved(
+                contenders,
+                batch,
+                rounds=args.rounds,
+                repeats=args.repeats,
+                measure_memory=not args.cpu_time,
+                title=f"{model_name} {precision}",
+                log=log,
+                clock=clock,
             )
+        timing = "CPU time of one thread" if args.cpu_time else f"wall clock, {threads} threads"
+        suffix = "_cputime" if args.cpu_time else ""
+        publish(
+            f"forward_cpu_{precision}_b{batch_size}{suffix}",
+            f"CPU forward, {model_name} {precision}, batch {batch_size} ({timing})",
+            report,
+            base=contenders[0].name,
+        )
 
 
 def main() -> int:
@@ -97,39 +135,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per round (default 1)")
     parser.add_argument("--int8-against", default="transformers,timm,onnx")
     parser.add_argument("--only", default="fp32,int8,threads")
-    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md 'Model forward'")
     args = parser.parse_args()
     parts = args.only.split(",")
-    common = ["--model", args.model, "--rounds", str(args.rounds), "--threads", args.threads]
-    common += ["--repeats", str(args.repeats)]
-    if args.write:
-        common.append("--write-md")
+    runtime.tune_process_for_inference(torch.device("cpu"))
+    args.cpu_time = False
     if "fp32" in parts:
-        vitkit_main(
-            ["bench", *common, "--batch-sizes", "1,8", "--against", "transformers,timm,onnx"]
-        )
+        peers_rounds(args.model, "fp32", ["transformers", "timm", "onnx"], [1, 8], args)
     if "int8" in parts:
-        vitkit_main(
-            [
-                "bench",
-                *common,
-                "--precision",
-                "int8",
-                "--batch-sizes",
-                "8",
-                "--against",
-                args.int8_against,
-            ]
-        )
+        peers_rounds(args.model, "int8", args.int8_against.split(","), [8], args)
     if "cputime" in parts:  # one thread, CPU time: the comparison a busy machine cannot skew
-        base = ["--model", args.model, "--rounds", str(args.rounds), "--cpu-time", "--no-memory"]
-        base += ["--repeats", str(args.repeats)] + (["--write-md"] if args.write else [])
-        vitkit_main(["bench", *base, "--batch-sizes", "8", "--against", "transformers,timm,onnx"])
-        vitkit_main(
-            ["bench", *base, "--batch-sizes", "8", "--precision", "int8", "--against", "onnx"]
-        )
+        args.cpu_time = True
+        peers_rounds(args.model, "fp32", ["transformers", "timm", "onnx"], [8], args)
     if "threads" in parts:
-        thread_sweep(args.model, args.rounds, args.write)
+        thread_sweep(args.model, args.rounds)
     return 0
 
 

@@ -255,25 +255,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 # ---- results file -------------------------------------------------------------------------------
 def forward_table(forward: dict[str, Any]) -> dict[str, Any]:
     """images/s per contender and its time over eager vitkit's, per round (median, min-max)."""
-    from results_io import median_spread
+    from results_io import interleaved_table
 
     batch = forward["batch_size"]
-    base = next(r for r in forward["results"] if r["name"] == "vitkit")["round_seconds"]
-    rows = []
-    for result in forward["results"]:
-        seconds = result["round_seconds"]
-        slowdown = [mine / theirs for mine, theirs in zip(seconds, base, strict=True)]
-        label = result["name"] + (f" ({result['note']})" if result["note"] else "")
-        rows.append(
-            [
-                label,
-                median_spread([batch / s for s in seconds], digits=0),
-                f"{result['peak_bytes'] / 2**20:.0f}",
-                "—" if result["name"] == "vitkit" else median_spread(slowdown) + "x",
-            ]
-        )
-    columns = ["contender", "images/s (median, min-max)", "peak MB", "time over eager vitkit"]
-    return {"columns": columns, "rows": rows}
+    return interleaved_table([{**r, "batch_size": batch} for r in forward["results"]], "vitkit")
 
 
 def end_to_end_text(results: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ Usage:
     python benchmarks/bench_label_scarcity.py --out /tmp/label-scarcity [--seeds 0,1,2]
         [--dataset auto|fashion-mnist|digits] [--train-per-class 500] [--mae-epochs 40] ...
 
-Prints a Markdown table (mean +- std over seeds, and every seed) for BENCHMARKS.md; everything
+Writes benchmarks/results/label_scarcity.json (every seed and the MAE - scratch gains); everything
 else (runs, reconstruction pictures, results.json) stays under --out.
 """
 
@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import shutil
-import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -252,54 +250,50 @@ def run_seed(job: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 
 # ---- report -------------------------------------------------------------------------------------
-def summary(results: list[dict[str, Any]], seeds: list[int]) -> str:
-    lines = ["| labels | start | test macro-F1 (mean +- std) | per seed |", "|---|---|---|---|"]
-    for fraction in FRACTIONS:
-        for start in ("mae", "scratch"):
-            scores = [
-                r["macro_f1"] for r in results if r["fraction"] == fraction and r["start"] == start
-            ]
-            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-            label = "MAE pre-trained" if start == "mae" else "random (scratch)"
-            lines.append(
-                f"| {fraction:.0%} | {label} | {statistics.mean(scores):.4f} +- {spread:.4f} | "
-                + ", ".join(f"{s:.4f}" for s in scores)
-                + " |"
-            )
-    for fraction in FRACTIONS:
-        gains = [
-            next(
-                r["macro_f1"]
-                for r in results
-                if r["seed"] == seed and r["fraction"] == fraction and r["start"] == "mae"
-            )
-            - next(
-                r["macro_f1"]
-                for r in results
-                if r["seed"] == seed and r["fraction"] == fraction and r["start"] == "scratch"
-            )
-            for seed in seeds
-        ]
-        lines.append(
-            f"\nMAE - scratch at {fraction:.0%} labels: {statistics.mean(gains):+.4f} mean "
-            f"(per seed: {', '.join(f'{g:+.4f}' for g in gains)})"
+def publish(results: list[dict[str, Any]], seeds: list[int], notes: str) -> Path:
+    """benchmarks/results/label_scarcity.json: test macro-F1 per label fraction and start, and
+    the MAE - scratch gain seed by seed."""
+    from results_io import median_spread, spread, write_results
+
+    def score(seed: int, fraction: float, start: str) -> float:
+        return next(
+            r["macro_f1"]
+            for r in results
+            if r["seed"] == seed and r["fraction"] == fraction and r["start"] == start
         )
-    return "\n".join(lines)
 
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+    rows, summary = [], {}
+    for fraction in FRACTIONS:
+        gains = [score(s, fraction, "mae") - score(s, fraction, "scratch") for s in seeds]
+        for start in ("mae", "scratch"):
+            scores = [score(s, fraction, start) for s in seeds]
+            rows.append(
+                [
+                    f"{fraction:.0%}",
+                    "MAE pre-trained" if start == "mae" else "random (scratch)",
+                    median_spread(scores, 3),
+                    ", ".join(f"{v:.3f}" for v in scores),
+                    ", ".join(f"{g:+.3f}" for g in gains) if start == "mae" else "",
+                ]
             )
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread(s)), load average at the end "
-        f"{os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d')}"
+        summary[f"gain_at_{fraction:.0%}"] = spread(gains)
+    return write_results(
+        "label_scarcity",
+        title="Label scarcity: MAE pre-training, then fine-tuning, against training from scratch",
+        command="python benchmarks/bench_label_scarcity.py " + " ".join(sys.argv[1:]),
+        summary=summary,
+        rounds=results,
+        table={
+            "columns": [
+                "labels",
+                "start",
+                "test macro-F1 (median, min-max)",
+                "per seed",
+                "MAE - scratch, per seed",
+            ],
+            "rows": rows,
+        },
+        notes=notes,
     )
 
 
@@ -370,15 +364,15 @@ def main() -> None:
         )
         + "\n"
     )
-    print(
-        f"\n{dataset}: {len(train_labels)} training images ({args.train_per_class} per class), "
-        f"{len(arrays['test'][1])} test images; ViT {args.width} wide, {args.depth} blocks, "
-        f"patch {args.patch} at {size}x{size}; MAE {args.mae_epochs} epochs, fine-tuning "
-        f"{args.epochs_10} epochs (10%) / {args.epochs_100} epochs (100%); "
-        f"wall {wall / 60:.1f} min"
+    notes = (
+        f"{dataset}: {len(train_labels)} training images ({args.train_per_class} per class; the "
+        f"MAE pre-trains on all of them, labels unused), {len(arrays['test'][1])} test images; "
+        f"ViT {args.width} wide, {args.depth} blocks, patch {args.patch} at {size}x{size}; MAE "
+        f"{args.mae_epochs} epochs, fine-tuning {args.epochs_10} epochs (10% of the labels) / "
+        f"{args.epochs_100} epochs (100%); {torch.get_num_threads()} torch thread(s) per run; "
+        f"wall {wall / 60:.1f} min."
     )
-    print(summary(results, seeds))
-    print(f"\n{machine()}")
+    print(f"wrote {publish(results, seeds, notes)}")
 
 
 if __name__ == "__main__":

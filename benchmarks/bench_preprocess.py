@@ -12,34 +12,27 @@ scikit-image and scikit-learn) and producing the same ViT input (bilinear 224x22
 
 Rounds are interleaved in one process (every contender once per round, order rotated) and the
 median round is reported, so the shared machine's noise hits all of them alike. Ratios come from
-the same run. ``--write`` replaces the "Preprocessing" section of BENCHMARKS.md.
+the same run. Writes benchmarks/results/preprocess.json.
 
-    .venv/bin/python benchmarks/bench_preprocess.py --rounds 9 --write
+    .venv/bin/python benchmarks/bench_preprocess.py --rounds 9
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import re
-import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
-import torchvision
 import transformers
 from PIL import Image
 
 from vitkit.images.processor import ImageProcessor
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Preprocessing"
 DECODE_ONLY = "(floor) torchvision decode_jpeg alone, no resize/normalize"
 RGBX_DECODE_ONLY = "(floor) simplejpeg RGBX decode alone (vitkit's decoder), no resize/normalize"
 
@@ -133,8 +126,8 @@ def contenders(paths: list[str], batch_size: int) -> dict[str, Callable[[bool], 
 
 def measure(
     runs: dict[str, Callable[[bool], Batches]], rounds: int, images: int
-) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-    """(CPU-time, wall-time) images/s per contender, medians of interleaved rounds.
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """(CPU seconds, wall seconds) per contender and round, interleaved; and the parity check.
 
     CPU time (``time.process_time``; one thread, so one core's busy time) is the headline: on a
     shared, oversubscribed machine wall time also counts the moments the process waits for a
@@ -152,12 +145,7 @@ def measure(
             runs[name](False)
             cpu[name].append(time.process_time() - start_cpu)
             wall[name].append(time.perf_counter() - start_wall)
-    differences = check_parity(outputs)
-    rates = {
-        name: (images / statistics.median(cpu[name]), images / statistics.median(wall[name]))
-        for name in names
-    }
-    return rates, differences
+    return cpu, wall, check_parity(outputs)
 
 
 def check_parity(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -180,104 +168,76 @@ def check_parity(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
+DEFAULT_PATHS = "transformers ViTImageProcessor (paths)"
+DEFAULT_PIPELINE = "transformers ViTImageProcessor (load_image + processor)"
+PIL_BACKEND = "transformers ViTImageProcessorPil (paths)"
 
 
-def table(
-    rates: dict[str, tuple[float, float]],
+def publish(
+    cpu: dict[str, list[float]],
+    wall: dict[str, list[float]],
     differences: dict[str, float],
     args: argparse.Namespace,
     images: int,
-) -> str:
-    paths_default = rates["transformers ViTImageProcessor (paths)"][0]
-    pipeline_default = rates["transformers ViTImageProcessor (load_image + processor)"][0]
-    pil_backend = rates["transformers ViTImageProcessorPil (paths)"][0]
-    lines = [
-        f"`benchmarks/bench_preprocess.py --rounds {args.rounds} --batch-size {args.batch_size}` "
-        f"on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}, "
-        f"torch.set_num_threads(1), one process; torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}, transformers {transformers.__version__}, Pillow "
-        f"{PIL.__version__}, Python {platform.python_version()}.",
-        "",
-        f"{images} JPEG files, 640x480, quality 90, made from the six sample photos "
-        "(skimage astronaut, coffee, chelsea, immunohistochemistry; sklearn china, flower); "
-        "output (B, 3, 224, 224) float32, bilinear, mean = std = 0.5; decode included; batches "
-        f"of {args.batch_size}; median of {args.rounds} interleaved rounds.",
-        "",
-        "| pipeline | images/s per core (CPU time) | images/s (wall) | vs default, paths "
-        "| vs default, load_image + processor | vs PIL backend |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, (rate, wall_rate) in rates.items():
-        lines.append(
-            f"| {name} | {rate:.0f} | {wall_rate:.0f} | {rate / paths_default:.2f}x "
-            f"| {rate / pipeline_default:.2f}x | {rate / pil_backend:.2f}x |"
-        )
-    exact, draft = rates["vitkit fast"][0], rates["vitkit fast + jpeg_draft (approximate)"][0]
-    decode = rates[RGBX_DECODE_ONLY][0]
-    lines += [
-        "",
-        "Target (one core, decode included): >= 1.8x transformers' default processor and "
-        f">= 3x its PIL backend. Exact fast path: {exact / paths_default:.2f}x (default given "
-        f"paths) / {exact / pipeline_default:.2f}x (default after load_image) and "
-        f"{exact / pil_backend:.2f}x (PIL backend). Approximate jpeg_draft: "
-        f"{draft / paths_default:.2f}x / {draft / pipeline_default:.2f}x and "
-        f"{draft / pil_backend:.2f}x.",
-        "",
-        "Which path the target measures: the issue's own figures for this machine were the "
-        "default processor 252 images/s, its PIL backend 157, torchvision decode + resize 447 "
-        "(1.77x: an exact torchvision pipeline falls short of 1.8x by the issue's own numbers) "
-        "and PIL with JPEG draft-mode decoding 484 (1.92x and 3.08x). The 1.8x / 3x targets sit "
-        "just under that last line, so they are met by vitkit's draft-decoding fast path "
-        "(`--jpeg-draft`, `ImageProcessor(jpeg_draft=True)`), which runs libjpeg-turbo's reduced "
-        "DCT scale as PIL's draft mode does. It stays opt-in because it changes pixels and so "
-        "the model's numbers (the toolkit's first promise is the checkpoint authors' exact "
-        "numbers); the default fast path is the exact one in the row above it.",
-        "",
-        f"Where the exact path's time goes: decoding the JPEG alone (libjpeg-turbo, the same "
-        f"accurate IDCT the reference uses, here through simplejpeg into 4-byte RGBX pixels) "
-        f"runs at {decode:.0f} images/s, {exact / decode:.0%} of the exact fast path's time; "
-        "the rest is the uint8 antialiased resize (the reference's own kernel, which "
-        "bit-exactness requires; RGBX input spares it a 3->4 channel copy) and one float pass "
-        "for rescale+normalize. Even with resize and normalize free, an exact pipeline could "
-        f"not beat the default-given-paths reference by more than {decode / paths_default:.2f}x "
-        "here; only decoding less (jpeg_draft's reduced DCT scale) goes past that.",
-    ]
-    lines += [
-        "",
-        "Ratios use the CPU-time rates (one thread, so one core's busy time; the machine is "
-        "shared, and wall time also counts waiting for a core). *default, paths*: "
-        "ViTImageProcessor given the file paths, which it decodes itself with torchvision. "
-        '*load_image + processor*: what `pipeline("image-classification")` does (PIL decode, '
-        "then the processor). *PIL backend*: ViTImageProcessorPil given the paths (PIL decode). "
-        "Outputs are checked in the same run: vitkit fast equals ViTImageProcessor and vitkit "
-        "pil equals ViTImageProcessorPil bit for bit (max abs diff 0). The two exact modes differ "
-        f"from each other by at most {differences['modes_max']:.3f} (PIL's resize arithmetic "
-        "vs torch's). `jpeg_draft` is an explicit approximate option (off by default): JPEGs "
-        "decoded at a reduced DCT scale; its output differs from the exact fast path by up to "
-        f"{differences['draft_max']:.3f} (mean {differences['draft_mean']:.4f}) after "
-        "normalisation, so it matches neither reference.",
-    ]
-    return "\n".join(lines) + "\n"
+) -> Path:
+    """benchmarks/results/preprocess.json: rates from CPU time (one thread: one core's busy
+    time, which other processes cannot inflate) and wall time; ratios taken round by round."""
+    from results_io import median_spread, spread, write_results
 
+    def ratios(name: str, base: str) -> list[float]:
+        return [theirs / mine for mine, theirs in zip(cpu[name], cpu[base], strict=True)]
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    content = path.read_text()
-    pattern = re.compile(rf"({re.escape(SECTION)}\n)(.*?)(?=\n## |\Z)", re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"{path} has no '{SECTION}' section")
-    path.write_text(pattern.sub(lambda m: m.group(1) + "\n" + text, content, count=1))
-    print(f"wrote the '{SECTION}' section of {path}")
+    rows = [
+        [
+            name,
+            median_spread([images / s for s in cpu[name]], 0),
+            median_spread([images / s for s in wall[name]], 0),
+            *(
+                median_spread(ratios(name, base)) + "x"
+                for base in (DEFAULT_PATHS, DEFAULT_PIPELINE, PIL_BACKEND)
+            ),
+        ]
+        for name in cpu
+    ]
+    summary = {
+        name: {
+            "images_per_cpu_s": spread([images / s for s in cpu[name]]),
+            "vs_default_paths": spread(ratios(name, DEFAULT_PATHS)),
+            "vs_pil_backend": spread(ratios(name, PIL_BACKEND)),
+        }
+        for name in cpu
+    }
+    return write_results(
+        "preprocess",
+        title="Preprocessing on one core: JPEG files to normalised tensors",
+        command="python benchmarks/bench_preprocess.py " + " ".join(sys.argv[1:]),
+        summary={**summary, "differences": differences},
+        rounds=[{"pipeline": name, "cpu_s": cpu[name], "wall_s": wall[name]} for name in cpu],
+        table={
+            "columns": [
+                "pipeline",
+                "images/s per core (CPU time)",
+                "images/s (wall)",
+                "vs ViTImageProcessor, paths",
+                "vs load_image + ViTImageProcessor",
+                "vs ViTImageProcessorPil",
+            ],
+            "rows": rows,
+        },
+        notes=(
+            f"{images} JPEG files, 640x480, quality 90, made from the six bundled sample photos; "
+            "output (B, 3, 224, 224) float32, bilinear, mean = std = 0.5; decode included; "
+            f"batches of {args.batch_size}; {args.rounds} interleaved rounds, one torch thread. "
+            "Ratios compare CPU time round by round. *paths*: ViTImageProcessor given the file "
+            "paths (it decodes with torchvision); *load_image + ViTImageProcessor*: what "
+            '`pipeline("image-classification")` does; *ViTImageProcessorPil*: the PIL backend '
+            "given the paths. Checked in the same run: vitkit fast equals ViTImageProcessor and "
+            "vitkit pil equals ViTImageProcessorPil bit for bit; the two exact modes differ by at "
+            f"most {differences['modes_max']:.3f}; `jpeg_draft` (approximate, opt-in) differs "
+            f"from the exact path by up to {differences['draft_max']:.3f} "
+            f"(mean {differences['draft_mean']:.4f}) after normalisation."
+        ),
+    )
 
 
 def main() -> None:
@@ -285,17 +245,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--copies", type=int, default=8, help="files per sample photo")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()  # its torchvision-decode deprecation notice
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), args.copies)
-        rates, differences = measure(contenders(paths, args.batch_size), args.rounds, len(paths))
-    text = table(rates, differences, args, len(paths))
-    print(text)
-    if args.write:
-        write_section(text)
+        cpu, wall, differences = measure(
+            contenders(paths, args.batch_size), args.rounds, len(paths)
+        )
+    print(f"wrote {publish(cpu, wall, differences, args, len(paths))}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ JPEG (scikit-image's "chelsea", 451x300) served by a local `http.server` process
 clients loop for --duration seconds after a warm-up; throughput, p50 and p99 latency and errors
 are recorded. Contenders alternate, so load from elsewhere hits both alike.
 
-    .venv/bin/python benchmarks/bench_serve_vs_script.py --clients 1,16,64 --duration 40 --write
+    .venv/bin/python benchmarks/bench_serve_vs_script.py --clients 1,16,64 --duration 40
     .venv/bin/python benchmarks/bench_serve_vs_script.py --quick     # tiny model, a few seconds
 """
 
@@ -204,25 +204,66 @@ def measure(
     return run
 
 
-def table(runs: list[Run], clients: int) -> str:
-    script = "hand-written FastAPI + pipeline"
+SCRIPT_NAME = "hand-written FastAPI + pipeline"
+
+
+def rows_of(runs: list[Run], clients: int) -> list[list[str]]:
+    """One row per service at this client count; the throughput ratio is taken round by round
+    against the script's run in the same round."""
+    from results_io import median_spread
+
     mine = [r for r in runs if r.clients == clients]
-    reference = statistics.median(r.throughput for r in mine if r.contender == script)
-    lines = [
-        f"**{clients} client(s)**",
-        "",
-        "| service | req/s, median | p50 ms | p99 ms | errors | throughput vs the script |",
-        "|---|---|---|---|---|---|",
-    ]
+    reference = [r.throughput for r in mine if r.contender == SCRIPT_NAME]
+    rows = []
     for name in dict.fromkeys(r.contender for r in mine):
         own = [r for r in mine if r.contender == name]
-        rps = statistics.median(r.throughput for r in own)
-        lines.append(
-            f"| {name} | {rps:.2f} | {statistics.median(r.p50_ms for r in own):.0f} | "
-            f"{statistics.median(r.p99_ms for r in own):.0f} | {sum(r.errors for r in own)} | "
-            f"{rps / reference:.2f}x |"
+        ratios = [r.throughput / ref for r, ref in zip(own, reference, strict=True)]
+        rows.append(
+            [
+                clients,
+                name,
+                median_spread([r.throughput for r in own]),
+                f"{statistics.median(r.p50_ms for r in own):.0f}",
+                f"{statistics.median(r.p99_ms for r in own):.0f}",
+                sum(r.errors for r in own),
+                median_spread(ratios) + "x",
+            ]
         )
-    return "\n".join(lines)
+    return rows
+
+
+def publish(runs: list[Run], args: argparse.Namespace) -> Path:
+    from results_io import write_results
+
+    clients = dict.fromkeys(r.clients for r in runs)
+    return write_results(
+        "serve_vs_script",
+        title="`vitkit serve` against a hand-written FastAPI + `pipeline` service",
+        command="python benchmarks/bench_serve_vs_script.py " + shlex.join(sys.argv[1:]),
+        summary={
+            "rounds": args.rounds,
+            "preset": args.preset,
+            "errors": sum(r.errors for r in runs),
+        },
+        rounds=[vars(r) for r in runs],
+        table={
+            "columns": [
+                "clients",
+                "service",
+                "req/s (median, min-max)",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "throughput vs the script, per round",
+            ],
+            "rows": [row for count in clients for row in rows_of(runs, count)],
+        },
+        notes=(
+            f"`GET /predict_image_class?image_url=` on loopback, {args.preset} (random weights); "
+            f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, {args.rounds} "
+            "round(s), services in a rotated order."
+        ),
+    )
 
 
 def main() -> int:
@@ -234,7 +275,6 @@ def main() -> int:
     parser.add_argument("--preset", default="vit-base-patch16-224")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 and 4 clients, 4 s")
-    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     parser.add_argument("--make-inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_inputs:
@@ -270,20 +310,7 @@ def main() -> int:
     finally:
         images.terminate()
         images.wait()
-    tables = [table(runs, clients) for clients in dict.fromkeys(r.clients for r in runs)]
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    command = "python benchmarks/bench_serve_vs_script.py " + shlex.join(sys.argv[1:])
-    text = (
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
-        f"{args.preset} (random weights), load at the end {load}. `{command}`, "
-        f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, {args.rounds} round(s)."
-        "\n\n" + "\n\n".join(tables)
-    )
-    print(text)
-    if args.write:
-        from vitkit.bench import engine as bench
-
-        bench.write_markdown_block("BENCHMARKS.md", "Whole commands", "serve-vs-script", text)
+    print(f"wrote {publish(runs, args)}")
     return 1 if any(r.errors for r in runs) else 0
 
 

@@ -3,14 +3,13 @@
 Usage: python benchmarks/bench_train_demo.py [--cores 0,1] [--device cpu|cuda] [-- extra demo args]
 
 ``--cores`` pins the run to those CPU cores (taskset), to emulate a 2-core machine on a bigger one.
-Prints one Markdown table row per run, with the machine and versions, for BENCHMARKS.md.
+Writes benchmarks/results/train_demo.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -39,26 +38,31 @@ def main() -> None:
     macro = re.search(r"macro avg\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", done.stdout)
     minority = re.search(r"minority class '(\w+)': recall ([\d.]+)", done.stdout)
     cores = len(args.cores.split(",")) if args.cores else os.cpu_count()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
     device = (
-        torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else f"{cores} cores of {cpu}"
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cores} CPU cores"
     )
-    print("| device | wall (s) | peak RSS (MiB) | test macro-F1 | minority recall | torch |")
-    print("|---|---|---|---|---|---|")
-    print(
-        f"| {device} | {wall:.1f} | {peak_mib:.0f} | {macro.group(3) if macro else '?'} | "
-        f"{minority.group(2) if minority else '?'} | {torch.__version__} |"
+    from results_io import write_results
+
+    f1 = float(macro.group(3)) if macro else None
+    recall = float(minority.group(2)) if minority else None
+    path = write_results(
+        "train_demo",
+        title="`make demo`: time, memory and test metrics",
+        command="python benchmarks/bench_train_demo.py " + " ".join(sys.argv[1:]),
+        summary={
+            "wall_s": wall,
+            "peak_rss_mib": peak_mib,
+            "macro_f1": f1,
+            "minority_recall": recall,
+        },
+        rounds=[{"wall_s": wall, "peak_rss_mib": peak_mib, "output": done.stdout[-4000:]}],
+        table={
+            "columns": ["device", "wall s", "peak RSS MiB", "test macro-F1", "minority recall"],
+            "rows": [[device, f"{wall:.1f}", f"{peak_mib:.0f}", f1, recall]],
+        },
+        notes="One run of `python -m vitkit demo` as a user starts it (a single run: no spread).",
     )
-    print(f"\n(load average during the run: {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d')})")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

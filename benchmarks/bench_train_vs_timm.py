@@ -12,7 +12,7 @@ timm's train.py is not part of the timm wheel: pass it with --timm-train (it is 
 https://github.com/huggingface/pytorch-image-models/blob/main/train.py).
 
     .venv/bin/python benchmarks/bench_train_vs_timm.py --timm-train ~/pytorch-image-models/train.py \
-        --epochs 2 --rounds 2 --write
+        --epochs 2 --rounds 2
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def make_folder(root: Path, per_class_train: int, per_class_val: int) -> str:
-    """An image folder of real images; returns the data set's name."""
+def make_folder(root: Path, per_class_train: int, per_class_val: int) -> tuple[str, dict[str, int]]:
+    """An image folder of real images, train/ and validation/ (timm's split names; val/ is a
+    link to validation/ for vitkit, so both read the very same files). A class with fewer images
+    than asked for keeps a fifth of them for validation. Returns the data set's name and the
+    image counts written to each split."""
+    import numpy as np
     from PIL import Image
 
     from vitkit.experiments import demo_data
@@ -45,20 +49,27 @@ def make_folder(root: Path, per_class_train: int, per_class_val: int) -> str:
     else:
         images, labels, classes = demo_data.load_digits_arrays()
         name = "digits"
-    counts: dict[tuple[str, int], int] = {}
-    for pixels, label in zip(images, labels, strict=True):
-        train_seen = counts.get(("train", int(label)), 0)
-        split = "train" if train_seen < per_class_train else "validation"
-        if counts.get((split, int(label)), 0) >= (
-            per_class_train if split == "train" else per_class_val
-        ):
-            continue
-        counts[(split, int(label))] = counts.get((split, int(label)), 0) + 1
-        folder = root / split / classes[int(label)].replace("/", "-")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / f"{sum(counts.values()):06d}.png")
+    written = {"train": 0, "validation": 0}
+    for label, class_name in enumerate(classes):
+        mine = np.flatnonzero(labels == label)
+        val = min(per_class_val, max(1, len(mine) // 5))
+        train = min(per_class_train, len(mine) - val)
+        for split, indices in (("train", mine[:train]), ("validation", mine[train : train + val])):
+            folder = root / split / class_name.replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in indices:
+                Image.fromarray(images[index]).save(folder / f"{index:06d}.png")
+            written[split] += len(indices)
     (root / "val").symlink_to("validation")
-    return name
+    return name, written
+
+
+def images_read(output: str) -> dict[str, int]:
+    """The train/val counts vitkit says it read ("data: 2000 train / 500 val / ...")."""
+    import re
+
+    found = re.search(r"data: (\d+) train / (\d+) val", output)
+    return {"train": int(found.group(1)), "validation": int(found.group(2))} if found else {}
 
 
 def commands(args: argparse.Namespace, data: Path, out: Path) -> dict[str, list[str]]:
@@ -80,17 +91,18 @@ def commands(args: argparse.Namespace, data: Path, out: Path) -> dict[str, list[
     return {"vitkit train": vitkit, "timm train.py": timm}
 
 
-def run(command: list[str], out: Path) -> tuple[float, float]:
-    """(wall s, CPU s) of one whole run, in a fresh output folder."""
+def run(command: list[str], out: Path) -> tuple[float, float, str]:
+    """(wall s, CPU s, output) of one whole run, in a fresh output folder."""
     for leftover in (out / "vitkit", out / "timm"):
         subprocess.run(["rm", "-rf", str(leftover)], check=True)
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, stderr = process.communicate()  # waits: the child's CPU time is in os.times() now
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = process.communicate()  # waits: the child's CPU time is in os.times() now
     wall = time.perf_counter() - started
+    text = output.decode(errors="replace")
     if process.returncode:
-        raise SystemExit(f"{shlex.join(command)} failed:\n{stderr.decode()[-3000:]}")
-    return wall, _children_cpu()
+        raise SystemExit(f"{shlex.join(command)} failed:\n{text[-3000:]}")
+    return wall, _children_cpu(), text
 
 
 _cpu_seen = 0.0
@@ -118,51 +130,76 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=50)
-    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vitkit-train-bench-"))
-    data_name = make_folder(work / "data", args.train_per_class, args.val_per_class)
+    data_name, written = make_folder(work / "data", args.train_per_class, args.val_per_class)
     racers = commands(args, work / "data", work)
-    walls: dict[str, list[float]] = {name: [] for name in racers}
-    cpus: dict[str, list[float]] = {name: [] for name in racers}
-    epoch_times: list[float] = []
+    rounds: list[dict] = []
     _children_cpu()
     for round_index in range(args.rounds):
         order = list(racers) if round_index % 2 == 0 else list(reversed(racers))
         for name in order:
-            wall, cpu = run(racers[name], work)
-            walls[name].append(wall)
-            cpus[name].append(cpu)
+            wall, cpu, output = run(racers[name], work)
+            row = {"round": round_index, "contender": name, "wall_s": wall, "cpu_s": cpu}
             if name == "vitkit train":
-                epoch_times += vitkit_epoch_seconds(work)
+                row["epoch_s"] = vitkit_epoch_seconds(work)
+                row["images_read"] = images_read(output)
+                if row["images_read"] != written:
+                    raise SystemExit(
+                        f"vitkit read {row['images_read']}, the folder holds {written}"
+                    )
+            rounds.append(row)
             log(f"round {round_index + 1}: {name}: {wall:.1f}s wall, {cpu:.1f}s CPU")
-    timm_wall = statistics.median(walls["timm train.py"])
-    lines = [
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load "
-        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {data_name}, "
-        f"{args.train_per_class}/{args.val_per_class} train/validation images per class at "
-        f"{args.image_size}x{args.image_size}, ViT-Ti/16 from scratch, {args.epochs} epochs, "
-        f"{args.rounds} alternating rounds. "
-        f"`python benchmarks/bench_train_vs_timm.py {shlex.join(sys.argv[1:])}`",
-        "",
-        "| contender | wall s, median (min-max) | CPU s, median | speed vs timm train.py |",
-        "|---|---|---|---|",
-    ]
-    for name in racers:
-        wall = statistics.median(walls[name])
-        lines.append(
-            f"| {name} | {wall:.1f} ({min(walls[name]):.1f}-{max(walls[name]):.1f}) | "
-            f"{statistics.median(cpus[name]):.1f} | {timm_wall / wall:.2f}x |"
-        )
-    if epoch_times:
-        lines.append(f"\nvitkit's own epoch times (metrics.jsonl): {epoch_times}")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        from vitkit.bench import engine as bench
-
-        bench.write_markdown_block("BENCHMARKS.md", "Whole commands", "train-vs-timm", text)
+    print(f"wrote {publish(args, data_name, written, rounds)}")
     return 0
+
+
+def publish(
+    args: argparse.Namespace, data_name: str, written: dict[str, int], rounds: list[dict]
+) -> Path:
+    from results_io import median_spread, spread, write_results
+
+    def walls(name: str) -> list[float]:
+        return [r["wall_s"] for r in rounds if r["contender"] == name]
+
+    # each round's timm wall time over vitkit's (the two ran back to back)
+    ratios = [t / v for t, v in zip(walls("timm train.py"), walls("vitkit train"), strict=True)]
+    images = f"{written['train']} train / {written['validation']} validation"
+    rows = [
+        [
+            name,
+            images,
+            median_spread(walls(name), 1),
+            f"{statistics.median(r['cpu_s'] for r in rounds if r['contender'] == name):.1f}",
+            "1.00x" if name == "timm train.py" else f"{median_spread(ratios)}x",
+        ]
+        for name in ("vitkit train", "timm train.py")
+    ]
+    return write_results(
+        "train_vs_timm",
+        title="`vitkit train` against timm's `train.py`, the same folders",
+        command="python benchmarks/bench_train_vs_timm.py " + shlex.join(sys.argv[1:]),
+        summary={"speed_vs_timm": spread(ratios), "images": written, "epochs": args.epochs},
+        rounds=rounds,
+        table={
+            "columns": [
+                "contender",
+                "images read",
+                "wall s, median (min-max)",
+                "CPU s, median",
+                "speed vs timm train.py, per round",
+            ],
+            "rows": rows,
+        },
+        notes=(
+            f"{data_name}, {images} images at {args.image_size}x{args.image_size}: both read the "
+            "same train/ and validation/ folders (vitkit's val/ is a link to validation/; the "
+            "count vitkit printed is checked against the files). ViT-Ti/16 from scratch, "
+            f"{args.epochs} epochs, AdamW lr 1e-3, weight decay 0.05, batch 64, cosine, "
+            "random-resized-crop + flip, two loader workers, fp32 on the CPU, one validation "
+            f"pass per epoch; whole processes, {args.rounds} rounds alternating the order."
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ For each seed: the demo's unbalanced digits folder (as `vitkit demo` builds it),
 trained from scratch with ``--augment seed`` (flips + RandomRotate90: every orientation seen in
 training), then its best epoch scored on the test split twice over: upright, and with every image
 turned / mirrored by a seeded random element of D4 (the same 8 orientations ``--tta d4`` averages
-over), each with ``tta none`` and ``tta d4``. Prints a Markdown table of test accuracy and
-macro-F1, and the forward time per image of each mode, for BENCHMARKS.md.
+over), each with ``tta none`` and ``tta d4``. Writes benchmarks/results/tta.json: test accuracy and
+macro-F1, and the forward time per image of each mode.
 
 Digits are not truly free of orientation (a 6 turned twice is a 9), so no mode can be perfect on
 the turned split; what TTA can remove is the model's disagreement between orientations.
@@ -16,9 +16,7 @@ the turned split; what TTA can remove is the model's disagreement between orient
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -114,22 +112,47 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = [run_seed(out, int(s), args.epochs) for s in args.seeds.split(",")]
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("| seed | test images | tta | accuracy | macro-F1 | ms / image (forward) |")
-    print("|---|---|---|---|---|---|")
-    for result in results:
-        for name, row in result["rows"].items():
-            split, mode = name.split("/")
-            print(
-                f"| {result['seed']} | {split} | {mode} | {row['accuracy']:.4f} | "
-                f"{row['macro_f1']:.4f} | {row['ms_per_image']:.3f} |"
-            )
-    print(
-        f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
-        f"{time.strftime('%Y-%m-%d')}; epochs {args.epochs}, best epochs "
-        f"{[r['best_epoch'] for r in results]}, training {[round(r['train_s']) for r in results]} s"
+    from results_io import median_spread, spread, write_results
+
+    names = list(results[0]["rows"])
+    rows = []
+    for name in names:
+        split, mode = name.split("/")
+        f1 = [r["rows"][name]["macro_f1"] for r in results]
+        rows.append(
+            [
+                split,
+                mode,
+                median_spread([r["rows"][name]["accuracy"] for r in results], 3),
+                median_spread(f1, 3),
+                " / ".join(f"{v:.3f}" for v in f1),
+                median_spread([r["rows"][name]["ms_per_image"] for r in results], 3),
+            ]
+        )
+    path = write_results(
+        "tta",
+        title="Test-time augmentation on turned digits",
+        command="python benchmarks/bench_tta.py " + " ".join(sys.argv[1:]),
+        summary={name: spread([r["rows"][name]["macro_f1"] for r in results]) for name in names},
+        rounds=results,
+        table={
+            "columns": [
+                "test images",
+                "tta",
+                "accuracy (median, min-max)",
+                "macro-F1 (median, min-max)",
+                "macro-F1 per seed",
+                "ms / image (forward)",
+            ],
+            "rows": rows,
+        },
+        notes=(
+            f"The demo's digits ViT trained with `--augment seed` ({args.epochs} epochs, seeds "
+            f"{args.seeds}), scored on the upright test digits and on the same digits each turned "
+            "or mirrored at random, without TTA and with `--tta d4`."
+        ),
     )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -440,23 +440,39 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=5, help="good-URL requests, one by one")
     parser.add_argument("--disconnects", type=int, default=20)
     parser.add_argument("--methods", type=int, default=200)
-    parser.add_argument("--out", type=Path, help="append the JSON lines here")
     args = parser.parse_args()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    results = []
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
         model = args.model or build_checkpoint(scratch / "model")
         for scenario in scenarios:
-            result = {
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                **run(scenario, model, scratch, args),
-            }
-            line = json.dumps(result)
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as sink:
-                    sink.write(line + "\n")
+            results.append({"scenario": scenario, **run(scenario, model, scratch, args)})
+            print(json.dumps(results[-1]), flush=True)
+    print(f"wrote {publish(results, args)}")
     return 0
+
+
+def publish(results: list[dict], args: argparse.Namespace) -> Path:
+    """benchmarks/results/serve_hostile.json: one row per attack, its measurements as text."""
+    from results_io import write_results
+
+    def measured(result: dict) -> str:
+        return "; ".join(f"{key} {value}" for key, value in result.items() if key != "scenario")
+
+    return write_results(
+        "serve_hostile",
+        title="`vitkit serve` under hostile clients",
+        command="python benchmarks/hostile_load.py " + " ".join(sys.argv[1:]),
+        summary={r["scenario"]: {k: v for k, v in r.items() if k != "scenario"} for r in results},
+        rounds=results,
+        table={
+            "columns": ["attack", "measured"],
+            "rows": [[r["scenario"], measured(r)] for r in results],
+        },
+        notes="Each attack once against a fresh `vitkit serve` on loopback (a single run: no "
+        f"spread), {args.model or 'a tiny random ViT'}; see the script's docstring for each attack.",
+    )
 
 
 if __name__ == "__main__":

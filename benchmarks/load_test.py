@@ -20,7 +20,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -252,20 +251,50 @@ def stage_timings(
     return timings
 
 
-def machine_info(device: str) -> dict[str, str]:
-    import torch
+def publish(results: list[RunResult], timings: dict | None, args: argparse.Namespace) -> Path:
+    """benchmarks/results/serve_load.json: one row per batching setting."""
+    from results_io import write_results
 
-    info = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": str(os.cpu_count()),
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    base = results[-1].throughput_rps if args.compare else None
+    rows = [
+        [
+            r.label,
+            r.max_batch_size,
+            f"{r.throughput_rps:.2f}",
+            f"{r.p50_ms:.0f}",
+            f"{r.p99_ms:.0f}",
+            f"{r.mean_batch_size:.1f}",
+            r.errors,
+            f"{r.throughput_rps / base:.2f}x" if base else "",
+        ]
+        for r in results
+    ]
+    return write_results(
+        "serve_load",
+        title=f"`vitkit serve` under {args.clients} clients: dynamic batching against batch 1",
+        command="python benchmarks/load_test.py " + " ".join(sys.argv[1:]),
+        summary={"throughput_gain": results[0].throughput_rps / base if base else None},
+        rounds=[asdict(r) for r in results],
+        table={
+            "columns": [
+                "setting",
+                "max batch",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "mean batch",
+                "errors",
+                "vs batch 1",
+            ],
+            "rows": rows,
+        },
+        notes=(
+            f"{args.clients} concurrent clients for {args.duration:g} s per setting, one run each "
+            f"(a single round: the spread is not measured), "
+            f"{args.model or args.preset + ' (random weights)'}, {args.device}."
+        ),
+        extra={"stage_timings_ms": timings} if timings else None,
+    )
 
 
 def main() -> int:
@@ -286,7 +315,6 @@ def main() -> int:
     parser.add_argument(
         "--stage-timings", action="store_true", help="also time decode/preprocess/forward"
     )
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     if args.duration <= 0 or args.clients < 1:
         parser.error("--duration must be > 0 and --clients >= 1")
@@ -302,18 +330,7 @@ def main() -> int:
         results = [run_once("dynamic", model, args, args.max_batch_size, payload)]
         if args.compare:
             results.append(run_once("batch-1", model, args, 1, payload))
-    report: dict[str, object] = {
-        "model": str(args.model or f"{args.preset} (random weights)"),
-        "machine": machine_info(args.device),
-        "runs": [asdict(r) for r in results],
-    }
-    if timings:
-        report["stage_timings_ms"] = timings
-    if args.compare:
-        report["throughput_gain"] = round(results[0].throughput_rps / results[1].throughput_rps, 3)
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {publish(results, timings, args)}")
     return 1 if any(r.errors for r in results) else 0
 
 

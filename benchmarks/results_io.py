@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# VITKIT_RESULTS_DIR points a smoke run elsewhere (the committed files stay as they are).
+RESULTS_DIR = Path(os.environ.get("VITKIT_RESULTS_DIR") or REPO_ROOT / "benchmarks" / "results")
 
 # Distribution names whose versions a reader may need to judge a figure; absent ones are skipped.
 LIBRARIES = (
@@ -272,3 +273,69 @@ def goal_verdict(values: Iterable[float], goal: float, higher_is_better: bool = 
     if high < goal:
         return "missed"
     return "inconclusive"
+
+
+def interleaved_table(results: Sequence[Any], base: str) -> dict[str, Any]:
+    """The table of one interleaved forward benchmark (``vitkit.bench.engine.Report.results``,
+    or the same fields as dicts): images/s per contender, median and range over rounds, and its
+    time over ``base``'s in each round (> 1: ``base`` is faster)."""
+
+    def field(result: Any, name: str) -> Any:
+        return result[name] if isinstance(result, dict) else getattr(result, name)
+
+    base_seconds = next(field(r, "round_seconds") for r in results if field(r, "name") == base)
+    rows = []
+    for result in results:
+        seconds, batch = field(result, "round_seconds"), field(result, "batch_size")
+        peak = field(result, "peak_bytes")
+        times_base = [mine / theirs for mine, theirs in zip(seconds, base_seconds, strict=True)]
+        rows.append(
+            [
+                field(result, "name")
+                + (f" ({field(result, 'note')})" if field(result, "note") else ""),
+                median_spread([batch / s for s in seconds], digits=1),
+                "n/a" if peak is None else f"{peak / 2**20:.0f}",
+                "—" if field(result, "name") == base else median_spread(times_base) + "x",
+            ]
+        )
+    columns = ["contender", "images/s (median, min-max)", "peak MB", f"time over {base}'s"]
+    return {"columns": columns, "rows": rows}
+
+
+def write_report(
+    name: str, *, title: str, report: Any, base: str, notes: str = "", extra: dict | None = None
+) -> Path:
+    """``write_results`` for one ``vitkit.bench.engine.Report`` (interleaved forward rounds):
+    every round of every contender, images/s spreads in the summary, ``interleaved_table``."""
+    results = report.results
+    gemm = getattr(report, "gemm_gflops", None) or []
+    probe = (
+        f" A matmul probe ran in the same rounds at {spread(gemm)['min']:.0f}-"
+        f"{spread(gemm)['max']:.0f} GFLOP/s."
+        if gemm
+        else ""
+    )
+    return write_results(
+        name,
+        title=title,
+        summary={r.name: spread([r.batch_size / s for s in r.round_seconds]) for r in results},
+        rounds=[
+            {
+                "contender": r.name,
+                "note": r.note,
+                "batch_size": r.batch_size,
+                "round_seconds": r.round_seconds,
+                "flops_per_image": r.flops_per_image,
+                "peak_bytes": r.peak_bytes,
+                "weight_bytes": r.weight_bytes,
+            }
+            for r in results
+        ],
+        table=interleaved_table(results, base),
+        notes=(
+            f"{len(results[0].round_seconds)} interleaved rounds in one process: the contenders "
+            "on the same weights and inputs, the order turned each round; a round's figure is "
+            f"the median of its timed calls.{probe}" + (f" {notes}" if notes else "")
+        ),
+        extra={"gemm_gflops": list(gemm), **(extra or {})},
+    )
