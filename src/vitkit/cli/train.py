@@ -71,14 +71,16 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch and the trainer load when the command runs, not for `vitkit --help`
     from vitkit.training.distributed import cleanup_distributed
-    from vitkit.training.labels import is_label_table
     from vitkit.training.metrics import format_multilabel_report, format_report
+    from vitkit.training.stored_data import is_multi_label_data
     from vitkit.training.tasks.multilabel import MultiLabelBuilder
     from vitkit.training.trainer import train
 
     config = config_from_args(TrainConfig, args)
     segmentation = _segmentation_builder(config, args)
-    multi_label = segmentation is None and is_label_table(config.data)  # several labels per image
+    # a label table, or stored data with list labels: several labels per image
+    columns = (config.image_column, config.label_column)
+    multi_label = segmentation is None and is_multi_label_data(config.data, columns)
     try:
         result = train(config, segmentation or (MultiLabelBuilder() if multi_label else None))
     finally:

@@ -25,6 +25,7 @@ from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
 from vitkit.training.config import LR_DEFAULTS, REPORT_TO, TrainConfig
 from vitkit.training.specs import preset_config
+from vitkit.training.stored_data import store_kind
 
 
 def check_settings(cfg: TrainConfig, world_size: int = 1, *, check_data: bool = True) -> None:
@@ -145,6 +146,8 @@ def check_image_size(image_hw: tuple[int, int], patch_size: int, what: str) -> N
 
 
 def check_image_folder(cfg: TrainConfig) -> None:
+    if store_kind(cfg.data) is not None:  # a .parquet file or a .tar shard
+        return
     if Path(cfg.data).exists() and not Path(cfg.data).is_dir():
         raise TrainingError(
             f"--data {cfg.data}: a file; this task reads an image folder (DATA/<class>/*.png)"

@@ -71,9 +71,10 @@ RECIPE_FIELDS = ("optimizer", "warmup_fraction", "label_smoothing", "augment", "
 @dataclass
 class TrainConfig:
     data: str = option(
-        help="image folder: DATA/<class>/*, or DATA/{train,val,test}/<class>/*; or, for "
-        "several labels per image, a label table (CSV path,labels / JSONL) or a folder of "
-        "train/val/test tables",
+        help="image folder: DATA/<class>/*, or DATA/{train,val,test}/<class>/*; a datasets "
+        "save_to_disk folder, Parquet files (Hub layout) or WebDataset .tar shards, with an "
+        "image and a label column; or, for several labels per image, a label table (CSV "
+        "path,labels / JSONL) or a folder of train/val/test tables",
         group="data",
     )
     out: str = option(help="run folder for checkpoints, logs and plots", group="data")
@@ -187,6 +188,18 @@ class TrainConfig:
         default_help="from the recipe: none",
     )
     mix_alpha: float = option(1.0, "Beta(alpha, alpha) of the mixing weight", group="data")
+    image_column: str | None = option(
+        None,
+        "the image column of a stored dataset (datasets, Parquet)",
+        group="data",
+        default_help="its Image feature, else image / img",
+    )
+    label_column: str | None = option(
+        None,
+        "the label column of a stored dataset; lists of labels train multi-label",
+        group="data",
+        default_help="its ClassLabel feature, else label / labels",
+    )
     on_bad_image: str = option(
         "skip",
         "unreadable images: skip with a report, or stop",

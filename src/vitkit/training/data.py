@@ -96,6 +96,13 @@ def load_rgb(path: str) -> Image.Image:
     return load_image(path)
 
 
+def open_sample(sample: Any) -> Image.Image:
+    """A sample's image: its file, or what a stored sample reads from its store
+    (``vitkit.training.stored_data``: datasets, Parquet, WebDataset)."""
+    opener = getattr(sample, "open_image", None)
+    return opener() if opener is not None else load_rgb(sample.path)
+
+
 # ---- scanning for unreadable images -------------------------------------------------------
 @dataclass
 class ScanResult:
@@ -111,7 +118,7 @@ class ScanResult:
 
 def _decode(sample: Sample, keep: bool) -> tuple[np.ndarray | None, str | None]:
     try:
-        image = load_rgb(sample.path)
+        image = open_sample(sample)
     except Exception as error:  # any decoder failure is reported, never raised mid-epoch
         return None, f"{type(error).__name__}: {error}"
     return (np.asarray(image, dtype=np.uint8) if keep else None), None
@@ -314,7 +321,7 @@ class ImageDataset(Dataset):
     def image(self, index: int) -> Image.Image:
         if self.images is not None:
             return Image.fromarray(self.images[index])
-        return load_rgb(self.samples[index].path)
+        return open_sample(self.samples[index])
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = item if isinstance(item, tuple) else (item, None)

@@ -47,7 +47,14 @@ HUB_METRICS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "loss": ("loss", None),
 }
 # data layouts -> the Hugging Face `datasets` builder that reads the same layout
-DATASET_TYPES = {"folders": "imagefolder", "split.json": "imagefolder"}
+DATASET_TYPES = {
+    "folders": "imagefolder",
+    "split.json": "imagefolder",
+    "datasets": "arrow",
+    "parquet": "parquet",
+    "webdataset": "webdataset",
+    "tables": "csv",
+}
 FRAMEWORKS = ("vitkit", "torch", "torchvision", "transformers", "timm", "huggingface_hub")
 
 

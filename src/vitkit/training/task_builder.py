@@ -26,6 +26,7 @@ from vitkit.training.callbacks import Callback
 from vitkit.training.checks import check_class_splits
 from vitkit.training.config import TrainConfig, recipe_note
 from vitkit.training.distributed import DistInfo
+from vitkit.training.stored_data import prepare_stored_splits, store_kind
 from vitkit.training.task import TrainingTask
 
 
@@ -65,6 +66,9 @@ class TaskBuilder(ABC):
 
     def read_splits(self, cfg: TrainConfig, out: Path | None) -> vdata.DataSplits:
         """The images of each split; ``out``: where split.json is written (None: read only)."""
+        if store_kind(cfg.data) is not None:  # datasets, Parquet, WebDataset
+            columns = (cfg.image_column, cfg.label_column)
+            return prepare_stored_splits(cfg.data, out, cfg.val_fraction, cfg.seed, columns)
         return vdata.prepare_splits(cfg.data, out, cfg.val_fraction, cfg.seed)
 
     @abstractmethod

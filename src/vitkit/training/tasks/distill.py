@@ -36,7 +36,7 @@ from vitkit.training.callbacks import Callback
 from vitkit.training.checks import check_vit_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistInfo
-from vitkit.training.labels import is_label_table
+from vitkit.training.stored_data import is_multi_label_data
 from vitkit.training.task import Frozen, TrainingTask
 from vitkit.training.task_builder import TaskBuilder
 from vitkit.training.tasks.classify import ClassificationBuilder, ClassificationTask
@@ -235,7 +235,7 @@ class DistillationBuilder(TaskBuilder):
 
     def data_builder(self, cfg: TrainConfig) -> ClassificationBuilder | MultiLabelBuilder:
         """The builder the student would train with alone: label table or class folders."""
-        if is_label_table(cfg.data):
+        if is_multi_label_data(cfg.data, (cfg.image_column, cfg.label_column)):
             return MultiLabelBuilder(self.student_factory)
         return ClassificationBuilder(self.student_factory)
 
@@ -257,7 +257,7 @@ class DistillationBuilder(TaskBuilder):
     def callbacks(self, cfg: TrainConfig) -> list[Callback]:
         # Collapse (a class never predicted) is a softmax failure read off a confusion matrix; a
         # multi-label run has neither, and its thresholds are tuned on validation every epoch.
-        if is_label_table(cfg.data):
+        if is_multi_label_data(cfg.data, (cfg.image_column, cfg.label_column)):
             return []
         return [CollapseVeto(raise_when_all_collapsed=self.raise_on_collapse)]
 

@@ -37,6 +37,7 @@ from vitkit.training.evaluate import EvalResult, logits_of
 from vitkit.training.metrics import format_multilabel_report, multilabel_report, tune_thresholds
 from vitkit.training.model_spec import ModelFactory, ModelSpec
 from vitkit.training.specs import vit_model_spec
+from vitkit.training.stored_data import prepare_stored_multilabel, store_kind
 from vitkit.training.task import TrainingTask
 from vitkit.training.task_builder import TaskBuilder
 
@@ -207,7 +208,7 @@ class MultiLabelBuilder(TaskBuilder):
         self.model_factory = model_factory
 
     def check(self, cfg: TrainConfig) -> None:
-        if not vlabels.is_label_table(cfg.data):
+        if not vlabels.is_label_table(cfg.data) and store_kind(cfg.data) is None:
             raise TrainingError(
                 f"--data {cfg.data}: multi-label training reads a label table (a .csv / .jsonl "
                 "file, or a folder with train.csv), see vitkit.training.labels"
@@ -216,6 +217,9 @@ class MultiLabelBuilder(TaskBuilder):
             check_vit_settings(cfg)
 
     def read_splits(self, cfg: TrainConfig, out: Path | None) -> vdata.DataSplits:
+        if store_kind(cfg.data) is not None:  # datasets, Parquet, WebDataset: list labels
+            columns = (cfg.image_column, cfg.label_column)
+            return prepare_stored_multilabel(cfg.data, out, cfg.val_fraction, cfg.seed, columns)
         splits = vlabels.prepare_table_splits(cfg.data, out, cfg.val_fraction, cfg.seed)
         if splits.problems:
             if cfg.on_bad_image == "fail":
