@@ -13,7 +13,7 @@ from vitkit.cli._engine import run_slides_on_ray, slides_job
 from vitkit.cli._loading import ENTRY_POINT_DEFAULTS, load_classifier
 from vitkit.cli._options import add_options, config_from_args
 from vitkit.engines.settings import EngineSettings, refuse_unhonoured
-from vitkit.errors import VitkitError
+from vitkit.errors import UsageError, VitkitError
 from vitkit.inference.settings import LoadSettings
 from vitkit.slides.settings import SlideBatch, SlideSettings
 
@@ -28,11 +28,15 @@ examples:
   vitkit slide slides/*.svs --model runs/vit384/best --out results/ --mpp 0.5
   vitkit slide big.tif --model M --out results/ --level 1 --stride 112 --min-tissue 0.25
   vitkit slide *.ndpi --model dinov2-dir --out emb/ --embed --pool mean   # headless model
+  vitkit slide big.tif --model runs/seg/best --out masks/ --stride 192 --mask-level 2   # masks
 
 Per slide, in OUT/<slide name>/: tiles.parquet and tiles.csv (x, y, width, height in level-0
 pixels, level, tissue fraction, prob_<class>..., top_class), tiles.geojson (QuPath: File >
 Import objects), heatmap-<class>.png over the thumbnail, thumbnail.png, tissue.png,
-embeddings.parquet (--embed) and summary.json, written last: a folder without it is not
+embeddings.parquet (--embed); a segmentation model also stitches its tile masks (overlapping
+tiles blended, no seams) into mask.npy / mask.png at --mask-level, mask-overlay.png, and
+classes.geojson (QuPath polygons per class), with class areas (µm² when the slide has its mpp)
+in summary.json; and summary.json, written last: a folder without it is not
 finished. Run the same command again after a crash or a kill: finished slides are skipped and
 an unfinished one continues where it stopped, giving the same outputs. A slide that cannot be
 read is reported in one line and the others still run; the exit code is then 1.
@@ -82,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
     # tifffile logs what it finds wrong with a file; the reader's error says it in one line.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if args.engine == "ray":
+        _refuse_segmentation_on_ray(args)
         job, batch = settings(args)
         return run_slides_on_ray(job, progress=batch.progress)
     load, tiling, batch = settings(args)
-    classifier = load_classifier(load)
+    classifier = load_slide_model(load)
     jobs, failures = [], 0
     for slide in batch.paths:  # plan every slide first: bad ones are reported up front
         try:
@@ -101,6 +106,30 @@ def run(args: argparse.Namespace) -> int:
     done = len(batch.slides) - failures
     print(f"{done} of {len(batch.slides)} slides done -> {batch.out}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def load_slide_model(load: LoadSettings) -> Any:
+    """The classifier, or for a segmentation checkpoint its per-pixel runner in the face the
+    slide runner reads (masks stitched over the slide, ``vitkit.slides.seg_outputs``)."""
+    from vitkit.checkpoints.hf_dpt import is_segmentation_checkpoint
+
+    if not is_segmentation_checkpoint(load.source):
+        return load_classifier(load)
+    from vitkit.inference import runtime
+    from vitkit.inference.segmentation import SegmentationRunner
+    from vitkit.slides.seg_tiles import SegmentationTiles
+
+    runtime.tune_process_for_inference(load.device)
+    with runtime.loading_threads():
+        return SegmentationTiles(SegmentationRunner.from_settings(load), load.source)
+
+
+def _refuse_segmentation_on_ray(args: argparse.Namespace) -> None:
+    from vitkit.checkpoints.hf_dpt import is_segmentation_checkpoint
+
+    load = config_from_args(LoadSettings, args)
+    if is_segmentation_checkpoint(load.source):
+        raise UsageError("--engine ray: segmentation models run over slides in this process")
 
 
 def _run_jobs(jobs: list[Any], classifier: Any, settings: Any, *, show: bool) -> int:

@@ -26,12 +26,19 @@ import numpy as np
 import torch
 
 from vitkit.atomic_files import atomic_write_text
-from vitkit.errors import NoClassificationHeadError, SlideError
+from vitkit.errors import NoClassificationHeadError, SlideError, UsageError
 from vitkit.models.protocol import check_pool
 from vitkit.slides.geometry import choose_geometry
 from vitkit.slides.outputs import iter_shards, write_pictures, write_tables
 from vitkit.slides.readers import open_slide
 from vitkit.slides.readers.base import SlideReader
+from vitkit.slides.seg_outputs import (
+    MASK_OUTPUTS,
+    MaskGeometry,
+    mask_geometry,
+    stitch_mask,
+    write_mask_outputs,
+)
 from vitkit.slides.settings import SlideSettings
 from vitkit.slides.stream import batch_reader, prefetched, tile_preparer
 from vitkit.slides.tiler import SlidePlan, plan_tiles
@@ -39,7 +46,13 @@ from vitkit.slides.tissue import make_thumbnail
 from vitkit.slides.workdir import WorkDir
 
 SUMMARY = "summary.json"
-FINAL_OUTPUTS = ("tiles.parquet", "tiles.csv", "tiles.geojson", "embeddings.parquet")
+FINAL_OUTPUTS = (
+    "tiles.parquet",
+    "tiles.csv",
+    "tiles.geojson",
+    "embeddings.parquet",
+    *MASK_OUTPUTS,  # a segmentation model's (vitkit.slides.seg_outputs)
+)
 NOT_IN_RESULTS = ("workers", "prefetch")  # settings that change the speed, not the numbers
 ProgressFn = Callable[[int, int], None]  # (tiles done, tiles in all) for this slide
 
@@ -108,6 +121,8 @@ def prepare_slide(
             with open_slide(slide, settings.reader) as reader:
                 tile_size = settings.tile_size or model_input_size(classifier)
                 plan = plan_slide(reader, tile_size, settings)
+                if _dense(classifier):  # an impossible --mask-level is refused up front
+                    mask_geometry(reader, plan.geometry, settings.mask_level)
         except BaseException:
             work.remove()  # nothing of this slide's is worth keeping
             _remove_if_empty(out_dir)
@@ -209,13 +224,14 @@ def _run_tiles(
         for start in range(tiles.start, tiles.stop, settings.batch_size)
     ]
     read = batch_reader(reader, plan, tile_preparer(classifier))
+    mask = mask_geometry(reader, plan.geometry, settings.mask_level) if _dense(classifier) else None
     ahead = settings.prefetch or 2 * settings.workers
     collected: list[dict[str, np.ndarray]] = []
     ran = 0
     for (shard, tiles), pixels in prefetched(
         batches, lambda job: read(job[1]), workers=settings.workers, ahead=ahead
     ):
-        collected.append(infer(classifier, pixels, settings))
+        collected.append(infer(classifier, pixels, settings, mask))
         ran += len(tiles)
         if tiles.stop == shards[shard].stop:
             work.save_shard(
@@ -227,11 +243,19 @@ def _run_tiles(
     return ran
 
 
-def infer(classifier: Any, pixels: torch.Tensor, settings: SlideSettings) -> dict[str, np.ndarray]:
+def infer(
+    classifier: Any,
+    pixels: torch.Tensor,
+    settings: SlideSettings,
+    mask: MaskGeometry | None = None,
+) -> dict[str, np.ndarray]:
     """Class probabilities (the head's softmax or sigmoid, TTA views averaged: what ``vitkit
-    predict`` reports) and, with ``embed``, the pooled embeddings of one batch."""
+    predict`` reports) and, with ``embed``, the pooled embeddings of one batch; a segmentation
+    model's per-pixel maps on the ``mask`` grid (and each tile's class shares)."""
     arrays = {}
-    if classifier.has_head:
+    if mask is not None:
+        arrays.update(classifier.tile_arrays(pixels, mask.tile))
+    elif classifier.has_head:
         arrays["probabilities"] = classifier.probabilities(pixels).cpu().numpy()
     if settings.embed:
         arrays["embeddings"] = classifier.embed_tensor(pixels, settings.pool).cpu().numpy()
@@ -254,6 +278,8 @@ def _write_outputs(
     classes = write_tables(job.out_dir, plan, shards, labels)
     heatmaps = write_pictures(job.out_dir, plan, shards, labels, classes)
     summary = build_summary(job, plan, reader, classifier, settings, classes)
+    if _dense(classifier) and labels:
+        summary["mask"] = _write_mask(job.out_dir, plan, reader, shards, labels, settings)
     summary["outputs"] = sorted(
         [name for name in FINAL_OUTPUTS if (job.out_dir / name).exists()]
         + ["thumbnail.png", "tissue.png", *heatmaps]
@@ -311,6 +337,29 @@ def build_summary(
     }
 
 
+def _dense(classifier: Any) -> bool:
+    """A segmentation model (``vitkit.slides.seg_tiles.SegmentationTiles``)."""
+    return bool(getattr(classifier, "dense", False))
+
+
+def _write_mask(
+    out_dir: Path,
+    plan: SlidePlan,
+    reader: SlideReader,
+    shards: Any,
+    labels: list[str],
+    settings: SlideSettings,
+) -> dict[str, Any]:
+    """The stitched mask and its pictures, polygons and areas (``vitkit.slides.seg_outputs``)."""
+    geometry = mask_geometry(reader, plan.geometry, settings.mask_level)
+    tiles = (
+        (plan.x[t.start : t.stop], plan.y[t.start : t.stop], arrays["maps"])
+        for t, arrays in shards()
+    )
+    stitch_mask(out_dir, geometry, tiles, len(labels))
+    return write_mask_outputs(out_dir, geometry, labels, plan.thumbnail.pixels, reader.mpp)
+
+
 # ---- the folder's state ---------------------------------------------------------------------
 def _finished_summary(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a complete earlier run with the same manifest, else None."""
@@ -330,7 +379,12 @@ def _remove_final_outputs(out_dir: Path) -> None:
     for name in FINAL_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     for picture in out_dir.glob("*.png"):
-        if picture.name.startswith("heatmap-") or picture.name in ("thumbnail.png", "tissue.png"):
+        if picture.name.startswith("heatmap-") or picture.name in (
+            "thumbnail.png",
+            "tissue.png",
+            "mask.png",
+            "mask-overlay.png",
+        ):
             picture.unlink()
 
 
@@ -348,6 +402,10 @@ def _require_outputs(classifier: Any, settings: SlideSettings) -> None:
         )
     if settings.embed:
         check_pool(classifier.model, settings.pool or classifier.default_pool)
+    if settings.mask_level is not None and not _dense(classifier):
+        raise UsageError(
+            f"--mask-level: for segmentation models; {classifier.name} classifies whole tiles"
+        )
 
 
 def slide_folder(out_root: Path, slide: Path) -> Path:

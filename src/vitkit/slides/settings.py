@@ -55,6 +55,13 @@ class SlideSettings:
         choices=POOLS,
         default_help="the model family's, see `vitkit info`",
     )
+    mask_level: int | None = option(
+        None,
+        "segmentation models: the pyramid level the stitched slide mask is drawn at (its "
+        "pixels are that level's; areas in µm² from the slide's mpp)",
+        group="outputs",
+        default_help="the first level at least 4x coarser than the tiles', else the coarsest",
+    )
     reader: str = option("auto", "slide reader", group="tiles", choices=READERS)
     thumbnail_side: int = option(
         DEFAULT_THUMBNAIL_SIDE, "longer side of the thumbnail", group="outputs", cli=False

@@ -172,6 +172,12 @@ class DenseProcessor:
             mask = _centre_pad(mask[None], self.size_divisor, ignore_index)[0]
         return mask
 
+    mode = "fast"  # the one pipeline (the torchvision backend); slides' tile reader asks
+
+    def from_uint8(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """(3, H, W) uint8 images (slide tiles) -> the model's (B, 3, h, w) float32 batch."""
+        return torch.stack([self.prepare_uint8(image) for image in images])
+
     def decode(self, source: Any) -> torch.Tensor:
         """Any image source -> (3, H, W) uint8 (``vitkit.images.decode``)."""
         return vio.decode_uint8(source, max_pixels=self.max_pixels, fetch=self.fetch)
