@@ -98,6 +98,9 @@ def as_bag(features: torch.Tensor) -> torch.Tensor:
 class MILNetwork(nn.Module):
     """Base: the tile projection ``fc`` and the bag classifier shared by every network."""
 
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
     def __init__(self, config: MILConfig) -> None:
         super().__init__()
         config.check()
@@ -106,13 +109,23 @@ class MILNetwork(nn.Module):
             nn.Linear(config.input_dim, config.hidden_dim), nn.ReLU(), nn.Dropout(config.dropout)
         )
         self.classifier = nn.Linear(config.hidden_dim, config.num_classes)
+        # Each embedding feature standardised with the training tiles' statistics (set by the
+        # task before training, saved with the weights): foundation-model features share a large
+        # common part, which otherwise dominates Adam's step sizes and slows learning.
+        self.register_buffer("feature_mean", torch.zeros(config.input_dim))
+        self.register_buffer("feature_std", torch.ones(config.input_dim))
+
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-6))
 
     def pool(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(bag vector (hidden,), attention (N,), raw scores or None)."""
         raise NotImplementedError
 
     def forward(self, features: torch.Tensor) -> MILOutput:
-        hidden = self.fc(as_bag(features))
+        bag_features = (as_bag(features) - self.feature_mean) / self.feature_std
+        hidden = self.fc(bag_features)
         bag, attention, scores = self.pool(hidden)
         return MILOutput(self.classifier(bag)[None], attention, scores, hidden)
 

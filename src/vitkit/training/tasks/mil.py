@@ -257,6 +257,9 @@ class MILBuilder(TaskBuilder):
         )
         if isinstance(task, MILTask):
             task.class_weight = weight
+            if self.settings.standardize and isinstance(task.model, MILNetwork):
+                mean, std = mil_data.feature_statistics(train)
+                task.model.set_feature_statistics(torch.from_numpy(mean), torch.from_numpy(std))
         if info.is_main:
             record = {
                 "mil": self.settings.to_dict(),

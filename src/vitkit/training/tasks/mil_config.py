@@ -78,6 +78,12 @@ class MILSettings:
     )
     heads: int = option(8, "TransMIL: attention heads", group="network")
     layers: int = option(2, "TransMIL: transformer layers", group="network")
+    standardize: bool = option(
+        True,
+        "standardise each embedding feature by the training tiles' mean and std (kept in the model)",
+        group="network",
+        flags=("--no-standardize",),
+    )
     max_tiles: int | None = option(
         None,
         "training only: a random sample of at most this many tiles per bag, redrawn each epoch",

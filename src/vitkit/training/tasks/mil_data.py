@@ -319,3 +319,18 @@ def describe_counts(samples: Sequence[BagSample], labels: list[str], multi_label
         return ", ".join(f"{label} {int(n)}" for label, n in zip(labels, totals, strict=True))
     counts = vdata.class_counts([s.label for s in samples], len(labels))
     return ", ".join(f"{label} {int(n)}" for label, n in zip(labels, counts, strict=True))
+
+
+def feature_statistics(samples: Sequence[BagSample]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over every tile of ``samples``, one bag at a
+    time (float64 sums: nothing but the current bag is held)."""
+    total = squares = None
+    count = 0
+    for sample in samples:
+        features = read_bag(sample.embeddings).astype(np.float64)
+        total = features.sum(0) if total is None else total + features.sum(0)
+        squares = (features**2).sum(0) if squares is None else squares + (features**2).sum(0)
+        count += len(features)
+    assert total is not None and squares is not None, "no training bags"
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean**2, 0.0))
