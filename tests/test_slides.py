@@ -283,3 +283,18 @@ def test_resume_after_sigkill_gives_the_same_outputs(
     assert ours["manifest"]["slide"] == theirs["manifest"]["slide"]
     ours.pop("manifest"), theirs.pop("manifest")
     assert ours == theirs
+
+
+def test_a_finished_slide_is_redone_for_another_model_arg(
+    slides: dict[str, Path], classifier: vitkit.Classifier, tiny_hf_classifier: Path, tmp_path: Path
+) -> None:
+    """--model-arg changes the network (here: the head reads the mean patch token), so work on
+    disk from the model without it is not reused: the slide is planned afresh."""
+    from vitkit.slides import prepare_slide
+
+    out = tmp_path / "out"
+    run_slide(slides["tif"], classifier, out, SlideSettings(**FAST))
+    assert prepare_slide(slides["tif"], classifier, out, SlideSettings(**FAST)).complete
+    pooled = vitkit.load(tiny_hf_classifier, device="cpu", overrides={"global_pool": "avg"})
+    again = prepare_slide(slides["tif"], pooled, out, SlideSettings(**FAST))
+    assert not again.complete and again.tiles_done == 0

@@ -14,6 +14,7 @@ tile's probabilities are those ``vitkit predict`` gives the same crop saved as a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import time
@@ -165,7 +166,17 @@ def model_identity(classifier: Any) -> dict[str, Any]:
         "device": torch.device(classifier.device).type,
         "processor": classifier.processor.to_dict(),
         "processor_mode": getattr(classifier, "processor_mode", None),
+        # the architecture as loaded, --model-arg overrides included (global_pool, ...)
+        "config": _config_identity(classifier.model.config),
     }
+
+
+def _config_identity(config: Any) -> Any:
+    """A model config as JSON holds it (the manifest is compared with the one on disk)."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "id2label"}
+    return json.loads(json.dumps(fields, default=str))
 
 
 def shard_ranges(tiles: int, settings: SlideSettings) -> list[range]:
