@@ -162,7 +162,7 @@ def child(mode: str, slide: Path, model: Path, out: Path, mpp: float) -> dict[st
     from vitkit.slides.stream import tile_preparer
 
     tune_process_for_inference("cpu")
-    classifier = vitkit.load(model, device="cpu")
+    classifier = vitkit.load(model, device="cpu", threads="auto")  # as `vitkit slide` runs
     reader_name = "openslide" if mode in ("vitkit-openslide", "naive") else "auto"
     settings = SlideSettings(batch_size=BATCH, reader=reader_name, mpp=mpp)
     if mode.startswith("vitkit"):

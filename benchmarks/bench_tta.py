@@ -62,7 +62,7 @@ def turned(images: list[Image.Image], seed: int) -> list[Image.Image]:
 
 
 def score(model_dir: Path, images: list[Image.Image], labels: list[int], mode: str) -> dict:
-    classifier = vitkit.load(model_dir, device="cpu", tta=mode)
+    classifier = vitkit.load(model_dir, device="cpu", tta=mode, threads="auto")  # as the CLI
     pixels = classifier.prepare(images)
     started = time.perf_counter()
     probabilities = torch.cat([classifier.probabilities(b) for b in pixels.split(64)])

@@ -223,7 +223,7 @@ def stage_timings(
     from vitkit.images.decode import load_image
     from vitkit.inference.classifier import load
 
-    classifier = load(model, device=device)
+    classifier = load(model, device=device, threads="auto")  # as `vitkit serve` runs
 
     def best_of(function: object, repeats: int = 20) -> float:
         times = []
