@@ -19,7 +19,7 @@ Rows, each trained by vitkit's trainer with the same data, epochs, batch and aug
 - dpt-mae: a DPT head on the MAE encoder, fine-tuned end to end (layer decay 0.75);
 - unet: segmentation_models_pytorch's U-Net (ResNet-18 encoder) from random weights.
 
-The ViT is 4 blocks of width 96, patch 4 (16x16 tokens at 64 px). Test-split mIoU / mean Dice /
+The ViT is 4 blocks of width 96, patch 8 (8x8 tokens at 64 px). Test-split mIoU / mean Dice /
 pixel accuracy of the best epoch (lowest validation loss). One torch thread per run; each run is
 appended to ``--runs`` (a re-run skips what is there) and the results file
 benchmarks/results/segmentation.json (every run, mean ± std per row) is written from it.
@@ -46,9 +46,9 @@ ENCODER = {
     "num_attention_heads": 4,
     "intermediate_size": 192,
 }
-PRESET = "vit-tiny-patch4-64"
-EPOCHS = {"fashion": 12, "ihc": 12}
-MAE_EPOCHS = {"fashion": 24, "ihc": 24}
+PRESET = "vit-tiny-patch8-64"
+EPOCHS = {"fashion": 30, "ihc": 30}
+MAE_EPOCHS = {"fashion": 40, "ihc": 40}
 BATCH = 16
 ROWS = ("probe", "dpt", "dpt-mae", "unet")
 ROW_NAMES = {
@@ -66,7 +66,7 @@ def build_data(name: str, root: Path) -> Path:
     if (target / "labels.json").is_file():
         return target
     if name == "fashion":
-        return fashion_mosaics(target, sizes=(240, 40, 100), canvas=64, items=(2, 4))
+        return fashion_mosaics(target, sizes=(160, 32, 100), canvas=64, items=(2, 4))
     return ihc_stains(target, tile=64)
 
 
@@ -198,7 +198,7 @@ def main() -> None:
         summary=summary,
         rounds=done,
         table=table,
-        notes="ViT: 4 blocks, width 96, patch 4, 64 px; MAE by `vitkit pretrain` on the same "
+        notes="ViT: 4 blocks, width 96, patch 8, 64 px; MAE by `vitkit pretrain` on the same "
         f"training images ({MAE_EPOCHS} epochs); every row {EPOCHS} epochs, batch {BATCH}, "
         "AdamW, augment seed, best epoch by validation loss; one torch thread per run.",
     )

@@ -227,3 +227,65 @@ def test_mask_options_refused_for_a_classifier(
     argv = ["predict", "--model", str(tiny_hf_classifier), str(photo_dir / "china.jpg")]
     assert main([*argv, "--masks-out", str(tmp_path)]) == 2
     assert "--masks-out: for segmentation models" in capsys.readouterr().err
+
+
+def test_service_segments_as_transformers_post_processes(
+    dpt_dir: tuple[Path, Any], tiny_hf_classifier: Path, photo_dir: Path
+) -> None:
+    import base64
+    import io
+    import time
+
+    from fastapi.testclient import TestClient
+
+    import vitkit
+    from vitkit.serve import ServeSettings, create_app
+
+    directory, reference = dpt_dir
+    models = {
+        "dpt": vitkit.load(directory, device="cpu"),
+        "vit": vitkit.load(tiny_hf_classifier, device="cpu"),
+    }
+    app = create_app(models, ServeSettings(max_batch_size=2))
+    photo = (photo_dir / "chelsea.jpg").read_bytes()
+    image = Image.open(io.BytesIO(photo)).convert("RGB")
+    hf_processor = transformers.DPTImageProcessor.from_pretrained(directory)
+    with torch.no_grad():
+        outputs = reference(**hf_processor(images=image, return_tensors="pt"))
+    expected = hf_processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(image.height, image.width)]
+    )[0].numpy()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = client.post("/v1/segment?model=dpt", files={"image": ("c.jpg", photo)})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png_base64"]))))
+        assert np.array_equal(mask, expected) and body["size"] == list(expected.shape)
+        assert sum(row["pixels"] for row in body["classes"]) == expected.size
+        png = client.post("/v1/segment?model=dpt&format=png", content=photo)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), expected)
+        # each route answers its own kind of model only
+        refused = client.post("/v1/predict?model=dpt", files={"files": ("c.jpg", photo)})
+        assert refused.status_code == 400 and "/v1/segment" in refused.text
+        refused = client.post("/v1/segment?model=vit", content=photo)
+        assert refused.status_code == 400 and "/v1/predict" in refused.text
+        pixels = hf_processor(images=image, return_tensors="np")["pixel_values"].astype("float32")
+        request = {
+            "inputs": [
+                {
+                    "name": "pixel_values", "shape": list(pixels.shape), "datatype": "FP32",
+                    "data": pixels.ravel().tolist(),
+                }
+            ],
+            "outputs": [{"name": "segmentation"}],
+        }  # fmt: skip
+        v2 = client.post("/v2/models/dpt/infer", json=request)
+        assert v2.status_code == 200, v2.text
+        output = v2.json()["outputs"][0]
+        assert output["shape"] == [1, 64, 64] and output["datatype"] == "UINT8"
+        with torch.no_grad():
+            at_input = reference(pixel_values=torch.from_numpy(pixels)).logits.argmax(1)
+        assert np.array_equal(np.asarray(output["data"]).reshape(1, 64, 64), at_input.numpy())

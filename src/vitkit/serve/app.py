@@ -26,13 +26,14 @@ from vitkit.serve.metrics import MetricsMiddleware
 from vitkit.serve.requestlog import RequestLogMiddleware
 from vitkit.serve.routes import add_page_and_docs, add_prediction_routes, add_probe_routes
 from vitkit.serve.routes_v2 import VERSION, add_v2_routes
+from vitkit.serve.segment import add_segment_route
 from vitkit.serve.service import ModelSources, Service
 from vitkit.serve.settings import ServeSettings
 
 __all__ = ["EXTRA_ROUTES", "ServeSettings", "Service", "create_app"]
 
 RouteAdder = Callable[[FastAPI, Service], None]
-EXTRA_ROUTES: list[RouteAdder] = []
+EXTRA_ROUTES: list[RouteAdder] = [add_segment_route]  # model kinds' own routes
 """Routes a model kind adds (``vitkit.serve`` docstring): each is called with the app and the
 service after the built-in routes; it finds its models in ``service.runners``."""
 

@@ -206,7 +206,9 @@ class ModelRunner:
     async def classify_pixels(
         self, pixels: torch.Tensor, deadline: float, top_k: int
     ) -> list[list[dict[str, Any]]]:
-        _, batcher = self.require_ready()
+        classifier, batcher = self.require_ready()
+        if getattr(classifier.model.capabilities, "dense", False):
+            raise BadInput(f"{self.name} is a segmentation model: use /v1/segment")
         return await batcher.submit(("predict",), pixels, top_k=top_k, deadline=deadline)
 
     def check_pool(self, pool: str) -> None:
@@ -304,9 +306,12 @@ def _run_batch(
 def _warm_up(classifier: Classifier, max_batch_size: int) -> None:
     """One pass at batch 1 and at the largest batch, so the first real request is not the slow one."""
     pixels = classifier.prepare([Image.new("RGB", (64, 64), (128, 128, 128))])
+    dense = getattr(classifier.model.capabilities, "dense", False)
     for size in sorted({1, max_batch_size}):
         batch = pixels.expand(size, *pixels.shape[1:]).contiguous()
-        if classifier.config.num_labels:
+        if dense:  # a segmentation model (vitkit.serve.segment)
+            BATCH_OPERATIONS["segment"](classifier, ("segment",), batch, 1)
+        elif classifier.config.num_labels:
             classifier.predict_tensor(batch, 1)
         else:
             classifier.embed_tensor(batch)

@@ -3,6 +3,8 @@
 //   POST /v1/predict?top_k=K  (multipart files) the top-K bars of an uploaded image
 //   GET  /predict_image_class?image_url=U       the top-K bars of an image at a URL
 //   POST /v1/explain?method=M (multipart image) the attention overlay ("show where the model looked")
+//   POST /v1/segment          (multipart image) a segmentation model's overlay (legend below it)
+//                                               and each class's share of the pixels
 // Every answer that is not a success is shown as a readable message in the image's card.
 // A multi-label model's answer carries each label's threshold and whether it passed: the bars
 // then mark the threshold and the labels that pass, and a line above them names those labels.
@@ -27,7 +29,10 @@ const ERROR_TITLES = {
   not_ready: "The model is still loading: try again in a moment",
   deadline_exceeded: "The server took too long to answer",
   network_error: "Could not reach the vitkit server",
+  needs_file: "A segmentation model needs the image file",
 };
+const SEGMENTATION_TYPES = ["dpt", "vitkit_segmenter"];  // config model_type of per-pixel models
+let segmentation = false;  // the model answers per pixel: /v1/segment, overlay and class shares
 
 let items = [];  // the images on show: { name, file | url, card, overlays: {method: answer} }
 let generation = 0;  // bumped by each new choice of images; older answers are dropped
@@ -66,6 +71,15 @@ async function predict(item) {
   }
   const query = new URLSearchParams({ image_url: item.url, top_k: String(topK()) });
   return call(`/predict_image_class?${query}`);
+}
+
+async function segment(item) {
+  if (!item.file) {
+    return { error: "needs_file", detail: "POST /v1/segment takes the image bytes: save the image and drop it here." };
+  }
+  const body = new FormData();
+  body.append("image", item.file, item.name);
+  return call("/v1/segment", { method: "POST", body });
 }
 
 async function explain(item, method) {
@@ -138,6 +152,28 @@ function showPredictions(item, answer) {
   }
   for (const prediction of answer.predictions) list.append(predictionRow(prediction));
   result.append(list);
+}
+
+function showSegmentation(item, answer) {
+  const result = item.card.querySelector(".result");
+  result.replaceChildren();
+  item.failed = Boolean(answer.error);
+  if (answer.error) {
+    result.append(errorBox(answer));
+    return;
+  }
+  const overlay = item.card.querySelector(".overlay");
+  const img = overlay.querySelector("img");
+  img.src = `data:image/png;base64,${answer.overlay_png_base64}`;
+  const present = answer.classes.filter((row) => row.pixels > 0).sort((a, b) => b.pixels - a.pixels);
+  img.alt = `${item.name} with its classes painted on it: ${present.map((row) => row.label).join(", ")}`;
+  const [height, width] = answer.size;
+  overlay.querySelector("figcaption").textContent = `classes (mask ${width}×${height}, legend below)`;
+  overlay.hidden = false;
+  const list = element("ol", "bars");
+  list.setAttribute("aria-label", "each class's share of the image");
+  for (const row of present) list.append(predictionRow({ label: row.label, score: row.fraction }));
+  result.append(element("p", "present", "share of the pixels"), list);
 }
 
 function predictionRow({ label, score, threshold, positive }) {
@@ -227,13 +263,13 @@ async function classify(list) {
   const started = performance.now();
   $("status").textContent = `classifying ${list.length} image${list.length === 1 ? "" : "s"}…`;
   await forEach(list, async (item) => {
-    const answer = await predict(item);
+    const answer = segmentation ? await segment(item) : await predict(item);
     if (mine !== generation) return;
-    showPredictions(item, answer);
+    (segmentation ? showSegmentation : showPredictions)(item, answer);
     item.card.removeAttribute("aria-busy");
   });
   if (mine !== generation) return;
-  await updateOverlays(list);
+  if (!segmentation) await updateOverlays(list);
   if (mine !== generation) return;
   const failed = list.filter((item) => item.failed).length;
   const summary = failed ? ` · ${failed} could not be classified` : "";
@@ -316,7 +352,9 @@ async function showModel() {
     if (info.error === "not_ready") setTimeout(showModel, 2000);
     return;
   }
-  const kind = info.head && info.head.activation === "sigmoid" ? " · multi-label: labels pass their own thresholds (marked on each bar)" : "";
+  segmentation = SEGMENTATION_TYPES.includes(info.config && info.config.model_type);
+  const multi = info.head && info.head.activation === "sigmoid" ? " · multi-label: labels pass their own thresholds (marked on each bar)" : "";
+  const kind = segmentation ? " · segmentation: every pixel gets a class" : multi;
   const tta = info.tta && info.tta !== "none" ? ` · test-time augmentation: ${info.tta}` : "";
   $("model").textContent = `model: ${info.name}${kind}${tta}`;
   $("labels-summary").textContent = `${info.labels.length} labels`;
