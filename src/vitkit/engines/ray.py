@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +79,19 @@ class BatchJob:
     # None: when the workers have GPUs (and the checkpoint's processor makes one fixed size).
     decode_stage: bool | None = None
     tune_process: bool = False
+    # Shorthand for load=LoadSettings(model=...); the former model_options dict is refused with
+    # a pointer to what replaced it.
+    model: InitVar[str | None] = None
+    model_options: InitVar[dict[str, Any] | None] = None
+
+    def __post_init__(self, model: str | None, model_options: dict[str, Any] | None) -> None:
+        if model_options is not None:
+            raise EngineError(
+                "BatchJob(model_options=...) is replaced by load=LoadSettings(...) (precision, "
+                "tta, overrides, ...) and the job's own top_k / pool / tune_process fields"
+            )
+        if model is not None:
+            self.load = self.load.replace(model=str(model))
 
     def identity(self) -> dict[str, Any]:
         """What the outputs depend on (_vitkit_job.json): a resumed job must not change it.
@@ -88,7 +101,7 @@ class BatchJob:
         identity = {"task": self.task, **output_identity(self.load), **task}
         return dict(json.loads(json.dumps(identity)))
 
-    def model_options(self) -> dict[str, Any]:
+    def worker_options(self) -> dict[str, Any]:
         """The keywords of ``VitkitPredictor`` / ``VitkitEmbedder`` for this job."""
         task = {"top_k": self.top_k} if self.task == "predict" else {"pool": self.pool}
         return {**task, "tune_process": self.tune_process}
@@ -151,7 +164,7 @@ def build_dataset(job: BatchJob, source: Source, done: IdSet) -> Any:
     if job.decode_stage or (job.decode_stage is None and job.gpus_per_worker > 0):
         rows = with_decode_stage(ray, rows, job)
     model_class = VitkitPredictor if job.task == "predict" else VitkitEmbedder
-    options = {"decode_threads": max(1, math.floor(job.cpus_per_worker)), **job.model_options()}
+    options = {"decode_threads": max(1, math.floor(job.cpus_per_worker)), **job.worker_options()}
     gpus = {"num_gpus": job.gpus_per_worker} if job.gpus_per_worker else {}
     return rows.map_batches(
         model_class,

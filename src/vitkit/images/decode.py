@@ -557,3 +557,11 @@ def _torchvision_decode_jpeg(data: bytes, name: str) -> torch.Tensor:
     except RuntimeError as error:
         reason = str(error).rsplit(",", 1)[-1].strip()
         raise ImageDecodeError(name, f"truncated or corrupt JPEG data ({reason})") from None
+
+
+def __getattr__(name: str) -> object:
+    if name == "expand_inputs":  # moved: globbing command-line inputs is not decoding
+        raise AttributeError(
+            "vitkit.images.decode.expand_inputs moved to vitkit.images.sources.expand_inputs"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
