@@ -20,16 +20,16 @@ from vitkit.models.vit import ViT
 
 
 def test_load_takes_the_settings_whole_and_keywords_win(tiny_hf_classifier: Path) -> None:
-    settings = LoadSettings(model=str(tiny_hf_classifier), tta="flip", threads=2, image_size=32)
+    settings = LoadSettings(model=str(tiny_hf_classifier), tta="flip", threads=3, image_size=32)
     whole = vitkit.load(settings=settings)
-    assert (whole.tta, whole._forward.threads, whole.processor.size) == ("flip", 2, (32, 32))
-    by_keywords = vitkit.load(tiny_hf_classifier, tta="flip", threads=2, image_size=32)
+    assert (whole.tta, whole._forward.threads, whole.processor.size) == ("flip", 3, (32, 32))
+    by_keywords = vitkit.load(tiny_hf_classifier, tta="flip", threads=3, image_size=32)
     photos = list(real_photos().values())
     assert whole.predict(photos) == by_keywords.predict(photos)
     mixed = vitkit.load(settings=settings, tta="none")  # a keyword given wins over the settings
-    assert (mixed.tta, mixed._forward.threads) == ("none", 2)
+    assert (mixed.tta, mixed._forward.threads) == ("none", 3)
     plain = vitkit.load(tiny_hf_classifier)  # nothing given: the fields' own defaults
-    assert (plain.tta, plain.precision, plain._forward.threads) == ("none", "fp32", 1)
+    assert (plain.tta, plain.precision, plain._forward.threads) == ("none", "fp32", DEFAULT_THREADS)
 
 
 def test_load_settings_refuse_impossible_values_in_one_line() -> None:

@@ -272,7 +272,8 @@ def load(
     turns (vitkit.inference.tta). ``overrides``: model settings the checkpoint does not record
     (``--model-arg KEY=VALUE``), e.g. ``{"num_attention_heads": 24}`` for a timm file of an
     unusual width. ``threads`` (CPU): intra-op threads per forward, a number (by default
-    ``DEFAULT_THREADS``, fixed, so answers do not depend on what else the machine runs) or
+    ``DEFAULT_THREADS``: the cores this process may run on, fixed, so answers do not depend
+    on what else the machine runs) or
     "auto" (by batch size and machine load: ``vitkit.inference.runtime.auto_threads``).
     ``allow_private_urls`` / ``allow_hosts`` (settings only): which URLs ``predict`` and
     ``embed`` may fetch (public addresses only by default).

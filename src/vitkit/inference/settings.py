@@ -5,8 +5,8 @@ One torch-free dataclass, handed whole to ``vitkit.load``, the Ray workers, ``vi
 ``--model-arg``... options are generated from its fields (``vitkit.cli._options``), so each
 default is written here once. Torch-free: ``vitkit --help`` imports it at start-up.
 
-Threads: the library's default is a fixed number (``DEFAULT_THREADS``), so that the same model
-gives the same numbers whatever else the machine runs (an int8 model quantises each sub-batch
+Threads: the library's default is a fixed number (``DEFAULT_THREADS``: the cores this process
+may run on), so that the same model gives the same numbers whatever else the machine runs (an int8 model quantises each sub-batch
 on its own, and "auto" splits batches by the cores free at that moment). The command line and
 the service ask for ``"auto"``: a tool that runs alone on a machine is free to adapt to it.
 """
@@ -42,9 +42,20 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 TTA_MODES = ("none", "flip", "rot90", "d4")
 PROBLEM_TYPES = ("single_label", "multi_label")
 PROCESSOR_MODES = ("fast", "pil")
-# One intra-op thread per forward unless asked otherwise: the same answers on any machine under
-# any load, and no contention with the caller's own threads. "auto" or a count for speed.
-DEFAULT_THREADS = 1
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), fixed for the process's life."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+# One intra-op thread per usable core, whatever else runs: the same answers under any load on a
+# given machine (an int8 model quantises each sub-batch on its own range, so the split must not
+# follow the load), at full speed on an idle one. "auto" adapts to the load; a count is kept.
+DEFAULT_THREADS = _usable_cores()
 # One threshold for every label, one per label in label order, or some labels by name.
 ThresholdSetting = float | list[float] | dict[str, float]
 
