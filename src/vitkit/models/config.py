@@ -41,6 +41,13 @@ accepted as an alias (``ALIASES``) wherever a config is read or overridden:
   and Dinov2 rule (plain bicubic).
 - ``family``: the published model family the weights were recognised as ("DINOv2", "UNI",
   "Virchow2", ...; see ``vitkit.models.families``), for display; "" when unknown.
+- ``patch_embed``: how pixels become tokens: "linear" (the paper's: one linear projection of
+  each patch, a strided convolution) or "conv" (a convolutional stem, Xiao et al. 2021, "Early
+  convolutions help transformers see better": 3x3 stride-2 convolutions, each normalised per
+  image and GELU'd, halving the resolution until the patch size, then a 1x1 projection). A conv
+  stem lends a small ViT trained from scratch the locality a CNN has (vitkit's from-scratch
+  recipe uses it); neither transformers nor timm can build it, so vitkit saves such a model in
+  timm's layout with its whole config and only vitkit reloads it.
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ class ViTConfig:
     fc_norm: bool = False
     dynamic_img_size: bool = False
     family: str = ""
+    patch_embed: str = "linear"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, list):
@@ -152,6 +160,17 @@ class ViTConfig:
             raise ValueError(
                 f"use_swiglu_ffn=True gates with SiLU: set hidden_act='silu' "
                 f"(not {self.hidden_act!r})"
+            )
+        if self.patch_embed not in PATCH_EMBEDS:
+            raise ValueError(
+                f"patch_embed {self.patch_embed!r}: use one of {', '.join(PATCH_EMBEDS)}"
+            )
+        if self.patch_embed == "conv" and (
+            self.patch_size < 2 or self.patch_size & (self.patch_size - 1)
+        ):
+            raise ValueError(
+                f"patch_embed='conv' halves the resolution per convolution: it needs a patch size "
+                f"that is a power of two (2, 4, 8, 16), not {self.patch_size}"
             )
         if self.num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, not {self.num_register_tokens}")
@@ -289,6 +308,7 @@ def check_thresholds(
 
 
 GLOBAL_POOLS = ("token", "avg", "avg+token")
+PATCH_EMBEDS = ("linear", "conv")
 # global_pool -> the name of the same vector among the embedding pools (vitkit embed --pool).
 GLOBAL_POOL_TO_EMBEDDING = {"token": "cls", "avg": "mean", "avg+token": "cls+mean"}
 _VARIANT_FIELDS = (
@@ -301,6 +321,7 @@ _VARIANT_FIELDS = (
     "fc_norm",
     "dynamic_img_size",
     "family",
+    "patch_embed",
 )
 _DEFAULTS: dict[str, Any] = {
     name: ViTConfig.__dataclass_fields__[name].default for name in _VARIANT_FIELDS

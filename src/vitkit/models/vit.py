@@ -61,14 +61,20 @@ class ViTOutput:
 
 
 class PatchEmbed(nn.Module):
-    """Cut the image into non-overlapping patches and project each to ``hidden_size``."""
+    """Pixels to one token per patch: a linear projection of each non-overlapping patch (the
+    paper's), or, with ``patch_embed="conv"``, a convolutional stem (see ``conv_stem``)."""
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
-        self.proj = nn.Conv2d(
-            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
-        )
+        self.stem: nn.Module | None = None
+        if config.patch_embed == "conv":
+            self.stem, width = conv_stem(config)
+            self.proj = nn.Conv2d(width, config.hidden_size, 1)
+        else:
+            self.proj = nn.Conv2d(
+                config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
+            )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         height, width = pixel_values.shape[-2:]
@@ -76,7 +82,30 @@ class PatchEmbed(nn.Module):
             raise ValueError(
                 f"image size {height}x{width} is not a multiple of the patch size {self.patch_size}"
             )
-        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, rows*cols, dim)
+        features = pixel_values if self.stem is None else self.stem(pixel_values)
+        return self.proj(features).flatten(2).transpose(1, 2)  # (B, rows*cols, dim)
+
+
+def conv_stem(config: ViTConfig) -> tuple[nn.Sequential, int]:
+    """Xiao et al. 2021's stem: log2(patch) 3x3 stride-2 convolutions, widths doubling up to half
+    the model's (ViT-Tiny at patch 4: 48, 96), each followed by a per-image normalisation and
+    GELU; returns the stem and its output width (a 1x1 convolution then projects to the model).
+
+    GroupNorm(1, C) normalises each image on its own where the paper's stem uses BatchNorm: a
+    batch statistic would make the result depend on the micro-batch and the number of processes,
+    which vitkit's training keeps out (the same settings train the same model on 1 or N)."""
+    steps = config.patch_size.bit_length() - 1
+    widths = [max(8, config.hidden_size // 2 ** (steps - i)) for i in range(steps)]
+    layers: list[nn.Module] = []
+    channels = config.num_channels
+    for width in widths:
+        layers += [
+            nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False),
+            nn.GroupNorm(1, width),
+            nn.GELU(),
+        ]
+        channels = width
+    return nn.Sequential(*layers), channels
 
 
 class Attention(nn.Module):
@@ -531,6 +560,22 @@ class ViT(nn.Module):
             cfg.intermediate_size,
         )
         patch_embed = patches * dim * cfg.num_channels * cfg.patch_size**2
+        if cfg.patch_embed == "conv":  # stem convolutions, then the 1x1 projection
+            patch_embed = (
+                sum(
+                    (height // 2 ** (i + 1))
+                    * (width // 2 ** (i + 1))
+                    * 9
+                    * conv.in_channels
+                    * conv.out_channels
+                    for i, conv in enumerate(
+                        m
+                        for m in self.patch_embed.modules()
+                        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+                    )
+                )
+                + patches * dim * self.patch_embed.proj.in_channels
+            )
         mlp = (3 if cfg.use_swiglu_ffn else 2) * dim * hidden  # SwiGLU: fc1 is twice as wide
         per_block = tokens * (4 * dim * dim + mlp) + 2 * tokens * tokens * dim
         head = cfg.pooled_size * cfg.num_labels + (dim * dim if cfg.add_pooling_layer else 0)

@@ -24,7 +24,7 @@ from vitkit.checkpoints.hub import is_hub_id
 from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
 from vitkit.training.config import LR_DEFAULTS, REPORT_TO, TrainConfig
-from vitkit.training.specs import preset_config
+from vitkit.training.specs import preset_config, scratch_overrides
 from vitkit.training.stored_data import store_kind
 
 
@@ -108,8 +108,13 @@ def check_vit_settings(cfg: TrainConfig) -> None:
             f"--model {cfg.model}: no such file or directory (and not a Hugging Face Hub id "
             "like google/vit-base-patch16-224)"
         )
+    if cfg.model is not None and cfg.patch_embed is not None:
+        raise TrainingError(
+            f"--patch-embed {cfg.patch_embed} builds a --from-scratch ViT; a checkpoint "
+            f"({cfg.model}) keeps its own patch embedding: drop --patch-embed"
+        )
     if cfg.from_scratch:
-        config = preset_config(cfg.preset, cfg.model_overrides, cfg.image_size)
+        config = preset_config(cfg.preset, scratch_overrides(cfg), cfg.image_size)
         check_image_size(config.image_hw, config.patch_size, f"--preset {cfg.preset}")
 
 

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from vitkit.models.config import PATCH_EMBEDS
 from vitkit.options import option
 
 AUGMENT_PRESETS = ("none", "seed", "natural", "shift")  # see vitkit.training.augment
@@ -51,21 +52,30 @@ class Recipe:
     label_smoothing: float
     augment: str
     mix: str
+    patch_embed: str | None  # a from-scratch ViT's tokeniser; None: the checkpoint's own
 
     def describe(self) -> str:
+        stem = {"conv": ", convolutional stem", "linear": ", linear patch embedding"}
         return (
             f"{self.optimizer} (lr {self.lr:g}, weight decay "
             f"{WEIGHT_DECAY_DEFAULTS[self.optimizer]:g}), warm-up {self.warmup_fraction:.0%} of "
             f"the steps then cosine, label smoothing {self.label_smoothing:g}, augment "
-            f"{self.augment}, mix {self.mix}"
+            f"{self.augment}, mix {self.mix}{stem.get(self.patch_embed or '', '')}"
         )
 
 
 RECIPES = {
-    "fine-tune": Recipe("fine-tune", "sgd", 0.01, 0.05, 0.0, "natural", "none"),
-    "from-scratch": Recipe("from-scratch", "adamw", 2e-3, 0.1, 0.1, "none", "none"),
+    "fine-tune": Recipe("fine-tune", "sgd", 0.01, 0.05, 0.0, "natural", "none", None),
+    "from-scratch": Recipe("from-scratch", "adamw", 2e-3, 0.1, 0.1, "none", "none", "linear"),
 }
-RECIPE_FIELDS = ("optimizer", "warmup_fraction", "label_smoothing", "augment", "mix")  # + lr
+RECIPE_FIELDS = (
+    "optimizer",
+    "warmup_fraction",
+    "label_smoothing",
+    "augment",
+    "mix",
+    "patch_embed",
+)  # + lr
 
 
 @dataclass
@@ -112,6 +122,14 @@ class TrainConfig:
         "training resolution; position embeddings are resampled (e.g. 384)",
         group="model",
         default_help="the checkpoint's or the preset's",
+    )
+    patch_embed: str | None = option(
+        None,
+        "how a --from-scratch ViT turns pixels into tokens: linear (the paper's patch "
+        "projection; transformers loads the model) or conv (a convolutional stem; vitkit only)",
+        group="model",
+        choices=PATCH_EMBEDS,
+        default_help="from the recipe: linear from scratch",
     )
     freeze_backbone: bool = option(False, "train only the new head (linear probe)", group="model")
     # ---- optimisation

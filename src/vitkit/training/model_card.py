@@ -140,8 +140,9 @@ def library_name(directory: Path) -> str:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     except json.JSONDecodeError:
         config = {}
-    if "architecture" in config:
-        return "timm"
+    if "architecture" in config:  # timm's layout; a convolutional stem only vitkit builds
+        own = config.get("vitkit_config") or {}
+        return "vitkit" if own.get("patch_embed", "linear") != "linear" else "timm"
     if config.get("model_type") in ("vit", "deit", "resnet", "dinov2", "vit_mae"):
         return "transformers"
     return "vitkit"

@@ -54,10 +54,18 @@ def preset_config(name: str, overrides: dict[str, Any], image_size: int | None) 
         ) from None
 
 
+def scratch_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """A from-scratch ViT's config fields: ``--model-arg``s, then the recipe's tokeniser."""
+    fields = dict(cfg.model_overrides)
+    if cfg.patch_embed is not None:
+        fields.setdefault("patch_embed", cfg.patch_embed)
+    return fields
+
+
 def vit_model_spec(cfg: TrainConfig, id2label: dict[int, str]) -> ModelSpec:
     """A ViT from a checkpoint (or a preset, from scratch) with a new zero-initialised head."""
     if cfg.from_scratch:
-        model = ViT(preset_config(cfg.preset, cfg.model_overrides, cfg.image_size))
+        model = ViT(preset_config(cfg.preset, scratch_overrides(cfg), cfg.image_size))
         processor = ImageProcessor.for_config(model.config)
         description = f"{cfg.preset} from scratch"
     else:

@@ -78,6 +78,17 @@ def student_settings(cfg: TrainConfig, student: str, overrides: dict[str, Any]) 
     settings checks and the plan see the real student."""
     if Path(student).exists():
         return dataclasses.replace(cfg, model=student, from_scratch=False, model_overrides={})
+    # a DeiT student is saved in transformers' DeiT layout, which has no convolutional stem
+    if cfg.patch_embed == "conv":
+        raise TrainingError(
+            "--patch-embed conv: a DeiT student is saved in transformers' DeiT layout, which has "
+            "no convolutional stem; drop --patch-embed"
+        )
     return dataclasses.replace(
-        cfg, model=None, from_scratch=True, preset=student, model_overrides=dict(overrides)
+        cfg,
+        model=None,
+        from_scratch=True,
+        preset=student,
+        model_overrides=dict(overrides),
+        patch_embed="linear",
     )
