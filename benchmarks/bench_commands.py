@@ -273,10 +273,13 @@ def measure(racers: list[Contender], rounds: int, env: dict[str, str]) -> dict[s
     return timings
 
 
-def rows_of(title: str, racers: list[Contender], timings: dict[str, Timings]) -> list[list[str]]:
+def rows_of(
+    title: str, racers: list[Contender], timings: dict[str, Timings], speedups: dict[str, dict]
+) -> list[list[str]]:
     """One table row per contender; the speed-up is each round's best-peer wall time over the
-    contender's in the same round (the load drifts between rounds), median and range."""
-    from results_io import median_spread
+    contender's in the same round (the load drifts between rounds), median and range. The
+    speed-ups also go into ``speedups`` ("JOB: CONTENDER" -> spread), the results' summary."""
+    from results_io import median_spread, spread
 
     peers = [r for r in racers if r.peer]
     best = min(peers, key=lambda p: statistics.median(timings[p.name].wall), default=None)
@@ -289,6 +292,7 @@ def rows_of(title: str, racers: list[Contender], timings: dict[str, Timings]) ->
                 theirs / mine for theirs, mine in zip(timings[best.name].wall, t.wall, strict=True)
             ]
             speedup = f"{median_spread(ratios)}x vs {best.name}"
+            speedups[f"{title}: {racer.name}"] = {**spread(ratios), "against": best.name}
         rows.append(
             [
                 title,
@@ -302,14 +306,16 @@ def rows_of(title: str, racers: list[Contender], timings: dict[str, Timings]) ->
     return rows
 
 
-def publish(args: argparse.Namespace, rows: list[list[str]], rounds: list[dict]) -> Path:
+def publish(
+    args: argparse.Namespace, rows: list[list[str]], rounds: list[dict], speedups: dict[str, dict]
+) -> Path:
     from results_io import write_results
 
     return write_results(
         "commands",
         title="Whole commands: `vitkit predict` / `vitkit embed` against the scripts users write",
         command="python benchmarks/bench_commands.py " + shlex.join(sys.argv[1:]),
-        summary={"rounds": args.rounds, "images": args.images, "preset": args.preset},
+        summary={"rounds": args.rounds, "preset": args.preset, "speedups": speedups},
         rounds=rounds,
         table={
             "columns": [
@@ -365,6 +371,7 @@ def main() -> int:
     folders = {count: work / f"jpegs_{count}" for count in counts}
     rows: list[list[str]] = []
     rounds: list[dict] = []
+    speedups: dict[str, dict] = {}
     for task in args.tasks.split(","):
         jobs: list[tuple[str, list[Contender]]] = []
         if task == "startup":
@@ -379,10 +386,10 @@ def main() -> int:
         for title, racers in jobs:
             log(f"{title}: {len(racers)} contenders x {args.rounds} rounds")
             timings = measure(racers, args.rounds, env)
-            rows += rows_of(title, racers, timings)
+            rows += rows_of(title, racers, timings, speedups)
             for name, timing in timings.items():
                 rounds.append({"job": title, "contender": name, **vars(timing)})
-    print(f"wrote {publish(args, rows, rounds)}")
+    print(f"wrote {publish(args, rows, rounds, speedups)}")
     return 0
 
 

@@ -206,9 +206,91 @@ def _slides_figure(record: Record) -> str:
     )
 
 
+def _ratio_rounds(record: Record, mine: str, theirs: str) -> Record:
+    """Spread of theirs / mine time per round, from an interleaved forward record's rounds."""
+    seconds = {r["contender"]: r["round_seconds"] for r in record["rounds"]}
+    ratios = [t / m for m, t in zip(seconds[mine], seconds[theirs], strict=True)]
+    ordered = sorted(ratios)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return {"median": median, "min": ordered[0], "max": ordered[-1], "rounds": len(ratios)}
+
+
+def _forward_figure(record: Record) -> str:
+    names = [r["contender"] for r in record["rounds"]]
+    peers = [n for n in names[1:] if n.split()[0] in ("transformers-sdpa", "timm")]
+    return "; ".join(
+        f"{spread_text(_ratio_rounds(record, names[0], peer))}x {peer}" for peer in peers
+    )
+
+
+def _commands_figure(task: str) -> Callable[[Record], str]:
+    def read(record: Record) -> str:
+        speedups = record["summary"]["speedups"]
+        shown = [
+            f"{job.split(':')[0].split(', ')[1]}: {spread_text(value)}x {value['against']}"
+            for job, value in speedups.items()
+            if job.startswith(f"`{task}`") and job.endswith(f"vitkit {task} fp32")
+        ]
+        return "; ".join(shown)
+
+    return read
+
+
+def _train_figure(record: Record) -> str:
+    images = record["summary"]["images"]
+    return (
+        f"{spread_text(record['summary']['speed_vs_timm'])}x timm's `train.py`, both on "
+        f"{images['train']} train / {images['validation']} validation images"
+    )
+
+
+def _ray_figure(record: Record) -> str:
+    shown = [
+        f"{name}: {spread_text(value['ratio'])}x one process ({value['verdict']})"
+        for name, value in record["summary"].items()
+        if name.startswith("ray")
+    ]
+    return "; ".join(shown)
+
+
+def _preprocess_figure(record: Record) -> str:
+    fast = record["summary"]["vitkit fast"]
+    return (
+        f"exact `fast` mode {spread_text(fast['vs_default_paths'])}x transformers' default "
+        f"processor, {spread_text(fast['vs_pil_backend'])}x its PIL backend (one core)"
+    )
+
+
+def _scarcity_figure(record: Record) -> str:
+    return (
+        f"MAE then fine-tuning minus scratch, test macro-F1 at 10% of the labels: "
+        f"{spread_text(record['summary']['gain_at_10%'], 3)}"
+    )
+
+
 # README's figures: (results name, what it shows, how to read the figure off the record).
 ReadmeFigure = tuple[str, str, Callable[[Record], str]]
 README_FIGURES: list[ReadmeFigure] = [
+    (
+        "forward_cpu_fp32_b8",
+        "CPU forward, ViT-B/16 fp32, batch 8, time over vitkit's",
+        _forward_figure,
+    ),
+    (
+        "commands",
+        "whole `vitkit predict` process against the best peer script",
+        _commands_figure("predict"),
+    ),
+    (
+        "commands",
+        "whole `vitkit embed` process against the best peer script",
+        _commands_figure("embed"),
+    ),
+    ("preprocess", "preprocessing, 640x480 JPEGs", _preprocess_figure),
+    ("train_vs_timm", "`vitkit train` against timm's `train.py`, same folders", _train_figure),
+    ("ray_overhead", "`--engine ray` against one process on as many cores", _ray_figure),
+    ("label_scarcity", "label scarcity (Fashion-MNIST)", _scarcity_figure),
     ("gpu_h100_run2", "H100, ViT-B/16-224 bf16, batch 256", _gpu_figure),
     ("slides", "whole slide, 40k x 40k JPEG-tiled TIFF, ViT-Ti, 2 CPU cores", _slides_figure),
 ]
