@@ -148,7 +148,7 @@ def make_inputs(work: Path, preset: str, counts: list[int]) -> tuple[Path, Path,
     import torch
     from safetensors.torch import save_file
 
-    from vitkit.bench.engine import real_photos
+    from vitkit.bench.sample_data import real_photos
     from vitkit.checkpoints import imagenet_labels, save_pretrained
     from vitkit.models.config import preset as vit_preset
     from vitkit.models.vit import ViT

@@ -5,7 +5,7 @@ The same random weights in all three (transformers' ``Dinov2Model`` saved, read 
 the documented DINOv2 embedding from each: transformers' ``pooler_output``, timm's
 ``model(x)`` (``num_classes=0``: the normalised [CLS]), vitkit's ``Classifier.embed_tensor``
 (what ``vitkit embed`` runs). The three outputs are checked to agree before anything is timed.
-Timed side by side in interleaved rounds by ``vitkit.bench.engine``; writes
+Timed side by side in interleaved rounds by ``vitkit.bench.timing``; writes
 benchmarks/results/dinov2_embedding.json (``_cputime`` with --cpu-time).
 
     .venv/bin/python benchmarks/bench_dinov2.py --rounds 7 --batch-size 8
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from vitkit.bench import engine as bench
+from vitkit.bench.contenders import logits_path_flops, weight_bytes
+from vitkit.bench.sample_data import photo_batch
+from vitkit.bench.timing import Contender, run_interleaved
 from vitkit.checkpoints import load_model
 from vitkit.inference.classifier import Classifier
 from vitkit.inference.runtime import tune_process_for_inference
@@ -32,7 +34,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_contenders(directory: Path) -> tuple[list[bench.Contender], dict[str, torch.nn.Module]]:
+def build_contenders(directory: Path) -> tuple[list[Contender], dict[str, torch.nn.Module]]:
     import timm
     import transformers
 
@@ -51,22 +53,22 @@ def build_contenders(directory: Path) -> tuple[list[bench.Contender], dict[str, 
     classifier = Classifier(ours, name="vitkit")
     flops = float(ours.flops_per_image())
     # vitkit executes less: its [CLS] embedding runs the last block for [CLS] alone
-    executed = bench.logits_path_flops(ours)
+    executed = logits_path_flops(ours)
     modules = {"vitkit": ours, "transformers-sdpa": reference, "timm": twin}
     contenders = [
-        bench.Contender("vitkit", classifier.embed_tensor, executed, bench.weight_bytes(ours)),
-        bench.Contender(
+        Contender("vitkit", classifier.embed_tensor, executed, weight_bytes(ours)),
+        Contender(
             "transformers-sdpa",
             lambda pixels: reference(pixel_values=pixels).pooler_output,
             flops,
-            bench.weight_bytes(reference),
+            weight_bytes(reference),
         ),
-        bench.Contender("timm", twin, flops, bench.weight_bytes(twin)),
+        Contender("timm", twin, flops, weight_bytes(twin)),
     ]
     return contenders, modules
 
 
-def check_agreement(contenders: list[bench.Contender], pixels: torch.Tensor) -> float:
+def check_agreement(contenders: list[Contender], pixels: torch.Tensor) -> float:
     """Largest difference between the contenders' embeddings (they must be the same model)."""
     with torch.inference_mode():
         outputs = [contender.forward(pixels) for contender in contenders]
@@ -94,10 +96,10 @@ def main() -> int:
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="vitkit-dinov2-") as directory:
         contenders, _ = build_contenders(Path(directory))
-        pixels = bench.photo_batch(args.batch_size, (224, 224))
+        pixels = photo_batch(args.batch_size, (224, 224))
         agreement = check_agreement(contenders, pixels)
         log(f"embeddings agree within {agreement:.1e}")
-        report = bench.run_interleaved(
+        report = run_interleaved(
             contenders,
             pixels,
             rounds=args.rounds,

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 import vitkit
-from vitkit.bench import engine as bench
+from vitkit.bench.contenders import weight_bytes
+from vitkit.bench.sample_data import real_photos
+from vitkit.bench.timing import Contender, run_interleaved
 from vitkit.inference import runtime
 
 SIZES = {"original": None, "640x480": (640, 480), "2000x1500": (2000, 1500)}
@@ -55,7 +57,7 @@ def make_jpegs(directory: Path, count: int) -> dict[str, list[str]]:
 
     from PIL import Image
 
-    photos = [Image.fromarray(pixels) for pixels in bench.real_photos()]
+    photos = [Image.fromarray(pixels) for pixels in real_photos()]
     files: dict[str, list[str]] = {}
     for name, size in SIZES.items():
         folder = directory / name
@@ -77,8 +79,8 @@ def make_jpegs(directory: Path, count: int) -> dict[str, list[str]]:
     return files
 
 
-def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list[bench.Contender]:
-    from vitkit.bench.engine import logits_path_flops
+def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list[Contender]:
+    from vitkit.bench.contenders import logits_path_flops
 
     fp32 = vitkit.load(model_dir, device="cpu")
     int8 = vitkit.load(model_dir, device="cpu", precision="int8")
@@ -90,10 +92,8 @@ def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list
         return lambda paths: classifier.predict(paths, top_k=5, batch_size=batch_size)
 
     result = [
-        bench.Contender("vitkit fp32", vitkit_run(fp32), flops, bench.weight_bytes(fp32.model)),
-        bench.Contender(
-            "vitkit int8", vitkit_run(int8), flops, bench.weight_bytes(int8._forward.model)
-        ),
+        Contender("vitkit fp32", vitkit_run(fp32), flops, weight_bytes(fp32.model)),
+        Contender("vitkit int8", vitkit_run(int8), flops, weight_bytes(int8._forward.model)),
     ]
     if against_pipeline:
         import transformers
@@ -102,11 +102,11 @@ def contenders(model_dir: Path, batch_size: int, against_pipeline: bool) -> list
         pipe = transformers.pipeline("image-classification", model=str(model_dir), device="cpu")
         full = float(fp32.model.flops_per_image())
         result.append(
-            bench.Contender(
+            Contender(
                 "transformers pipeline",
                 lambda paths: pipe(paths, top_k=5, batch_size=batch_size),
                 full,
-                bench.weight_bytes(pipe.model),
+                weight_bytes(pipe.model),
             )
         )
     return result
@@ -144,7 +144,7 @@ def main() -> int:
         )
         with runtime.num_threads(threads):
             agreement = same_top1(racers[0].forward(paths), racers[2].forward(paths))
-            report = bench.run_interleaved(
+            report = run_interleaved(
                 racers,
                 paths,
                 rounds=args.rounds,

@@ -23,8 +23,10 @@ import time
 
 import torch
 
-from vitkit.bench import engine as bench
-from vitkit.bench.engine import load_bench_model
+from vitkit.bench.contenders import forward_contenders, load_bench_model, logits_path_flops
+from vitkit.bench.memory import Forward
+from vitkit.bench.sample_data import photo_batch
+from vitkit.bench.timing import Contender, Report, run_interleaved
 from vitkit.inference import runtime
 from vitkit.inference.core_split import CoreSplit
 
@@ -36,10 +38,10 @@ def log(message: str) -> None:
 def thread_sweep(model_name: str, rounds: int) -> None:
     model, _ = load_bench_model(model_name, None)
     fast = runtime.optimize(model, threads=None)
-    flops = bench.logits_path_flops(model)
+    flops = logits_path_flops(model)
     for batch_size in (1, 8):
 
-        def with_threads(count: int) -> bench.Forward:
+        def with_threads(count: int) -> Forward:
             def forward(pixels: torch.Tensor) -> torch.Tensor:
                 with runtime.num_threads(count):
                     return fast(pixels)
@@ -47,20 +49,20 @@ def thread_sweep(model_name: str, rounds: int) -> None:
             return forward
 
         contenders = [
-            bench.Contender(f"vitkit, {n} thread{'s' if n > 1 else ''}", with_threads(n), flops)
+            Contender(f"vitkit, {n} thread{'s' if n > 1 else ''}", with_threads(n), flops)
             for n in (1, 2)
         ]
         if batch_size >= 4:  # what runtime picks for >= 2 images per thread (core_split)
             split = CoreSplit(2)
             contenders.append(
-                bench.Contender(
+                Contender(
                     "vitkit, 2 sub-batches x 1 thread",
                     functools.partial(split, fast.logits_fn),
                     flops,
                 )
             )
-        batch = bench.photo_batch(batch_size, model.config.image_hw)
-        report = bench.run_interleaved(
+        batch = photo_batch(batch_size, model.config.image_hw)
+        report = run_interleaved(
             contenders,
             batch,
             rounds=rounds,
@@ -80,7 +82,7 @@ def thread_sweep(model_name: str, rounds: int) -> None:
         )
 
 
-def publish(name: str, title: str, report: bench.Report, base: str, notes: str = "") -> None:
+def publish(name: str, title: str, report: Report, base: str, notes: str = "") -> None:
     """benchmarks/results/NAME.json from one interleaved report."""
     from results_io import write_report
 
@@ -99,15 +101,15 @@ def peers_rounds(
 ) -> None:
     """vitkit against its peers on the same weights, one results file per batch size."""
     model, _ = load_bench_model(model_name, None)
-    contenders = bench.forward_contenders(
+    contenders = forward_contenders(
         model, precision=precision, against=against, device=torch.device("cpu"), log=log
     )
     clock = time.process_time if args.cpu_time else time.perf_counter
     threads = 1 if args.cpu_time else int(args.threads)
     for batch_size in batch_sizes:
         with runtime.num_threads(threads):
-            batch = bench.photo_batch(batch_size, model.config.image_hw)
-            report = bench.run_interleaved(
+            batch = photo_batch(batch_size, model.config.image_hw)
+            report = run_interleaved(
                 contenders,
                 batch,
                 rounds=args.rounds,

@@ -1,6 +1,6 @@
 """GPU: ViT-B/16-224 bf16 inference at batch 256, vitkit vs timm (+ torch.compile) and transformers.
 
-One process, one GPU, interleaved rounds (``vitkit.bench.engine.run_interleaved``), every contender on
+One process, one GPU, interleaved rounds (``vitkit.bench.timing.run_interleaved``), every contender on
 the same weights. The bf16 matmul rate is measured in the same rounds (8192^3 products on random
 data), so MFU = achieved FLOP/s (the FLOPs each contender executes) / that rate. Then the
 end-to-end rate from JPEG files: file bytes read by a prefetch thread, decoded in batches on
@@ -28,7 +28,11 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitkit.bench import engine as bench
+from vitkit.bench.contenders import forward_contenders
+from vitkit.bench.memory import synchronize
+from vitkit.bench.report import machine_info
+from vitkit.bench.sample_data import photo_batch, real_photos
+from vitkit.bench.timing import Report, run_interleaved, time_call
 from vitkit.inference import runtime
 from vitkit.models.config import preset
 from vitkit.models.vit import ViT
@@ -50,7 +54,7 @@ def build_model(name: str) -> ViT:
     return ViT(preset(name, num_labels=1000, layer_norm_eps=1e-6)).eval()
 
 
-def report_dict(report: bench.Report) -> dict[str, Any]:
+def report_dict(report: Report) -> dict[str, Any]:
     return {
         "batch_size": report.batch_size,
         "gemm_gflops": report.gemm_gflops,
@@ -71,13 +75,13 @@ def report_dict(report: bench.Report) -> dict[str, Any]:
 
 def forward_stage(model: ViT, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Eager and compiled contenders of every library, interleaved."""
-    eager = bench.forward_contenders(
+    eager = forward_contenders(
         model, precision=args.precision, against=["timm", "transformers"], device=device, log=log
     )
     contenders = list(eager)
     for mode in args.compile_modes:
         compile_arg: bool | str = True if mode == "default" else mode
-        compiled = bench.forward_contenders(
+        compiled = forward_contenders(
             model,
             precision=args.precision,
             against=["timm"],
@@ -88,9 +92,9 @@ def forward_stage(model: ViT, args: argparse.Namespace, device: torch.device) ->
         for contender in compiled:
             contender.name += f" compile:{mode}"
         contenders.extend(compiled)
-    batch = bench.photo_batch(args.batch_size, model.config.image_hw).to(device)
+    batch = photo_batch(args.batch_size, model.config.image_hw).to(device)
     started = time.perf_counter()
-    report = bench.run_interleaved(
+    report = run_interleaved(
         contenders,
         batch,
         rounds=args.rounds,
@@ -111,14 +115,14 @@ def sdpa_stage(model: ViT, args: argparse.Namespace, device: torch.device) -> di
 
     dtype = runtime.DTYPES[args.precision]
     plain = copy.deepcopy(model).to(device, dtype)
-    batch = bench.photo_batch(args.batch_size, model.config.image_hw).to(device, dtype)
+    batch = photo_batch(args.batch_size, model.config.image_hw).to(device, dtype)
     rates: dict[str, float] = {}
     for name, backend in SDPA_BACKENDS.items():
         try:
             with sdpa_kernel(backend), torch.inference_mode():
                 plain.forward_logits(batch)
                 seconds = sorted(
-                    bench.time_call(lambda: plain.forward_logits(batch), device) for _ in range(7)
+                    time_call(lambda: plain.forward_logits(batch), device) for _ in range(7)
                 )
             rates[name] = args.batch_size / seconds[3]
         except RuntimeError as error:
@@ -132,7 +136,7 @@ def write_jpegs(directory: Path, count: int, sizes: list[tuple[int, int]]) -> li
 
     from PIL import Image
 
-    photos = [Image.fromarray(p) for p in bench.real_photos()]
+    photos = [Image.fromarray(p) for p in real_photos()]
 
     def write(index: int) -> Path:
         width, height = sizes[index % len(sizes)]
@@ -194,7 +198,7 @@ def jpeg_pipeline(
     def run_pipeline(classify: bool) -> float:
         pending: queue.Queue[Any] = queue.Queue(maxsize=2)
         producer = threading.Thread(target=produce, args=(pending,), daemon=True)
-        bench.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         producer.start()
         while (item := pending.get()) is not None:
@@ -204,7 +208,7 @@ def jpeg_pipeline(
                 pixels.record_stream(torch.cuda.current_stream())
             if classify:
                 fast(pixels).float().softmax(-1).topk(5).indices.cpu()
-        bench.synchronize(device)
+        synchronize(device)
         producer.join()
         return len(paths) / (time.perf_counter() - start)
 
@@ -213,7 +217,7 @@ def jpeg_pipeline(
     decode_only = sorted(run_pipeline(False) for _ in range(3))[1]
     pixels = decode([read_file(str(p)) for p in batches[0]])
     fast(pixels)
-    model_seconds = sorted(bench.time_call(lambda: fast(pixels), device) for _ in range(7))[3]
+    model_seconds = sorted(time_call(lambda: fast(pixels), device) for _ in range(7))[3]
     return {
         "images": len(paths),
         "end_to_end_images_per_s": end_to_end,
@@ -223,7 +227,7 @@ def jpeg_pipeline(
 
 
 def environment(device: torch.device) -> dict[str, str]:
-    info = bench.machine_info(device)
+    info = machine_info(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu memory GiB"] = f"{props.total_memory / 2**30:.0f}"

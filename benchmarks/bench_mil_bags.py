@@ -91,8 +91,9 @@ def write_pngs(pixels: np.ndarray, folder: Path) -> None:
 
 
 def pretrain_encoder(args: argparse.Namespace, digits: Path) -> Path:
-    from vitkit.training.config import TrainConfig
     from vitkit.training.pretrain import PretrainConfig, pretrain
+
+    from vitkit.training.config import TrainConfig
 
     out = Path(args.out) / "mae"
     if (out / "best").is_dir() and _epochs_done(out) >= args.mae_epochs:

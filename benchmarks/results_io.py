@@ -276,7 +276,7 @@ def goal_verdict(values: Iterable[float], goal: float, higher_is_better: bool = 
 
 
 def interleaved_table(results: Sequence[Any], base: str) -> dict[str, Any]:
-    """The table of one interleaved forward benchmark (``vitkit.bench.engine.Report.results``,
+    """The table of one interleaved forward benchmark (``vitkit.bench.timing.Report.results``,
     or the same fields as dicts): images/s per contender, median and range over rounds, and its
     time over ``base``'s in each round (> 1: ``base`` is faster)."""
 
@@ -305,7 +305,7 @@ def interleaved_table(results: Sequence[Any], base: str) -> dict[str, Any]:
 def write_report(
     name: str, *, title: str, report: Any, base: str, notes: str = "", extra: dict | None = None
 ) -> Path:
-    """``write_results`` for one ``vitkit.bench.engine.Report`` (interleaved forward rounds):
+    """``write_results`` for one ``vitkit.bench.timing.Report`` (interleaved forward rounds):
     every round of every contender, images/s spreads in the summary, ``interleaved_table``."""
     results = report.results
     gemm = getattr(report, "gemm_gflops", None) or []

@@ -9,14 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitkit.bench import engine as bench
+from vitkit.bench.contenders import logits_path_flops
+from vitkit.bench.memory import peak_memory
+from vitkit.bench.report import write_markdown_block
+from vitkit.bench.timing import Contender, Forward, run_interleaved, sustained_gemm_rate
 from vitkit.cli import main
 from vitkit.inference import runtime
 from vitkit.models.config import ViTConfig
 from vitkit.models.vit import ViT
 
 
-def sleeper(seconds: float, calls: list[str], name: str) -> bench.Forward:
+def sleeper(seconds: float, calls: list[str], name: str) -> Forward:
     def forward(batch: torch.Tensor) -> None:
         calls.append(name)
         time.sleep(seconds)
@@ -27,10 +30,10 @@ def sleeper(seconds: float, calls: list[str], name: str) -> bench.Forward:
 def test_interleaved_rounds_rotate_and_ratios_compare_within_rounds() -> None:
     calls: list[str] = []
     contenders = [
-        bench.Contender("fast", sleeper(0.004, calls, "fast"), 1e9),
-        bench.Contender("slow", sleeper(0.012, calls, "slow"), 1e9),
+        Contender("fast", sleeper(0.004, calls, "fast"), 1e9),
+        Contender("slow", sleeper(0.012, calls, "slow"), 1e9),
     ]
-    report = bench.run_interleaved(
+    report = run_interleaved(
         contenders, torch.zeros(4, 1), rounds=3, repeats=2, warmup=1, probe_dtype=None,
         measure_memory=False,
     )  # fmt: skip
@@ -51,16 +54,16 @@ def test_markdown_block_goes_into_its_section_only(tmp_path: Path) -> None:
         "# B\n\n## Model forward (vs peers)\n\n_not yet measured_\n\n## Model forwards\n\n"
         "## Preprocessing\n\nkeep me\n"
     )
-    bench.write_markdown_block(path, "Model forward", "a", "table A v1")
-    bench.write_markdown_block(path, "Model forward", "b", "table B")
-    bench.write_markdown_block(path, "Model forward", "a", "table A v2")
+    write_markdown_block(path, "Model forward", "a", "table A v1")
+    write_markdown_block(path, "Model forward", "b", "table B")
+    write_markdown_block(path, "Model forward", "a", "table A v2")
     text = path.read_text()
     forward, preprocessing = text.split("## Model forwards")
     assert "table A v2" in forward and "table A v1" not in text
     assert forward.index("table A v2") < forward.index("table B")  # replaced in place
     assert "_not yet measured_" not in forward
     assert preprocessing == "\n\n## Preprocessing\n\nkeep me\n"
-    bench.write_markdown_block(path, "GPU", "g", "gpu table")  # a missing section is appended
+    write_markdown_block(path, "GPU", "g", "gpu table")  # a missing section is appended
     assert path.read_text().rstrip().endswith("<!-- /bench:g -->")
 
 
@@ -80,7 +83,7 @@ def test_flop_counts_match_torch_flop_counter() -> None:
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
             function(pixels)
         counted[name] = counter.get_total_flops() / 2
-    assert bench.logits_path_flops(model) == pytest.approx(counted["logits"], rel=1e-6)
+    assert logits_path_flops(model) == pytest.approx(counted["logits"], rel=1e-6)
     assert model.flops_per_image() == pytest.approx(counted["full"], rel=1e-6)
 
 
@@ -96,17 +99,17 @@ def test_sustained_gemm_rate_runs_for_the_time_asked_and_reports_both_rates() ->
             pending.append(next(durations))
         return now[0]
 
-    rate = bench.sustained_gemm_rate("cpu", size=64, seconds=0.5, repeats=2, clock=clock)
+    rate = sustained_gemm_rate("cpu", size=64, seconds=0.5, repeats=2, clock=clock)
     flops = 2 * 64**3 / 1e9
     assert rate.sustained == pytest.approx(3 * flops / 0.6)  # stopped once 0.5 s had passed
     assert rate.burst == pytest.approx(flops / 0.1)  # the median product
 
 
 def test_gemm_probe_and_peak_memory_measure_something() -> None:
-    rate = bench.sustained_gemm_rate("cpu", size=256, repeats=1)
+    rate = sustained_gemm_rate("cpu", size=256, repeats=1)
     assert rate.sustained > 0.1 and rate.burst > 0.1
     if sys.platform.startswith("linux"):
-        peak = bench.peak_memory(lambda b: torch.ones(64, 2**20).sum(), torch.zeros(1), "cpu")
+        peak = peak_memory(lambda b: torch.ones(64, 2**20).sum(), torch.zeros(1), "cpu")
         assert peak is not None and peak > 100 * 2**20  # 256 MB allocated and touched
 
 

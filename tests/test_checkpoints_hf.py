@@ -309,12 +309,12 @@ def test_save_failure_leaves_the_old_checkpoint(
 ) -> None:
     target = tmp_path / "model"
     save_pretrained(tiny_vit(num_labels=2), target)
-    from vitkit.checkpoints import _common  # the weights writer every directory saver shares
+    from vitkit.checkpoints import directories  # the weights writer every directory saver shares
 
     def broken_save(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(_common, "save_file", broken_save)
+    monkeypatch.setattr(directories, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(tiny_vit(num_labels=9), target)
     monkeypatch.undo()

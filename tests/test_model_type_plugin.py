@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitkit.checkpoints import MODEL_TYPES, LoadRequest, ModelType, hf_directory
-from vitkit.checkpoints._common import apply_overrides
+from vitkit.checkpoints.overrides import apply_overrides
 from vitkit.cli import main
 from vitkit.models.protocol import Capabilities
 

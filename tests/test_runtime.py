@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from vitkit.bench.engine import photo_batch
+from vitkit.bench.sample_data import photo_batch
 from vitkit.errors import VitkitError
 from vitkit.inference import runtime
 from vitkit.models.config import ViTConfig

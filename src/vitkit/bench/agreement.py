@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vitkit.bench.engine import real_photos
+from vitkit.bench.sample_data import real_photos
 from vitkit.checkpoints import default_processor_config
 from vitkit.images.processor import ImageProcessor
 from vitkit.images.sources import expand_inputs

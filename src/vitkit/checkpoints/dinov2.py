@@ -36,15 +36,10 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    build_model,
-    read_config,
-    read_json,
-    save_directory,
-)
+from vitkit.checkpoints.directories import read_json, save_directory
+from vitkit.checkpoints.key_mapping import KeyReader, build_vit
+from vitkit.checkpoints.overrides import apply_overrides, read_config
+from vitkit.checkpoints.weight_files import StateDict
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
 from vitkit.models.families import DINOV2, DINOV2_REGISTERS
@@ -84,7 +79,7 @@ def load_dinov2_directory(
     config = apply_overrides(dinov2_config(read_json(path), tensors, path), overrides, path)
     reader = dinov2_reader(tensors, config)
     # transformers resamples at call time: loading at another size uses the same rule.
-    model = build_model(
+    model = build_vit(
         config, reader, weights_path, image_size, device, antialias=config.dynamic_img_size
     )
     processor = directory / "preprocessor_config.json"

@@ -21,16 +21,10 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    build_model,
-    check_replaceable,
-    read_json,
-    read_state_dict,
-    save_directory,
-)
+from vitkit.checkpoints.directories import check_replaceable, read_json, save_directory
+from vitkit.checkpoints.key_mapping import KeyReader, build_vit
+from vitkit.checkpoints.overrides import apply_overrides
+from vitkit.checkpoints.weight_files import StateDict, read_state_dict
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
 from vitkit.models.vit import ViT
@@ -104,7 +98,7 @@ def load_hf_directory(
     config = _config_for(data, tensors, directory / CONFIG_NAME)
     config = apply_overrides(config, overrides, directory / CONFIG_NAME)
     reader = hf_reader(tensors, config)
-    model = build_model(config, reader, weights_path, image_size, device)
+    model = build_vit(config, reader, weights_path, image_size, device)
     processor = directory / PROCESSOR_NAME
     return model, (read_json(processor) if processor.is_file() else None)
 
@@ -260,7 +254,7 @@ def save_pretrained(
 
     transformers loads it with ``ViTForImageClassification.from_pretrained`` (models with a head)
     or ``ViTModel.from_pretrained`` (headless models). The directory is written beside the target
-    under a temporary name and renamed into place (``_common.save_directory``).
+    under a temporary name and renamed into place (``directories.save_directory``).
 
     Two vitkit models have no exact transformers equivalent; both are saved, with a warning:
     a head that reads the pre-logits/pooler output (``classifier_uses_pooler``: the in21k

@@ -27,14 +27,11 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.atomic_files import write_directory_atomically
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    build_model,
-    read_json,
-)
+from vitkit.checkpoints.directories import read_json
 from vitkit.checkpoints.hf import check_replaceable, read_weights
+from vitkit.checkpoints.key_mapping import KeyReader, build_vit
+from vitkit.checkpoints.overrides import apply_overrides
+from vitkit.checkpoints.weight_files import StateDict
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
 from vitkit.models.deit import DeiTConfig, DistilledViT
@@ -204,7 +201,7 @@ def load_student(
     config = apply_overrides(config, overrides, path / "config.json")
     weights_path, tensors = read_weights(path)
     reader = deit_reader(tensors, config)
-    model = build_model(config, reader, weights_path, image_size, device, DistilledViT)
+    model = build_vit(config, reader, weights_path, image_size, device, DistilledViT)
     assert isinstance(model, DistilledViT)
     processor_path = path / "preprocessor_config.json"
     return model, (read_json(processor_path) if processor_path.is_file() else None)

@@ -21,7 +21,7 @@ linear head; a backbone with registers, LayerScale, SwiGLU, no [CLS]...)::
                                backbone.blocks.N.attn.qkv.weight ...) and decoder.*
     preprocessor_config.json  a DPTImageProcessor config (the backbone's mean, std, resampling)
 
-Both are written atomically (``_common.save_directory``).
+Both are written atomically (``directories.save_directory``).
 """
 
 from __future__ import annotations
@@ -32,17 +32,12 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    check_replaceable,
-    load_checked,
-    read_json,
-    save_directory,
-)
+from vitkit.checkpoints.directories import check_replaceable, read_json, save_directory
 from vitkit.checkpoints.hf import hf_reader, hf_state_dict, read_weights
-from vitkit.checkpoints.hub import download, is_hub_id
+from vitkit.checkpoints.hub import download, source_kind
+from vitkit.checkpoints.key_mapping import KeyReader, load_checked
+from vitkit.checkpoints.overrides import apply_overrides
+from vitkit.checkpoints.weight_files import StateDict
 from vitkit.errors import CheckpointError
 from vitkit.images.processor.dense import DenseProcessor
 from vitkit.models.config import ImageSize, ViTConfig, to_pair
@@ -93,7 +88,7 @@ def is_segmentation_checkpoint(source: str) -> bool:
     if path.name == "config.json" and path.is_file():
         path = path.parent
     if not path.is_dir():
-        if not is_hub_id(source) or path.exists():
+        if source_kind(source) != "hub":
             return False
         path = download(source)
     config = path / "config.json"

@@ -35,15 +35,11 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.atomic_files import write_directory_atomically
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    build_model,
-    read_json,
-    read_state_dict,
-)
+from vitkit.checkpoints.directories import read_json
 from vitkit.checkpoints.hf import default_processor_config, hf_reader, hf_state_dict
+from vitkit.checkpoints.key_mapping import KeyReader, build_vit
+from vitkit.checkpoints.overrides import apply_overrides
+from vitkit.checkpoints.weight_files import StateDict, read_state_dict
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize
 from vitkit.models.mae import MAE, MAEConfig
@@ -156,7 +152,7 @@ def load_mae_encoder(
     weights_path, tensors = _read_hub_tensors(directory)
     encoder_tensors, _ = _split(tensors)
     reader = hf_reader(encoder_tensors, encoder)
-    model = build_model(encoder, reader, weights_path, image_size, device)
+    model = build_vit(encoder, reader, weights_path, image_size, device)
     return model, _processor(directory)
 
 

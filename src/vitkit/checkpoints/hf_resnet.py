@@ -29,15 +29,11 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.atomic_files import write_directory_atomically
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    load_checked,
-    read_json,
-    read_state_dict,
-)
+from vitkit.checkpoints.directories import read_json
 from vitkit.checkpoints.hf import check_replaceable, read_weights
+from vitkit.checkpoints.key_mapping import KeyReader, load_checked
+from vitkit.checkpoints.overrides import apply_overrides
+from vitkit.checkpoints.weight_files import StateDict, read_state_dict
 from vitkit.errors import CheckpointError
 from vitkit.models.resnet import (
     IMAGENET_MEAN,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from vitkit.errors import CheckpointError
 
@@ -27,7 +28,17 @@ _PICKLES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-
 
 
 def is_hub_id(text: str) -> bool:
+    """Shaped like a Hub id ("owner/name[@revision]"); see ``source_kind`` for the whole rule."""
     return bool(_HUB_ID.match(text)) and not text.endswith((".npz", ".safetensors", ".pth", ".bin"))
+
+
+def source_kind(source: str | Path) -> Literal["path", "hub"] | None:
+    """What a model source names: a local file or directory ("path": an existing path always
+    wins), a Hugging Face Hub id ("hub": downloaded on load), or neither (None). The one rule
+    every command uses to tell them apart."""
+    if Path(source).expanduser().exists():
+        return "path"
+    return "hub" if is_hub_id(str(source)) else None
 
 
 def _is_offline() -> bool:

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitkit.checkpoints._common import KeyReader, apply_overrides, build_model
+from vitkit.checkpoints.key_mapping import KeyReader, build_vit
+from vitkit.checkpoints.overrides import apply_overrides
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig
 from vitkit.models.vit import ViT
@@ -93,7 +94,7 @@ def load_npz(
     arrays = read_npz(path)
     config = apply_overrides(infer_config(arrays, path), overrides, path)
     reader = npz_reader(arrays, config)
-    return build_model(config, reader, path, image_size, device)
+    return build_vit(config, reader, path, image_size, device)
 
 
 def infer_config(arrays: dict[str, torch.Tensor], path: Path) -> ViTConfig:

@@ -27,7 +27,7 @@ type works in predict, embed, eval, serve, slide, explain (where it can) at once
 
 ``--model-arg KEY=VALUE`` (``overrides``) reaches every format the same way: each reader gets
 the ``LoadRequest`` and sets them on the config its file gives, with
-``vitkit.checkpoints._common.apply_overrides`` (an unknown key is refused, naming the file);
+``vitkit.checkpoints.overrides.apply_overrides`` (an unknown key is refused, naming the file);
 a format that cannot honour them (an ONNX graph is fixed at export) refuses them in one line.
 
 Registering a model type (a segmentation model, a slide-level MIL model, ...):
@@ -59,8 +59,8 @@ import torch
 from torch import nn
 
 from vitkit.checkpoints import dinov2, hf, hf_deit, hf_dpt, hf_mae, hf_resnet
-from vitkit.checkpoints._common import WEIGHT_SUFFIXES, read_json
-from vitkit.checkpoints.hub import download, is_hub_id
+from vitkit.checkpoints.directories import read_json
+from vitkit.checkpoints.hub import download, source_kind
 from vitkit.checkpoints.npz import load_npz
 from vitkit.checkpoints.onnx import OnnxModel, is_onnx_file
 from vitkit.checkpoints.timm import (
@@ -69,6 +69,7 @@ from vitkit.checkpoints.timm import (
     load_timm_file,
     save_timm_directory,
 )
+from vitkit.checkpoints.weight_files import WEIGHT_SUFFIXES
 from vitkit.errors import CheckpointError, UnsupportedOperationError
 from vitkit.models.config import ImageSize, ViTConfig, to_pair
 from vitkit.models.deit import DeiTConfig, DistilledViT
@@ -214,7 +215,7 @@ def local_path(source: str | Path) -> tuple[Path, bool]:
     """(the local file or directory ``source`` names, whether it came from the Hub): a Hub id
     is downloaded; config.json or the weights file of a HF directory name the directory."""
     path = Path(source).expanduser()
-    if not path.exists() and is_hub_id(str(source)):
+    if source_kind(source) == "hub":
         return download(str(source)), True
     if path.is_file() and (path.name == "config.json" or _inside_hf_directory(path)):
         return path.parent, False
@@ -243,10 +244,9 @@ def find_format(path: Path) -> tuple[ModelType, Format]:
 
 def detect_format(source: str | Path) -> str:
     """The format name of ``source`` ("hub" for a Hub id, without downloading it)."""
-    path = Path(source).expanduser()
-    if not path.exists() and is_hub_id(str(source)):
+    if source_kind(source) == "hub":
         return "hub"
-    return find_format(local_path(path)[0])[1].name
+    return find_format(local_path(source)[0])[1].name
 
 
 def _unreadable(path: Path) -> str:

@@ -35,17 +35,10 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints._common import (
-    KeyReader,
-    StateDict,
-    apply_overrides,
-    build_model,
-    check_setting_names,
-    read_config,
-    read_json,
-    read_state_dict,
-    save_directory,
-)
+from vitkit.checkpoints.directories import read_json, save_directory
+from vitkit.checkpoints.key_mapping import KeyReader, build_vit
+from vitkit.checkpoints.overrides import apply_overrides, check_setting_names, read_config
+from vitkit.checkpoints.weight_files import StateDict, read_state_dict
 from vitkit.errors import CheckpointError
 from vitkit.models.config import ImageSize, ViTConfig, resolve_aliases, to_pair
 from vitkit.models.families import with_family
@@ -174,7 +167,7 @@ def _build(
     reader = KeyReader(tensors)
     for name in list(tensors):
         reader.move(name, _PRE_LOGITS.get(name, name))
-    return build_model(config, reader, path, image_size, device)
+    return build_vit(config, reader, path, image_size, device)
 
 
 # ---- directories timm pushes to the Hub (config.json with "architecture" + weights) ---------

@@ -49,15 +49,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vitkit.bench import agreement
-    from vitkit.bench import engine as bench
+    from vitkit.bench.contenders import forward_contenders, load_bench_model
+    from vitkit.bench.report import machine_info, report_markdown
     from vitkit.inference import runtime
 
     chosen = settings(args)
     runtime.check_precision(chosen.precision, chosen.device, force=chosen.force)
-    model, processor_config = bench.load_bench_model(chosen.model, chosen.image_size)
+    model, processor_config = load_bench_model(chosen.model, chosen.image_size)
     device = torch.device(chosen.device)
     runtime.tune_process_for_inference(device)
-    contenders = bench.forward_contenders(
+    contenders = forward_contenders(
         model,
         precision=chosen.precision,
         against=chosen.peers,
@@ -65,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         log=_log,
     )
-    info = bench.machine_info(device)
+    info = machine_info(device)
     command = "vitkit " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     for batch_size in chosen.batch_sizes:
         report = _timed_rounds(chosen, contenders, model, device, batch_size)
-        text = bench.report_markdown(report, info | {"run end load": _load()}, command)
+        text = report_markdown(report, info | {"run end load": _load()}, command)
         print(text)
         if chosen.write_md:
             _write_block(chosen.write_md, chosen, device, batch_size, text)
@@ -84,13 +85,15 @@ def _timed_rounds(
     """The interleaved rounds of every contender on one batch of real photos."""
     import torch
 
-    from vitkit.bench import engine as bench
+    from vitkit.bench.contenders import pick_threads
+    from vitkit.bench.sample_data import photo_batch
+    from vitkit.bench.timing import run_interleaved
     from vitkit.inference import runtime
 
-    threads = bench.pick_threads(chosen.threads, batch_size, model, device)
+    threads = pick_threads(chosen.threads, batch_size, model, device)
     with runtime.num_threads(threads):
-        batch = bench.photo_batch(batch_size, model.config.image_hw).to(device)
-        return bench.run_interleaved(
+        batch = photo_batch(batch_size, model.config.image_hw).to(device)
+        return run_interleaved(
             contenders,
             batch,
             rounds=chosen.rounds,
@@ -108,7 +111,7 @@ def _timed_rounds(
 
 def _write_block(path: str, chosen: BenchSettings, device: Any, batch_size: int, text: str) -> None:
     """The table into its own block of the 'Model forward' (CPU) or 'GPU' section of ``path``."""
-    from vitkit.bench import engine as bench
+    from vitkit.bench.report import write_markdown_block
 
     section = "GPU" if device.type == "cuda" else "Model forward"
     key = (
@@ -116,7 +119,7 @@ def _write_block(path: str, chosen: BenchSettings, device: Any, batch_size: int,
         + ("-compile" if chosen.compile else "")
         + ("-cputime" if chosen.cpu_time else "")
     )
-    bench.write_markdown_block(path, section, key, text)
+    write_markdown_block(path, section, key, text)
 
 
 def _log(message: str) -> None:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     # torch and onnx load here, not at `vitkit --help` time
     import torch
 
-    from vitkit.bench.engine import photo_batch
+    from vitkit.bench.sample_data import photo_batch
     from vitkit.checkpoints import load_model
     from vitkit.checkpoints.onnx import export_onnx
     from vitkit.models.protocol import require

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from vitkit.atomic_files import atomic_write_bytes, atomic_write_text
-from vitkit.checkpoints.hub import is_hub_id
+from vitkit.checkpoints.hub import source_kind
 from vitkit.errors import CompareError
 from vitkit.experiments.compare_config import ROWS, CompareConfig
 from vitkit.training.checks import check_image_size, check_settings
@@ -383,7 +383,7 @@ def check_compare(cfg: CompareConfig) -> None:
         ("--pretrained", cfg.pretrained),
         ("--baseline-weights", cfg.baseline_weights),
     ):
-        if source is not None and not Path(source).exists() and not is_hub_id(source):
+        if source is not None and source_kind(source) is None:
             raise CompareError(f"{option} {source}: no such file or directory")
 
 
