@@ -91,9 +91,10 @@ def write_pngs(pixels: np.ndarray, folder: Path) -> None:
 
 
 def pretrain_encoder(args: argparse.Namespace, digits: Path) -> Path:
-    from vitkit.training.pretrain import PretrainConfig, pretrain
+    from vitkit.training.pretrain import pretrain
 
     from vitkit.training.config import TrainConfig
+    from vitkit.training.tasks.mae_config import PretrainConfig
 
     out = Path(args.out) / "mae"
     if (out / "best").is_dir() and _epochs_done(out) >= args.mae_epochs:
@@ -281,8 +282,9 @@ def experiment(
     from vitkit.training.tasks.mil_data import read_slide_table
 
     records = []
-    for mean in args.sizes:
-        for repeat in range(args.repeats):
+    # repeat-major: stopped early, the results hold whole tables over fewer repeats
+    for repeat in range(args.repeats):
+        for mean in args.sizes:
             base = Path(args.out) / f"size{mean}" / f"repeat{repeat}"
             seed = 1000 * mean + repeat
             pool = make_bags(labels["train"], max(args.train_bags), mean, seed)
@@ -351,7 +353,8 @@ def summarise(
                 ]
                 if aucs:
                     summary[f"auc_{model}_size{mean}_bags{bags}"] = round(float(np.mean(aucs)), 4)
-                    row.append(f"{np.mean(aucs):.3f} +- {np.std(aucs):.3f}")
+                    repeats = "" if len(aucs) == args.repeats else f" ({len(aucs)} runs)"
+                    row.append(f"{np.mean(aucs):.3f} +- {np.std(aucs):.3f}{repeats}")
                 else:
                     row.append("")
             paper = PAPER.get(mean, {})

@@ -7,7 +7,8 @@ In ``OUT/<slide>/`` (beside what ``vitkit slide --embed`` wrote there, or copied
   ``attention_percentile`` (its rank among the slide's tiles, 0 lowest to 1 highest);
 - ``attention.geojson``: the tiles as squares with both as QuPath measurements (File > Import
   objects; Measure > Show measurement maps colours them);
-- ``heatmap-attention.png``: the attention percentile over the thumbnail, with a colour bar;
+- ``heatmap-attention.png``: the attention over the thumbnail, with a colour bar: each tile's
+  percentile (default) or its weight over the slide's largest (``scale="linear"``);
 - ``gallery.png``: the ``top_k`` most and least attended tiles, read from the slide;
 - ``prediction.json``: the probabilities, the predicted class (or labels) and the model.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from vitkit.atomic_files import atomic_write_text
 from vitkit.slides.outputs import colour_bar, colour_table, pyarrow_modules, replacing
@@ -96,19 +97,27 @@ def write_geojson(out_dir: Path, tiles: Any, attention: np.ndarray) -> None:
 
 # ---- the pictures -------------------------------------------------------------------------------
 def write_heatmap(
-    out_dir: Path, folder: Path, summary: dict[str, Any], tiles: Any, attention: np.ndarray
+    out_dir: Path,
+    folder: Path,
+    summary: dict[str, Any],
+    tiles: Any,
+    attention: np.ndarray,
+    *,
+    scale: str = "percentile",
 ) -> None:
-    """heatmap-attention.png: the attention percentile of each tile over the thumbnail."""
+    """heatmap-attention.png: each tile's attention percentile (or, ``linear``, its weight over
+    the slide's largest) over the thumbnail."""
     thumbnail = np.asarray(Image.open(folder / "thumbnail.png").convert("RGB"))
-    grid = attention_grid(summary, tiles, percentiles(attention))
-    values = grid_on_thumbnail(summary, grid, thumbnail.shape[:2])
-    painted = ~np.isnan(values)
-    colours = colour_table()[np.round(values[painted] * 255).astype(np.uint8)].astype(np.uint16)
+    values = percentiles(attention) if scale == "percentile" else attention / attention.max()
+    grid = attention_grid(summary, tiles, values)
+    on_thumbnail = grid_on_thumbnail(summary, grid, thumbnail.shape[:2])
+    painted = ~np.isnan(on_thumbnail)
+    levels = np.round(on_thumbnail[painted] * 255).astype(np.uint8)
+    colours = colour_table()[levels].astype(np.uint16)
     picture = thumbnail.copy()
     picture[painted] = (2 * picture[painted].astype(np.uint16) + 3 * colours + 2) // 5
-    picture = np.vstack(
-        [picture, colour_bar(thumbnail.shape[1], "low", "high", "attention (percentile)")]
-    )
+    title = "attention (percentile)" if scale == "percentile" else "attention / slide maximum"
+    picture = np.vstack([picture, colour_bar(thumbnail.shape[1], "low", "high", title)])
     _save_png(picture, out_dir / "heatmap-attention.png")
 
 
@@ -165,11 +174,12 @@ def write_gallery(
         "RGB", (k * (size + 4) + 4, len(rows) * (size + 2 * label_height + 4)), "white"
     )
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)
     reader_name = summary.get("settings", {}).get("reader", "auto")
     with open_slide(slide, reader_name) as reader:
         for line, (title, picks) in enumerate(rows):
             top = line * (size + 2 * label_height + 4)
-            draw.text((4, top), title, fill=(0, 0, 0))
+            draw.text((4, top), title, fill=(0, 0, 0), font=font)
             for slot, index in enumerate(picks.tolist()):
                 x = round(int(tiles.column("x")[index].as_py()) / downsample)
                 y = round(int(tiles.column("y")[index].as_py()) / downsample)
@@ -179,9 +189,8 @@ def write_gallery(
                 tile = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
                 left = 4 + slot * (size + 4)
                 canvas.paste(tile, (left, top + label_height))
-                draw.text(
-                    (left, top + label_height + size + 1), f"{attention[index]:.3g}", fill=(0, 0, 0)
-                )
+                caption = f"{attention[index]:.3g}"
+                draw.text((left, top + label_height + size + 1), caption, fill=(0, 0, 0), font=font)
     _save_png(np.asarray(canvas), out_dir / "gallery.png")
     return True
 

@@ -83,7 +83,9 @@ def predict_slide(
     if settings.geojson:
         mil_outputs.write_geojson(out_dir, tiles, attention)
     if settings.heatmap:
-        mil_outputs.write_heatmap(out_dir, folder, summary, tiles, attention)
+        mil_outputs.write_heatmap(
+            out_dir, folder, summary, tiles, attention, scale=settings.heatmap_scale
+        )
     if settings.gallery:
         mil_outputs.write_gallery(out_dir, summary, tiles, attention, settings.top_k)
     prediction = _prediction(

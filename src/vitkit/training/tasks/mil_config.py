@@ -150,6 +150,13 @@ class MILPredictSettings:
     heatmap: bool = option(
         True, "write heatmap-attention.png", group="outputs", flags=("--no-heatmap",)
     )
+    heatmap_scale: str = option(
+        "percentile",
+        "heatmap colours: each tile's rank among the slide's (CLAM's maps), or its attention "
+        "over the slide's largest (where the weight really goes)",
+        group="outputs",
+        choices=("percentile", "linear"),
+    )
     gallery: bool = option(
         True,
         "write gallery.png (reads tiles from the slide file)",
