@@ -77,6 +77,13 @@ def test_vitkit_trained_dpt_loads_in_transformers(
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["num_samples"] == 8
     assert (out / "test" / "per_class_iou.png").stat().st_size > 1000
+    # `vitkit eval` on the saved model and the test masks: the trainer's own test numbers
+    assert (
+        main(["eval", "--model", str(best), "--data", str(mosaics), "--out", str(out / "ev")]) == 0
+    )
+    evaluated = json.loads((out / "ev" / "metrics.json").read_text())
+    assert evaluated["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-9)
+    assert evaluated["per_class"] == metrics["per_class"]
 
 
 def test_segmentation_options_refused_for_class_folders(

@@ -62,6 +62,7 @@ class Evaluation:
     tta: str
     thresholds_given: bool = False
     skipped: list[str] = field(default_factory=list)  # reports of unreadable images / rows
+    segmentation: bool = False  # a per-pixel model on masks (vitkit.experiments.seg_evaluation)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -74,6 +75,13 @@ class Evaluation:
     def text(self) -> str:
         """The report ``vitkit eval`` prints: a header line and the metrics table."""
         count = self.report["num_samples"]
+        if self.segmentation:
+            from vitkit.training.seg_metrics import format_segmentation_report
+
+            header = f"{self.model} on {self.data} ({count} images with masks)"
+            return f"{header}, loss {self.result.loss:.4f}\n" + format_segmentation_report(
+                self.report
+            )
         if self.multi_label:
             return (
                 f"{self.model} on {self.data} ({count} images), BCE {self.result.loss:.4f}\n"
@@ -85,6 +93,8 @@ class Evaluation:
 
     def written(self) -> tuple[str, ...]:
         """The files ``write`` makes."""
+        if self.segmentation:
+            return ("metrics.json", "confusion_matrix.json/.png", "per_class_iou.png")
         if self.multi_label:
             return ("metrics.json", "report.txt", "scores.csv")
         return ("metrics.json", "confusion_matrix.json/.png", "predictions.csv")
@@ -92,6 +102,11 @@ class Evaluation:
     def write(self, out: str | Path) -> Path:
         """The evaluation's files in ``out`` (each written whole: a crash leaves none half done)."""
         folder = Path(out)
+        if self.segmentation:
+            from vitkit.training.tasks.segment import write_segmentation_outputs
+
+            write_segmentation_outputs(self.report, self.result.loss, folder, self.title)
+            return folder
         if self.multi_label:
             MultiLabelEvaluator(self.labels).write(self.result, folder, self.title)
         else:
@@ -115,6 +130,16 @@ def evaluate(
     classifier = model if isinstance(model, Classifier) else load_settings(as_settings(model))
     head = classifier.require_head()
     given_split = split if split is not None else chosen.split
+    if getattr(classifier.model.capabilities, "dense", False):  # masks, not class folders
+        from vitkit.experiments.seg_evaluation import evaluate_masks
+
+        where, name, result = evaluate_masks(
+            classifier, Path(data), given_split, chosen.batch_size, chosen.workers
+        )
+        labels = list(classifier.labels)
+        return Evaluation(
+            classifier.name, where, name, False, labels, result, "none", segmentation=True
+        )
     if is_label_table(str(data)):
         if not head.multi_label:
             raise VitkitError(

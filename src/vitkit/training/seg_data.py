@@ -178,6 +178,17 @@ def _plain(samples: list[MaskSample]) -> list[Sample]:
     return list(samples)
 
 
+def split_samples(data: str | os.PathLike[str], split: str | None) -> tuple[list[MaskSample], str]:
+    """The (image, mask) pairs of one split of a mask layout (default: test when there is one,
+    else all of DATA), and the split's name; DatasetError naming what is missing."""
+    given = _given_splits(Path(data))
+    if split is None:
+        split = "test" if "test" in given else "train"
+    if split not in given:
+        raise DatasetError(f"{data}: no {split} split (it has {', '.join(sorted(given))})")
+    return given[split], "all" if len(given) == 1 else split
+
+
 def _given_splits(path: Path) -> dict[str, list[MaskSample]]:
     if path.is_file():
         return {"train": read_table(path)}
