@@ -4,6 +4,8 @@ transformers / timm twins, onnxruntime) that run it."""
 
 from __future__ import annotations
 
+import copy
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,7 @@ def weight_bytes(module: Any) -> int:
 
 # ---- the contenders of `vitkit bench` ---------------------------------------------------------
 PEERS = ("transformers", "timm", "onnx")
+_TWINS = {"transformers": (hf_twin, "transformers-sdpa"), "timm": (timm_twin, "timm")}
 
 
 def forward_contenders(
@@ -97,54 +100,65 @@ def forward_contenders(
     Linear layers with the same dynamic quantization; bf16/fp16 casts their weights; ``compile``
     compiles every PyTorch contender. ``model`` itself is not modified.
     """
-    import copy
-
     say = log or (lambda message: None)
     device = torch.device(device)
+    precisions = [precision] if precision == "fp32" else [precision, "fp32"]
+    contenders = [
+        _vitkit_contender(
+            model, chosen, compile, device, "vitkit" if chosen == precision else "vitkit fp32"
+        )
+        for chosen in precisions
+    ]
+    for peer in against:
+        if peer not in PEERS:
+            raise ValueError(f"unknown peer {peer!r}: choose from {', '.join(PEERS)}")
+        contenders.extend(_peer_contenders(peer, model, precision, compile, device, workdir, say))
+    return contenders
+
+
+def _vitkit_contender(
+    model: Any, precision: str, compile: bool | str, device: torch.device, name: str
+) -> Contender:
+    fast = runtime.optimize(
+        copy.deepcopy(model), precision=precision, device=device, compile=compile, threads=None,
+        force=True,
+    )  # fmt: skip
+    fast_path = "[CLS]-only last block" if model.capabilities.cls_fast_path else ""
+    note = ", ".join(filter(None, [fast_path, compile_note(compile)]))
+    flops = logits_path_flops(model, model.config.image_hw)
+    return Contender(name, fast, flops, weight_bytes(fast.model), note)
+
+
+def _peer_contenders(
+    peer: str,
+    model: Any,
+    precision: str,
+    compile: bool | str,
+    device: torch.device,
+    workdir: str | Path | None,
+    say: Callable[[str], None],
+) -> list[Contender]:
+    """``peer``'s contenders, or none (said why) when it cannot run this model here."""
     image_hw = model.config.image_hw
     full_flops = float(model.flops_per_image(image_hw))
-    fast_flops = logits_path_flops(model, image_hw)
-
-    def vitkit_contender(name: str, chosen: str) -> Contender:
-        fast = runtime.optimize(
-            copy.deepcopy(model),
-            precision=chosen,
-            device=device,
-            compile=compile,
-            threads=None,
-            force=True,
-        )
-        fast_path = "[CLS]-only last block" if model.capabilities.cls_fast_path else ""
-        note = ", ".join(filter(None, [fast_path, compile_note(compile)]))
-        return Contender(name, fast, fast_flops, weight_bytes(fast.model), note)
-
-    contenders = [vitkit_contender("vitkit", precision)]
-    if precision != "fp32":
-        contenders.append(vitkit_contender("vitkit fp32", "fp32"))
-    problem = twin_problem(model)
-    builders = {"transformers": (hf_twin, "transformers-sdpa"), "timm": (timm_twin, "timm")}
-    for peer in against:
-        if peer == "onnx":
-            try:
-                contenders.extend(
-                    _onnx_contenders(model, precision, workdir, full_flops, fast_flops, say)
-                )
-            except Exception as error:  # an export problem must not cost the other peers' run
-                say(f"skipping onnx: {type(error).__name__}: {error}")
-            continue
-        if peer not in builders:
-            raise ValueError(f"unknown peer {peer!r}: choose from {', '.join(PEERS)}")
-        if problem:
-            say(f"skipping {peer}: {problem}")
-            continue
-        build, name = builders[peer]
+    if peer == "onnx":
         try:
-            twin = build(model)
-        except ImportError as error:
-            say(f"skipping {peer}: {error}")
-            continue
-        contenders.append(_peer_contender(name, twin, precision, compile, device, full_flops))
-    return contenders
+            fast_flops = logits_path_flops(model, image_hw)
+            return _onnx_contenders(model, precision, workdir, full_flops, fast_flops, say)
+        except Exception as error:  # an export problem must not cost the other peers' run
+            say(f"skipping onnx: {type(error).__name__}: {error}")
+            return []
+    problem = twin_problem(model)
+    if problem:
+        say(f"skipping {peer}: {problem}")
+        return []
+    build, name = _TWINS[peer]
+    try:
+        twin = build(model)
+    except ImportError as error:
+        say(f"skipping {peer}: {error}")
+        return []
+    return [_peer_contender(name, twin, precision, compile, device, full_flops)]
 
 
 def compile_note(compile: bool | str) -> str:
@@ -192,8 +206,6 @@ def _onnx_contenders(
     fast_flops: float,
     say: Callable[[str], None],
 ) -> list[Contender]:
-    import tempfile
-
     directory = Path(workdir or tempfile.mkdtemp(prefix="vitkit-bench-onnx-"))
     path = directory / "model-logits.onnx"
     if not path.exists():

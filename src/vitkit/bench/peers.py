@@ -6,6 +6,7 @@ token, no pooler); ``twin_problem`` says why a model has none.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from torch import nn
@@ -59,8 +60,6 @@ def hf_twin(model: ViT, attn_implementation: str = "sdpa") -> nn.Module:
     Goes through an HF directory on disk: transformers renames its modules between versions
     and maps the on-disk names at load time, so the file format is the stable contract.
     """
-    import tempfile
-
     import transformers  # optional: a peer only
 
     transformers.utils.logging.disable_progress_bar()

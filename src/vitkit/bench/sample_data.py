@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 # ---- inputs -----------------------------------------------------------------------------------
 def real_photos() -> list[Any]:
     """The real RGB photos bundled with scikit-image and scikit-learn (uint8 HWC arrays)."""
-    import numpy as np
-
     photos: list[Any] = []
     try:
         from skimage import data
@@ -34,8 +34,6 @@ def real_photos() -> list[Any]:
 
 def photo_batch(batch_size: int, image_hw: tuple[int, int]) -> torch.Tensor:
     """``batch_size`` real photos resized to ``image_hw``, normalised as ViT expects (mean/std 0.5)."""
-    import torch.nn.functional as F
-
     photos = real_photos()
     tensors = []
     for index in range(batch_size):

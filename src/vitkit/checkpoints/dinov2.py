@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from vitkit.checkpoints.directories import read_json, save_directory
+from vitkit.checkpoints.hf import read_weights
 from vitkit.checkpoints.key_mapping import KeyReader, build_vit
 from vitkit.checkpoints.overrides import apply_overrides, read_config
 from vitkit.checkpoints.weight_files import StateDict
@@ -71,8 +72,6 @@ def load_dinov2_directory(
     overrides: dict[str, Any] | None = None,
 ) -> tuple[ViT, dict[str, Any] | None]:
     """(model, preprocessor config or None) from a directory transformers wrote."""
-    from vitkit.checkpoints.hf import read_weights
-
     path = directory / "config.json"
     weights_path, tensors = read_weights(directory)
     tensors = _classic_names(_strip_prefix(tensors))

@@ -13,6 +13,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
 from vitkit.errors import CheckpointError
 
 # owner/name, optionally @revision (a branch, tag or commit): the Hub's own id grammar, loosely.
@@ -62,14 +70,6 @@ def _has_weights(directory: Path) -> bool:
 
 
 def _snapshot(hub_id: str, repo_id: str, revision: str | None, patterns: list[str]) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     try:
         return Path(
             snapshot_download(

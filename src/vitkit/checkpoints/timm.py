@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from vitkit.checkpoints.directories import read_json, save_directory
+from vitkit.checkpoints.hf import default_processor_config
 from vitkit.checkpoints.key_mapping import KeyReader, build_vit
 from vitkit.checkpoints.overrides import apply_overrides, check_setting_names, read_config
 from vitkit.checkpoints.weight_files import StateDict, read_state_dict
@@ -450,8 +451,6 @@ def save_timm_directory(
     ``mlp_layer=timm.layers.SwiGLUPacked`` in that call (a class cannot be written to JSON: the
     published UNI2-h and Virchow cards pass it the same way).
     """
-    from vitkit.checkpoints.hf import default_processor_config
-
     config = model.config
     processor = processor_config or default_processor_config(config)
     tensors = {

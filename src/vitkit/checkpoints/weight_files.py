@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from vitkit.errors import CheckpointError
 
@@ -36,9 +38,6 @@ def read_state_dict(path: Path) -> StateDict:
 
 
 def _read_safetensors(path: Path) -> StateDict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         # load_file memory-maps the file: copy, so that overwriting the file later (another
         # save into the same directory) cannot crash this process with SIGBUS.

@@ -19,6 +19,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -139,19 +140,9 @@ def write_image_folder(
         classes[minority] if minority is not None else None,
     )
     # README.json last: its presence says the folder is complete (cli compare reuses it).
-    atomic_write_text(
-        root / "README.json",
-        json.dumps(
-            {
-                "classes": info.classes,
-                "train": train_counts,
-                "test": test_counts,
-                "minority": info.minority,
-            },
-            indent=1,
-        )
-        + "\n",
-    )
+    summary: dict[str, Any] = {"classes": info.classes, "train": train_counts}
+    summary |= {"test": test_counts, "minority": info.minority}
+    atomic_write_text(root / "README.json", json.dumps(summary, indent=1) + "\n")
     return info
 
 
