@@ -10,7 +10,8 @@ rest.
 - the rate limit: one key's clients get 429 + Retry-After past it, served close to the limit;
 - two models answer by name; /v1/models lists both with their memory;
 - phone photos: a 48 MP JPEG answers 200 (decoded at half scale) within the memory bound; HEIC
-  and AVIF answer with the PNG's top-1.
+  and AVIF answer with the PNG's top-1;
+- the web page asks for the key (kept for the tab only) and lets the user pick the model.
 
 The full-size rate-limit measurement (5/s, 64 clients, 10 s) is benchmarks/serve_limits.py.
 """
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,6 +40,7 @@ from transformers import ViTImageProcessor
 
 from test_serve_process import Server
 from test_serve_support import LABELS, photo_bytes, save_tiny_checkpoint
+from test_web_page import browser, chromium, wait_done  # noqa: F401  (fixtures)
 from vitkit.serve.settings import ServeSettings
 
 KEY = "tester-key-0123456789abcdefghij"
@@ -321,3 +324,44 @@ def test_rate_limit_answers_429_and_serves_at_the_limit(server: Server) -> None:
     assert all(value.isdigit() and int(value) >= 1 for value in retry_after)
     assert served == pytest.approx(BURST + RATE * seconds, rel=0.1)
     assert server.alive() and server.client.get("/v1/models").status_code == 200  # other key
+
+
+# ---- the web page behind keys, with a model picker ---------------------------------------------
+def test_page_asks_for_the_key_and_lets_the_user_pick_a_model(
+    server: Server,
+    browser: Any,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(photo_bytes("chelsea", size=120))
+    tab = browser.new_page()
+    tab.set_default_timeout(20_000)
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        tab.goto(server.url + "/")
+        tab.wait_for_selector("#key-form:not([hidden])")  # /v1/models answered 401
+        tab.fill("#key", WRONG)
+        tab.click("#use-key")
+        tab.wait_for_selector("#key-form:not([hidden])")
+        assert "not accepted" in tab.inner_text("#key-why")
+        tab.fill("#key", KEY)
+        tab.click("#use-key")
+        tab.wait_for_selector("#model-choice:not([hidden])")
+        options = tab.locator("#model-pick option").all_text_contents()
+        assert options == ["cats", "vectors"] and tab.input_value("#model-pick") == "cats"
+        assert tab.evaluate("sessionStorage.getItem('vitkit-api-key')") == KEY
+        assert tab.evaluate("localStorage.length") == 0  # kept for the tab only
+        tab.set_input_files("#file", str(photo))
+        wait_done(tab, 1)
+        shown = tab.locator("#results .card .row").evaluate_all(
+            "rows => rows.map(row => row.dataset.label)"
+        )
+        assert shown == [p["label"] for p in v1_predict(server, photo.read_bytes())]
+        tab.select_option("#model-pick", "vectors")  # an embedder: the page says why no labels
+        tab.wait_for_selector("#results .card .error")
+        error = tab.locator("#results .card .error").get_attribute("data-error")
+        assert error == "no_classification_head"
+        assert errors == [], errors
+    finally:
+        tab.close()

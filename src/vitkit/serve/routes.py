@@ -184,8 +184,10 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
             json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"},
         ),
         top_k: int = TopK,
+        model: str | None = ModelName,
     ) -> dict[str, Any]:
-        return best((await classify(service, service.default, service.url(image_url), top_k))[0])
+        runner = service.runner(model)
+        return best((await classify(service, runner, service.url(image_url), top_k))[0])
 
     @app.post(
         "/predict_image_class",
@@ -195,9 +197,11 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         responses=schemas.responses_for(*schemas.UPLOAD_ERRORS),
         openapi_extra={"requestBody": schemas.IMAGE_BODY},
     )
-    async def predict_upload(request: Request, top_k: int = TopK) -> dict[str, Any]:
+    async def predict_upload(
+        request: Request, top_k: int = TopK, model: str | None = ModelName
+    ) -> dict[str, Any]:
         inputs = service.body(request, "image")
-        return best((await classify(service, service.default, inputs, top_k))[0])
+        return best((await classify(service, service.runner(model), inputs, top_k))[0])
 
     @app.post(
         "/v1/predict",

@@ -170,7 +170,7 @@ _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
 }
 UPLOAD_ERRORS = (400, 404, 408, 413, 415, 422, 503, 504)
-URL_ERRORS = (400, 413, 415, 422, 502, 503, 504)
+URL_ERRORS = (400, 404, 413, 415, 422, 502, 503, 504)
 
 
 def responses_for(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -1,10 +1,13 @@
 // The vitkit web page, and a worked example of the service's public API:
-//   GET  /v1/model                              the model's name, labels and head (header)
-//   POST /v1/predict?top_k=K  (multipart files) the top-K bars of an uploaded image
+//   GET  /v1/models                             the served models (a picker when there are several)
+//   GET  /v1/model?model=NAME                   the chosen model's name, labels and head (header)
+//   POST /v1/predict?top_k=K&model=NAME         the top-K bars of an uploaded image (multipart files)
 //   GET  /predict_image_class?image_url=U       the top-K bars of an image at a URL
 //   POST /v1/explain?method=M (multipart image) the attention overlay ("show where the model looked")
 //   POST /v1/segment          (multipart image) a segmentation model's overlay (legend below it)
 //                                               and each class's share of the pixels
+// A service behind API keys answers 401: the page then asks for a key, keeps it for this tab
+// only (sessionStorage) and sends it as "Authorization: Bearer KEY".
 // Every answer that is not a success is shown as a readable message in the image's card.
 // A multi-label model's answer carries each label's threshold and whether it passed: the bars
 // then mark the threshold and the labels that pass, and a line above them names those labels.
@@ -30,7 +33,12 @@ const ERROR_TITLES = {
   deadline_exceeded: "The server took too long to answer",
   network_error: "Could not reach the vitkit server",
   needs_file: "A segmentation model needs the image file",
+  unauthorized: "This service needs an API key (enter it above)",
+  rate_limited: "Too many requests with this key: try again in a moment",
+  too_many_key_failures: "Too many wrong keys from here: try again later",
+  model_not_found: "This service has no model of that name",
 };
+const KEY_STORE = "vitkit-api-key";  // sessionStorage: gone when the tab closes
 const SEGMENTATION_TYPES = ["dpt", "vitkit_segmenter"];  // config model_type of per-pixel models
 let segmentation = false;  // the model answers per pixel: /v1/segment, overlay and class shares
 
@@ -38,13 +46,30 @@ let items = [];  // the images on show: { name, file | url, card, overlays: {met
 let generation = 0;  // bumped by each new choice of images; older answers are dropped
 
 // ---- talking to the API ---------------------------------------------------------------------
+function withKey(options) {
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (!key) return options || {};
+  return { ...options, headers: { ...((options || {}).headers || {}), Authorization: `Bearer ${key}` } };
+}
+
+function chosenModel() {
+  return $("model-choice").hidden ? "" : $("model-pick").value;
+}
+
+function withModel(params) {
+  const model = chosenModel();
+  if (model) params.set("model", model);
+  return params;
+}
+
 async function call(url, options) {
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, withKey(options));
   } catch (error) {
     return { error: "network_error", detail: String(error) };
   }
+  if (response.status === 401) askForKey(Boolean(sessionStorage.getItem(KEY_STORE)));
   let answer;
   try {
     answer = await response.json();
@@ -66,10 +91,11 @@ async function predict(item) {
   if (item.file) {
     const body = new FormData();
     body.append("files", item.file, item.name);
-    const answer = await call(`/v1/predict?top_k=${topK()}`, { method: "POST", body });
+    const query = withModel(new URLSearchParams({ top_k: String(topK()) }));
+    const answer = await call(`/v1/predict?${query}`, { method: "POST", body });
     return answer.error ? answer : { predictions: answer[0] };
   }
-  const query = new URLSearchParams({ image_url: item.url, top_k: String(topK()) });
+  const query = withModel(new URLSearchParams({ image_url: item.url, top_k: String(topK()) }));
   return call(`/predict_image_class?${query}`);
 }
 
@@ -79,13 +105,14 @@ async function segment(item) {
   }
   const body = new FormData();
   body.append("image", item.file, item.name);
-  return call("/v1/segment", { method: "POST", body });
+  return call(`/v1/segment?${withModel(new URLSearchParams())}`, { method: "POST", body });
 }
 
 async function explain(item, method) {
   const body = new FormData();
   body.append("image", item.file, item.name);
-  return call(`/v1/explain?top_k=1&method=${encodeURIComponent(method)}`, { method: "POST", body });
+  const query = withModel(new URLSearchParams({ top_k: "1", method }));
+  return call(`/v1/explain?${query}`, { method: "POST", body });
 }
 
 // Runs job(item) for every item, PARALLEL at a time; returns when all are done.
@@ -152,6 +179,10 @@ function showPredictions(item, answer) {
   }
   for (const prediction of answer.predictions) list.append(predictionRow(prediction));
   result.append(list);
+  const scale = answer.predictions.length ? answer.predictions[0].decoded_scale : undefined;
+  if (scale !== undefined) {
+    result.append(element("p", "note", `a large image: read at ${scale * 100}% of its size (decoded_scale ${scale})`));
+  }
 }
 
 function showSegmentation(item, answer) {
@@ -345,11 +376,52 @@ $("explain").addEventListener("change", () => {
 $("method").addEventListener("change", () => updateOverlays(items));
 $("method").disabled = !$("explain").checked;  // a reload may keep the box ticked
 
+function askForKey(wrong) {
+  $("key-why").textContent = wrong
+    ? "That API key was not accepted: enter another. It is kept in this tab only."
+    : "This service needs an API key. It is kept in this tab only, and sent with each request.";
+  $("key-form").hidden = false;
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_STORE, $("key").value.trim());
+  $("key").value = "";
+  $("key-form").hidden = true;
+  showModels();
+});
+
+// The models the service has; a picker when there are several (the first is the default).
+async function showModels() {
+  const listed = await call("/v1/models");
+  if (listed.error) {
+    $("model").textContent = `${ERROR_TITLES[listed.error] || "model info unavailable"} (${listed.detail})`;
+    if (listed.error === "not_ready") setTimeout(showModels, 2000);
+    return;
+  }
+  const names = listed.models.map((model) => model.name);
+  const picked = names.includes($("model-pick").value) ? $("model-pick").value : listed.default;
+  $("model-pick").replaceChildren(...names.map((name) => {
+    const option = element("option", "", name);
+    option.value = name;
+    return option;
+  }));
+  $("model-pick").value = picked;
+  $("model-choice").hidden = names.length < 2;
+  showModel();
+}
+
+$("model-pick").addEventListener("change", () => {
+  showModel();
+  if (items.length) show(items.map(({ name, file, url }) => ({ name, file, url })));
+});
+
 async function showModel() {
-  const info = await call("/v1/model");
+  const query = withModel(new URLSearchParams());
+  const info = await call(`/v1/model?${query}`);
   if (info.error) {
     $("model").textContent = `${ERROR_TITLES[info.error] || "model info unavailable"} (${info.detail})`;
-    if (info.error === "not_ready") setTimeout(showModel, 2000);
+    if (info.error === "not_ready") setTimeout(showModels, 2000);
     return;
   }
   segmentation = SEGMENTATION_TYPES.includes(info.config && info.config.model_type);
@@ -361,4 +433,4 @@ async function showModel() {
   $("labels").replaceChildren(...info.labels.map((label) => element("li", "", label)));
   $("labels-box").hidden = false;
 }
-showModel();
+showModels();
