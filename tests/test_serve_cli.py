@@ -49,6 +49,10 @@ def refusal(capsys: pytest.CaptureFixture[str], *options: str) -> str:
         (["--burst", "5"], "--burst needs --rate-limit"),
         (["--model", "a=/no/a", "--model", "b=/no/b"], "--model a=/no/a"),
         (["--model", "google/vit-a", "--model", "google/vit-b"], "give each its own name"),
+        (["--open-metrics"], "--open-metrics needs --api-keys or --rate-limit"),
+        (["--key-failures", "5/min"], "--key-failures needs --api-keys"),
+        (["--model", "a=google/vit-a", "--model-name", "x"], "--model-name x: it names a single"),
+        (["--upload-grace", "-1"], "--upload-grace -1: cannot be negative"),
     ],
 )
 def test_impossible_settings_are_one_line(

@@ -73,7 +73,7 @@ def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "--model", f"vectors={checkpoints / 'vectors'}",
         "--max-image-bytes", str(10 * 1024 * 1024), "--max-pixels", "25000000",
         "--api-keys", str(keys), "--rate-limit", f"{RATE}/s", "--burst", str(BURST),
-        "--key-failures", "1000/min", "--log-format", "json", "--log-level", "info",
+        "--key-failures", "1000/min", "--log-format", "json", "--log-level", "info", "--no-warmup",
     ) as running:  # fmt: skip
         running.client.headers.update(AUTH)
         yield running
@@ -300,7 +300,7 @@ def test_a_48_megapixel_jpeg_answers_within_the_memory_bound(server: Server) -> 
 def test_rate_limit_answers_429_and_serves_at_the_limit(server: Server) -> None:
     statuses: list[int] = []
     retry_after: list[str] = []
-    seconds = 3.0
+    seconds = 2.0
 
     async def hammer() -> None:
         headers = {"Authorization": f"Bearer {HAMMER_KEY}"}

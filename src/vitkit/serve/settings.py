@@ -12,7 +12,7 @@ Torch-free: ``vitkit --help`` imports it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from vitkit.errors import ServeSettingsError
@@ -132,17 +132,14 @@ class ServeSettings:
         "seconds, else it is cut off (408 / 504; 0 turns the check off)",
         group=LIMITS,
     )
-    upload_grace: float = option(
-        5.0, "seconds before --min-transfer-rate applies", group=LIMITS, cli=False
-    )
+    upload_grace: float = option(5.0, "seconds before --min-transfer-rate applies", group=LIMITS)
     spool_memory: int = option(
         64 * MiB,
         "upload bytes kept in memory, all requests; the rest go to temporary files",
         group=LIMITS,
-        cli=False,
     )
     spool_per_upload: int = option(
-        1 * MiB, "of --spool-memory, what one upload may keep", group=LIMITS, cli=False
+        1 * MiB, "of --spool-memory, what one upload may keep", group=LIMITS
     )
     # ---- image URLs
     fetch_timeout: float = option(
@@ -217,6 +214,23 @@ class ServeSettings:
             allowlist=hosts_from(self.load.allow_hosts),
         )
 
+    def _check_no_idle_options(self) -> None:
+        """An option that would change nothing with the others given is refused, not ignored."""
+        guarded = self.api_keys is not None or self.rate_limit is not None
+        for flag, value in (("--open-metrics", self.open_metrics), ("--open-docs", self.open_docs)):
+            if value and not guarded:
+                raise ServeSettingsError(
+                    f"{flag} needs --api-keys or --rate-limit: without them every route is open"
+                )
+        default_failures = next(f.default for f in fields(self) if f.name == "key_failures")
+        if self.key_failures != default_failures and self.api_keys is None:
+            raise ServeSettingsError("--key-failures needs --api-keys: it limits wrong keys")
+        if self.model_name is not None and None not in self.model_sources():
+            raise ServeSettingsError(
+                f"--model-name {self.model_name}: it names a single model given as a path; "
+                "name each model with --model NAME=PATH instead"
+            )
+
     def model_sources(self) -> dict[str | None, LoadSettings]:
         """Each model's load settings by the name clients use (None: one model, named from
         ``model_name`` or its checkpoint); ``ServeSettingsError`` for names that clash."""
@@ -284,6 +298,9 @@ class ServeSettings:
             ("--max-batch-delay-ms", self.max_batch_delay_ms),
             ("--min-transfer-rate", self.min_transfer_rate),
             ("--graceful-timeout", self.graceful_timeout),
+            ("--upload-grace", self.upload_grace),
+            ("--spool-memory", self.spool_memory),
+            ("--spool-per-upload", self.spool_per_upload),
         ):
             if number < 0:
                 raise ServeSettingsError(f"{option_name} {number:g}: cannot be negative")
@@ -295,6 +312,7 @@ class ServeSettings:
                 f"{self.max_pixels:,}: the largest image allowed could never be decoded; "
                 "raise the budget or lower --max-pixels"
             )
+        self._check_no_idle_options()
         if self.burst is not None and self.burst < 1:
             raise ServeSettingsError(f"--burst {self.burst}: must be at least 1")
         if self.burst is not None and self.rate_limit is None:
