@@ -172,7 +172,7 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         summary="Classify the image at a URL",
         response_model=schemas.BestPrediction,
         response_model_exclude_none=True,  # single-label answers stay {label, score}
-        responses=schemas.responses_for(*schemas.URL_ERRORS),
+        responses=schemas.url_responses(),
     )
     async def predict_url(
         image_url: str = Query(

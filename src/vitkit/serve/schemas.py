@@ -183,6 +183,19 @@ def responses_for(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+def url_responses() -> dict[int | str, dict[str, Any]]:
+    """``responses_for(*URL_ERRORS)``, where a 400 may also be uvicorn's own plain text: a
+    request line longer than it reads (16 KiB; a long non-ASCII URL, percent-encoded) is refused
+    before the service sees it."""
+    responses = responses_for(*URL_ERRORS)
+    responses[400] = {
+        **responses[400],
+        "description": _MEANING[400] + " A request line over 16 KiB: uvicorn's text/plain 400.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return responses
+
+
 def v2_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses_for`` with the Open Inference Protocol's error body."""
     responses = responses_for(*statuses)
