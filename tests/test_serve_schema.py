@@ -122,7 +122,7 @@ def test_schemathesis_all_checks_pass(service_url: str, tmp_path: Path) -> None:
         command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
     )
     report = result.stdout + result.stderr
-    failures = report[report.find("= FAILURES ="):] if "= FAILURES =" in report else report
+    failures = report[report.find("= FAILURES =") :] if "= FAILURES =" in report else report
     assert result.returncode == 0, failures[:8000]
     # every operation (GET/HEAD/POST): the seed route, /v1, /v2, probes, metrics
     assert re.search(r"Tested: 24\b", report), report[-3000:]
