@@ -124,8 +124,8 @@ def test_schemathesis_all_checks_pass(service_url: str, tmp_path: Path) -> None:
     report = result.stdout + result.stderr
     failures = report[report.find("= FAILURES =") :] if "= FAILURES =" in report else report
     assert result.returncode == 0, failures[:8000]
-    # every operation (GET/HEAD/POST): the seed route, /v1, /v2, probes, metrics
-    assert re.search(r"Tested: 24\b", report), report[-3000:]
+    # every operation (GET/HEAD/POST): the seed route, /v1 (/v1/segment too), /v2, probes, metrics
+    assert re.search(r"Tested: 25\b", report), report[-3000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", report)
     assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 200, report[-3000:]
     assert time.monotonic() - start < 90, "keep this run bounded (<= 60 s in CI)"

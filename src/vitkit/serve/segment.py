@@ -32,7 +32,7 @@ from PIL import Image
 
 from vitkit.images.masks import class_areas, mask_png_bytes, overlay
 from vitkit.models.segmentation import upsample_logits
-from vitkit.serve import routes_v2, runner
+from vitkit.serve import routes_v2, runner, schemas
 from vitkit.serve.decoding import header_pixels, reduced_image
 from vitkit.serve.errors import BadInput
 from vitkit.serve.explain import wants_png
@@ -132,8 +132,14 @@ def add_segment_route(app: FastAPI, service: Service) -> None:
             "`overlay_png_base64`; the mask PNG alone for `format=png` or `Accept: image/png`."
         ),
         response_model=None,
-        responses={200: {"description": "the mask, areas and overlay"}},
-        openapi_extra={"requestBody": {"required": True, "content": {"image/*": {}}}},
+        responses={
+            200: {
+                "description": "the mask, areas and overlay (JSON), or the mask PNG alone",
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **schemas.responses_for(*schemas.UPLOAD_ERRORS),
+        },
+        openapi_extra={"requestBody": schemas.IMAGE_BODY},
     )
     async def segment(
         request: Request,
