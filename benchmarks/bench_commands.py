@@ -39,6 +39,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from results_io import median_spread, spread, write_results
+
 PEER_SCRIPTS = {
     "transformers_predict.py": """
         import json, sys
@@ -279,8 +281,6 @@ def rows_of(
     """One table row per contender; the speed-up is each round's best-peer wall time over the
     contender's in the same round (the load drifts between rounds), median and range. The
     speed-ups also go into ``speedups`` ("JOB: CONTENDER" -> spread), the results' summary."""
-    from results_io import median_spread, spread
-
     peers = [r for r in racers if r.peer]
     best = min(peers, key=lambda p: statistics.median(timings[p.name].wall), default=None)
     rows = []
@@ -309,8 +309,6 @@ def rows_of(
 def publish(
     args: argparse.Namespace, rows: list[list[str]], rounds: list[dict], speedups: dict[str, dict]
 ) -> Path:
-    from results_io import write_results
-
     return write_results(
         "commands",
         title="Whole commands: `vitkit predict` / `vitkit embed` against the scripts users write",

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import write_results
 from vitkit.cli import main
 from vitkit.experiments.mosaics import build_mosaics
 
@@ -49,8 +50,6 @@ def run() -> None:
 def publish(out: Path, wall: float) -> Path:
     """benchmarks/results/compare_multilabel.json from the compare run's results.json."""
     import json
-
-    from results_io import write_results
 
     compared = json.loads((out / "results.json").read_text())
     metrics = ("mAP", "macro_f1", "micro_f1", "roc_auc")

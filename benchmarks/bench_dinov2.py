@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from results_io import write_report
 from vitkit.bench.contenders import logits_path_flops, weight_bytes
 from vitkit.bench.sample_data import photo_batch
 from vitkit.bench.timing import Contender, run_interleaved
@@ -108,8 +109,6 @@ def main() -> int:
             log=log,
             clock=time.process_time if args.cpu_time else time.perf_counter,
         )
-    from results_io import write_report
-
     timing = (
         "CPU time of one thread"
         if args.cpu_time

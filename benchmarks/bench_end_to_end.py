@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import vitkit
+from results_io import write_report
 from vitkit.bench.contenders import weight_bytes
 from vitkit.bench.sample_data import real_photos
 from vitkit.bench.timing import Contender, run_interleaved
@@ -157,8 +158,6 @@ def main() -> int:
                 ),
                 log=log,
             )
-        from results_io import write_report
-
         path = write_report(
             f"end_to_end_{size.replace('x', '_')}",
             title=f"JPEG files ({size}) to top-5 labels, in-process: vitkit against transformers' pipeline",

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from results_io import median_spread, spread, write_results
+
 
 def photo() -> bytes:
     from skimage import data
@@ -72,8 +74,6 @@ def main() -> None:
             stage()
             times[name].append(time.perf_counter() - start)
     png = overlay_png(shown, attention_map)
-    from results_io import median_spread, spread, write_results
-
     path = write_results(
         "explain",
         title="`POST /v1/explain`: where the time goes",

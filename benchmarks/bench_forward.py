@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from results_io import write_report
 from vitkit.bench.contenders import forward_contenders, load_bench_model, logits_path_flops
 from vitkit.bench.memory import Forward
 from vitkit.bench.sample_data import photo_batch
@@ -84,8 +85,6 @@ def thread_sweep(model_name: str, rounds: int) -> None:
 
 def publish(name: str, title: str, report: Report, base: str, notes: str = "") -> None:
     """benchmarks/results/NAME.json from one interleaved report."""
-    from results_io import write_report
-
     extra = {"threads": torch.get_num_threads()}
     print(
         f"wrote {write_report(name, title=title, report=report, base=base, notes=notes, extra=extra)}"

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from results_io import interleaved_table, spread, write_results
 from vitkit.bench.contenders import forward_contenders
 from vitkit.bench.memory import synchronize
 from vitkit.bench.report import machine_info
@@ -259,8 +260,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 # ---- results file -------------------------------------------------------------------------------
 def forward_table(forward: dict[str, Any]) -> dict[str, Any]:
     """images/s per contender and its time over eager vitkit's, per round (median, min-max)."""
-    from results_io import interleaved_table
-
     batch = forward["batch_size"]
     return interleaved_table([{**r, "batch_size": batch} for r in forward["results"]], "vitkit")
 
@@ -287,8 +286,6 @@ def end_to_end_text(results: dict[str, Any]) -> str:
 
 def publish(results: dict[str, Any], name: str, command: str) -> Path:
     """Write benchmarks/results/<name>.json from the measured stages."""
-    from results_io import spread, write_results
-
     forward = results["forward"]
     batch = forward["batch_size"]
     gemm = spread(forward["gemm_gflops"])

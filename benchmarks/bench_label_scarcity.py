@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from results_io import median_spread, spread, write_results
 from vitkit.experiments.demo_data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -253,7 +254,6 @@ def run_seed(job: tuple[Any, ...]) -> list[dict[str, Any]]:
 def publish(results: list[dict[str, Any]], seeds: list[int], notes: str) -> Path:
     """benchmarks/results/label_scarcity.json: test macro-F1 per label fraction and start, and
     the MAE - scratch gain seed by seed."""
-    from results_io import median_spread, spread, write_results
 
     def score(seed: int, fraction: float, start: str) -> float:
         return next(

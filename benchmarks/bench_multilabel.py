@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import median_spread, spread, write_results
 from vitkit.experiments.mosaics import build_mosaics
 from vitkit.training.tasks.multilabel import MultiLabelBuilder
 from vitkit.training.trainer import TrainConfig, train
@@ -94,8 +95,6 @@ def main() -> None:
         run_seed(out, int(seed), args.epochs, args.source, args.balance, sizes)
         for seed in args.seeds.split(",")
     ]
-    from results_io import median_spread, spread, write_results
-
     keys = ("mAP", "roc_auc", "macro_f1", "macro_f1_at_0.5", "micro_f1", "micro_f1_at_0.5")
     rows = [
         [r["seed"], *(f"{r['test'][k]:.4f}" for k in keys), f"{r['best_epoch']}/{args.epochs}"]

@@ -31,6 +31,7 @@ import torch
 import transformers
 from PIL import Image
 
+from results_io import median_spread, spread, write_results
 from vitkit.images.processor import ImageProcessor
 
 DECODE_ONLY = "(floor) torchvision decode_jpeg alone, no resize/normalize"
@@ -182,7 +183,6 @@ def publish(
 ) -> Path:
     """benchmarks/results/preprocess.json: rates from CPU time (one thread: one core's busy
     time, which other processes cannot inflate) and wall time; ratios taken round by round."""
-    from results_io import median_spread, spread, write_results
 
     def ratios(name: str, base: str) -> list[float]:
         return [theirs / mine for mine, theirs in zip(cpu[name], cpu[base], strict=True)]

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from results_io import goal_verdict, median_spread, spread, write_results
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -195,8 +197,6 @@ def report(
 ) -> None:
     """benchmarks/results/ray_overhead.json: each round's rate and its ratio to one process on
     as many cores in the same round; the goal is met only if every round's ratio clears it."""
-    from results_io import goal_verdict, median_spread, spread, write_results
-
     rows, summary, rounds = [], {}, []
     for (name, batch_size), runs in results.items():
         base = results[(SAME_CORES[name], batch_size)]

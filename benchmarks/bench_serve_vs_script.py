@@ -40,6 +40,8 @@ from pathlib import Path
 
 import httpx
 
+from results_io import median_spread, write_results
+
 LOOPBACK = "127.0.0.1"
 SCRIPT = """
     import io, os
@@ -210,8 +212,6 @@ SCRIPT_NAME = "hand-written FastAPI + pipeline"
 def rows_of(runs: list[Run], clients: int) -> list[list[str]]:
     """One row per service at this client count; the throughput ratio is taken round by round
     against the script's run in the same round."""
-    from results_io import median_spread
-
     mine = [r for r in runs if r.clients == clients]
     reference = [r.throughput for r in mine if r.contender == SCRIPT_NAME]
     rows = []
@@ -233,8 +233,6 @@ def rows_of(runs: list[Run], clients: int) -> list[list[str]]:
 
 
 def publish(runs: list[Run], args: argparse.Namespace) -> Path:
-    from results_io import write_results
-
     clients = dict.fromkeys(r.clients for r in runs)
     return write_results(
         "serve_vs_script",

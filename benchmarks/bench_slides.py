@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from results_io import median_spread, spread, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 STORE_TILE = 256
 MPP = 0.25
@@ -250,8 +252,6 @@ NOTES = (
 def publish(runs: list[dict[str, Any]], command: str) -> Path:
     """Write benchmarks/results/slides.json: tiles/s and the ratio to the model alone per
     contender (each round's ratio: the load drifts between rounds), and peak RSS per size."""
-    from results_io import median_spread, spread, write_results
-
     first = max(run["size"] for run in runs)
     by_round: dict[int, dict[str, float]] = {}
     for run in runs:

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from results_io import write_results
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,8 +43,6 @@ def main() -> None:
     device = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cores} CPU cores"
     )
-    from results_io import write_results
-
     f1 = float(macro.group(3)) if macro else None
     recall = float(minority.group(2)) if minority else None
     path = write_results(

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import median_spread, spread, write_results
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -157,8 +159,6 @@ def main() -> int:
 def publish(
     args: argparse.Namespace, data_name: str, written: dict[str, int], rounds: list[dict]
 ) -> Path:
-    from results_io import median_spread, spread, write_results
-
     def walls(name: str) -> list[float]:
         return [r["wall_s"] for r in rounds if r["contender"] == name]
 

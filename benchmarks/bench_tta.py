@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 import vitkit
+from results_io import median_spread, spread, write_results
 from vitkit.cli.demo import DEMO_MODEL, DEMO_PRESET, DEMO_TRAINING
 from vitkit.experiments.demo_data import build_demo_folder
 from vitkit.training.metrics import classification_report
@@ -112,8 +113,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = [run_seed(out, int(s), args.epochs) for s in args.seeds.split(",")]
-    from results_io import median_spread, spread, write_results
-
     names = list(results[0]["rows"])
     rows = []
     for name in names:

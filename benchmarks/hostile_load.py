@@ -44,6 +44,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from results_io import write_results
+
 LOOPBACK = "127.0.0.1"
 SCENARIOS = ("slow-uploaders", "upload-memory", "slow-upstreams", "disconnects", "metric-labels")
 
@@ -455,7 +457,6 @@ def main() -> int:
 
 def publish(results: list[dict], args: argparse.Namespace) -> Path:
     """benchmarks/results/serve_hostile.json: one row per attack, its measurements as text."""
-    from results_io import write_results
 
     def measured(result: dict) -> str:
         return "; ".join(f"{key} {value}" for key, value in result.items() if key != "scenario")

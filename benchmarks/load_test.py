@@ -33,6 +33,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from results_io import write_results
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -253,8 +255,6 @@ def stage_timings(
 
 def publish(results: list[RunResult], timings: dict | None, args: argparse.Namespace) -> Path:
     """benchmarks/results/serve_load.json: one row per batching setting."""
-    from results_io import write_results
-
     base = results[-1].throughput_rps if args.compare else None
     rows = [
         [

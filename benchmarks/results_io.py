@@ -30,9 +30,11 @@ A benchmark script ends with one call::
   (``median_spread``); claim a goal met only when the whole spread clears it (``goal_verdict``).
 - ``notes`` is markdown shown under the table; the machine and date come from the file itself,
   never from prose.
-- The load average is read when this module is imported (import it before the measured work,
-  or call ``mark_start()``) and again inside ``write_results``: a timing taken while the machine
-  was busy shows it.
+- The load average is read when this module is imported (import it at the top of the script,
+  not inside the function that writes, or call ``mark_start()``) and again inside
+  ``write_results``: a timing taken while the machine was busy shows it.
+- ``write_report`` is ``write_results`` for an interleaved ``vitkit.bench`` report.
+- ``VITKIT_RESULTS_DIR=/tmp/x`` sends a smoke run's file elsewhere.
 
 A results file without a ``table`` needs its own renderer in ``scripts/render_benchmarks.py``
 (the render check fails on a file it cannot render). After writing a results file, run
@@ -160,6 +162,7 @@ def machine_info() -> dict[str, Any]:
         "load_average_before": _load_at_start,
         "load_average_now": _load_average(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "nice": os.nice(0),  # a niced run yields the cores to others: its timings say less
         "versions": _versions(),
         "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

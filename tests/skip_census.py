@@ -52,7 +52,8 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if any(not allowed(reason) for reason in _skips) and exitstatus == pytest.ExitCode.OK:
+    passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)  # all skipped: none ran
+    if any(not allowed(reason) for reason in _skips) and exitstatus in passing:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -39,10 +39,11 @@ def _pytest(folder: Path, body: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_skip_for_a_missing_package_fails_the_run(tmp_path: Path) -> None:
+    # module level, as the old tests did: every test of the file skipped, none ran
     run = _pytest(
         tmp_path,
-        "def test_needs_a_package():\n    pytest.importorskip('no_such_dev_package')\n\n"
-        "def test_passes():\n    pass\n",
+        "dev_package = pytest.importorskip('no_such_dev_package')\n\n"
+        "def test_needs_a_package():\n    assert dev_package\n",
     )
     assert run.returncode == 1, run.stdout
     assert "NOT ALLOWED (fails the run): could not import 'no_such_dev_package'" in run.stdout
