@@ -757,3 +757,22 @@ def test_multipart_edges_and_uploads_spooled_to_disk(classifier: Classifier) -> 
     assert (too_many.status_code, too_many.json()["error"]) == (400, "bad_request")
     assert "more than 3 files" in too_many.json()["detail"]
     assert (no_boundary.status_code, no_boundary.json()["error"]) == (400, "bad_request")
+
+
+def test_the_settings_alone_name_the_models_to_load(checkpoint: Path) -> None:
+    """``create_app(settings=...)``: the library loads what ``ServeSettings.models`` names, each
+    with the shared ``LoadSettings``, and answers as the library itself does."""
+    from vitkit.inference.settings import LoadSettings
+
+    settings = ServeSettings(
+        models=[f"cats={checkpoint}", f"twin={checkpoint}"],
+        load=LoadSettings(device="cpu", threads=1),
+        warmup=False,
+    )
+    with TestClient(create_app(settings=settings)) as test_client:
+        wait_ready(test_client)
+        listed = test_client.get("/v1/models").json()
+        answer = test_client.post("/v1/predict?model=twin&top_k=2", content=photo_bytes())
+    assert [model["name"] for model in listed["models"]] == ["cats", "twin"]
+    [expected] = load(checkpoint, device="cpu").predict([photo_bytes()], top_k=2)
+    assert [p["label"] for p in answer.json()[0]] == [p["label"] for p in expected]
