@@ -255,6 +255,9 @@ def test_cross_validation_by_patient(slides: dict[str, object], tmp_path: Path) 
     rows = slides["rows"][:16]  # type: ignore[index]
     table = _table(tmp_path / "slides.csv", rows)
     out = tmp_path / "cv"
+    # a tiling other than the embedded slides' is refused before any work
+    assert main(_train_command(table, slides, out, "--tile-size", "64")) == 1
+    assert not (out / "last.pt").exists()
     command = _train_command(
         table,
         slides,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
+from vitkit.slides.settings import SlideSettings
 from vitkit.training.config import TrainConfig
 from vitkit.training.tasks.mil_config import (
     MIL_LR,
@@ -53,6 +54,7 @@ OWN_HELP = {
     "balance": "class balance: auto = class weights in the loss when class counts differ",
     "workers": "data-loading processes (default 0: bags read in this process)",
 }
+TILING_OPTIONS = ("level", "mpp", "tile_size", "stride", "min_tissue", "reader", "pool")
 SLIDE_TABLE_OPTIONS = (
     "embeddings",
     "encoder",
@@ -103,6 +105,8 @@ def register(subparsers: Any) -> None:
     )
     add_options(train, TrainConfig, only=TRAIN_OPTIONS, defaults=TRAIN_DEFAULTS, helps=OWN_HELP)
     add_options(train, MILSettings)
+    # how slides embedded now are tiled (those embedded already keep theirs)
+    add_options(train, SlideSettings, only=TILING_OPTIONS)
     train.set_defaults(func=run_train, refuse=train.error)
     evaluate = commands.add_parser("eval", help="a saved model on a slide table")
     add_options(evaluate, TrainConfig, only=("data",), helps=OWN_HELP)
@@ -130,7 +134,11 @@ def run_train(args: argparse.Namespace) -> int:
     _check(settings, args)
     table = Path(cfg.data)
     rows = read_slide_table(table, settings)
-    embedded = embed_rows(rows, settings, table, device=cfg.device, report=_say)
+    # SlideSettings' batch size and workers are not options here (train's are other things)
+    tiles = config_from_args(
+        SlideSettings, args, batch_size=SlideSettings.batch_size, workers=SlideSettings.workers
+    )
+    embedded = embed_rows(rows, settings, table, device=cfg.device, tiles=tiles, report=_say)
     try:
         result = train_mil(
             cfg, settings, embedded.rows, encoder=embedded.encoder, tiling=embedded.tiling

@@ -47,9 +47,11 @@ def embed_rows(
     table: Path,
     *,
     device: str | None = None,
+    tiles: SlideSettings | None = None,
     report: Report | None = None,
 ) -> EmbeddedRows:
-    """Each row with its embeddings file (embedding the missing slides with ``settings.encoder``)."""
+    """Each row with its embeddings file (embedding the missing slides with ``settings.encoder``
+    and, when no slide is embedded yet, the tiling of ``tiles``)."""
     say = report or (lambda message: None)
     found, missing = [], []
     for row in rows:
@@ -61,7 +63,7 @@ def embed_rows(
     encoder, tiling = provenance([Path(r.embeddings or "") for r in found])
     embedded_now = []
     if missing:
-        encoder, tiling = _plan_missing(missing, settings, table, encoder, tiling)
+        encoder, tiling = _plan_missing(missing, settings, table, encoder, tiling, tiles)
         classifier = _load_encoder(encoder, device)
         for row in missing:
             slide = _slide_file(row, table)
@@ -102,8 +104,10 @@ def _plan_missing(
     table: Path,
     encoder: dict[str, Any],
     tiling: dict[str, Any],
+    tiles: SlideSettings | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The encoder and tiling for the slides to embed now (those of the others, if any)."""
+    """The encoder and tiling for the slides to embed now: those of the slides embedded
+    already, if any (a tiling asked for that differs is refused), else ``tiles``."""
     first = missing[0]
     where = f" under {settings.embeddings}" if settings.embeddings else ""
     if settings.encoder is None or settings.embeddings is None:
@@ -120,9 +124,17 @@ def _plan_missing(
             f"--encoder {settings.encoder}: the slides already embedded{where} were embedded "
             f"with {encoder.get('model')}; a model learns one embedding space: embed with that"
         )
-    return encoder or {"model": name}, tiling or {
-        k: getattr(SlideSettings(), k) for k in TILING_FIELDS
-    }
+    asked = tiles or SlideSettings()
+    if not tiling:
+        return {"model": name, "pool": asked.pool}, {k: getattr(asked, k) for k in TILING_FIELDS}
+    default = SlideSettings()
+    for key in TILING_FIELDS:
+        if getattr(asked, key) != getattr(default, key) and getattr(asked, key) != tiling.get(key):
+            raise DatasetError(
+                f"--{key.replace('_', '-')} {getattr(asked, key)}: the slides already embedded"
+                f"{where} used {tiling.get(key)}; a model learns one tiling: leave it out"
+            )
+    return encoder, tiling
 
 
 def _slide_file(row: SlideRow, table: Path) -> Path:
