@@ -109,7 +109,7 @@ def test_schemathesis_all_checks_pass(service_url: str, tmp_path: Path) -> None:
         "--config-file", str(CONFIG),
         "run", f"{service_url}/openapi.json",
         "--checks", "all",
-        "--max-examples", "15",
+        "--max-examples", "10",
         "--seed", "18",
         "--workers", "2",
         "--request-timeout", "20",
