@@ -123,6 +123,12 @@ def pretrain_encoder(args: argparse.Namespace, digits: Path) -> Path:
     return out / "best"
 
 
+def _mae_seconds(out: Path) -> float:
+    """Wall time of the MAE pre-training, from its metrics (also when it ran in an earlier call)."""
+    with open(out / "metrics.csv", newline="") as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle))
+
+
 def _epochs_done(out: Path) -> int:
     metrics = out / "metrics.csv"
     return len(metrics.read_text().splitlines()) - 1 if metrics.is_file() else 0
@@ -373,7 +379,7 @@ def summarise(
     return summary, {"columns": columns, "rows": rows}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="work folder (bags, runs; resumable)")
     parser.add_argument("--sizes", default="10,50", type=lambda s: [int(v) for v in s.split(",")])
@@ -395,7 +401,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     import torch
 
     import vitkit.training.callbacks as callbacks
@@ -409,9 +419,8 @@ def main() -> None:
     train_x, train_y, test_x, test_y = load_digits_split()
     digits = Path(args.out) / "digits"
     write_pngs(train_x, digits)
-    mae_started = time.perf_counter()
     encoder = pretrain_encoder(args, digits)
-    mae_seconds = time.perf_counter() - mae_started
+    mae_seconds = _mae_seconds(Path(args.out) / "mae")
     vectors = {
         "train": embed(encoder, train_x, args.pool),
         "test": embed(encoder, test_x, args.pool),

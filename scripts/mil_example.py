@@ -96,13 +96,8 @@ def vitkit(*arguments: str) -> None:
     subprocess.run(command, check=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/mil-example"))
-    args = parser.parse_args()
-    work = args.work
-    if work.exists():
-        shutil.rmtree(work)
+def make_slides(work: Path) -> list[dict[str, str]]:
+    """26 slides (odd ones with the lesion); the first 24 listed in slides.csv with a split."""
     (work / "slides").mkdir(parents=True)
     rng = np.random.default_rng(7)
     rows = []
@@ -122,6 +117,16 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mil-example"))
+    work = parser.parse_args().work
+    if work.exists():
+        shutil.rmtree(work)
+    rows = make_slides(work)
     model = encoder(work / "encoder")
     vitkit(
         "slide",
@@ -137,16 +142,15 @@ def main() -> None:
         "mil", "train", "--data", str(work / "slides.csv"), "--embeddings", str(work / "emb"),
         "--out", str(work / "run"), "--epochs", "20", "--lr", "2e-3", "--no-progress",
     )  # fmt: skip
+    best = str(work / "run" / "best")
     new = [str(work / "slides" / f"case{i}.tif") for i in (24, 25)]  # never listed: clear, lesion
-    vitkit(
-        "mil", "predict", *new, "--model", str(work / "run" / "best"), "--out", str(work / "pred")
-    )
+    vitkit("mil", "predict", *new, "--model", best, "--out", str(work / "pred"))
     vitkit(
         "mil",
         "predict",
         new[1],
         "--model",
-        str(work / "run" / "best"),
+        best,
         "--out",
         str(work / "linear"),
         "--heatmap-scale",
@@ -154,12 +158,12 @@ def main() -> None:
         "--no-gallery",
     )
     DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    shutil.copy(
+    copy_png(
         work / "linear" / "case25" / "heatmap-attention.png", DOCS_IMAGES / "mil-heatmap-linear.png"
     )
     copy_png(work / "pred" / "case25" / "heatmap-attention.png", DOCS_IMAGES / "mil-heatmap.png")
     copy_png(work / "pred" / "case25" / "gallery.png", DOCS_IMAGES / "mil-gallery.png")
-    print(f"-> {DOCS_IMAGES / 'mil-heatmap.png'}, {DOCS_IMAGES / 'mil-gallery.png'}")
+    print(f"-> {DOCS_IMAGES}/mil-heatmap.png, mil-heatmap-linear.png, mil-gallery.png")
 
 
 if __name__ == "__main__":

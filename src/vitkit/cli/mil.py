@@ -165,7 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from vitkit.checkpoints.mil import load_mil
-    from vitkit.slides.mil_inputs import embed_rows
+    from vitkit.slides.mil_inputs import embed_rows, slide_settings
     from vitkit.training.mil_train import evaluate_mil
     from vitkit.training.tasks.mil_data import read_slide_table
 
@@ -180,7 +180,11 @@ def run_eval(args: argparse.Namespace) -> int:
         rows = [row for row in rows if row.split == chosen.split]
         if not rows:
             args.refuse(f"--split {chosen.split}: no row of {table} has it")
-    embedded = embed_rows(rows, table_settings, table, device=chosen.device, report=_say)
+    # slides not embedded yet are embedded as the model's training slides were
+    tiles = slide_settings(model.encoder, model.tiling) if model.tiling else None
+    embedded = embed_rows(
+        rows, table_settings, table, device=chosen.device, tiles=tiles, report=_say
+    )
     result = evaluate_mil(
         model,
         embedded.rows,

@@ -32,7 +32,7 @@ from vitkit.training.config import TrainConfig
 from vitkit.training.evaluate import EvalResult, evaluate
 from vitkit.training.tasks.mil import MILBuilder
 from vitkit.training.tasks.mil_config import MILSettings, mil_recipe
-from vitkit.training.tasks.mil_data import BagDataset, SlideRow, bag_samples
+from vitkit.training.tasks.mil_data import BagDataset, SlideRow, bag_dim, bag_samples
 from vitkit.training.tasks.mil_eval import METRICS, MILEvaluator
 from vitkit.training.trainer import TrainResult, train
 
@@ -147,6 +147,13 @@ def evaluate_mil(
             f"label(s) {', '.join(unknown)} are not among the model's ({', '.join(model.labels)})"
         )
     samples = bag_samples(rows, model.labels, model.multi_label)
+    for sample in samples[:1]:  # one encoder made them all (vitkit.slides.mil_inputs checks)
+        if bag_dim(sample.embeddings) != model.config.input_dim:
+            raise TrainingError(
+                f"{sample.embeddings}: {bag_dim(sample.embeddings)}-d tile embeddings, the model "
+                f"takes {model.config.input_dim}-d: embed with "
+                f"{model.encoder.get('model', 'its training encoder')}"
+            )
     dataset = BagDataset(samples, multi_label=model.multi_label)
     evaluator = MILEvaluator(model.labels, multi_label=model.multi_label, bootstrap=bootstrap)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
