@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,8 +231,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _write_predictions(out: Path, labels: list[str], lines: list[list[Any]]) -> None:
-    import csv
-    import io
 
     from vitkit.atomic_files import atomic_write_text
 

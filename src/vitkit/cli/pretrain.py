@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from vitkit.cli._options import add_options, config_from_args
@@ -95,7 +96,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
     from vitkit.training.distributed import cleanup_distributed
     from vitkit.training.tasks.mae import MAEBuilder

@@ -41,6 +41,7 @@ import io
 import json
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -561,7 +562,6 @@ def plot_metrics(results: list[RowResult], path: Path, scores: Scores = SINGLE_L
     metric, each labelled with three decimals. The score axis spans the data, not 0-1: rows
     that differ by 0.03 macro-F1 must look different. The legend sits outside the bars."""
     # matplotlib (~0.3 s to import) only when a chart is drawn
-    import textwrap
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -460,7 +460,6 @@ def start_up_timings(
     What `vitkit info --timings` shows; the inputs are noise (a forward's cost does not depend
     on the pixel values). Runs with the thread choice `vitkit predict` makes.
     """
-    import time
 
     config: Any = model.config  # every registered model's config says its size
     height, width = config.image_hw

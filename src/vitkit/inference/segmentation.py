@@ -18,6 +18,7 @@ import torch
 
 from vitkit.checkpoints import LoadedModel, load_model
 from vitkit.errors import UnsupportedOperationError, UsageError
+from vitkit.images.decode import describe
 from vitkit.images.masks import class_areas
 from vitkit.images.processor.dense import DenseProcessor
 from vitkit.inference.classifier import fetch_policy, pick_device
@@ -156,7 +157,6 @@ class SegmentationRunner:
 
     def segment(self, images: Any) -> list[SegmentationResult]:
         """Masks for one image or a list (paths, bytes, PIL images, arrays), each at its size."""
-        from vitkit.images.decode import describe
 
         sources = list(images) if isinstance(images, list | tuple) else [images]
         results = []

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.errors import DatasetError
+from vitkit.inference.classifier import load
 from vitkit.slides.runner import SUMMARY, SlideSettings, run_slide, slide_folder
 from vitkit.training.tasks.mil_config import MILSettings
 from vitkit.training.tasks.mil_data import SlideRow
@@ -148,7 +149,6 @@ def _slide_file(row: SlideRow, table: Path) -> Path:
 
 
 def _load_encoder(encoder: dict[str, Any], device: str | None) -> Any:
-    from vitkit.inference.classifier import load
 
     return load(
         encoder["model"],

@@ -20,6 +20,7 @@ import torch
 
 from vitkit.checkpoints.mil import MILModel
 from vitkit.errors import SlideError
+from vitkit.inference.classifier import load
 from vitkit.slides import mil_outputs
 from vitkit.slides.mil_inputs import EMBEDDINGS_FILE, slide_settings
 from vitkit.slides.runner import SUMMARY, run_slide, slide_folder
@@ -45,8 +46,6 @@ class EncoderCache:
 
     def get(self) -> Any:
         if self._classifier is None:
-            from vitkit.inference.classifier import load
-
             encoder = self.model.encoder
             self._classifier = load(
                 encoder["model"],

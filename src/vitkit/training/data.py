@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import DatasetError, TrainingError
-from vitkit.images.decode import IMAGE_EXTENSIONS
+from vitkit.images.decode import IMAGE_EXTENSIONS, load_image
 from vitkit.training.augment import build_train_transform, check_mix
 from vitkit.training.config import BALANCE_MODES, TrainConfig
 from vitkit.training.model_spec import ModelSpec
@@ -91,7 +91,6 @@ def list_samples(root: Path, classes: Sequence[str]) -> list[Sample]:
 
 def load_rgb(path: str) -> Image.Image:
     """Decode one image to RGB (EXIF-transposed) with vitkit.images.decode."""
-    from vitkit.images.decode import load_image
 
     return load_image(path)
 

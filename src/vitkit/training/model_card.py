@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vitkit.atomic_files import atomic_write_text
+from vitkit.checkpoints.hub import source_kind
 from vitkit.training.evaluate import EvalResult
 from vitkit.training.run import Run
 from vitkit.training.state import FitState
@@ -62,7 +64,6 @@ def write_model_card(
     run: Run, fit: FitState, directory: Path, test: EvalResult | None = None
 ) -> None:
     """``directory/README.md`` for the model saved there; with ``test``, its pictures too."""
-    from vitkit.atomic_files import atomic_write_text
 
     if test is not None:
         for source in (
@@ -150,9 +151,8 @@ def library_name(directory: Path) -> str:
 
 def _is_hub_id(name: str) -> bool:
     """A Hub id the model started from (the Hub links the card to it), not a local path."""
-    from vitkit.checkpoints.hub import is_hub_id
 
-    return is_hub_id(name) and not Path(name).exists()
+    return source_kind(name) == "hub"
 
 
 def _model_name(run: Run) -> str:

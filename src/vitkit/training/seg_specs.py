@@ -13,6 +13,7 @@ Both preprocess with ``DenseProcessor`` (transformers' DPTImageProcessor) at the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,5 @@ def unet_spec(
 
 
 def _json(data: dict[str, Any]) -> str:
-    import json
 
     return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -42,6 +42,7 @@ from PIL import Image
 
 from vitkit.atomic_files import atomic_write_text
 from vitkit.errors import DatasetError
+from vitkit.images.decode import load_image
 from vitkit.training.data import DataSplits, Sample, stratified_split
 from vitkit.training.labels import MultiLabelSample, is_label_table, multilabel_split
 
@@ -145,7 +146,6 @@ class StoredMultiLabelSample(MultiLabelSample):
 
 def decode_stored(store: Any, row: int, sample_id: str) -> Image.Image:
     """The stored bytes decoded as a file would be (``vitkit.images.decode``)."""
-    from vitkit.images.decode import load_image
 
     data = store.read(row)
     try:

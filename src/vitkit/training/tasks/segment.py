@@ -42,6 +42,7 @@ from vitkit.training.plots import plot_confusion_matrix
 from vitkit.training.seg_augment import JointTrainTransform
 from vitkit.training.seg_config import SegmentationSettings
 from vitkit.training.seg_metrics import segmentation_report
+from vitkit.training.seg_plots import plot_class_scores
 from vitkit.training.seg_specs import segmenter_spec
 from vitkit.training.task import TrainingTask
 from vitkit.training.task_builder import TaskBuilder
@@ -174,7 +175,6 @@ def write_segmentation_outputs(
     report: dict[str, Any], loss: float, directory: Path, title: str
 ) -> None:
     """metrics.json, confusion_matrix.json, confusion_matrix.png and per_class_iou.png."""
-    from vitkit.training.seg_plots import plot_class_scores
 
     directory.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in report.items() if k != "confusion_matrix"}
