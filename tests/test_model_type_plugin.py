@@ -249,12 +249,7 @@ def test_serve_finds_the_type_as_an_installed_entry_point(
     """A package declaring the entry in its metadata (entry_points.txt, what pip installs) is
     enough for a separate `vitkit serve` process, real uvicorn, to serve the type."""
     site = tmp_path / "site"
-    info = site / "vitkit_toy-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vitkit-toy\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[vitkit.model_types]\ntoy = test_model_type_plugin:TOY_TYPE\n"
-    )
+    _dist_info(site, "toy = test_model_type_plugin:TOY_TYPE")
     tests = Path(__file__).resolve().parent
     path = os.pathsep.join([str(site), str(tests), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -277,6 +272,29 @@ def test_serve_finds_the_type_as_an_installed_entry_point(
     for answer, row in zip(answers.json(), probabilities, strict=True):
         scores = {p["label"]: p["score"] for p in answer}
         np.testing.assert_allclose([scores[label] for label in LABELS], row, atol=1e-4)
+
+
+def _dist_info(site: Path, entry: str) -> None:
+    """What pip installs for a package declaring ``entry`` in the vitkit.model_types group."""
+    info = site / "vitkit_toy-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vitkit-toy\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[vitkit.model_types]\n{entry}\n")
+
+
+def test_a_broken_plugin_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitkit.checkpoints import registry
+
+    _dist_info(tmp_path, "toy = vitkit_toy_missing.model:TOY")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)  # read the entry points again
+    assert main(["info", str(tmp_path / "nothing-here")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert "vitkit_toy_missing.model:TOY" in error[0] and "vitkit-toy 0.1" in error[0]
+    assert "Fix or uninstall that package" in error[0]
 
 
 def _free_port() -> int:

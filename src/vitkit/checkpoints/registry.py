@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,14 @@ def registered() -> dict[str, ModelType]:
     if not _plugins_loaded:
         _plugins_loaded = True
         for entry in entry_points(group=ENTRY_POINT_GROUP):
-            declared = entry.load()
+            try:
+                declared = entry.load()
+            except Exception as error:  # a broken plugin: say which, not a traceback
+                raise CheckpointError(
+                    f"entry point {entry.name} = {entry.value} ({ENTRY_POINT_GROUP}, declared by "
+                    f"{_distribution(entry)}) cannot be loaded: {type(error).__name__}: {error}. "
+                    "Fix or uninstall that package"
+                ) from error
             if not isinstance(declared, ModelType):
                 raise CheckpointError(
                     f"entry point {entry.name} = {entry.value} ({ENTRY_POINT_GROUP}) names a "
@@ -191,6 +198,11 @@ def registered() -> dict[str, ModelType]:
                 )
             register(declared)
     return MODEL_TYPES
+
+
+def _distribution(entry: EntryPoint) -> str:
+    dist = entry.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "an installed package"
 
 
 def model_type(name: str) -> ModelType:
