@@ -107,11 +107,14 @@ class Format:
 
 
 def hf_directory(accepts: Callable[[Any], bool], read: Reader) -> Format:
-    """The Hugging Face layout: a directory whose config.json ``accepts`` (a dict -> bool)."""
+    """The Hugging Face layout: a directory whose config.json (a dict) ``accepts``."""
 
     def matches(path: Path) -> bool:
         config = path / "config.json"
-        return path.is_dir() and config.is_file() and accepts(read_json(config))
+        if not (path.is_dir() and config.is_file()):
+            return False
+        data = read_json(config)
+        return isinstance(data, dict) and accepts(data)
 
     return Format("hf", matches, read)
 
