@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from vitkit.atomic_files import atomic_write_text
 from vitkit.training.callbacks import Callback
 from vitkit.training.config import TrainConfig
@@ -215,9 +218,6 @@ class TensorBoardReporter(_Reporter):
 
 
 def _png_pixels(path: Path) -> Any:
-    import numpy as np
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
