@@ -105,6 +105,26 @@ def test_clam_instance_loss_is_cross_entropy_on_the_top_and_bottom_tiles() -> No
     torch.testing.assert_close(three.instance_loss(out3, torch.tensor([1])), expected3)
 
 
+def test_clam_instance_loss_with_several_labels() -> None:
+    network = _network("clam_sb", classes=3, clam_k=2, problem_type=MULTI_LABEL)
+    output = network(torch.randn(10, 12))
+    order = torch.argsort(output.scores, descending=True)
+    top, both = order[:2], torch.cat([order[:2], order.flip(0)[:2]])
+    terms = [
+        F.cross_entropy(
+            network.instance_classifiers[0](output.features[both]), torch.tensor([1, 1, 0, 0])
+        ),
+        F.cross_entropy(
+            network.instance_classifiers[1](output.features[top]), torch.tensor([0, 0])
+        ),
+        F.cross_entropy(
+            network.instance_classifiers[2](output.features[both]), torch.tensor([1, 1, 0, 0])
+        ),
+    ]
+    loss = network.instance_loss(output, torch.tensor([[1.0, 0.0, 1.0]]))
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
 def test_transmil_scores_are_the_class_token_attention() -> None:
     network = _network("transmil")
     bag = torch.randn(5, 12)
