@@ -32,6 +32,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from vitkit.atomic_files import atomic_write_text, write_directory_atomically
 from vitkit.training.evaluate import EvalResult
 from vitkit.training.model_card import write_model_card
@@ -220,15 +223,6 @@ class ProgressBar(Callback):
     def on_fit_start(self, run: Run, fit: FitState) -> None:
         if not run.info.is_main:
             return
-        from rich.console import Console  # rich costs ~0.1 s to import: only when shown
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
