@@ -23,10 +23,13 @@ Adding a task (segmentation, slide-level MIL, ...), in ``vitkit/training/tasks/<
    ``forward(images, targets)`` calls ``self.network`` (the model, or its DDP wrapper) and
    returns ``{"loss": ..., ...}``; any other module it needs is a submodule (``.to()`` moves
    it); one that must not learn is wrapped in ``Frozen`` (no gradients, always in eval mode);
+   ``pipeline_tag`` (the model card's task) and ``input_text`` (when the input is no image)
+   are class attributes to set;
 2. subclass ``TaskBuilder``: ``build(cfg, splits)`` returns the task; override ``read_splits``
    / ``prepare_data`` when the data is not class folders (what the batch's ``targets`` are is
    the dataset's business: masks, bags, mask noise), ``resolve`` to fill in a recipe,
-   ``callbacks`` for what the task adds around the loop (pictures, vetoes);
+   ``callbacks`` for what the task adds around the loop (pictures, vetoes), ``describe_data``
+   / ``recipe_note`` for the plan printed before the first epoch;
 3. run it: ``vitkit.training.trainer.train(cfg, YourBuilder(...))``. No line of the loop changes.
 """
 
