@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitkit-installed
 
-.PHONY: setup browser demo test lint typecheck unit bench clean
+.PHONY: setup browser demo test lint typecheck unit bench docs clean
 
 setup: $(STAMP)
 
@@ -38,5 +38,9 @@ test: lint typecheck unit
 bench: setup
 	$(PY) -m vitkit bench
 
+# The docs site (mkdocs.yml): built into site/, strict as CI builds it; `mkdocs serve` to browse.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site .pytest_cache .mypy_cache .ruff_cache
