@@ -6,6 +6,8 @@ import argparse
 import csv
 import io
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +142,10 @@ def run_train(args: argparse.Namespace) -> int:
     tiles = config_from_args(
         SlideSettings, args, batch_size=SlideSettings.batch_size, workers=SlideSettings.workers
     )
-    embedded = embed_rows(rows, settings, table, device=cfg.device, tiles=tiles, report=_say)
+    with tile_progress(cfg.progress) as progress:
+        embedded = embed_rows(
+            rows, settings, table, device=cfg.device, tiles=tiles, report=_say, progress=progress
+        )
     try:
         result = train_mil(
             cfg, settings, embedded.rows, encoder=embedded.encoder, tiling=embedded.tiling
@@ -184,9 +189,16 @@ def run_eval(args: argparse.Namespace) -> int:
             args.refuse(f"--split {chosen.split}: no row of {table} has it")
     # slides not embedded yet are embedded as the model's training slides were
     tiles = slide_settings(model.encoder, model.tiling) if model.tiling else None
-    embedded = embed_rows(
-        rows, table_settings, table, device=chosen.device, tiles=tiles, report=_say
-    )
+    with tile_progress(True) as progress:
+        embedded = embed_rows(
+            rows,
+            table_settings,
+            table,
+            device=chosen.device,
+            tiles=tiles,
+            report=_say,
+            progress=progress,
+        )
     result = evaluate_mil(
         model,
         embedded.rows,
@@ -214,7 +226,10 @@ def run_predict(args: argparse.Namespace) -> int:
     lines, failures = [], 0
     for source in args.inputs:
         try:
-            prediction = predict_slide(model, source, out, outputs, encoder=encoder)
+            with tile_progress(True) as progress:
+                prediction = predict_slide(
+                    model, source, out, outputs, encoder=encoder, progress=progress
+                )
         except VitkitError as error:
             _say(f"{error}")
             failures += 1
@@ -240,6 +255,29 @@ def _write_predictions(out: Path, labels: list[str], lines: list[list[Any]]) -> 
     writer.writerows(lines)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "predictions.csv", table.getvalue())
+
+
+@contextmanager
+def tile_progress(enabled: bool) -> Iterator[Callable[[Path], Callable[[int, int], None]]]:
+    """A rich bar on stderr per slide embedded (tiles, ETA); nothing when no slide is."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bars = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=sys.stderr),
+        disable=not enabled,
+    )
+
+    def for_slide(slide: Path) -> Callable[[int, int], None]:
+        task = bars.add_task(f"embedding {slide.name}", total=None)
+        return lambda done, total: bars.update(task, completed=done, total=total)
+
+    with bars:
+        yield for_slide
 
 
 def _check(settings: MILSettings, args: argparse.Namespace) -> None:

@@ -30,6 +30,8 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 # SlideSettings fields that decide which tiles a slide gives (saved as the model's tiling)
 TILING_FIELDS = ("level", "mpp", "tile_size", "stride", "min_tissue", "reader", "thumbnail_side")
 Report = Callable[[str], None]
+# a slide -> its progress callback ``(tiles done, tiles in all)`` (a progress bar's)
+SlideProgress = Callable[[Path], Callable[[int, int], None]]
 
 
 @dataclass
@@ -50,6 +52,7 @@ def embed_rows(
     device: str | None = None,
     tiles: SlideSettings | None = None,
     report: Report | None = None,
+    progress: SlideProgress | None = None,
 ) -> EmbeddedRows:
     """Each row with its embeddings file (embedding the missing slides with ``settings.encoder``
     and, when no slide is embedded yet, the tiling of ``tiles``)."""
@@ -62,6 +65,7 @@ def embed_rows(
         else:
             missing.append(row)
     encoder, tiling = provenance([Path(r.embeddings or "") for r in found])
+    _check_tiling(tiles, tiling, f" under {settings.embeddings}" if settings.embeddings else "")
     embedded_now = []
     if missing:
         encoder, tiling = _plan_missing(missing, settings, table, encoder, tiling, tiles)
@@ -70,7 +74,13 @@ def embed_rows(
             slide = _slide_file(row, table)
             folder = slide_folder(Path(settings.embeddings or ""), slide)
             say(f"embedding {slide} -> {folder}")
-            run_slide(slide, classifier, folder, slide_settings(encoder, tiling))
+            run_slide(
+                slide,
+                classifier,
+                folder,
+                slide_settings(encoder, tiling),
+                progress=progress(slide) if progress else None,
+            )
             found.append(dataclasses.replace(row, embeddings=str(folder / EMBEDDINGS_FILE)))
             embedded_now.append(row.slide)
         encoder, tiling = provenance([Path(r.embeddings or "") for r in found])
@@ -125,17 +135,24 @@ def _plan_missing(
             f"--encoder {settings.encoder}: the slides already embedded{where} were embedded "
             f"with {encoder.get('model')}; a model learns one embedding space: embed with that"
         )
-    asked = tiles or SlideSettings()
     if not tiling:
+        asked = tiles or SlideSettings()
         return {"model": name, "pool": asked.pool}, {k: getattr(asked, k) for k in TILING_FIELDS}
+    return encoder, tiling
+
+
+def _check_tiling(tiles: SlideSettings | None, tiling: dict[str, Any], where: str) -> None:
+    """A tiling asked for (a value other than the default) that the embedded slides lack."""
+    if tiles is None or not tiling:
+        return
     default = SlideSettings()
     for key in TILING_FIELDS:
-        if getattr(asked, key) != getattr(default, key) and getattr(asked, key) != tiling.get(key):
+        asked = getattr(tiles, key)
+        if asked != getattr(default, key) and asked != tiling.get(key):
             raise DatasetError(
-                f"--{key.replace('_', '-')} {getattr(asked, key)}: the slides already embedded"
-                f"{where} used {tiling.get(key)}; a model learns one tiling: leave it out"
+                f"--{key.replace('_', '-')} {asked}: the slides already embedded{where} used "
+                f"{tiling.get(key)}; a model learns one tiling: leave it out"
             )
-    return encoder, tiling
 
 
 def _slide_file(row: SlideRow, table: Path) -> Path:

@@ -22,7 +22,7 @@ from vitkit.checkpoints.mil import MILModel
 from vitkit.errors import SlideError
 from vitkit.inference.classifier import load
 from vitkit.slides import mil_outputs
-from vitkit.slides.mil_inputs import EMBEDDINGS_FILE, slide_settings
+from vitkit.slides.mil_inputs import EMBEDDINGS_FILE, SlideProgress, slide_settings
 from vitkit.slides.runner import SUMMARY, run_slide, slide_folder
 from vitkit.training.tasks.mil_config import MILPredictSettings
 from vitkit.training.tasks.mil_data import read_bag
@@ -63,11 +63,14 @@ def predict_slide(
     settings: MILPredictSettings | None = None,
     *,
     encoder: EncoderCache | None = None,
+    progress: SlideProgress | None = None,
 ) -> SlidePrediction:
-    """Predict one slide file or embedding folder into ``out_root/<name>/``."""
+    """Predict one slide file or embedding folder into ``out_root/<name>/`` (``progress``: a
+    callback per slide embedded now, as ``vitkit.slides.run_slide`` takes)."""
     settings = settings or MILPredictSettings()
     source, out_root = Path(source), Path(out_root)
-    folder, out_dir = _embedded(model, source, out_root, encoder or EncoderCache(model, None))
+    cache = encoder or EncoderCache(model, None)
+    folder, out_dir = _embedded(model, source, out_root, cache, progress)
     summary = json.loads((folder / SUMMARY).read_text())
     features = read_bag(folder / EMBEDDINGS_FILE)
     if features.shape[1] != model.config.input_dim:
@@ -105,7 +108,11 @@ def predict_slide(
 
 
 def _embedded(
-    model: MILModel, source: Path, out_root: Path, encoder: EncoderCache
+    model: MILModel,
+    source: Path,
+    out_root: Path,
+    encoder: EncoderCache,
+    progress: SlideProgress | None,
 ) -> tuple[Path, Path]:
     """(folder holding the slide's embeddings, folder for its outputs)."""
     if source.is_dir():
@@ -124,7 +131,10 @@ def _embedded(
             "--embed`) and give the folder"
         )
     out_dir = slide_folder(out_root, source)
-    run_slide(source, encoder.get(), out_dir, slide_settings(model.encoder, model.tiling))
+    settings = slide_settings(model.encoder, model.tiling)
+    run_slide(
+        source, encoder.get(), out_dir, settings, progress=progress(source) if progress else None
+    )
     return out_dir, out_dir
 
 
