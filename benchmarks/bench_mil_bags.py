@@ -254,6 +254,7 @@ def run_one(
         device="cpu",
         progress=False,
         log_every=10_000,
+        resume=(out / "last.pt").exists(),  # a run stopped half-way continues
     )
     settings = MILSettings(mil_model=model, hidden_dim=128, attention_dim=64, heads=4, bootstrap=0)
     started = time.perf_counter()
