@@ -315,7 +315,7 @@ def experiment(
 
     records = []
     # repeat-major: stopped early, the results hold whole tables over fewer repeats
-    for repeat in range(args.repeats):
+    for repeat in range(args.first_repeat, args.repeats):
         for mean in args.sizes:
             base = Path(args.out) / f"size{mean}" / f"repeat{repeat}"
             seed = 1000 * mean + repeat
@@ -414,6 +414,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--models", default=",".join(MODELS), type=lambda s: s.split(","))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--first-repeat", type=int, default=0, help="run repeats from this one (parallel calls)"
+    )
     parser.add_argument("--test-bags", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=5e-4, help="Ilse et al.'s Adam lr")
     parser.add_argument("--mae-epochs", type=int, default=30)
