@@ -21,7 +21,7 @@ Rows, each trained by vitkit's trainer with the same data, epochs, batch and aug
 
 The ViT is 4 blocks of width 96, patch 8 (8x8 tokens at 64 px). Test-split mIoU / mean Dice /
 pixel accuracy of the best epoch (lowest validation loss). One torch thread per run; each run is
-appended to ``--runs`` (a re-run skips what is there) and the results file
+appended to ``--runs`` (a re-run skips what is there; default in the work folder) and the results file
 benchmarks/results/segmentation.json (every run, mean ± std per row) is written from it.
 """
 
@@ -191,6 +191,8 @@ def main() -> None:
                     with args.runs.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
                     done.append(record)
+    unique = {(r["data"], r["row"], r["seed"]): r for r in reversed(done)}  # first run of each
+    done = sorted(unique.values(), key=lambda r: (r["seed"], r["data"], ROWS.index(r["row"])))
     summary, table = summarise(done)
     results_io.write_results(
         "segmentation",

@@ -246,3 +246,25 @@ def test_settings_name_the_heads_the_model_has() -> None:
     assert SEGMENTATION_HEADS == HEADS
     with pytest.raises(ValueError, match="--class-weights"):
         SegmentationSettings(class_weights=["1", "x"])
+
+
+def test_compare_on_masks_is_a_segmentation_comparison(mosaics: Path, tmp_path: Path) -> None:
+    from vitkit.experiments import compare
+    from vitkit.experiments.compare_config import CompareConfig
+    from vitkit.training.specs import resnet_model_spec
+
+    cfg = CompareConfig(data=str(mosaics), out=str(tmp_path), rows=["baseline", "scratch"])
+    assert compare.scores_for(cfg).metrics == ("mean_iou", "mean_dice", "pixel_accuracy")
+    baseline = compare.task_for(cfg, resnet_model_spec("resnet18", None))
+    vit = compare.task_for(cfg)
+    assert isinstance(baseline, SegmentationBuilder) and isinstance(vit, SegmentationBuilder)
+    assert baseline.model_factory is not vit.model_factory and vit.settings.seg_head == "dpt"
+    spec = baseline.model_factory(
+        TrainConfig(data=str(mosaics), out=str(tmp_path), image_size=32),
+        SegmentationSettings(),
+        {0: "background", 1: "bag"},
+    )
+    assert isinstance(spec.model, smp.Unet) and spec.image_size == (32, 32)
+    assert compare._training_images(cfg) == mosaics / "train" / "images"
+    with pytest.raises(Exception, match="--rows distilled"):
+        compare._check_data(CompareConfig(data=str(mosaics), out=str(tmp_path), rows=["distilled"]))

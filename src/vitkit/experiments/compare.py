@@ -16,7 +16,11 @@ table's columns accuracy / macro F1 / precision / recall) or label tables (a fol
 multi-label, ``vitkit.training.tasks.multilabel``, and the columns become mAP / macro-F1 /
 micro-F1 / ROC-AUC at the thresholds each model tuned on validation). Every row works on both:
 the ResNet's config carries ``problem_type`` and thresholds as the ViT's does, and the distilled
-row's teacher terms become per-label sigmoid ones (``vitkit.training.tasks.distill``).
+row's teacher terms become per-label sigmoid ones (``vitkit.training.tasks.distill``). Images with
+masks (``DATA/{train,test}/{images,masks}/`` + ``labels.json``: ``vitkit.training.seg_data``) make
+a segmentation comparison: the baseline row is segmentation_models_pytorch's U-Net (ResNet-18
+encoder, from scratch), the ViT rows carry a DPT head, the columns are mIoU / Dice / pixel
+accuracy over every labelled test pixel, and there is no distilled row.
 
 The row names keep the paper's resolutions; the table shows the sizes actually used (CPU-sized
 defaults train 16x16 and 28x28 inputs: the digits are 8x8). Fine-tune rows need a pre-trained ViT. With
@@ -58,6 +62,9 @@ from vitkit.training.checks import check_image_size, check_settings
 from vitkit.training.config import TrainConfig
 from vitkit.training.labels import find_table, is_label_table
 from vitkit.training.model_spec import ModelFactory
+from vitkit.training.seg_config import SegmentationSettings
+from vitkit.training.seg_data import is_mask_dataset
+from vitkit.training.seg_specs import unet_spec
 from vitkit.training.specs import preset_config, resnet_model_spec, vit_model_spec
 from vitkit.training.state import load_state
 from vitkit.training.task_builder import TaskBuilder
@@ -67,6 +74,7 @@ from vitkit.training.tasks.distill_collapse import MIN_COLLAPSE_SUPPORT, collaps
 from vitkit.training.tasks.mae import MAEBuilder
 from vitkit.training.tasks.mae_config import PretrainConfig
 from vitkit.training.tasks.multilabel import MultiLabelBuilder
+from vitkit.training.tasks.segment import SegmentationBuilder
 from vitkit.training.tracking import run_group
 from vitkit.training.trainer import TrainResult, train
 
@@ -99,6 +107,13 @@ MULTI_LABEL = Scores(
     "multi-label metrics on the test split: mAP (average precision, macro over labels), macro- "
     "and micro-F1 at each model's own per-label thresholds (tuned on validation for max F1 and "
     "saved with it), macro ROC-AUC",
+)
+SEGMENTATION = Scores(
+    "segmentation",
+    ("mean_iou", "mean_dice", "pixel_accuracy"),
+    ("mIoU", "Dice", "Pixel accuracy"),
+    "per-pixel metrics over every labelled pixel of the test split (mIoU and Dice: means over "
+    "the classes present)",
 )
 MAE_DECODER_DEPTH = 2  # a light decoder for the CPU-sized rows (the paper's is 8 x 512)
 # CompareConfig's settings that every row's TrainConfig takes as they are (same names).
@@ -135,13 +150,25 @@ def is_multilabel(cfg: CompareConfig) -> bool:
     return is_label_table(cfg.data)
 
 
+def is_segmentation(cfg: CompareConfig) -> bool:
+    """Images with masks, not class folders."""
+    return is_mask_dataset(cfg.data)
+
+
 def scores_for(cfg: CompareConfig) -> Scores:
+    if is_segmentation(cfg):
+        return SEGMENTATION
     return MULTI_LABEL if is_multilabel(cfg) else SINGLE_LABEL
 
 
 def task_for(cfg: CompareConfig, factory: ModelFactory = vit_model_spec) -> TaskBuilder:
     """What a row learns with the network ``factory`` makes: single-label classification of
-    class folders, or multi-label classification of label tables."""
+    class folders, multi-label classification of label tables, or segmentation of images with
+    masks (there the baseline's CNN is a U-Net and the ViT carries a DPT head)."""
+    if is_segmentation(cfg):
+        if factory is vit_model_spec:
+            return SegmentationBuilder(SegmentationSettings(seg_head="dpt"))
+        return SegmentationBuilder(model_factory=unet_spec("resnet18", cfg.image_size or 224))
     if is_multilabel(cfg):
         return MultiLabelBuilder(factory)
     return ClassificationBuilder(factory)
@@ -165,6 +192,8 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     overrides = dict(cfg.vit_overrides)
     if row == "baseline":
         title = f"{cfg.baseline_arch} (CNN baseline)"
+        if is_segmentation(cfg):
+            title = "U-Net, ResNet-18 encoder (CNN baseline)"
         factory = resnet_model_spec(cfg.baseline_arch, cfg.baseline_weights)
         result = train(_train_config(cfg, row_dir, epochs=cfg.cnn_epochs), task_for(cfg, factory))
         if cfg.baseline_weights:
@@ -324,6 +353,8 @@ def _training_images(cfg: CompareConfig) -> Path:
         table = find_table(Path(cfg.data), "train")
         assert table is not None, "_check_data first"
         return table
+    if is_segmentation(cfg):
+        return Path(cfg.data) / "train" / "images"
     return Path(cfg.data) / "train"
 
 
@@ -347,6 +378,18 @@ def _check_settings(cfg: CompareConfig, out: Path) -> None:
 
 def _check_data(cfg: CompareConfig) -> None:
     root = Path(cfg.data)
+    if is_segmentation(cfg):
+        if not (root / "train" / "images").is_dir() or not (root / "test" / "images").is_dir():
+            raise CompareError(
+                f"{root}: a segmentation comparison needs train/ and test/, each with images/ "
+                "and masks/, so every row is tested on the same masks"
+            )
+        if "distilled" in cfg.rows:
+            raise CompareError(
+                "--rows distilled: distillation is for classifiers; segmentation compares "
+                "baseline (U-Net), scratch and finetune rows"
+            )
+        return
     if is_label_table(root):
         if root.is_dir() and find_table(root, "test") is not None:
             return
