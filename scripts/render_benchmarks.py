@@ -101,6 +101,9 @@ def markdown_table(table: Record) -> str:
     return "\n".join(lines)
 
 
+LOADS = ("load_average_before", "load_average_after")
+
+
 def _load_text(values: Any) -> str:
     return "n/a" if not values else f"{values[0]:.1f}"
 
@@ -120,11 +123,18 @@ def machine_line(record: Record) -> str:
     if machine.get("gpu"):
         hardware += f", {machine['gpu']}"
     commit = str(record.get("git_commit", "unknown"))
+    loads = [values[0] for values in (machine.get(k) for k in LOADS) if values]
+    cores = machine.get("cores_usable") or machine.get("cores") or 0
+    busy = (
+        f" **The load exceeded the {cores} cores: timings from this run need a quiet re-run.**"
+        if loads and cores and max(loads) > cores
+        else ""
+    )
     return (
         f"Measured {str(record.get('date', 'n/a')).replace('T', ' ')} on {hardware}; 1-minute load average "
         f"{_load_text(machine.get('load_average_before'))} before, "
         f"{_load_text(machine.get('load_average_after'))} after; {', '.join(shown)}; "
-        f"commit `{commit[:10]}{'+dirty' if commit.endswith('+dirty') else ''}`."
+        f"commit `{commit[:10]}{'+dirty' if commit.endswith('+dirty') else ''}`.{busy}"
     )
 
 
