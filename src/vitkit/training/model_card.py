@@ -194,7 +194,7 @@ def _description(run: Run, directory: Path) -> str:
 def input_text(run: Run) -> str:
     """What the model reads: a task with other inputs than images (bags of tile embeddings)
     says so itself."""
-    own = getattr(run.task, "input_text", None)
+    own = run.task.input_text
     if own:
         return str(own)
     height, width = run.task.spec.image_size

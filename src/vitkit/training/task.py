@@ -85,6 +85,11 @@ class TrainingTask(nn.Module):
             return network.no_sync()
         return nullcontext()
 
+    def lr_scale(self, name: str) -> float:
+        """The multiplier of the peak learning rate for parameter ``name`` of ``task.model``
+        (layer-wise decay: segmentation); 1 for every parameter by default."""
+        return 1.0
+
     def save(self, directory: Path) -> None:
         self.spec.save(self.model, directory)
 

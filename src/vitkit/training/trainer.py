@@ -168,9 +168,7 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, builder: TaskBuilder) -> Run:
     if workers is None:
         workers = 0 if data.train.images is not None else min(8, os.cpu_count() or 1)
     sampler, loader = _train_loader(cfg, data, info, micro_batch, workers)
-    # a task may scale each parameter's learning rate (layer-wise decay: segmentation)
-    lr_scale = getattr(task, "lr_scale", None)
-    optimizer = build_optimizer(task.model, cfg, betas=task.adam_betas, lr_scale=lr_scale)
+    optimizer = build_optimizer(task.model, cfg, betas=task.adam_betas, lr_scale=task.lr_scale)
     scheduler = _schedule(cfg, optimizer, cfg.epochs * steps_per_epoch)
     return Run(
         cfg,
