@@ -19,6 +19,7 @@ by validation loss, the test pass on what was saved). What differs from image cl
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,12 @@ class MILBuilder(TaskBuilder):
             self.settings.check()
         except ValueError as error:
             raise TrainingError(str(error)) from None
-        if cfg.grad_accum != cfg.batch_size or (cfg.eval_batch_size or 1) != 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.grad_accum * world != cfg.batch_size or (cfg.eval_batch_size or 1) != 1:
             raise TrainingError(
-                "a MIL run takes one bag per forward: fill cfg with mil_recipe(cfg)"
+                f"--batch-size {cfg.batch_size}: a MIL step takes one bag per forward on each "
+                f"of {world} process(es) and accumulates the rest, so it must be a multiple of "
+                f"{world} (and cfg filled by mil_recipe)"
             )
 
     def recipe_note(self, cfg: TrainConfig) -> str:

@@ -11,6 +11,7 @@ are accumulated.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from vitkit.options import option
@@ -133,7 +134,8 @@ def mil_recipe(cfg: TrainConfig) -> TrainConfig:
         label_smoothing=cfg.label_smoothing if cfg.label_smoothing is not None else 0.0,
         augment="none",
         mix="none",
-        grad_accum=cfg.batch_size,
+        # one bag per forward on every process: the rest of a step's bags are accumulated
+        grad_accum=max(1, cfg.batch_size // int(os.environ.get("WORLD_SIZE", "1"))),
         eval_batch_size=1,
         workers=cfg.workers if cfg.workers is not None else 0,
         cache_images="no",
