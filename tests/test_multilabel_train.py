@@ -42,6 +42,7 @@ def trained(mosaics: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainRes
         data=str(mosaics),
         out=str(tmp_path_factory.mktemp("run")),
         from_scratch=True,
+        patch_embed="linear",  # transformers' ViT layout (a conv stem is vitkit's own)
         preset="vit-tiny-patch4-16",
         model_overrides=dict(TINY),
         epochs=3,
@@ -139,7 +140,14 @@ def test_train_cli_reads_a_label_table_and_reports_bad_rows(
     rows = (mosaics / "train.csv").read_text().splitlines()[:65]
     rows += ["images/train/missing.png,1", rows[1]]  # a missing file, a path listed twice
     (mosaics / "small.csv").write_text("\n".join(rows) + "\n")
-    args = ["train", "--data", str(mosaics / "small.csv"), "--from-scratch"]
+    args = [
+        "train",
+        "--data",
+        str(mosaics / "small.csv"),
+        "--from-scratch",
+        "--patch-embed",
+        "linear",
+    ]
     args += ["--preset", "vit-tiny-patch4-16", "--epochs", "1", "--batch-size", "16"]
     args += [f"--model-arg={k}={v}" for k, v in TINY.items()] + ["--no-progress"]
     assert main([*args, "--out", str(tmp_path / "a"), "--on-bad-image", "fail"]) == 1

@@ -50,6 +50,7 @@ def tiny_config(data: Path, out: Path, **changes: Any) -> TrainConfig:
         data=str(data),
         out=str(out),
         from_scratch=True,
+        patch_embed="linear",  # transformers' ViT layout: the card test loads it there
         preset="vit-tiny-patch4-16",
         model_overrides=dict(TINY_VIT),
         epochs=2,

@@ -34,6 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         data=str(data),
         out=str(root / "run"),
         from_scratch=True,
+        patch_embed="linear",  # transformers' ViT layout (a conv stem is vitkit's own)
         preset="vit-tiny-patch4-16",
         model_overrides={
             "hidden_size": 32,

@@ -41,6 +41,9 @@ TRAIN_OPTIONS = (
     "resume",
     "log_every",
     "progress",
+    "report_to",
+    "experiment",
+    "run_name",
 )
 # Gradients are not clipped: one bag per step, and clipping the steps of the bags with large
 # gradients (often the few positive ones) down to the others' slowed or stopped learning on

@@ -201,7 +201,12 @@ def run_row(cfg: CompareConfig, row: str, pretrained: str | None) -> RowResult:
     elif row == "scratch":
         title = "ViT from scratch"
         train_cfg = _train_config(
-            cfg, row_dir, from_scratch=True, preset=cfg.vit_preset, model_overrides=overrides
+            cfg,
+            row_dir,
+            from_scratch=True,
+            preset=cfg.vit_preset,
+            model_overrides=overrides,
+            patch_embed=cfg.vit_patch_embed,
         )
         result = train(train_cfg, task_for(cfg))
     elif row in ("finetune224", "finetune384"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.errors import CompareError, UsageError
-from vitkit.models.config import preset
+from vitkit.models.config import PATCH_EMBEDS, preset
 from vitkit.options import option, reuse
 from vitkit.training.config import DISTILL_KINDS, MIX_MODES, TrainConfig
 
@@ -83,6 +83,13 @@ class CompareConfig:
             "num_attention_heads": 4,
             "intermediate_size": 128,
         },
+    )
+    vit_patch_embed: str = option(
+        "linear",
+        "the scratch row's patch embedding: linear (the paper's ViT) or conv (the from-scratch "
+        "recipe's convolutional stem)",
+        group="model",
+        choices=PATCH_EMBEDS,
     )
     image_size: int = reuse(TrainConfig, "image_size", 16, help="base resolution of every row")
     high_image_size: int | None = option(

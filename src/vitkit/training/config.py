@@ -6,8 +6,9 @@ are plain dataclasses whose fields carry their command-line help in ``metadata``
 ``HfArgumentParser`` does, so a default or a choice lives here and nowhere else. This module
 imports neither torch nor torchvision: ``vitkit train --help`` reads it at start-up.
 
-Recipes: the optimiser, augmentation, mixing, label smoothing and warm-up left unset (``None``)
-are filled in by ``resolve_recipe`` from one of two recipes, chosen by ``from_scratch``:
+Recipes: the optimiser, augmentation, mixing, label smoothing, warm-up and a from-scratch ViT's
+patch embedding left unset (``None``) are filled in by ``resolve_recipe`` from one of two
+recipes, chosen by ``from_scratch``:
 
 - ``fine-tune``: the ViT paper's fine-tuning recipe (Appendix B.1.1): SGD momentum 0.9, no weight
   decay, lr 0.01, 5% warm-up then cosine, random-resized crops and horizontal flips.
@@ -17,7 +18,10 @@ are filled in by ``resolve_recipe`` from one of two recipes, chosen by ``from_sc
   Fashion-MNIST at 16x16) the ``shift`` preset cost 0.18-0.26 test macro-F1 and cutmix more (the
   README's "Training from scratch" has every number). Never flips unless asked: a mirrored 6 or
   letter is another symbol. Ask for ``--augment shift`` (no flips), or ``natural`` / ``seed`` where
-  orientation carries no meaning, for longer schedules.
+  orientation carries no meaning, for longer schedules. The ViT gets a convolutional stem
+  (``patch_embed="conv"``, Xiao et al. 2021) instead of the paper's linear patch projection: it
+  lends the transformer a CNN's locality, which a few thousand images cannot teach it in 15
+  epochs (``benchmarks/bench_from_scratch_recipe.py``; docs/training.md has the table).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class Recipe:
 
 RECIPES = {
     "fine-tune": Recipe("fine-tune", "sgd", 0.01, 0.05, 0.0, "natural", "none", None),
-    "from-scratch": Recipe("from-scratch", "adamw", 2e-3, 0.1, 0.1, "none", "none", "linear"),
+    "from-scratch": Recipe("from-scratch", "adamw", 2e-3, 0.1, 0.1, "none", "none", "conv"),
 }
 RECIPE_FIELDS = (
     "optimizer",
@@ -129,7 +133,7 @@ class TrainConfig:
         "projection; transformers loads the model) or conv (a convolutional stem; vitkit only)",
         group="model",
         choices=PATCH_EMBEDS,
-        default_help="from the recipe: linear from scratch",
+        default_help="from the recipe: conv from scratch",
     )
     freeze_backbone: bool = option(False, "train only the new head (linear probe)", group="model")
     # ---- optimisation

@@ -118,7 +118,7 @@ def card_metadata(run: Run, directory: Path, test: EvalResult | None) -> Any:
     return ModelCardData(
         library_name=library_name(directory),
         pipeline_tag=task,
-        tags=["vitkit", "vision-transformer", task, *_extra_tags(run)],
+        tags=["vitkit", task, *_extra_tags(run)],
         base_model=base,
         model_name=_model_name(run),
         eval_results=results or None,
@@ -160,7 +160,9 @@ def _model_name(run: Run) -> str:
 
 
 def _extra_tags(run: Run) -> list[str]:
-    tags = []
+    from vitkit.models.vit import ViT
+
+    tags = ["vision-transformer"] if isinstance(run.task.model, ViT) else []
     if run.cfg.from_scratch:
         tags.append("from-scratch")
     if getattr(run.task.model, "config", None) is not None:
@@ -211,7 +213,7 @@ def _data_section(run: Run) -> str:
         "## Training data",
         "",
         f"`{Path(cfg.data).name or cfg.data}` ({data.splits.source}); "
-        f"{', '.join(f'{len(samples)} {name}' for name, samples in splits)} images.",
+        f"{', '.join(f'{len(samples)} {name}' for name, samples in splits)} {_unit(run)}.",
     ]
     counts = {name: _label_counts(samples, len(classes)) for name, samples in splits}
     if classes and any(any(column) for column in counts.values()):  # not per-pixel labels
@@ -227,6 +229,11 @@ def _data_section(run: Run) -> str:
     if data.bad:
         lines.append(f"{len(data.bad)} unreadable image(s) were skipped.")
     return "\n".join(lines)
+
+
+def _unit(run: Run) -> str:
+    """What one sample is: an image, or what a task with other inputs reads (bags)."""
+    return "samples" if getattr(run.task, "input_text", None) else "images"
 
 
 def _label_counts(samples: list[Any], num_classes: int) -> list[int]:

@@ -213,32 +213,47 @@ def _datasets_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return _by_split_column(tables, features), features
 
 
-def _parquet_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _parquet_files(path: Path) -> dict[str, list[str]]:
+    """The Parquet files of each split, as ``datasets`` resolves a Hub repository's layout."""
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     if path.is_file():
-        files = {"train": [str(path)]}
-    else:
-        resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
-        files = {
-            str(split): [f for f in found if f.endswith(".parquet")]
-            for split, found in resolved.items()
-        }
-    tables: dict[str, Any] = {}
-    for split, names in files.items():
-        if names:
-            parts = [pq.read_table(name) for name in sorted(names)]
-            tables[_split_name(path, split)] = pa.concat_tables(parts)
-    if not tables:
+        return {"train": [str(path)]}
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    files = {
+        _split_name(path, str(split)): sorted(f for f in found if f.endswith(".parquet"))
+        for split, found in resolved.items()
+    }
+    files = {split: names for split, names in files.items() if names}
+    if not files:
         raise DatasetError(f"{path}: no .parquet files")
-    schema = next(iter(tables.values())).schema
+    return files
+
+
+def _parquet_features(path: Path, schema: Any = None) -> dict[str, Any]:
+    """The ``datasets`` features the files' metadata records, else the columns' Arrow types."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    if schema is None:
+        schema = pq.read_schema(next(iter(_parquet_files(path).values()))[0])
     try:
-        features = dict(datasets.Features.from_arrow_schema(schema))
-    except Exception:  # a Parquet file with foreign metadata: take the columns' arrow types
-        features = {name: schema.field(name).type for name in schema.names}
+        return dict(datasets.Features.from_arrow_schema(schema))
+    except Exception:  # a Parquet file with foreign metadata
+        return {name: schema.field(name).type for name in schema.names}
+
+
+def _parquet_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # The images' encoded bytes are held in memory (memory-mapped where the file allows):
+    # save_to_disk folders and shards are read in place instead, for sets larger than memory.
+    tables = {
+        split: pa.concat_tables([pq.read_table(name, memory_map=True) for name in names])
+        for split, names in _parquet_files(path).items()
+    }
+    features = _parquet_features(path, next(iter(tables.values())).schema)
     return _by_split_column(tables, features), features
 
 
@@ -458,10 +473,27 @@ def prepare_stored_multilabel(
 def is_multi_label_data(
     data: str | Path, columns: tuple[str | None, str | None] = (None, None)
 ) -> bool:
-    """Several labels per image: a label table, or a stored dataset whose labels are lists."""
-    if store_kind(data) is not None:
+    """Several labels per image: a label table, or a stored dataset whose labels are lists
+    (for Parquet, told from the files' schema alone: no image is read)."""
+    kind = store_kind(data)
+    if kind == "parquet":
+        features = _parquet_features(Path(data))
+        label = _pick_column(
+            Path(data), features, columns[1], LABEL_NAMES, "label", _is_label_feature
+        )
+        return _is_list_feature(features[label])
+    if kind is not None:
         return read_store(data, *columns).multi_label
     return is_label_table(data)
+
+
+def _is_list_feature(feature: Any) -> bool:
+    """A ``datasets`` list feature (``Sequence``, ``List``) or an Arrow list type."""
+    import pyarrow as pa
+
+    if isinstance(feature, pa.DataType):
+        return bool(pa.types.is_list(feature) or pa.types.is_large_list(feature))
+    return type(feature).__name__ in ("Sequence", "List", "LargeList")
 
 
 def _single_samples(stored: StoredData, split: str) -> list[StoredSample]:
