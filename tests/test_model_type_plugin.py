@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -30,8 +31,6 @@ from vitkit.checkpoints import MODEL_TYPES, LoadRequest, ModelType, hf_directory
 from vitkit.checkpoints.overrides import apply_overrides
 from vitkit.cli import main
 from vitkit.models.protocol import Capabilities
-
-transformers = pytest.importorskip("transformers")
 
 LABELS = ["dark", "red", "green"]
 SIZE = 16

@@ -58,3 +58,28 @@ def test_machine_facts_may_skip_and_the_census_lists_them(tmp_path: Path) -> Non
     assert run.returncode == 0, run.stdout
     assert "skip census" in run.stdout
     assert "1  allowed: needs a CUDA device" in run.stdout
+
+
+def test_no_test_skips_for_a_package_dev_installs() -> None:
+    """`pytest.importorskip` of a package `.[dev]` installs would turn a broken install into
+    skipped tests: import it instead (the census would fail the run, this says where)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]
+    dev = {
+        re.split(r"[<>=\[;]", d)[0].strip().lower() for d in project["optional-dependencies"]["dev"]
+    }
+    import_names = {
+        "scikit-learn": "sklearn",
+        "scikit-image": "skimage",
+        "import-linter": "importlinter",
+    }
+    modules = {import_names.get(name, name.replace("-", "_")) for name in dev}
+    found = [
+        f"{path.name}: importorskip({module!r})"
+        for path in sorted(TESTS.glob("*.py"))
+        for module in re.findall(r"importorskip\(\s*[\"']([\w.]+)", path.read_text())
+        if module.split(".")[0] in modules
+    ]
+    assert not found, found
