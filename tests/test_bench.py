@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vitkit.bench.contenders import logits_path_flops
-from vitkit.bench.memory import peak_memory
+from vitkit.bench.memory import Forward, peak_memory
 from vitkit.bench.report import write_markdown_block
-from vitkit.bench.timing import Contender, Forward, run_interleaved, sustained_gemm_rate
+from vitkit.bench.timing import Contender, run_interleaved, sustained_gemm_rate
 from vitkit.cli import main
 from vitkit.inference import runtime
 from vitkit.models.config import ViTConfig
@@ -30,8 +30,9 @@ def sleeper(seconds: float, calls: list[str], name: str) -> Forward:
 def test_interleaved_rounds_rotate_and_ratios_compare_within_rounds() -> None:
     calls: list[str] = []
     contenders = [
-        Contender("fast", sleeper(0.004, calls, "fast"), 1e9),
-        Contender("slow", sleeper(0.012, calls, "slow"), 1e9),
+        # long enough that a busy machine's wake-up delay (a few ms) cannot blur the 3x ratio
+        Contender("fast", sleeper(0.01, calls, "fast"), 1e9),
+        Contender("slow", sleeper(0.03, calls, "slow"), 1e9),
     ]
     report = run_interleaved(
         contenders, torch.zeros(4, 1), rounds=3, repeats=2, warmup=1, probe_dtype=None,
