@@ -392,7 +392,7 @@ def test_hub_download_prefers_safetensors_and_falls_back_to_pytorch_bin(
 ) -> None:
     """The download logic, with huggingface_hub's snapshot_download replaced by a local fake
     (tests never reach the Hub): a repo with only pytorch_model.bin gets a second, wider call."""
-    import huggingface_hub
+    from vitkit.checkpoints import hub
 
     reference, directory = hf_classifier_dir(tmp_path, small_hf_config())
     tensors = load_file(directory / "model.safetensors")
@@ -411,7 +411,7 @@ def test_hub_download_prefers_safetensors_and_falls_back_to_pytorch_bin(
         return str(snapshot)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
     loaded = load_model("someone/old-vit@v1")
     assert len(calls) == 2
     assert "model.safetensors" in calls[0] and "pytorch_model.bin" not in calls[0]
