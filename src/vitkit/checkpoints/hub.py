@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import huggingface_hub
+from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     LocalEntryNotFoundError,
@@ -72,7 +72,7 @@ def _has_weights(directory: Path) -> bool:
 def _snapshot(hub_id: str, repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     try:
         return Path(
-            huggingface_hub.snapshot_download(
+            snapshot_download(
                 repo_id,
                 revision=revision,
                 allow_patterns=patterns,
