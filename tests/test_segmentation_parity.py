@@ -213,6 +213,10 @@ def test_predict_command_writes_the_masks_transformers_gives(
         assert sum(row["pixels"] for row in record["areas"]) == expected.size
         assert Image.open(record["overlay"]).size[0] == image.width  # legend strip below
     assert (out / "areas.csv").read_text().count("\n") == 1 + 2 * 3 + 1
+    assert main(["info", str(directory)]) == 0
+    assert (
+        "3 classes: background, stroma, tumour; per pixel (segmentation)" in capsys.readouterr().out
+    )
     # options that do not fit the model are refused, naming them
     assert main([*argv[:3], str(photos[0])]) == 2  # no --masks-out
     assert main([*argv, "--top-k", "3", str(photos[0])]) == 2

@@ -95,8 +95,10 @@ def print_facts(facts: dict[str, Any]) -> None:
     print(f"GFLOPs/image {facts['gflops_per_image']:.4g}")
     head = "none (feature extractor: use `vitkit embed`)"
     if "head" in facts:
-        head = f"{facts['config']['num_labels']} classes: {', '.join(facts['labels'])}"
-        head += "; " + head_kind(facts["head"])
+        head = f"{facts['num_labels']} classes: {', '.join(facts['labels'])}"
+        head += "; " + (
+            "per pixel (segmentation)" if facts["segmentation"] else head_kind(facts["head"])
+        )
     print(f"head         {head}")
     print(f"embeddings   {', '.join(facts['embeddings'])}")
     print("config")

@@ -71,10 +71,14 @@ def settings(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.engine == "ray":
-        return run_on_ray(settings(args))
-    load, predict, masks = settings(args)
     from vitkit.checkpoints.hf_dpt import is_segmentation_checkpoint
+
+    if args.engine == "ray":
+        job = settings(args)
+        if is_segmentation_checkpoint(config_from_args(LoadSettings, args).source):
+            raise UsageError("--engine ray: segmentation models predict in this process")
+        return run_on_ray(job)
+    load, predict, masks = settings(args)
 
     if is_segmentation_checkpoint(load.source):
         from vitkit.cli._segment import segment_command

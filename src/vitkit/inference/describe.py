@@ -29,6 +29,8 @@ def describe(model: Any, source: str, checkpoint_format: str) -> dict[str, Any]:
         "gflops_per_image": model.flops_per_image() / 1e9,
         "resolution": f"{height}x{width}",
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
+        "num_labels": config.num_labels,
+        "segmentation": bool(getattr(model.capabilities, "dense", False)),  # a class per pixel
         "embeddings": list(model.capabilities.pools),
     }
     if config.num_labels:  # softmax, or sigmoid + thresholds (vitkit.inference.heads)
