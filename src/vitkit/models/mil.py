@@ -117,7 +117,9 @@ class MILNetwork(nn.Module):
 
     def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std.clamp_min(1e-6))
+        # a feature constant over the training tiles (a blank pixel, a dead channel) is only
+        # centred: dividing by its ~0 spread would blow up any other value it takes later
+        self.feature_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def pool(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(bag vector (hidden,), attention (N,), raw scores or None)."""
