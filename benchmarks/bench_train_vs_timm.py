@@ -195,7 +195,7 @@ def publish(
             f"{data_name}, {images} images at {args.image_size}x{args.image_size}: both read the "
             "same train/ and validation/ folders (vitkit's val/ is a link to validation/; the "
             "count vitkit printed is checked against the files). ViT-Ti/16 from scratch, "
-            f"{args.epochs} epochs, AdamW lr 1e-3, weight decay 0.05, batch 64, cosine, "
+            f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}, AdamW lr 1e-3, weight decay 0.05, batch 64, cosine, "
             "random-resized-crop + flip, two loader workers, fp32 on the CPU, one validation "
             f"pass per epoch; whole processes, {args.rounds} rounds alternating the order."
         ),

@@ -108,6 +108,18 @@ def _load_text(values: Any) -> str:
     return "n/a" if not values else f"{values[0]:.1f}"
 
 
+def cores_of(record: Record) -> int:
+    machine = record["machine"]
+    return int(machine.get("cores_usable") or machine.get("cores") or 0)
+
+
+def was_busy(record: Record) -> bool:
+    """The 1-minute load average, before or after, above the cores the run could use."""
+    machine = record["machine"]
+    loads = [values[0] for values in (machine.get(k) for k in LOADS) if values]
+    return bool(loads) and cores_of(record) > 0 and max(loads) > cores_of(record)
+
+
 def machine_line(record: Record) -> str:
     """Where and when: CPU, cores, memory, GPU, load before/after, versions, commit."""
     machine = record["machine"]
@@ -123,11 +135,10 @@ def machine_line(record: Record) -> str:
     if machine.get("gpu"):
         hardware += f", {machine['gpu']}"
     commit = str(record.get("git_commit", "unknown"))
-    loads = [values[0] for values in (machine.get(k) for k in LOADS) if values]
-    cores = machine.get("cores_usable") or machine.get("cores") or 0
     busy = (
-        f" **The load exceeded the {cores} cores: timings from this run need a quiet re-run.**"
-        if loads and cores and max(loads) > cores
+        f" **The load exceeded the {cores_of(record)} cores: timings from this run need a quiet "
+        "re-run.**"
+        if was_busy(record)
         else ""
     )
     return (
@@ -312,8 +323,10 @@ def render_readme_figures(records: list[Record]) -> str:
     for name, label, read in README_FIGURES:
         if name not in by_name:
             continue
+        busy = " (a busy machine: needs a quiet re-run)" if was_busy(by_name[name]) else ""
         rows.append(
-            f"| {label} | {read(by_name[name])} | [`{name}.json`](benchmarks/results/{name}.json) |"
+            f"| {label} | {read(by_name[name])}{busy} | "
+            f"[`{name}.json`](benchmarks/results/{name}.json) |"
         )
     return "\n".join(rows)
 
