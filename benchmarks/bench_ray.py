@@ -176,8 +176,7 @@ def main() -> None:
                 for batch_size in (int(b) for b in args.batch_sizes.split(",")):
                     for name in names:
                         walls = [contenders[name](folder, batch_size) for folder in (small, large)]
-                        rate = args.images / (walls[1] - walls[0])
-                        result = {"rate": rate, "fixed": walls[0] - args.images / rate}
+                        result = rates(args.images, walls)
                         results.setdefault((name, batch_size), []).append(result)
                         log(f"round {round_index} batch {batch_size} {name}: {walls} {result}")
                 loads.append(os.getloadavg()[0])
@@ -187,6 +186,15 @@ def main() -> None:
 
 
 GOAL = 0.9  # Ray's rate at least 90% of one process's on as many cores: overhead <= 10%
+
+
+def rates(images: int, walls: list[float]) -> dict[str, float | None]:
+    """The rate of a long job and the fixed cost, from the runs on N and 2N images; None when
+    the 2N run was not the longer one (the machine's noise exceeded the work of N images)."""
+    extra = walls[1] - walls[0]
+    if extra <= 0:
+        return {"rate": None, "fixed": None, "walls": walls}
+    return {"rate": images / extra, "fixed": walls[0] - images / (images / extra), "walls": walls}
 
 
 def report(
@@ -200,19 +208,29 @@ def report(
     rows, summary, rounds = [], {}, []
     for (name, batch_size), runs in results.items():
         base = results[(SAME_CORES[name], batch_size)]
-        ratios = [r["rate"] / b["rate"] for r, b in zip(runs, base, strict=True)]
-        verdict = "" if name == SAME_CORES[name] else goal_verdict(ratios, GOAL)
+        pairs = [(r["rate"], b["rate"]) for r, b in zip(runs, base, strict=True)]
+        ratios = [mine / theirs for mine, theirs in pairs if mine and theirs]
+        lost = len(pairs) - len(ratios)  # rounds whose N and 2N runs did not differ by the work
+        verdict = ""
+        if name != SAME_CORES[name]:
+            verdict = goal_verdict(ratios, GOAL) if ratios and not lost else "inconclusive"
+        usable = [r for r in runs if r["rate"]]
         rows.append(
             [
                 batch_size,
                 name,
-                median_spread([r["rate"] for r in runs], 1),
-                median_spread(ratios) + "x",
+                median_spread([r["rate"] for r in usable], 1) if usable else "n/a",
+                (median_spread(ratios) + "x" if ratios else "n/a")
+                + (f"; {lost} round(s) unmeasurable" if lost else ""),
                 verdict,
-                median_spread([r["fixed"] for r in runs], 1),
+                median_spread([r["fixed"] for r in usable], 1) if usable else "n/a",
             ]
         )
-        summary[f"{name}, batch {batch_size}"] = {"ratio": spread(ratios), "verdict": verdict}
+        summary[f"{name}, batch {batch_size}"] = {
+            "ratio": spread(ratios) if ratios else None,
+            "unmeasurable_rounds": lost,
+            "verdict": verdict,
+        }
         rounds += [
             {"contender": name, "batch_size": batch_size, "round": i, **r}
             for i, r in enumerate(runs)
@@ -241,7 +259,8 @@ def report(
             "imports and model load cancel out, and the fixed cost is the rest of wall(N). "
             f"{args.rounds} rounds in a rotated order; the ratio is taken round by round. "
             "'met' needs every round at or above the goal, 'missed' every round below it; "
-            "otherwise the rounds cannot tell (inconclusive). "
+            "otherwise the rounds cannot tell (inconclusive), as when a round's 2N run was not "
+            "longer than its N run (the machine's noise exceeded the work: unmeasurable). "
             f"Local `ray.init` took {ray_start:.1f} s; 1-minute load average per round: {loads}."
         ),
     )

@@ -269,6 +269,8 @@ def _train_figure(record: Record) -> str:
 def _ray_figure(record: Record) -> str:
     shown = [
         f"{name}: {spread_text(value['ratio'])}x one process ({value['verdict']})"
+        if value["ratio"]
+        else f"{name}: unmeasurable on this machine (inconclusive)"
         for name, value in record["summary"].items()
         if name.startswith("ray")
     ]
