@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from vitkit.checkpoints.hub import is_hub_id
+from vitkit.checkpoints.hub import source_kind
 from vitkit.errors import ServeSettingsError
 from vitkit.inference.settings import LoadSettings
 from vitkit.serve.requestlog import log_handler
@@ -36,10 +35,10 @@ def check_startup(settings: ServeSettings) -> None:
 
 def check_model_sources(sources: Mapping[str | None, LoadSettings]) -> None:
     """A model that is neither an existing path nor a hub id is refused before anything loads
-    (``vitkit.checkpoints.hub.is_hub_id`` is the one rule)."""
+    (``vitkit.checkpoints.hub.source_kind`` is the one rule)."""
     for name, load in sources.items():
         source = load.source
-        if not Path(source).expanduser().exists() and not is_hub_id(source):
+        if source_kind(source) is None:
             shown = f"{name}={source}" if name else source
             raise ServeSettingsError(
                 f"--model {shown}: no such file or directory, and not a hub id (org/name)"

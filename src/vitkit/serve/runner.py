@@ -18,13 +18,12 @@ import os
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from PIL import Image
 
-from vitkit.checkpoints.hub import is_hub_id
+from vitkit.checkpoints.hub import source_kind
 from vitkit.errors import NoClassificationHeadError, UnsupportedOperationError
 from vitkit.images.processor import ImageProcessor
 from vitkit.inference.classifier import Classifier
@@ -281,17 +280,13 @@ def public_model_name(classifier: Classifier) -> str:
     passes as it is; otherwise the architecture and head (``vit, 5 labels``). A name given to
     the service (``--model NAME=PATH``, ``--model-name``) overrides all of this.
     """
-    if _looks_like_hub_id(classifier.name):
+    if source_kind(classifier.name) == "hub":
         return classifier.name
     config = classifier.config
     described = config.to_hf_dict() if hasattr(config, "to_hf_dict") else {}
     kind = described.get("model_type") or type(config).__name__
     labels = getattr(config, "num_labels", 0)
     return f"{kind}, {labels} labels" if labels else f"{kind} (embeddings)"
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return is_hub_id(name) and not Path(name).expanduser().exists()
 
 
 # ---- the model thread ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vitkit.checkpoints.hub import is_hub_id
+from vitkit.checkpoints.hub import source_kind
 from vitkit.errors import TrainingError
 from vitkit.training import data as vdata
 from vitkit.training.config import LR_DEFAULTS, REPORT_TO, TrainConfig
@@ -103,7 +103,7 @@ def check_vit_settings(cfg: TrainConfig) -> None:
             f"--model {cfg.model} and --from-scratch exclude each other: drop --from-scratch to "
             "fine-tune the checkpoint, or drop --model to train --preset from random weights"
         )
-    if cfg.model is not None and not Path(cfg.model).exists() and not is_hub_id(cfg.model):
+    if cfg.model is not None and source_kind(cfg.model) is None:
         raise TrainingError(
             f"--model {cfg.model}: no such file or directory (and not a Hugging Face Hub id "
             "like google/vit-base-patch16-224)"

@@ -114,7 +114,7 @@ def card_metadata(run: Run, directory: Path, test: EvalResult | None) -> Any:
                 metric_args=arguments,
             )
         )
-    base = run.cfg.model if run.cfg.model and _is_hub_id(run.cfg.model) else None
+    base = run.cfg.model if run.cfg.model and source_kind(run.cfg.model) == "hub" else None
     return ModelCardData(
         library_name=library_name(directory),
         pipeline_tag=task,
@@ -147,12 +147,6 @@ def library_name(directory: Path) -> str:
     if config.get("model_type") in ("vit", "deit", "resnet", "dinov2", "vit_mae"):
         return "transformers"
     return "vitkit"
-
-
-def _is_hub_id(name: str) -> bool:
-    """A Hub id the model started from (the Hub links the card to it), not a local path."""
-
-    return source_kind(name) == "hub"
 
 
 def _model_name(run: Run) -> str:
