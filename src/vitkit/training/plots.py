@@ -1,7 +1,9 @@
-"""PNG figures for training runs: loss/accuracy curves and confusion matrices (matplotlib, Agg).
+"""PNG figures for training runs: loss/accuracy curves and confusion matrices (matplotlib).
 
-Matplotlib is imported inside each function with the non-interactive Agg backend, so plotting
-works on machines without a display and costs nothing to import ``vitkit``.
+Figures are drawn on a bare ``matplotlib.figure.Figure`` with its own Agg canvas, never through
+pyplot: no backend is switched and no global figure list grows, so a library call changes
+nothing process-wide and works without a display. Matplotlib is imported on first use, so
+``import vitkit`` does not pay for it.
 """
 
 from __future__ import annotations
@@ -16,24 +18,24 @@ import numpy as np
 from vitkit.atomic_files import atomic_write_bytes
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss (train and val) per epoch and, where the task reports them, validation scores
     (accuracy and macro-F1 for classification), from the epoch records."""
-    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     scores = [name for name in SCORE_CURVES if history and name in history[0]]
-    figure, axes = plt.subplots(
-        1, 2 if scores else 1, figsize=(10 if scores else 5, 4), squeeze=False
-    )
+    from matplotlib.ticker import MaxNLocator
+
+    figure = new_figure(10 if scores else 5, 4)
+    axes = figure.subplots(1, 2 if scores else 1, squeeze=False)
     loss_axis = axes[0][0]
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val")
@@ -51,8 +53,9 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
         score_axis.legend()
     for axis in axes[0]:
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 0.5 steps
     figure.tight_layout()
-    return _save(figure, plt, path)
+    return save_png(figure, path)
 
 
 # Epoch-record fields drawn as validation scores, when present (other tasks may add theirs).
@@ -71,11 +74,11 @@ def plot_confusion_matrix(
     title: str = "Confusion matrix",
 ) -> Path:
     """Counts with rows = true class, columns = predicted class; cells shaded by row share."""
-    plt = _pyplot()
     counts = np.asarray(matrix)
     row_share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = max(4.0, 0.45 * len(labels) + 2)
-    figure, axis = plt.subplots(figsize=(side + 1, side))
+    figure = new_figure(side + 1, side)
+    axis = figure.subplots()
     image = axis.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.046, label="share of true class")
     long_names = max((len(label) for label in labels), default=0) > 3  # short ones stay upright
@@ -101,14 +104,13 @@ def plot_confusion_matrix(
                     fontsize=8,
                 )
     figure.tight_layout()
-    return _save(figure, plt, path)
+    return save_png(figure, path)
 
 
-def _save(figure: Any, plt: Any, path: str | Path) -> Path:
+def save_png(figure: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return path
