@@ -8,6 +8,7 @@ class in its palette colour.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -31,19 +32,29 @@ _BASE_COLOURS = (
 )  # fmt: skip
 
 
-def palette(num_classes: int) -> list[tuple[int, int, int]]:
+def palette(num_classes: int = 256) -> list[tuple[int, int, int]]:
     """An RGB colour per class index 0..255: the qualitative set, then seeded colours."""
+    return list(_palette()[: max(num_classes, 256)])
+
+
+@functools.cache
+def _palette() -> tuple[tuple[int, int, int], ...]:
     rng = np.random.default_rng(0)
     colours = list(_BASE_COLOURS)
     while len(colours) < 256:
         colours.append(tuple(int(v) for v in rng.integers(40, 256, 3)))  # type: ignore[arg-type]
     colours[IGNORE_INDEX] = (0, 0, 0)
-    return colours[: max(num_classes, 256)]
+    return tuple(colours)
+
+
+@functools.cache
+def _palette_array() -> np.ndarray:
+    return np.asarray(_palette(), dtype=np.float32)
 
 
 def palette_bytes() -> list[int]:
     """PIL's flat palette list (768 values)."""
-    return [value for colour in palette(256) for value in colour]
+    return [value for colour in _palette() for value in colour]
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:
@@ -131,13 +142,13 @@ def overlay(
     base = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if base.shape[:2] != mask.shape:
         raise ValueError(f"image {base.shape[:2]} and mask {mask.shape} differ in size")
-    colours = np.asarray(palette(256), dtype=np.float32)[mask]
+    colours = _palette_array()[mask]
     blended = base.astype(np.float32) * (1 - alpha) + colours * alpha
     painted = np.where((mask == IGNORE_INDEX)[..., None], base, blended.round())
     picture = Image.fromarray(painted.astype(np.uint8), mode="RGB")
     if legend and labels:
         present = [int(v) for v in np.unique(mask) if v != IGNORE_INDEX and v < len(labels)]
-        picture = _with_legend(picture, [(labels[i], palette(256)[i]) for i in present])
+        picture = _with_legend(picture, [(labels[i], _palette()[i]) for i in present])
     return picture
 
 

@@ -133,8 +133,11 @@ class SegmentationRunner:
         if self.threads != "auto":
             return int(self.threads)
         size = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
-        if size not in self._flops:  # counted once per input size (it runs a forward)
-            self._flops[size] = float(self.model.flops_per_image(size))
+        if size not in self._flops:
+            # the encoder's count (arithmetic, free) stands for the whole: the thread choice
+            # needs the order of magnitude, and counting the decoder's runs a forward
+            backbone = getattr(self.model, "backbone", self.model)
+            self._flops[size] = float(backbone.flops_per_image(size))
         return auto_threads(len(pixel_values), _Flops(self._flops[size]), size)
 
     @torch.inference_mode()
