@@ -13,6 +13,7 @@ Both preprocess with ``DenseProcessor`` (transformers' DPTImageProcessor) at the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,11 @@ def unet_spec(
     def factory(
         cfg: TrainConfig, settings: SegmentationSettings, id2label: dict[int, str]
     ) -> ModelSpec:
+        if importlib.util.find_spec("segmentation_models_pytorch") is None:
+            raise TrainingError(
+                "the U-Net baseline needs segmentation_models_pytorch: "
+                "pip install 'vitkit[segmentation]'"
+            )
         import segmentation_models_pytorch as smp
 
         size = cfg.image_size or image_size

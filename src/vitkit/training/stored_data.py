@@ -28,6 +28,7 @@ images stored otherwise give the same splits and, for a fixed seed, the same tra
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import tarfile
@@ -179,6 +180,8 @@ def read_store(
     """The stored dataset at ``path``: its splits' records and class names."""
     path = Path(path)
     kind = store_kind(path)
+    if kind in ("datasets", "parquet"):
+        _require_datasets(path, kind)
     if kind == "datasets":
         tables, features = _datasets_tables(path)
     elif kind == "parquet":
@@ -197,6 +200,14 @@ def read_store(
         names = [images.name(row) for row in rows]
         splits[split] = Records(images, rows, names, table.column(label).to_pylist())
     return StoredData(kind, classes, multi_label, splits)
+
+
+def _require_datasets(path: Path, kind: str) -> None:
+    """Hugging Face ``datasets`` reads both layouts (and a Hub repository's split names)."""
+    if importlib.util.find_spec("datasets") is None:
+        raise DatasetError(
+            f"{path}: reading {kind} needs Hugging Face datasets: pip install 'vitkit[datasets]'"
+        )
 
 
 def _datasets_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
