@@ -31,6 +31,7 @@ import numpy as np
 from vitkit.atomic_files import atomic_open
 from vitkit.errors import DatasetError, VitkitError
 from vitkit.experiments.evaluation_settings import EvalSettings
+from vitkit.experiments.seg_evaluation import evaluate_masks
 from vitkit.inference.classifier import Classifier, load_settings
 from vitkit.inference.settings import LoadSettings
 from vitkit.inference.tta import AveragedModel
@@ -44,7 +45,9 @@ from vitkit.training.evaluate import (
 from vitkit.training.evaluate import evaluate as run_evaluator
 from vitkit.training.labels import find_table, is_label_table, read_label_table, samples
 from vitkit.training.metrics import format_multilabel_report, format_report
+from vitkit.training.seg_metrics import format_segmentation_report
 from vitkit.training.tasks.multilabel import MultiLabelEvaluator
+from vitkit.training.tasks.segment import write_segmentation_outputs
 
 __all__ = ["EvalSettings", "Evaluation", "evaluate"]
 
@@ -76,8 +79,6 @@ class Evaluation:
         """The report ``vitkit eval`` prints: a header line and the metrics table."""
         count = self.report["num_samples"]
         if self.segmentation:
-            from vitkit.training.seg_metrics import format_segmentation_report
-
             header = f"{self.model} on {self.data} ({count} images with masks)"
             return f"{header}, loss {self.result.loss:.4f}\n" + format_segmentation_report(
                 self.report
@@ -103,8 +104,6 @@ class Evaluation:
         """The evaluation's files in ``out`` (each written whole: a crash leaves none half done)."""
         folder = Path(out)
         if self.segmentation:
-            from vitkit.training.tasks.segment import write_segmentation_outputs
-
             write_segmentation_outputs(self.report, self.result.loss, folder, self.title)
             return folder
         if self.multi_label:
@@ -131,8 +130,6 @@ def evaluate(
     head = classifier.require_head()
     given_split = split if split is not None else chosen.split
     if getattr(classifier.model.capabilities, "dense", False):  # masks, not class folders
-        from vitkit.experiments.seg_evaluation import evaluate_masks
-
         where, name, result = evaluate_masks(
             classifier, Path(data), given_split, chosen.batch_size, chosen.workers
         )
