@@ -1,7 +1,8 @@
-"""Render BENCHMARKS.md and the README's figures table from ``benchmarks/results/*.json``.
+"""Render BENCHMARKS.md, the README's figures table and the results tables docs pages mark
+from ``benchmarks/results/*.json``.
 
-    python scripts/render_benchmarks.py           # rewrite BENCHMARKS.md and README's table
-    python scripts/render_benchmarks.py --check   # exit 1 when either differs from a fresh render
+    python scripts/render_benchmarks.py           # rewrite BENCHMARKS.md, README's table, docs tables
+    python scripts/render_benchmarks.py --check   # exit 1 when one differs from a fresh render
 
 Every file under ``benchmarks/results/`` is a results file written by
 ``benchmarks/results_io.write_results`` (its docstring is the contract) and gets one section.
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 README = ROOT / "README.md"
+DOCS_DIR = ROOT / "docs"
 FIGURES_BEGIN = "<!-- figures:begin (scripts/render_benchmarks.py writes this table) -->"
 FIGURES_END = "<!-- figures:end -->"
 
@@ -341,6 +343,39 @@ def with_readme_figures(readme: str, records: list[Record]) -> str:
     return readme[: begin + len(FIGURES_BEGIN)] + "\n" + table + "\n" + readme[end:]
 
 
+# ---- tables in the docs pages ------------------------------------------------------------------
+def doc_marks(name: str) -> tuple[str, str]:
+    """A docs page shows results file NAME's table between these two lines."""
+    return (
+        f"<!-- results:{name}:begin (scripts/render_benchmarks.py) -->",
+        f"<!-- results:{name}:end -->",
+    )
+
+
+def with_doc_tables(page: str, records: list[Record]) -> str:
+    """``page`` with the table (and the notes' last paragraph) of every results file it marks."""
+    for record in records:
+        begin_mark, end_mark = doc_marks(record["name"])
+        begin, end = page.find(begin_mark), page.find(end_mark)
+        if begin < 0 or end < begin or not record.get("table"):
+            continue
+        notes = record.get("notes", "").strip().split("\n\n")[-1]
+        body = (
+            [markdown_table(record["table"]), notes] if notes else [markdown_table(record["table"])]
+        )
+        body.append(f"Every round: `benchmarks/results/{record['name']}.json`.")
+        page = page[: begin + len(begin_mark)] + "\n" + "\n\n".join(body) + "\n" + page[end:]
+    return page
+
+
+def doc_pages(records: list[Record]) -> list[tuple[Path, str]]:
+    """(page, fresh text) of every docs page, its results tables filled in."""
+    return [
+        (path, with_doc_tables(path.read_text(encoding="utf-8"), records))
+        for path in sorted(DOCS_DIR.glob("*.md"))
+    ]
+
+
 # ---- command line ----------------------------------------------------------------------------------
 def render_all(results_dir: Path, readme: str) -> tuple[str, str]:
     """(BENCHMARKS.md, README.md) as rendered from ``results_dir``."""
@@ -365,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as error:
         print(f"render_benchmarks: {error}", file=sys.stderr)
         return 1
+    pages = [(BENCHMARKS_MD, benchmarks), (README, readme)]
+    pages += doc_pages(load_results(args.results))
     stale = [
         (path, new)
-        for path, new in ((BENCHMARKS_MD, benchmarks), (README, readme))
+        for path, new in pages
         if not path.exists() or path.read_text(encoding="utf-8") != new
     ]
     if args.check:

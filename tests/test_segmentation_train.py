@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,6 +85,78 @@ def test_vitkit_trained_dpt_loads_in_transformers(
     evaluated = json.loads((out / "ev" / "metrics.json").read_text())
     assert evaluated["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-9)
     assert evaluated["per_class"] == metrics["per_class"]
+
+
+def test_eval_report_equals_torchmetrics_on_transformers_predictions(
+    mosaics: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vitkit eval` on a DPTForSemanticSegmentation that transformers saved: its metrics JSON,
+    confusion matrix file, printed report and plots against torchmetrics on transformers' own
+    predictions for the same test images and masks."""
+    from test_segmentation_parity import calibrate_batch_norm, randomise
+
+    labels = json.loads((mosaics / "labels.json").read_text())
+    torch.manual_seed(0)
+    model = transformers.DPTForSemanticSegmentation(
+        transformers.DPTConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+            neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        )
+    ).eval()  # fmt: skip
+    processor = transformers.DPTImageProcessor(size={"height": 32, "width": 32})
+    randomise(model, 1)
+    calibrate_batch_norm(model, processor)  # several classes predicted, not one everywhere
+    model.save_pretrained(tmp_path / "dpt")
+    processor.save_pretrained(tmp_path / "dpt")
+    out = tmp_path / "ev"
+    argv = ["eval", "--model", str(tmp_path / "dpt"), "--data", str(mosaics), "--out", str(out)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    images = sorted((mosaics / "test" / "images").iterdir())
+    photos = [Image.open(p).convert("RGB") for p in images]
+    with torch.no_grad():
+        outputs = model(**processor(images=photos, return_tensors="pt"))
+    masks = [np.asarray(Image.open(mosaics / "test" / "masks" / p.name)) for p in images]
+    predicted = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[mask.shape for mask in masks]
+    )  # the logits (at 2x the input here) resized to the mask, then the arg-max
+    predictions, targets = torch.stack(predicted), torch.from_numpy(np.stack(masks)).long()
+    assert len(predictions.unique()) >= 3 and report["pixel_accuracy"] > 0
+    matrix = json.loads((out / "confusion_matrix.json").read_text())
+    assert matrix["labels"] == labels
+    assert_report_equals_torchmetrics(report, matrix["matrix"], predictions, targets)
+    printed = capsys.readouterr().out
+    assert f"mIoU {report['mean_iou']:.4f}" in printed  # the report `vitkit eval` prints
+    for picture in ("per_class_iou.png", "confusion_matrix.png"):
+        assert Image.open(out / picture).size[0] > 200
+
+
+def assert_report_equals_torchmetrics(
+    report: dict[str, Any], confusion: list[list[int]], predictions: torch.Tensor,
+    targets: torch.Tensor,
+) -> None:  # fmt: skip
+    """mIoU (over the classes present), per-class IoU / Dice, pixel accuracy and the confusion
+    matrix of a report, as torchmetrics computes them from the predictions."""
+    kwargs = dict(num_classes=len(report["labels"]), ignore_index=255)
+    classes = torchmetrics.classification
+    matrix = classes.MulticlassConfusionMatrix(**kwargs)(predictions, targets)
+    assert confusion == matrix.tolist()
+    present = (matrix.sum(0) + matrix.sum(1)) > 0
+    iou = classes.MulticlassJaccardIndex(average="none", **kwargs)(predictions, targets)
+    dice = classes.MulticlassF1Score(average="none", **kwargs)(predictions, targets)
+    for index, label in enumerate(report["labels"]):
+        row = report["per_class"][label]
+        if present[index]:
+            assert row["iou"] == pytest.approx(float(iou[index]), abs=1e-6)
+            assert row["dice"] == pytest.approx(float(dice[index]), abs=1e-6)
+        else:
+            assert row["iou"] is None and row["dice"] is None
+    assert report["mean_iou"] == pytest.approx(float(iou[present].mean()), abs=1e-6)
+    assert report["mean_dice"] == pytest.approx(float(dice[present].mean()), abs=1e-6)
+    accuracy = classes.MulticlassAccuracy(average="micro", **kwargs)(predictions, targets)
+    assert report["pixel_accuracy"] == pytest.approx(float(accuracy), abs=1e-6)
 
 
 def test_segmentation_options_refused_for_class_folders(

@@ -100,12 +100,12 @@ class PageServer(Server):
     """test_serve_process's Server, started in the model's parent directory, with private URLs
     allowed and --model-name naming the model (clients never see the server's paths)."""
 
-    def __init__(self, workdir: Path, log: Path) -> None:
+    def __init__(self, workdir: Path, log: Path, model: str = MODEL_NAME) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "vitkit", "serve", "--model", MODEL_NAME]
-        command += ["--model-name", MODEL_NAME]
+        command = [sys.executable, "-m", "vitkit", "serve", "--model", model]
+        command += ["--model-name", model]
         command += ["--port", str(self.port), "--device", "cpu", "--log-level", "warning"]
         command += ["--max-image-bytes", str(MAX_IMAGE_BYTES), "--allow-private-urls"]
         command += ["--fetch-timeout", "2"]
@@ -480,3 +480,72 @@ def test_keyboard_reaches_every_control(
     [expected] = api_predict(server, photos["coffee"])
     assert_same_predictions(page.locator("#results .card"), expected)
     screenshot(page, artifacts, "keyboard")
+
+
+# ---- a segmentation model -------------------------------------------------------------------
+SEG_MODEL_NAME = "dpt-tiny-random-weights"
+
+
+@pytest.fixture(scope="module")
+def seg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
+    """A small random transformers DPTForSemanticSegmentation (3 classes, BatchNorm statistics
+    of real photos so that its mask holds several classes), served by a real process."""
+    from test_segmentation_parity import hf_dpt
+
+    workdir = tmp_path_factory.mktemp("web-page-seg")
+    hf_dpt(workdir / SEG_MODEL_NAME)
+    with PageServer(workdir, workdir / "serve.log", model=SEG_MODEL_NAME) as running:
+        yield running
+
+
+def test_a_segmentation_model_shows_its_overlay_with_a_legend(
+    browser: Any, seg_server: PageServer, photos: dict[str, Path], artifacts: Path
+) -> None:
+    tab = browser.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        tab.goto(seg_server.url + "/")
+        tab.wait_for_selector("#labels-box:not([hidden])")
+        assert tab.inner_text("#model") == (
+            f"model: {SEG_MODEL_NAME} · segmentation: every pixel gets a class"
+        )
+        tab.set_input_files("#file", str(photos["chelsea"]))
+        wait_done(tab, 1)
+        card = tab.locator("#results .card")
+        overlay = card.locator(".overlay:not([hidden])")
+        overlay.wait_for()
+        upload = {"image": ("chelsea.jpg", photos["chelsea"].read_bytes(), "image/jpeg")}
+        answer = seg_server.client.post("/v1/segment", files=upload)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        shown = decode_data_url(overlay.locator("img").get_attribute("src"))
+        assert np.array_equal(shown, decode_png(body["overlay_png_base64"]))  # the API's picture
+        height, width = body["size"]
+        assert overlay.locator("figcaption").inner_text() == (
+            f"classes (mask {width}×{height}, legend below)"
+        )
+        natural = overlay.locator("img").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert natural == [shown.shape[1], shown.shape[0]]
+        assert overlay.locator("img").bounding_box()["height"] > 100  # on show, not a thumbnail
+        # The legend: a strip below the painted image, one row per class present in the mask,
+        # its swatch in the mask PNG's palette colour of that class, its name drawn beside it.
+        mask_png = Image.open(io.BytesIO(base64.b64decode(body["mask_png_base64"])))
+        mask, colours = np.asarray(mask_png), mask_png.getpalette()
+        present = [int(c) for c in np.unique(mask) if c != 255]
+        assert len(present) >= 2 and mask.shape == (height, width)
+        assert shown.shape[0] == height + 14 * len(present) + 6
+        for row, index in enumerate(present):
+            top = height + 3 + row * 14
+            assert tuple(shown[top + 6, 9]) == tuple(colours[3 * index : 3 * index + 3])
+            assert (shown[top + 2 : top + 12, 20:60] < 100).any()  # dark text: the class name
+        shares = shown_predictions(card)
+        expected = sorted(
+            (row for row in body["classes"] if row["pixels"] > 0), key=lambda row: -row["pixels"]
+        )
+        assert [row["label"] for row in shares] == [row["label"] for row in expected]
+        assert [row["score"] for row in shares] == pytest.approx([r["fraction"] for r in expected])
+        screenshot(tab, artifacts, "segmentation-overlay")
+        assert errors == [], errors
+    finally:
+        tab.close()
