@@ -215,9 +215,23 @@ def test_linear_head_on_dinov2_trains_and_reloads(mosaics: Path, tmp_path: Path)
         tokens = loaded.model.backbone(pixels).last_hidden_state
         expected = dinov2(pixel_values=pixels).last_hidden_state
     assert torch.allclose(tokens, expected, atol=1e-5)
+    # the head reloads as trained: the reloaded model scores the test masks as the trainer did
+    assert result.test is not None
+    out = tmp_path / "ev"
+    assert (
+        main(
+            ["eval", "--model", str(result.out / "best"), "--data", str(mosaics), "--out", str(out)]
+        )
+        == 0
+    )
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["per_class"] == result.test.report["per_class"]
+    assert evaluated["mean_iou"] == pytest.approx(result.test.report["mean_iou"], abs=1e-9)
 
 
-def test_masks_that_do_not_fit_are_refused_naming_the_file(mosaics: Path, tmp_path: Path) -> None:
+def test_masks_that_do_not_fit_are_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
@@ -238,6 +252,14 @@ def test_masks_that_do_not_fit_are_refused_naming_the_file(mosaics: Path, tmp_pa
     assert "2 mask(s) do not fit" in message
     assert str(data / "masks" / "small.png") in message and "8" in message
     assert str(data / "masks" / "values.png") in message and "[7]" in message
+    # `vitkit train` names them all, whichever split each fell in, before any training
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), "--from-scratch", "--image-size", "16"]
+    argv += ["--preset", "vit-tiny-patch8-64", "--batch-size", "1", "--val-fraction", "0.34"]
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 1
+    printed = capsys.readouterr().err
+    assert "2 mask(s) do not fit" in printed and "small.png" in printed and "values.png" in printed
+    assert not (out / "last.pt").exists() and not (out / "metrics.jsonl").exists()
     Image.fromarray(image).save(data / "masks" / "ok.png")  # RGB: colours are not classes
     with pytest.raises(DatasetError, match=r"ok\.png: a RGB image, not a mask"):
         read_mask(data / "masks" / "ok.png")

@@ -262,31 +262,49 @@ def scan_masks(
     samples: Sequence[MaskSample], classes: Sequence[str], *, keep: bool, threads: int = 4
 ) -> MaskScan:
     """Read every pair; DatasetError listing the masks that do not fit (before any training)."""
+    [scan] = scan_splits([samples], classes, keep=keep, threads=threads)
+    return scan
+
+
+def scan_splits(
+    splits: Sequence[Sequence[MaskSample]], classes: Sequence[str], *, keep: bool, threads: int = 4
+) -> list[MaskScan]:
+    """``scan_masks`` of several splits, one DatasetError naming the misfits of all of them."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(lambda s: _read_pair(s, len(classes)), samples))
-    problems = [r for r in results if isinstance(r, DatasetError)]
+        results = [list(pool.map(lambda s: _read_pair(s, len(classes)), part)) for part in splits]
+    problems = [r for part in results for r in part if isinstance(r, DatasetError)]
     if problems:
         listed = "\n  ".join(str(p) for p in problems[:_MAX_LISTED])
         more = (
             f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         )
         raise DatasetError(f"{len(problems)} mask(s) do not fit:\n  {listed}{more}")
+    return [
+        _collect(part, found, len(classes), keep)
+        for part, found in zip(splits, results, strict=True)
+    ]
+
+
+def _collect(
+    samples: Sequence[MaskSample], results: list[Any], num_classes: int, keep: bool
+) -> MaskScan:
+    """The scan of one split from its pairs as read (none of them a misfit)."""
     good, bad, images, masks, presence = [], [], [], [], []
-    counts = np.zeros(len(classes), dtype=np.int64)
+    counts = np.zeros(num_classes, dtype=np.int64)
     for sample, result in zip(samples, results, strict=True):
         if isinstance(result, str):
             bad.append((sample.path, result))
             continue
         assert isinstance(result, tuple)
         image, mask = result
-        pixel_counts = np.bincount(mask.ravel(), minlength=256)[: len(classes)]
+        pixel_counts = np.bincount(mask.ravel(), minlength=256)[:num_classes]
         counts += pixel_counts
         presence.append(pixel_counts > 0)
         good.append(sample)
         if keep:
             images.append(image)
             masks.append(mask)
-    table = np.array(presence, dtype=bool).reshape(len(good), len(classes))
+    table = np.array(presence, dtype=bool).reshape(len(good), num_classes)
     return MaskScan(good, bad, images if keep else None, masks if keep else None, table, counts)
 
 

@@ -257,7 +257,7 @@ def prepare_mask_data(
         cfg.cache_images == "auto" and sum(map(len, samples)) <= 20000
     )
     threads = min(8, os.cpu_count() or 1)
-    scans = [seg_data.scan_masks(s, splits.classes, keep=keep, threads=threads) for s in samples]  # type: ignore[arg-type]
+    scans = seg_data.scan_splits(samples, splits.classes, keep=keep, threads=threads)  # type: ignore[arg-type]
     _report_unreadable(cfg, out, [item for scan in scans for item in scan.bad], is_main)
     train, val, test = scans
     if not val.good:
