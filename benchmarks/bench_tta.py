@@ -26,8 +26,8 @@ from PIL import Image
 
 import vitkit
 from results_io import median_spread, spread, write_results
-from vitkit.cli.demo import DEMO_MODEL, DEMO_PRESET, DEMO_TRAINING
 from vitkit.experiments.demo_data import build_demo_folder
+from vitkit.experiments.demo_settings import DEMO_MODEL, DEMO_PRESET, DEMO_TRAINING
 from vitkit.training.metrics import classification_report
 from vitkit.training.trainer import TrainConfig, train
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from vitkit.cli.demo import DEMO_MODEL, DEMO_PRESET, DEMO_TRAINING
 from vitkit.experiments.demo_data import build_demo_folder
+from vitkit.experiments.demo_settings import DEMO_MODEL, DEMO_PRESET, DEMO_TRAINING
 from vitkit.training.trainer import TrainConfig, train
 
 
