@@ -72,9 +72,17 @@ def _train(table: Path, out: Path, settings: MILSettings, epochs: int) -> dict[s
 def test_several_classes_are_learned(tmp_path: Path) -> None:
     table = _bags(tmp_path, 45, multi_label=False)
     settings = MILSettings(
-        mil_model="transmil", hidden_dim=32, attention_dim=16, heads=4, dropout=0.0, bootstrap=50
+        mil_model="transmil",
+        hidden_dim=32,
+        attention_dim=16,
+        heads=4,
+        dropout=0.0,
+        bootstrap=50,
     )
     metrics = _train(table, tmp_path / "run", settings, epochs=8)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as handle:
+        kept = [row["best"] for row in csv.DictReader(handle)]
+    assert kept == ["False"] * 7 + ["True"]  # by default best/ is the end of the schedule
     assert metrics["labels"] == list(LABELS)
     assert metrics["auc"] > 0.9 and metrics["balanced_accuracy"] > 0.6, metrics  # chance: 0.5, 1/3
     model_dir = load_mil(tmp_path / "run" / "best")
@@ -94,11 +102,16 @@ def test_several_labels_per_slide_with_sampled_bags(tmp_path: Path) -> None:
         clam_k=3,
         max_tiles=40,
         bootstrap=50,
+        best_epoch="val-loss",
     )
     metrics = _train(table, tmp_path / "run", settings, epochs=12)
     assert metrics["auc"] > 0.85, metrics
     predictions = (tmp_path / "run" / "test" / "predictions.csv").read_text().splitlines()
     assert predictions[0] == "slide,true,predicted," + ",".join(f"prob_{label}" for label in LABELS)
     assert load_mil(tmp_path / "run" / "best").multi_label
+    with open(tmp_path / "run" / "metrics.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    lowest = min(records, key=lambda row: float(row["val_loss"]))
+    assert [row["epoch"] for row in records if row["best"] == "True"][-1] == lowest["epoch"]
     plan = (tmp_path / "run" / "mil_config.json").read_text()
     assert '"max_tiles": 40' in plan

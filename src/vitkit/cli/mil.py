@@ -57,7 +57,8 @@ OWN_HELP = {
     "lr": f"peak learning rate (default {MIL_LR:g}, Ilse et al. 2018)",
     "weight_decay": "decoupled weight decay (default 1e-4 with adamw)",
     "warmup_fraction": "share of the steps for the linear warm-up (default 0.05)",
-    "val_fraction": "share of the training patients held out for validation (best epoch)",
+    "val_fraction": "share of the training patients held out for validation (per-epoch metrics; "
+    "the best epoch with --best-epoch val-loss)",
     "balance": "class balance: auto = class weights in the loss when class counts differ",
     "workers": "data-loading processes (default 0: bags read in this process)",
 }

@@ -23,6 +23,7 @@ MIL_MODEL_CHOICES = ("mean", "max", "abmil", "clam_sb", "transmil")
 MIL_LR = 5e-4
 MIL_WEIGHT_DECAY = 1e-4
 MIL_WARMUP_FRACTION = 0.05
+BEST_EPOCH_CHOICES = ("val-loss", "last")
 
 
 @dataclass
@@ -84,6 +85,13 @@ class MILSettings:
         "standardise each embedding feature by the training tiles' mean and std (kept in the model)",
         group="network",
         flags=("--no-standardize",),
+    )
+    best_epoch: str = option(
+        "last",
+        "the epoch saved as best/: the last (the whole warm-up + cosine schedule), or the one "
+        "with the lowest validation loss (needs a validation split large enough to choose by)",
+        group="network",
+        choices=BEST_EPOCH_CHOICES,
     )
     max_tiles: int | None = option(
         None,
