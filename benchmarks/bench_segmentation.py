@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_segmentation.py [--data fashion,ihc] [--seeds 0,1,2]
            [--rows probe,dpt,dpt-mae,unet] [--runs runs.jsonl] [--work DIR]
+           [--write-only] [--epochs N --mae-epochs N (a smoke run)]
 
 Data (``vitkit.experiments.seg_datasets``, built once, seed 0):
 
@@ -221,9 +222,7 @@ def main() -> None:
     parser.add_argument("--data", default="fashion,ihc")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument(
-        "--runs", type=Path, default=Path("benchmarks/results/segmentation_runs.jsonl")
-    )
+    parser.add_argument("--runs", type=Path, help="runs file (default: WORK/runs.jsonl)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vitkit-bench-segmentation"))
     parser.add_argument("--write-only", action="store_true", help="only write the results file")
     parser.add_argument("--epochs", type=int, help="every row's epochs (a smoke run)")
@@ -233,6 +232,7 @@ def main() -> None:
         EPOCHS.update(dict.fromkeys(EPOCHS, args.epochs))
     if args.mae_epochs:
         MAE_EPOCHS.update(dict.fromkeys(MAE_EPOCHS, args.mae_epochs))
+    args.runs = args.runs or args.work / "runs.jsonl"  # not under results/: only results files
     results_io.mark_start()
     done = read_runs(args.runs)
     if not args.write_only:
