@@ -71,7 +71,9 @@ NOTES = (
     "are small so that 3 seeds of 4 rows on 2 data sets train on a shared 2-core CPU (one torch "
     "thread per run, 0.5-4 CPU minutes each); the scores are those of this small regime, not "
     "of ViTs at scale. Run time is in every round (train_seconds, under the load shown below); "
-    "the table's scores do not depend on it."
+    "the table's scores do not depend on it. Runs append to a runs file and an interrupted "
+    "one resumes, so the rounds may come from several invocations; the commit below is the one "
+    "that wrote this file."
 )
 
 
