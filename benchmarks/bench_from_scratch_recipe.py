@@ -25,7 +25,8 @@ validation loss). Recipes (anything unset comes from vitkit's from-scratch recip
 - ``conv-batchnorm``: the convolutional stem as Xiao et al. wrote it (BatchNorm, ReLU);
 - ``spt-lsa``: shifted patch tokenisation + locality self-attention (Lee et al. 2021);
 - ``before-batch32``: ``before`` with twice the optimiser steps;
-- ``conv-stem-shift``: ``conv-stem`` with the ``shift`` augmentation.
+- ``conv-stem-shift``: ``conv-stem`` with the ``shift`` augmentation; ``conv-stem-batch32``:
+  with twice the optimiser steps; ``conv-stem-avgpool``: the mean patch token feeds the head.
 The prototypes (``conv-batchnorm``, ``spt-lsa``) are written here, not in vitkit.
 ``conv-stem`` is vitkit's from-scratch default (``main`` checks it before running).
 """
@@ -71,6 +72,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "spt-lsa": {**BEFORE, "prototype": "spt-lsa"},
     "before-batch32": {**BEFORE, "batch_size": 32},
     "conv-stem-shift": {**BEFORE, "patch_embed": "conv", "augment": "shift"},
+    "conv-stem-batch32": {**BEFORE, "patch_embed": "conv", "batch_size": 32},
+    "conv-stem-avgpool": {**BEFORE, "patch_embed": "conv", "model": {"global_pool": "avg"}},
 }
 RECIPE_SETTINGS = (
     "patch_embed",
@@ -237,12 +240,13 @@ def run_round(data: Path, recipe: str, model: str, seed: int, out: Path) -> dict
 
     settings = dict(RECIPES[recipe])
     prototype = settings.pop("prototype", None)
+    model_fields = {**MODELS[model], **settings.pop("model", {})}
     cfg = TrainConfig(
         data=str(data),
         out=str(out),
         from_scratch=True,
         preset="vit-tiny-patch4-28",
-        model_overrides=dict(MODELS[model]),
+        model_overrides=model_fields,
         epochs=EPOCHS,
         batch_size=settings.pop("batch_size", BATCH),
         seed=seed,
