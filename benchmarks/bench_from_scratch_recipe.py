@@ -26,7 +26,8 @@ validation loss). Recipes (anything unset comes from vitkit's from-scratch recip
 - ``spt-lsa``: shifted patch tokenisation + locality self-attention (Lee et al. 2021);
 - ``before-batch32``: ``before`` with twice the optimiser steps;
 - ``conv-stem-shift``: ``conv-stem`` with the ``shift`` augmentation; ``conv-stem-batch32``:
-  with twice the optimiser steps; ``conv-stem-avgpool``: the mean patch token feeds the head.
+  with twice the optimiser steps; ``conv-stem-avgpool``: the mean patch token feeds the head;
+  ``conv-stem-lr1e-3``: half the peak learning rate.
 The prototypes (``conv-batchnorm``, ``spt-lsa``) are written here, not in vitkit.
 ``conv-stem`` is vitkit's from-scratch default (``main`` checks it before running).
 """
@@ -74,6 +75,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "conv-stem-shift": {**BEFORE, "patch_embed": "conv", "augment": "shift"},
     "conv-stem-batch32": {**BEFORE, "patch_embed": "conv", "batch_size": 32},
     "conv-stem-avgpool": {**BEFORE, "patch_embed": "conv", "model": {"global_pool": "avg"}},
+    "conv-stem-lr1e-3": {**BEFORE, "patch_embed": "conv", "lr": 1e-3},
 }
 RECIPE_SETTINGS = (
     "patch_embed",
