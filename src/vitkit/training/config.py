@@ -13,15 +13,16 @@ recipes, chosen by ``from_scratch``:
 - ``fine-tune``: the ViT paper's fine-tuning recipe (Appendix B.1.1): SGD momentum 0.9, no weight
   decay, lr 0.01, 5% warm-up then cosine, random-resized crops and horizontal flips.
 - ``from-scratch``: a transformer trained from random weights on a small data set: AdamW with
-  weight decay 0.05, a 10% warm-up and label smoothing 0.1 as DeiT trains, at lr 2e-3, and no
-  augmentation or batch mixing by default: in a 15-epoch budget on real 10-class data (digits,
-  Fashion-MNIST at 16x16) the ``shift`` preset cost 0.18-0.26 test macro-F1 and cutmix more (the
-  README's "Training from scratch" has every number). Never flips unless asked: a mirrored 6 or
-  letter is another symbol. Ask for ``--augment shift`` (no flips), or ``natural`` / ``seed`` where
-  orientation carries no meaning, for longer schedules. The ViT gets a convolutional stem
-  (``patch_embed="conv"``, Xiao et al. 2021) instead of the paper's linear patch projection: it
-  lends the transformer a CNN's locality, which a few thousand images cannot teach it in 15
-  epochs (``benchmarks/bench_from_scratch_recipe.py``; docs/training.md has the table).
+  weight decay 0.05, a 10% warm-up and label smoothing 0.1 as DeiT trains, at lr 2e-3, no
+  augmentation or batch mixing, and a convolutional stem (``patch_embed="conv"``, Xiao et al.
+  2021) instead of the paper's linear patch projection: the stem lends the transformer a CNN's
+  locality, which a few thousand images cannot teach it in 15 epochs. In that budget a small
+  ViT underfits (its training loss stays above its validation loss), so augmentation, which
+  fights overfitting, costs accuracy there; a smaller batch, a higher learning rate or mean
+  pooling did not help either (``benchmarks/bench_from_scratch_recipe.py``; BENCHMARKS.md has
+  the table). Never flips unless asked: a mirrored 6 or letter is another symbol. Ask for
+  ``--augment shift`` (no flips), or ``natural`` / ``seed`` where orientation carries no
+  meaning, for longer schedules.
 """
 
 from __future__ import annotations
@@ -72,6 +73,21 @@ RECIPES = {
     "fine-tune": Recipe("fine-tune", "sgd", 0.01, 0.05, 0.0, "natural", "none", None),
     "from-scratch": Recipe("from-scratch", "adamw", 2e-3, 0.1, 0.1, "none", "none", "conv"),
 }
+
+
+def recipe_default(name: str, fmt: str = "{}") -> str:
+    """``default_help`` of a recipe field: what each recipe gives it."""
+    given = {
+        recipe.name: fmt.format(getattr(recipe, name))
+        for recipe in RECIPES.values()
+        if getattr(recipe, name) is not None
+    }
+    if len(set(given.values())) == 1 and len(given) == len(RECIPES):
+        return f"from the recipe: {next(iter(given.values()))}"
+    said = {"fine-tune": "fine-tuning", "from-scratch": "from scratch"}
+    return "from the recipe: " + ", ".join(f"{value} {said[name]}" for name, value in given.items())
+
+
 RECIPE_FIELDS = (
     "optimizer",
     "warmup_fraction",
@@ -133,7 +149,7 @@ class TrainConfig:
         "projection; transformers loads the model) or conv (a convolutional stem; vitkit only)",
         group="model",
         choices=PATCH_EMBEDS,
-        default_help="from the recipe: conv from scratch",
+        default_help=recipe_default("patch_embed"),
     )
     freeze_backbone: bool = option(False, "train only the new head (linear probe)", group="model")
     # ---- optimisation
@@ -150,13 +166,14 @@ class TrainConfig:
         "sgd (momentum, the paper's fine-tuning) or adamw",
         group="optimisation",
         choices=OPTIMIZERS,
-        default_help="from the recipe: sgd fine-tuning, adamw from scratch",
+        default_help=recipe_default("optimizer"),
     )
     lr: float | None = option(
         None,
         "peak learning rate",
         group="optimisation",
-        default_help="from the recipe: 0.01 fine-tuning (sgd), 2e-3 from scratch (adamw); "
+        default_help=recipe_default("lr", "{:g}")
+        + "; "
         + ", ".join(f"{lr:g} for {name} otherwise" for name, lr in LR_DEFAULTS.items()),
     )
     weight_decay: float | None = option(
@@ -170,7 +187,7 @@ class TrainConfig:
         None,
         "share of the steps for the linear warm-up",
         group="optimisation",
-        default_help="from the recipe: 0.05 fine-tuning, 0.1 from scratch",
+        default_help=recipe_default("warmup_fraction", "{:g}"),
     )
     warmup_steps: int | None = option(
         None,
@@ -183,7 +200,7 @@ class TrainConfig:
         None,
         "cross-entropy label smoothing",
         group="optimisation",
-        default_help="from the recipe: 0 fine-tuning, 0.1 from scratch",
+        default_help=recipe_default("label_smoothing", "{:g}"),
     )
     # ---- data
     val_fraction: float = option(0.1, "validation share when DATA has no val/", group="data")
@@ -198,7 +215,7 @@ class TrainConfig:
         "augmentation preset (see vitkit.training.augment; shift has no flips)",
         group="data",
         choices=AUGMENT_PRESETS,
-        default_help="from the recipe: natural fine-tuning, none from scratch",
+        default_help=recipe_default("augment"),
     )
     # Batch mixing after augmentation (vitkit.training.augment.mix_batch); the loss then sees soft
     # targets (N, classes) and, under distillation, the teacher sees the mixed images.
@@ -207,7 +224,7 @@ class TrainConfig:
         "mix each training batch: mixup or cutmix, labels mixed alike",
         group="data",
         choices=MIX_MODES,
-        default_help="from the recipe: none",
+        default_help=recipe_default("mix"),
     )
     mix_alpha: float = option(1.0, "Beta(alpha, alpha) of the mixing weight", group="data")
     image_column: str | None = option(
