@@ -309,8 +309,9 @@ def run_one(
         log_every=10_000,
         resume=(out / "last.pt").exists(),  # a run stopped half-way continues
     )
-    chosen = {"best_epoch": args.best_epoch} if args.best_epoch else {}
-    settings = MILSettings(mil_model=model, bootstrap=0, **chosen)
+    network, _, best_epoch = model.partition("@")  # "abmil@val-loss": another --best-epoch
+    chosen = {"best_epoch": best} if (best := best_epoch or args.best_epoch) else {}
+    settings = MILSettings(mil_model=network, bootstrap=0, **chosen)
     started = time.perf_counter()
     result = train_mil(cfg, settings, rows)
     seconds = time.perf_counter() - started
@@ -401,7 +402,7 @@ def experiment(
                         continue
                     else:
                         record = run_one(args, root, model, table, seed, bags)
-                        if model in ("abmil", "clam_sb", "transmil"):
+                        if model.partition("@")[0] in ("abmil", "clam_sb", "transmil"):
                             record["top_attention_is_a_9"] = top_attention_on_target(
                                 Path(record["out"]) / "best", test, test_paths, labels["test"]
                             )
@@ -470,7 +471,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--train-bags", default="50,100,200,500", type=lambda s: [int(v) for v in s.split(",")]
     )
-    parser.add_argument("--models", default=",".join(MODELS), type=lambda s: s.split(","))
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        type=lambda s: s.split(","),
+        help="networks; NAME@val-loss trains NAME with --best-epoch val-loss",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--first-repeat", type=int, default=0, help="run repeats from this one (parallel calls)"

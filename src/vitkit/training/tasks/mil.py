@@ -304,7 +304,7 @@ class KeepLastEpoch(Callback):
     the end of the schedule. Why it is the default: on MNIST-bags with 20-40 validation bags
     the validation loss rose after 1-3 epochs (a few confidently wrong bags) while the test AUC
     kept improving, so the lowest validation loss kept an early, weaker epoch (gated ABMIL,
-    100 training bags: test AUC 0.56 against 0.65; ``benchmarks/bench_mil_bags.py``)."""
+    100 training bags: test AUC 0.56 against 0.60; ``benchmarks/bench_mil_bags.py``)."""
 
     def on_validation(
         self, run: Run, fit: FitState, record: dict[str, Any], val: EvalResult
