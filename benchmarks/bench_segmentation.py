@@ -18,13 +18,16 @@ Rows, each trained by vitkit's trainer with the same data, epochs, batch and aug
   that ``vitkit pretrain`` (MAE) trained on the same training images;
 - dpt: a DPT head on a ViT trained end to end from random weights (linear patch embedding, the
   layout transformers' DPTForSemanticSegmentation loads);
+- dpt-p4: the same with 4-pixel patches (16x16 tokens at 64 px: the decoder's finest map is
+  twice as fine);
 - dpt-mae: a DPT head on the MAE encoder, fine-tuned end to end (layer decay 0.75);
 - unet: segmentation_models_pytorch's U-Net (ResNet-18 encoder) from random weights.
 
-The ViT is 4 blocks of width 96, patch 8 (8x8 tokens at 64 px). Test-split mIoU / mean Dice /
-pixel accuracy of the best epoch (lowest validation loss). One torch thread per run; each run is
-appended to ``--runs`` (a re-run skips what is there; default in the work folder) and the results file
-benchmarks/results/segmentation.json (every run, mean ± std per row) is written from it.
+The ViT is 4 blocks of width 96, patch 8 (8x8 tokens at 64 px; patch 4 in dpt-p4). Test-split
+mIoU / mean Dice / pixel accuracy of the best epoch (lowest validation loss). One torch thread per
+run; each run is appended to ``--runs`` (a re-run skips what is there; default in the work
+folder) and the results file benchmarks/results/segmentation.json (every run, mean ± std per row)
+is written from it.
 """
 
 from __future__ import annotations
@@ -52,10 +55,11 @@ PRESET = "vit-tiny-patch8-64"
 EPOCHS = {"fashion": 30, "ihc": 30}
 MAE_EPOCHS = {"fashion": 40, "ihc": 40}
 BATCH = 16
-ROWS = ("probe", "dpt", "dpt-mae", "unet")
+ROWS = ("probe", "dpt", "dpt-p4", "dpt-mae", "unet")
 ROW_NAMES = {
     "probe": "linear probe, frozen MAE encoder",
     "dpt": "DPT, ViT trained end to end",
+    "dpt-p4": "DPT, ViT with 4-px patches, trained end to end",
     "dpt-mae": "DPT on the MAE encoder, fine-tuned",
     "unet": "U-Net (ResNet-18, smp) from scratch",
 }
@@ -65,15 +69,15 @@ NOTES = (
     "Data: Fashion-MNIST mosaics (64 px canvases, 2-4 items, 11 classes; 160 train / 32 val / "
     "100 test canvases) and scikit-image's IHC sample (64 px tiles; background / hematoxylin / "
     "DAB from colour deconvolution; train, validation and test from separate bands of rows). "
-    "ViT: 4 blocks, width 96, patch 8; the MAE encoder by `vitkit pretrain` on the same training "
-    f"images ({MAE_EPOCHS['fashion']} epochs, batch 32); every row {EPOCHS['fashion']} epochs, "
-    f"batch {BATCH}, AdamW, augment seed, the epoch of lowest validation loss tested. The data "
-    "are small so that 3 seeds of 4 rows on 2 data sets train on a shared 2-core CPU (one torch "
-    "thread per run, 0.5-4 CPU minutes each); the scores are those of this small regime, not "
-    "of ViTs at scale. Run time is in every round (train_seconds, under the load shown below); "
-    "the table's scores do not depend on it. Runs append to a runs file and an interrupted "
-    "one resumes, so the rounds may come from several invocations; the commit below is the one "
-    "that wrote this file."
+    "ViT: 4 blocks, width 96, patch 8 (4 in the 4-px row); the MAE encoder by `vitkit "
+    f"pretrain` on the same training images ({MAE_EPOCHS['fashion']} epochs, batch 32); every "
+    f"row {EPOCHS['fashion']} epochs, batch {BATCH}, AdamW, augment seed, the epoch of lowest "
+    "validation loss tested. The data are small so that 3 seeds of 5 rows on 2 data sets "
+    "train on a shared 2-core CPU (one torch thread per run, 0.5-4 CPU minutes each); the "
+    "scores are those of this small regime, not of ViTs at scale. Run time is in every round "
+    "(train_seconds, under the load shown below); the scores do not depend on it. Runs append "
+    "to a runs file and an interrupted one resumes, so the rounds may come from several "
+    "invocations; the commit below is the one that wrote this file."
 )
 
 
@@ -120,9 +124,10 @@ def train_row(row: str, data: Path, out: Path, seed: int, epochs: int, mae: Path
     if row == "probe":
         cfg = TrainConfig(**common, model=str(mae), freeze_backbone=True, lr=3e-3)
         builder = SegmentationBuilder(SegmentationSettings(seg_head="linear", linear_layers=4))
-    elif row == "dpt":
+    elif row in ("dpt", "dpt-p4"):
+        preset = PRESET if row == "dpt" else PRESET.replace("patch8", "patch4")
         cfg = TrainConfig(
-            **common, from_scratch=True, preset=PRESET, model_overrides=dict(ENCODER), lr=1e-3,
+            **common, from_scratch=True, preset=preset, model_overrides=dict(ENCODER), lr=1e-3,
             patch_embed="linear",  # the paper's patch projection: a DPT transformers loads
         )  # fmt: skip
         builder = SegmentationBuilder(SegmentationSettings(seg_head="dpt"))
@@ -193,7 +198,7 @@ def goals(summary: dict[str, Any]) -> list[str]:
             for row in ROWS
             if f"{name}/{row}" in summary
         }
-        dpts = {row: miou[row] for row in ("dpt", "dpt-mae") if row in miou}
+        dpts = {row: miou[row] for row in ("dpt", "dpt-p4", "dpt-mae") if row in miou}
         if "probe" in miou and dpts:
             met = all(value > miou["probe"] for value in dpts.values())
             shown = ", ".join(f"{row} {value:.3f}" for row, value in dpts.items())
